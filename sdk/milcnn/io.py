@@ -1,0 +1,89 @@
+"""Reading images and writing outputs safely.
+
+Every file milcnn writes goes to a temporary name in the same folder and is renamed into
+place when complete, so a killed process never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from milcnn.errors import ImageReadError
+
+__all__ = ["read_image", "write_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path) -> np.ndarray:
+    """Read a TIFF, PNG or JPEG image into a numpy array, keeping its dtype and axes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the pixel array as stored (H x W, C x H x W, H x W x C, ...).
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, or not a supported image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            return tifffile.imread(path)
+        except Exception as exc:  # tifffile raises many types for corrupt files
+            raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    if suffix in PIL_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return np.asarray(im)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ImageReadError(path, f"not a readable {suffix[1:].upper()} ({exc})") from None
+    raise ImageReadError(
+        path, f"unsupported file type {suffix or '(no extension)'!r}; use {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}"
+    )
+
+
+@contextlib.contextmanager
+def write_atomic(path, mode: str = "wb", **kwargs):
+    """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_tiff(path, array: np.ndarray) -> None:
+    """Write ``array`` as a plain (deterministic, uncompressed-metadata-free) TIFF, atomically."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.asarray(array), photometric="minisblack", metadata=None)
+    with write_atomic(path, "wb") as fh:
+        fh.write(buffer.getbuffer())

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from training.evaluate import evaluate
+from training.evaluate import main as evaluate_main
+from training.train import TrainConfig, load_checkpoint, train
+from training.train import main as train_main
+
+
+def tiny_config(manifest, out, **kw):
+    settings = dict(data=str(manifest), val=str(manifest), out=str(out), channels="gfp,rfp", epochs=3,
+                    steps_per_epoch=8, batch_size=8, crop=64, width=8, seed=3, threads=2)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_yeast, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    best = train(tiny_config(tiny_yeast, out), progress=False)
+    return out, best
+
+
+def test_loss_falls_and_files_are_written(trained):
+    out, best = trained
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert best.is_file() and (out / "last.pt").is_file()
+    assert json.loads((out / "model_config.json").read_text())["channels"] == ["gfp", "rfp"]
+
+
+def test_checkpoint_loads_weights_only(trained):
+    out, best = trained
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["format"] == "milcnn-checkpoint/1"
+    model, _ = load_checkpoint(best)
+    assert model.config.classes[0] == "ER"
+
+
+def test_resume_continues_exactly(tiny_yeast, tmp_path, trained):
+    out, _ = trained
+    cfg = tiny_config(tiny_yeast, tmp_path)
+    train(cfg, progress=False, stop_after=2)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    train(cfg, resume=str(tmp_path / "last.pt"), progress=False)
+    whole = torch.load(out / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_evaluate_end_to_end(trained, tiny_yeast, tmp_path):
+    _, best = trained
+    model, _ = load_checkpoint(best)
+    metrics = evaluate(model, tiny_yeast, tmp_path)
+    assert metrics["n_images"] == 22 and 0 <= metrics["accuracy"] <= 1
+    seg = metrics["segmentation"]
+    assert seg["n_images"] == 22 and 0 <= seg["mean_iou"] <= 1 and 0 < seg["otsu_mean_iou"] <= 1
+    for name in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = (tmp_path / "confusion.csv").read_text().splitlines()
+    assert len(rows) == 12 and sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 22
+    assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "cli")]) == 0
+
+
+def test_cli_reports_bad_manifest_rows(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,label\nnot-there.tif,a\n")
+    code = train_main(["--data", str(tmp_path / "m.csv"), "--channels", "gfp", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "line 2: file" in err and "not-there.tif not found" in err and "Traceback" not in err

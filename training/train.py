@@ -1,0 +1,279 @@
+"""Train a MIL-CNN from a manifest, with image-level labels only.
+
+Usage::
+
+    python -m training.train --data data/yeast-train/manifest.csv --val data/yeast-val/manifest.csv \\
+        --channels gfp,rfp --out runs/yeast-loc
+    python -m training.train --config runs/yeast-loc/train_config.json --resume runs/yeast-loc/last.pt
+
+Every flag can also be given in a JSON file (``--config``; flags on the command line win).
+The run folder gets ``train_config.json`` (the full settings), ``model_config.json``,
+``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (to resume) and ``best.pt``
+(highest validation accuracy, ties broken by lower loss). Checkpoints hold only tensors and
+plain Python values and load with ``torch.load(..., weights_only=True)``.
+
+Runs are seeded: the same settings on the same machine give the same weights, and a run
+resumed from ``last.pt`` continues exactly as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from milcnn.io import write_atomic
+from milcnn.preprocess import NormalizationConfig
+from training.data.dataset import CropDataset, ImageSet, balanced_weights
+from training.data.manifest import read_manifest
+from training.model import MILCNN, ModelConfig
+from training.metrics import image_accuracy
+
+__all__ = ["TrainConfig", "train", "load_checkpoint", "bag_loss"]
+
+CHECKPOINT_FORMAT = "milcnn-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    val: str | None = None
+    out: str = "runs/milcnn"
+    channels: str | None = None  # comma-separated; needed with a 'path' column
+    pooling: str = "noisy_and"
+    pooling_params: dict = field(default_factory=lambda: {"a": 10.0})
+    width: int = 16
+    output_stride: int = 8
+    context: int = 1
+    multi_label: bool = False
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    crop: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: all cores
+
+
+def bag_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy between bag probabilities and (multi-)hot targets, as in the paper."""
+    return F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), targets)
+
+
+def load_checkpoint(path) -> tuple[MILCNN, dict]:
+    """Rebuild the model saved in ``path`` (weights only, no pickled code)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a milcnn checkpoint (format {ckpt.get('format')!r})")
+    model = MILCNN(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but no CUDA device is available")
+    return torch.device(name)
+
+
+def _split(samples, cfg: TrainConfig):
+    """Train and validation samples: from --val, the manifest's split column, or a grouped hold-out."""
+    if any(s.split for s in samples):
+        return [s for s in samples if s.split == "train"], [s for s in samples if s.split == "val"]
+    keys = sorted({s.group or s.name for s in samples})
+    rng = np.random.default_rng(cfg.seed)
+    n_val = max(1, int(round(cfg.val_fraction * len(keys))))
+    val_keys = set(rng.permutation(keys)[:n_val].tolist())
+    return [s for s in samples if (s.group or s.name) not in val_keys], [s for s in samples if (s.group or s.name) in val_keys]
+
+
+def evaluate_loss_accuracy(model: MILCNN, images: ImageSet, device: torch.device) -> tuple[float, float]:
+    from training.evaluate import predict_set
+
+    probs, _ = predict_set(model, images, device=device)
+    loss = float(bag_loss(torch.from_numpy(probs), torch.from_numpy(images.targets)))
+    return loss, image_accuracy(probs, images.targets, multi_label=model.config.multi_label)
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Run training; returns the path of the best checkpoint.
+
+    Args:
+        cfg: the settings.
+        resume: a ``last.pt`` to continue from (same settings).
+        progress: show a progress bar.
+        stop_after: end this call after that many epochs in total, as if interrupted
+            (for time-sliced jobs); resume later with ``resume``.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    channels = tuple(c.strip() for c in cfg.channels.split(",")) if cfg.channels else None
+    samples, channels, classes = read_manifest(cfg.data, channels=channels)
+    if cfg.val:
+        train_samples = [s for s in samples if s.split in (None, "train")]
+        val_samples, _, _ = read_manifest(cfg.val, channels=channels, classes=classes)
+        val_samples = [s for s in val_samples if s.split in (None, "val")]
+    else:
+        train_samples, val_samples = _split(samples, cfg)
+    if not train_samples or not val_samples:
+        raise ValueError(f"need training and validation images, got {len(train_samples)} and {len(val_samples)}")
+    multi = cfg.multi_label or any(len(s.labels) > 1 for s in samples)
+    model_cfg = ModelConfig(
+        channels=channels, classes=classes, pooling=cfg.pooling, pooling_params=cfg.pooling_params,
+        multi_label=multi, width=cfg.width, output_stride=cfg.output_stride, context=cfg.context, normalization=NormalizationConfig(),
+    )
+    if cfg.crop % model_cfg.output_stride or cfg.crop < model_cfg.min_size:
+        raise ValueError(f"--crop {cfg.crop} must be a multiple of {model_cfg.output_stride} and >= {model_cfg.min_size}")
+
+    torch.manual_seed(cfg.seed)
+    model = MILCNN(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    warmup = min(100, total_steps // 10)
+    schedule = lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / total_steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
+    if resume:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{resume}: not a milcnn checkpoint")
+        if ckpt["model_config"] != model_cfg.to_dict():
+            raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+
+    (out / "model_config.json").write_text(model_cfg.to_json())
+    with write_atomic(out / "train_config.json", "w") as fh:
+        json.dump(asdict(cfg), fh, indent=2)
+    t0 = time.time()
+    train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
+    val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
+    crops = CropDataset(train_set, cfg.crop, seed=cfg.seed)
+    weights = torch.from_numpy(balanced_weights(train_set.targets))
+    print(f"{len(train_set)} training and {len(val_set)} validation images loaded in {time.time() - t0:.1f} s; "
+          f"{len(classes)} classes, channels {', '.join(channels)}, device {device}", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
+        t_epoch = time.time()
+        crops.reseed(epoch)
+        sampler = WeightedRandomSampler(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True,
+                                        generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        model.train()
+        running = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, file=sys.stderr)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device), y.to(device)
+            loss = bag_loss(model(x).probabilities, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+            bar.set_postfix(loss=f"{running / (step + 1):.4f}")
+        model.eval()
+        val_loss, val_acc = evaluate_loss_accuracy(model, val_set, device)
+        record = {"epoch": epoch + 1, "train_loss": running / cfg.steps_per_epoch, "val_loss": val_loss,
+                  "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t_epoch}
+        history.append(record)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        improved = (val_acc, -val_loss) > (best["accuracy"], -best["loss"])
+        if improved:
+            best = {"accuracy": val_acc, "loss": val_loss, "epoch": epoch + 1}
+        ckpt = {
+            "format": CHECKPOINT_FORMAT, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best": best, "history": history,
+        }
+        _save(ckpt, out / "last.pt")
+        if improved:
+            _save(ckpt, out / "best.pt")
+        print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
+              f"val accuracy {val_acc:.4f}{' (best)' if improved else ''}, {record['seconds']:.0f} s", file=sys.stderr)
+    return out / "best.pt"
+
+
+def _save(obj: dict, path: Path) -> None:
+    with write_atomic(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--pooling-param expects KEY=VALUE, got {item!r}")
+        params[key] = float(value)
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="JSON file of settings (flags override it)")
+    parser.add_argument("--resume", help="continue from this last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--pooling-param", action="append", default=None, metavar="KEY=VALUE",
+                        help="pooling option, e.g. a=10 (Noisy-AND), r=5 (lse, gm); repeatable")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name == "pooling_params":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=f"default {getattr(defaults, f.name)!r}")
+    args = parser.parse_args(argv)
+    settings = json.loads(args.config.read_text()) if args.config else {}
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            settings[f.name] = value
+    if args.pooling_param is not None:
+        settings["pooling_params"] = _parse_params(args.pooling_param)
+    elif "pooling" in settings and settings["pooling"] != "noisy_and" and "pooling_params" not in settings:
+        settings["pooling_params"] = {}
+    unknown = set(settings) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(sorted(unknown))} in {args.config}")
+    cfg = TrainConfig(**settings)
+    if not cfg.data:
+        parser.error("--data MANIFEST is required")
+    try:
+        best = train(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    except ValueError as exc:  # bad manifests, settings: one clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(best)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
