@@ -47,3 +47,17 @@ def test_flops_scale_with_pixels():
     model = MILCNN(config())
     f1, f4 = count_flops(model, 128, 128), count_flops(model, 256, 256)
     assert f4 == pytest.approx(4 * f1, rel=1e-6)
+
+
+@pytest.mark.parametrize("stride,context", [(4, 1), (8, 0), (4, 2)])
+def test_documented_receptive_field_matches_the_gradient(stride, context):
+    from training.model import receptive_field
+
+    cfg = config(width=4, output_stride=stride, context=context, pooling="mean", pooling_params={})
+    model = MILCNN(cfg).eval()
+    x = torch.rand(1, 2, 160, 160, requires_grad=True)
+    maps = model(x).class_maps
+    i = maps.shape[-1] // 2
+    maps[0, :, i, i].sum().backward()
+    cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0)
+    assert int(cols.max() - cols.min() + 1) == receptive_field(cfg)

@@ -14,8 +14,8 @@ pixels ``[i * stride, (i + 1) * stride)``; inputs whose size is not a multiple o
 stride are zero-padded at the bottom and right (zero is the background after percentile
 normalisation). ``milcnn.preprocess.upsample_maps`` inverts that geometry.
 
-With the defaults (``width=16``, ``output_stride=8``, ``context=1``) the model has
-a receptive field of 54 px, about one yeast cell with its bud; see docs/model.md for the
+With the defaults (``width=24``, ``output_stride=4``, ``context=1``) a class-map pixel
+covers 4 x 4 input pixels and sees 26 px, about one yeast cell; see docs/model.md for the
 measured parameter count and FLOPs per megapixel (``python -m training.model``).
 """
 
@@ -54,7 +54,7 @@ class ModelConfig:
         width: channels after the stem; doubled at each downsampling stage.
         output_stride: 4, 8 or 16; class-map pixels are this many input pixels across.
         context: 3x3 convolutions at the output stride; they set the receptive field
-            (``6 * stride - 10 + 2 * stride * context`` px), which should stay about one
+            (``5 * stride - 2 + 2 * stride * context`` px), which should stay about one
             cell: a larger one lets background pixels borrow their neighbours' class.
     """
 
@@ -63,8 +63,8 @@ class ModelConfig:
     pooling: str = "noisy_and"
     pooling_params: dict = field(default_factory=lambda: {"a": 10.0})
     multi_label: bool = False
-    width: int = 16
-    output_stride: int = 8
+    width: int = 24
+    output_stride: int = 4
     context: int = 1
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     min_size: int = MIN_SIZE
@@ -136,6 +136,7 @@ class MILCNN(nn.Module):
         layers += [_conv_bn(c, c, 3) for _ in range(config.context)]
         self.backbone = nn.Sequential(*layers)
         self.head = nn.Conv2d(c, len(config.classes), 1)
+        nn.init.constant_(self.head.bias, -3.0)  # instances start mostly negative, as most are
         self.pooling = build_pooling(
             config.pooling, n_classes=len(config.classes), in_features=c, params=config.pooling_params
         )
@@ -175,17 +176,28 @@ def count_flops(model: MILCNN, height: int, width: int) -> int:
     return total
 
 
+def receptive_field(config: ModelConfig) -> int:
+    """Theoretical receptive field in input pixels of one class-map pixel."""
+    s = config.output_stride
+    return 5 * s - 2 + 2 * s * config.context  # stem 3, each stage 2**(i-1) + 2 * 2**i, context 2s each
+
+
 def _describe() -> str:
     from training.data.yeast import YEAST_CHANNELS, YEAST_CLASSES
 
-    lines = ["| pooling | output stride | width | parameters | GFLOP per megapixel |", "|---|---|---|---|---|"]
-    for stride in (8, 4):
-        cfg = ModelConfig(channels=YEAST_CHANNELS, classes=YEAST_CLASSES, output_stride=stride)
+    lines = ["| configuration | output stride | width | context | receptive field (px) | parameters "
+             "| GFLOP per megapixel |", "|---|---|---|---|---|---|---|"]
+    variants = [("default", {}), ("", {"context": 3}), ("", {"output_stride": 8, "width": 16, "context": 0}),
+                ("", {"output_stride": 8, "width": 16, "context": 1})]
+    for label, kw in variants:
+        cfg = ModelConfig(channels=YEAST_CHANNELS, classes=YEAST_CLASSES, **kw)
         m = MILCNN(cfg)
         params = sum(p.numel() for p in m.parameters())
-        gflop = count_flops(m, 1024, 1024) / 1024**2 * 1e6 / 1e9
-        lines.append(f"| noisy_and | {stride} | {cfg.width} | {params:,} | {gflop:.1f} |")
-    return "\n".join(lines)
+        gflop = count_flops(m, 1024, 1024) / 1e9
+        lines.append(f"| {label} | {cfg.output_stride} | {cfg.width} | {cfg.context} | {receptive_field(cfg)} "
+                     f"| {params:,} | {gflop:.1f} |")
+    return "\n".join(lines) + "\n\n(2 input channels, 11 classes, Noisy-AND pooling; FLOPs count 2 per multiply-add " \
+        "of every convolution, for a 1024 x 1024 image.)"
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from milcnn.preprocess import NormalizationConfig
 from training.data.dataset import CropDataset, ImageSet, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
+from training.regularizers import edge_aware_smoothness
 from training.metrics import image_accuracy
 
 __all__ = ["TrainConfig", "train", "load_checkpoint", "bag_loss"]
@@ -52,10 +53,12 @@ class TrainConfig:
     channels: str | None = None  # comma-separated; needed with a 'path' column
     pooling: str = "noisy_and"
     pooling_params: dict = field(default_factory=lambda: {"a": 10.0})
-    width: int = 16
-    output_stride: int = 8
+    width: int = 24
+    output_stride: int = 4
     context: int = 1
     multi_label: bool = False
+    smoothness: float = 2.0  # weight of the edge-aware smoothness of class maps; 0: the paper's loss
+    smoothness_sigma: float = 0.1
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 16
@@ -187,7 +190,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
-            loss = bag_loss(model(x).probabilities, y)
+            output = model(x)
+            loss = bag_loss(output.probabilities, y)
+            if cfg.smoothness:
+                loss = loss + cfg.smoothness * edge_aware_smoothness(
+                    output.class_maps, x, stride=model_cfg.output_stride, sigma=cfg.smoothness_sigma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,3 +1,20 @@
-"""milcnn: classify and segment high-content-screening images with multiple-instance learning CNNs."""
+"""milcnn: classify and segment high-content-screening images with multiple-instance learning CNNs.
+
+>>> from milcnn import Classifier
+>>> clf = Classifier.from_hub("yeast-loc")
+>>> pred = clf.predict("image.tif")
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+__all__ = ["Classifier", "Prediction", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy, so `import milcnn` stays fast and loads onnxruntime only when a model is used
+    if name in ("Classifier", "Prediction"):
+        from milcnn import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'milcnn' has no attribute {name!r}")

@@ -19,6 +19,8 @@ from milcnn.errors import ImageReadError
 __all__ = ["read_image", "write_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -72,6 +74,7 @@ def write_atomic(path, mode: str = "wb", **kwargs):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,177 @@
+"""``milzoo``: the command line of milcnn.
+
+    milzoo predict plate/*.tif --out results/      classify and segment images
+    milzoo models                                  list the zoo
+    milzoo info yeast-loc                          summarise a model card
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import sys
+from pathlib import Path
+
+import click
+
+from milcnn import constants
+from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic, write_tiff
+
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing)."""
+    found, missing = [], []
+    for item in inputs:
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            files = [p for p in matches if p.is_file()]
+            found += files
+            if not files:
+                missing.append(item)
+        elif Path(item).is_dir():
+            found += sorted(p for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif Path(item).exists():
+            found.append(Path(item))
+        else:
+            missing.append(item)
+    seen, unique = set(), []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique, missing
+
+
+def _load(model: str, device: str):
+    from milcnn.classifier import Classifier
+    from milcnn.hub import parse_model_spec
+
+    name, revision = parse_model_spec(model)
+    return Classifier.from_hub(name, revision=revision, device=device)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="milcnn-sdk")
+def main() -> None:
+    """Classify and segment high-content-screening images with MIL-CNN models."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "model_name", default=constants.DEFAULT_MODEL, show_default=True,
+              help="zoo name, Hub repo 'org/name[@revision]', or a model folder")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("milzoo-out"), show_default=True,
+              help="output folder")
+@click.option("--channel-axis", type=int, default=None, help="axis holding the channels, if the shape is ambiguous")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=constants.DEFAULT_THRESHOLD, show_default=True,
+              help="class-map probability for a pixel to join the mask")
+def predict(inputs, model_name, out_dir, channel_axis, device, threshold) -> None:
+    """Classify and segment images: INPUTS are files, folders or globs.
+
+    Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
+    k+1 class k) and OUT/overlays/<stem>.png. Exit code 0 when every image succeeded, 1 when
+    some failed (listed in OUT/errors.csv), 2 for usage errors.
+    """
+    from milcnn.errors import MilcnnError
+    from milcnn.overlay import save_overlay
+
+    paths, missing = expand_inputs(inputs)
+    for item in missing:
+        click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
+    if not paths:
+        raise click.UsageError("no input images found")
+    try:
+        clf = _load(model_name, device)
+    except (MilcnnError, KeyError, ValueError, OSError) as exc:
+        raise click.UsageError(str(exc).strip('"')) from None
+    header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
+    rows, errors = [], [(m, "no such file, folder or matching files") for m in missing]
+    with click.progressbar(paths, label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
+        for path in bar:
+            try:
+                chw, source = clf.prepare(path, channel_axis=channel_axis)
+                pred = clf._predict_chw(chw, source=source, threshold=threshold)
+                stem = path.stem
+                write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask)
+                title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
+                save_overlay(out_dir / "overlays" / f"{stem}.png", chw, pred.mask, clf.classes, title=title)
+                rows.append([str(path), pred.label, *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
+            except (MilcnnError, ValueError, OSError) as exc:
+                message = str(exc).splitlines()[0]
+                errors.append((str(path), message))
+                click.echo(f"\nmilzoo: {path}: {message}", err=True)
+    _write_csv(out_dir / "predictions.csv", header, rows)
+    if errors:
+        _write_csv(out_dir / "errors.csv", ["image", "error"], errors)
+    click.echo(f"{len(rows)} of {len(paths)} images predicted with {clf.name}; results in {out_dir}", err=True)
+    sys.exit(1 if errors else 0)
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    with write_atomic(path, "w", newline="") as fh:
+        fh.write(buffer.getvalue())
+
+
+@main.command()
+def models() -> None:
+    """List the zoo: name, version, channels, classes and key metrics."""
+    from milcnn.config import ModelInfo
+    from milcnn.registry import zoo
+
+    click.echo(f"{'name':16s} {'version':8s} {'channels':10s} {'classes':>7s}  {'accuracy':>8s}  {'IoU':>5s}  summary")
+    for name, entry in sorted(zoo().items()):
+        folder = entry.bundled_dir
+        if folder is None:
+            click.echo(f"{name:16s} (not bundled; Hub repo {entry.repo_id}@{entry.revision})")
+            continue
+        info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
+        acc, iou = info.metrics.get("accuracy"), info.metrics.get("mean_iou")
+        click.echo(f"{name:16s} {info.version:8s} {','.join(info.channels):10s} {len(info.classes):7d}  "
+                   f"{'' if acc is None else f'{acc:8.4f}'}  {'' if iou is None else f'{iou:5.3f}'}  {entry.summary}")
+
+
+@main.command()
+@click.argument("model")
+def info(model: str) -> None:
+    """Summarise MODEL's card: what it expects, what it predicts, how well, and on what data."""
+    from milcnn.errors import MilcnnError
+    from milcnn.hub import parse_model_spec, resolve
+
+    name, revision = parse_model_spec(model)
+    try:
+        folder, sha = resolve(name, revision=revision)
+        from milcnn.config import ModelInfo
+
+        cfg = ModelInfo.from_file(folder / constants.CONFIG_FILE)
+    except (MilcnnError, KeyError, ValueError, OSError) as exc:
+        raise click.UsageError(str(exc).strip('"')) from None
+    m, data = cfg.metrics, cfg.training_data
+    click.echo(f"{cfg.name} v{cfg.version}  ({folder})")
+    if cfg.raw.get("summary"):
+        click.echo(cfg.raw["summary"])
+    click.echo(f"channels   {', '.join(cfg.channels)} (in this order); images >= {cfg.min_size} px")
+    click.echo(f"classes    {', '.join(cfg.classes)}")
+    click.echo(f"pooling    {cfg.pooling.get('name')} {cfg.pooling.get('params', {})}; maps at 1/{cfg.output_stride}")
+    if data:
+        click.echo(f"trained on {'SIMULATED data: ' if data.get('simulated') else ''}{data.get('name', '')}")
+    if m:
+        click.echo(f"metrics    accuracy {m.get('accuracy')}, macro F1 {m.get('macro_f1')}, mean IoU {m.get('mean_iou')} "
+                   f"(Otsu baseline {m.get('otsu_mean_iou')}) on {m.get('n_images')} test images")
+    for item in data.get("limitations", []):
+        click.echo(f"limitation {item}")
+    if sha:
+        click.echo(f"sha256     {sha}")
+    click.echo(f"card       {folder / constants.CARD_FILE}")
+
+
+if __name__ == "__main__":
+    main()

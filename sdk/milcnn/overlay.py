@@ -1,0 +1,75 @@
+"""Overlay PNGs for a person to look at: the image, the mask's outlines coloured by class, a legend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from milcnn.io import write_atomic
+
+__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay"]
+
+# Distinct colours that read on a dark fluorescence background (Glasbey-like, no greys).
+PALETTE = np.array([
+    (255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 230, 180), (255, 120, 220), (160, 255, 60),
+    (255, 140, 0), (170, 120, 255), (0, 255, 255), (255, 255, 140), (200, 80, 120), (120, 200, 255),
+    (230, 170, 120), (90, 255, 150), (255, 90, 170), (180, 180, 40),
+], dtype=np.uint8)
+
+
+def composite(chw: np.ndarray) -> np.ndarray:
+    """(C, H, W) image -> (H, W, 3) uint8 for display: grey, green+magenta, or RGB for 3 channels."""
+    from milcnn.preprocess import normalize
+
+    x = np.clip(normalize(np.asarray(chw)), 0, 1)
+    c = x.shape[0]
+    if c == 1:
+        rgb = np.repeat(x, 3, axis=0)
+    elif c == 2:
+        rgb = np.stack([x[1], x[0], x[1]])  # channel 0 green, channel 1 magenta
+    else:
+        rgb = x[:3]
+    return (np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8)
+
+
+def outlines(mask: np.ndarray) -> np.ndarray:
+    """Bool (H, W): labelled pixels with a 4-neighbour of another value."""
+    m = np.asarray(mask)
+    edge = np.zeros(m.shape, dtype=bool)
+    edge[:-1] |= m[:-1] != m[1:]
+    edge[1:] |= m[1:] != m[:-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    return edge & (m > 0)
+
+
+def render_overlay(chw: np.ndarray, mask: np.ndarray, classes, *, title: str = ""):
+    """A PIL image: the composite with coloured outlines, and a legend panel on the right."""
+    from PIL import Image, ImageDraw
+
+    rgb = composite(chw)
+    edge = outlines(mask)
+    colours = PALETTE[(np.asarray(mask, dtype=np.int64) - 1) % len(PALETTE)]
+    rgb[edge] = colours[edge]
+    h, w = mask.shape
+    present = [k for k in range(len(classes)) if np.any(mask == k + 1)]
+    panel_w = 190
+    sheet = Image.new("RGB", (w + panel_w, max(h, 40 + 16 * len(classes))), (20, 20, 20))
+    sheet.paste(Image.fromarray(rgb), (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    y = 6
+    for line in title.split("\n"):
+        draw.text((w + 8, y), line, fill=(255, 255, 255))
+        y += 14
+    y += 6
+    for k, name in enumerate(classes):
+        colour = tuple(int(v) for v in PALETTE[k % len(PALETTE)])
+        draw.rectangle((w + 8, y + 2, w + 18, y + 12), fill=colour if k in present else None, outline=colour)
+        draw.text((w + 24, y), name, fill=(255, 255, 255) if k in present else (130, 130, 130))
+        y += 16
+    return sheet
+
+
+def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "") -> None:
+    image = render_overlay(chw, mask, classes, title=title)
+    with write_atomic(path, "wb") as fh:
+        image.save(fh, format="PNG")

@@ -1,0 +1,54 @@
+"""The one place that owns an onnxruntime ``InferenceSession``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from milcnn import constants
+
+__all__ = ["OnnxModel", "DEVICES"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class OnnxModel:
+    """An ONNX MIL-CNN: ``run(batch)`` -> (probabilities (B, K), class_maps (B, K, h, w)).
+
+    Args:
+        path: the ``model.onnx`` file.
+        device: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu`` or
+            ``cuda`` (falls back to CPU with one notice on stderr when no GPU is usable).
+        threads: intra-op threads; 0 lets onnxruntime choose (one per physical core).
+    """
+
+    def __init__(self, path, *, device: str = "auto", threads: int = constants.NUM_THREADS):
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            print("milcnn: --device cuda asked for, but onnxruntime has no CUDA provider here "
+                  "(install onnxruntime-gpu instead of onnxruntime); running on the CPU", file=sys.stderr)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != ["probabilities", "class_maps"]:
+            raise ValueError(f"{path}: outputs are {outputs}, expected ['probabilities', 'class_maps']")
+        self.output_names = outputs[:2]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run on a normalised float32 (B, C, H, W) batch."""
+        probs, maps = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        return probs, maps

@@ -1,0 +1,115 @@
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from milcnn import Classifier
+from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelNotFoundError
+from milcnn.preprocess import label_mask
+from milcnn.registry import lookup, sha256_of, zoo
+
+ZOO = sorted(zoo())
+
+
+def test_the_sdk_never_imports_torch():
+    code = ("import sys, milcnn, milcnn.cli, milcnn.hub, milcnn.overlay; from milcnn import Classifier; "
+            "c = Classifier.from_hub('yeast-loc'); c.predict(c.folder / 'sample_input.tif'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_zoo_has_both_yeast_models():
+    assert {"yeast-loc", "yeast-loc-gfp"} <= set(ZOO)
+    assert Classifier.from_hub("yeast-loc").channels == ("gfp", "rfp")
+    assert Classifier.from_hub("yeast-loc-gfp").channels == ("gfp",)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_bundled_models_match_their_pinned_checksum_and_self_test(name):
+    entry = lookup(name)
+    assert entry.bundled_dir is not None
+    assert sha256_of(entry.bundled_dir / "model.onnx") == entry.sha256
+    clf = Classifier.from_hub(name)
+    assert clf.self_test()["max_abs_difference"] <= 1e-4
+    assert len(clf.classes) == 11
+
+
+def test_unknown_name_lists_the_zoo():
+    with pytest.raises(ModelNotFoundError) as err:
+        Classifier.from_hub("yeast-locc")
+    assert isinstance(err.value, KeyError)
+    assert "unknown model 'yeast-locc'" in str(err.value) and "yeast-loc-gfp" in str(err.value)
+    for bad in ("../etc", "a/../b", "..", "org/name/extra"):
+        with pytest.raises(ModelNotFoundError):
+            Classifier.from_hub(bad)
+
+
+def test_tampered_model_raises_and_deletes_nothing(tmp_path):
+    entry = lookup("yeast-loc")
+    copy = tmp_path / "yeast-loc"
+    shutil.copytree(entry.bundled_dir, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="does not match the pinned"):
+        Classifier.from_dir(copy, sha256=entry.sha256)
+    assert (copy / "model.onnx").read_bytes() == bytes(data)
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier.from_hub("yeast-loc")
+
+
+@pytest.fixture(scope="module")
+def sample(clf):
+    return tifffile.imread(clf.folder / "sample_input.tif")
+
+
+def test_prediction_contents(clf, sample):
+    pred = clf.predict(sample)
+    c, h, w = sample.shape
+    assert pred.label in clf.classes
+    assert set(pred.probabilities) == set(clf.classes)
+    assert all(0 <= p <= 1 for p in pred.probabilities.values())
+    assert pred.class_maps.shape == (11, h, w) and pred.class_maps.dtype == np.float32
+    assert pred.mask.shape == (h, w) and pred.mask.dtype == np.uint8 and pred.mask.max() <= 11
+    np.testing.assert_array_equal(pred.mask, label_mask(pred.class_maps, 0.5))
+    d = pred.to_dict()
+    assert d["label"] == pred.label and sum(d["mask_pixels"].values()) == int((pred.mask > 0).sum())
+
+
+def test_layouts_and_paths_give_the_same_result(clf, sample, tmp_path):
+    ref = clf.predict(sample).probabilities
+    tifffile.imwrite(tmp_path / "s.tif", sample, photometric="minisblack")
+    for image, axis in ((np.moveaxis(sample, 0, -1), None), (np.moveaxis(sample, 0, 1), 1), (tmp_path / "s.tif", None)):
+        got = clf.predict(image, channel_axis=axis).probabilities
+        assert got == pytest.approx(ref, abs=1e-6)
+    batch = clf.predict_batch([sample, tmp_path / "s.tif"])
+    assert [p.label for p in batch] == [clf.predict(sample).label] * 2
+
+
+def test_wrong_channels_and_bad_files_are_clear_errors(clf, sample, tmp_path):
+    with pytest.raises(ValueError, match="has 1 channel but the model needs 2"):
+        clf.predict(sample[0])
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.tif: file is empty"):
+        clf.predict(tmp_path / "empty.tif")
+    (tmp_path / "text.tif").write_text("not an image")
+    with pytest.raises(ImageReadError, match="text.tif: not a readable TIFF"):
+        clf.predict(tmp_path / "text.tif")
+
+
+def test_small_images_are_padded(clf, sample):
+    pred = clf.predict(sample[:, :40, :50])
+    assert pred.class_maps.shape == (11, 40, 50) and pred.mask.shape == (40, 50)
+
+
+def test_real_images_give_finite_sane_output(clf, realdata):
+    field = np.stack([tifffile.imread(realdata / "W00001_P00001_cherry.tif")] * 2)  # 1024 x 1344 uint16
+    pred = clf.predict(field)
+    assert np.isfinite(pred.class_maps).all() and pred.mask.shape == (1024, 1344)
+    assert abs(sum(pred.probabilities.values())) < 11

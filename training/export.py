@@ -1,0 +1,211 @@
+"""Export a checkpoint to a Hub-ready model folder for the SDK.
+
+Usage::
+
+    python -m training.export runs/yeast-loc/best.pt --out zoo/yeast-loc --name yeast-loc \\
+        --eval-data data/yeast-test/manifest.csv
+
+Writes ``model.onnx`` (one self-contained file, opset 18, dynamic batch, height and width;
+outputs ``probabilities`` (B, K) and ``class_maps`` (B, K, h, w)), ``config.json``,
+``README.md`` (a model card with Hugging Face metadata), ``sample_input.tif`` and
+``sample_output.json``. Before anything is written, PyTorch and onnxruntime must agree
+within 1e-4 on two random input sizes; otherwise the export fails and ``--out`` is left as
+it was. The folder is assembled beside ``--out`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from milcnn import constants
+from milcnn.io import write_tiff
+from training.data.manifest import load_image, read_manifest
+from training.model import MILCNN
+
+__all__ = ["export_onnx", "check_onnx", "export_folder", "ExportError"]
+
+OPSET = 18
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch model."""
+
+
+def export_onnx(model: MILCNN, path: Path) -> None:
+    """Write ``model`` as one self-contained ONNX file with dynamic batch, height and width."""
+    model = model.eval()
+    x = torch.zeros(1, len(model.config.channels), 128, 160)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    height = torch.export.Dim("height", min=model.config.min_size, max=1 << 16)
+    width = torch.export.Dim("width", min=model.config.min_size, max=1 << 16)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, opset_version=OPSET, input_names=["image"],
+            output_names=["probabilities", "class_maps"], external_data=False,
+            dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
+        )
+    program.save(str(path), external_data=False)
+    if any(p.name != path.name for p in path.parent.glob(path.name + "*")):
+        raise ExportError(f"torch.onnx wrote external data beside {path}; the zoo needs one self-contained file")
+
+
+def check_onnx(model: MILCNN, path: Path, *, sizes=((1, 96, 136), (2, 203, 157)), seed: int = 0) -> float:
+    """Max abs difference between PyTorch and onnxruntime outputs on random inputs; raises above 1e-4."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for b, h, w in sizes:
+        x = torch.rand(b, len(model.config.channels), h, w, generator=gen) * 2
+        with torch.no_grad():
+            ref = model(x)
+        probs, maps = session.run(["probabilities", "class_maps"], {"image": x.numpy()})
+        diff = max(float(np.abs(probs - ref.probabilities.numpy()).max()),
+                   float(np.abs(maps - ref.class_maps.numpy()).max()))
+        worst = max(worst, diff)
+        if diff > TOLERANCE:
+            raise ExportError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {TOLERANCE:.0e}) on a {b}x{h}x{w} input")
+    return worst
+
+
+def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | None = None,
+                  sample_index: int = 0, training_data: dict | None = None, summary: str = "") -> Path:
+    """Write the whole model folder to ``out`` (replacing it only when everything succeeded)."""
+    from milcnn.classifier import Classifier
+    from training.evaluate import evaluate
+    from training.model_card import render_card
+    from training.train import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    cfg = model.config
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o777 & ~_umask())
+    try:
+        export_onnx(model, staging / constants.MODEL_FILE)
+        max_diff = check_onnx(model, staging / constants.MODEL_FILE)
+        metrics = {}
+        if eval_data:
+            with tempfile.TemporaryDirectory() as tmp:
+                metrics = evaluate(model, eval_data, tmp)
+        pooling = {"name": cfg.pooling, "params": cfg.pooling_params}
+        if cfg.pooling == "noisy_and":
+            pooling["learned_b"] = [round(float(v), 5) for v in model.pooling.b.detach()]
+        config = {
+            "name": name, "version": version, "summary": summary,
+            "classes": list(cfg.classes), "channels": list(cfg.channels),
+            "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
+            "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
+            "architecture": {"width": cfg.width, "context": cfg.context,
+                             "parameters": sum(p.numel() for p in model.parameters())},
+            "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"]},
+            "training_data": training_data or {},
+            "metrics": _card_metrics(metrics, eval_data),
+            "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
+        }
+        (staging / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if eval_data:
+            samples, _, _ = read_manifest(eval_data, channels=cfg.channels, classes=cfg.classes)
+            write_tiff(staging / constants.SAMPLE_INPUT_FILE, load_image(samples[sample_index], len(cfg.channels)))
+            prediction = Classifier.from_dir(staging, device="cpu").predict(staging / constants.SAMPLE_INPUT_FILE)
+            sample_out = prediction.to_dict()
+            sample_out["image"] = constants.SAMPLE_INPUT_FILE
+            sample_out["true_label"] = "|".join(samples[sample_index].labels)
+            (staging / constants.SAMPLE_OUTPUT_FILE).write_text(json.dumps(sample_out, indent=2) + "\n")
+        (staging / constants.CARD_FILE).write_text(render_card(config))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
+    if not metrics:
+        return {}
+    seg = metrics.get("segmentation", {})
+    return {
+        "test_set": eval_data, "n_images": metrics["n_images"], "accuracy": round(metrics["accuracy"], 4),
+        "macro_f1": round(metrics["macro_f1"], 4), "mean_iou": _round(seg.get("mean_iou")),
+        "otsu_mean_iou": _round(seg.get("otsu_mean_iou")),
+        "per_class_f1": {c: round(m["f1"], 4) for c, m in metrics["per_class"].items()},
+        "per_class_iou": {c: _round(v) for c, v in seg.get("per_class_iou", {}).items()},
+    }
+
+
+def _round(v):
+    return None if v is None else round(float(v), 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--name", help="model name (default: the --out folder's name)")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--summary", default="")
+    parser.add_argument("--eval-data", help="test manifest: metrics for the card and the self-test sample")
+    parser.add_argument("--sample-index", type=int, default=0, help="row of --eval-data used as sample_input.tif")
+    parser.add_argument("--training-data", type=json.loads, default=None,
+                        help='JSON describing the training data, e.g. \'{"simulated": true, "command": "..."}\'')
+    parser.add_argument("--register", metavar="ORG/NAME@REVISION",
+                        help="add the model to the zoo registry, pinned to this Hub repo and revision")
+    parser.add_argument("--registry", type=Path, default=Path("zoo/registry.json"))
+    args = parser.parse_args(argv)
+    try:
+        out = export_folder(args.checkpoint, args.out, name=args.name or args.out.name, version=args.version,
+                            eval_data=args.eval_data, sample_index=args.sample_index,
+                            training_data=args.training_data, summary=args.summary)
+    except (ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.register:
+        register(args.registry, name=args.name or args.out.name, spec=args.register, folder=out, summary=args.summary)
+    print(out)
+    return 0
+
+
+def register(registry: Path, *, name: str, spec: str, folder: Path, summary: str) -> None:
+    """Pin ``name`` in the zoo registry to ``org/name@revision`` and the sha256 of its model.onnx."""
+    from milcnn.io import write_atomic
+    from milcnn.registry import sha256_of
+
+    repo_id, _, revision = spec.partition("@")
+    data = json.loads(registry.read_text()) if registry.is_file() else {"models": {}}
+    data["models"][name] = {"repo_id": repo_id, "revision": revision or "main",
+                            "sha256": sha256_of(folder / constants.MODEL_FILE), "summary": summary}
+    data["models"] = dict(sorted(data["models"].items()))
+    with write_atomic(registry, "w") as fh:
+        fh.write(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Render a model card (``README.md`` with Hugging Face YAML metadata) from a model's config.json.
+
+Every figure in the card is read from the config, which ``training/export.py`` fills from
+the evaluation it runs; nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["render_card"]
+
+
+def _yaml_metrics(metrics: dict) -> list[str]:
+    rows = [("accuracy", "accuracy", "Image accuracy"), ("f1", "macro_f1", "Macro F1"),
+            ("mean_iou", "mean_iou", "Segmentation mean IoU")]
+    out = []
+    for kind, key, label in rows:
+        if metrics.get(key) is not None:
+            out += [f"      - type: {kind}", f"        value: {metrics[key]}", f"        name: {label}"]
+    return out
+
+
+def render_card(config: dict) -> str:
+    name, metrics, data = config["name"], config.get("metrics", {}), config.get("training_data", {})
+    simulated = bool(data.get("simulated"))
+    dataset_name = data.get("name", "simulated yeast GFP screen" if simulated else "user data")
+    lines = [
+        "---",
+        "license: mit",
+        "library_name: milcnn",
+        "tags:",
+        *[f"- {t}" for t in ("microscopy", "high-content-screening", "multiple-instance-learning", "onnx",
+                             "image-segmentation", *data.get("tags", []))],
+        "pipeline_tag: image-classification",
+        "model-index:",
+        f"- name: {name}",
+        "  results:",
+        "  - task:",
+        "      type: image-classification",
+        "    dataset:",
+        f"      name: {json.dumps(dataset_name)}",
+        f"      type: {'simulated' if simulated else 'custom'}",
+        "    metrics:",
+        *_yaml_metrics(metrics),
+        "---",
+        "",
+        f"# {name} v{config['version']}",
+        "",
+        config.get("summary") or "A MIL-CNN (Kraus, Ba & Frey, Bioinformatics 2016) for high-content screening images.",
+        "",
+        "It classifies a whole field of view and, from the same per-class probability maps, marks where each "
+        "class is, having been trained with image-level labels only.",
+        "",
+        "## Input and output",
+        "",
+        f"- Channels, in this order: {', '.join(f'`{c}`' for c in config['channels'])}. Any height and width "
+        f">= {config['min_size']} px (smaller images are padded).",
+        f"- Pre-processing (done by the SDK): per-image, per-channel percentile normalisation "
+        f"({config['normalization']['low']} to {config['normalization']['high']} percentile).",
+        f"- Classes: {', '.join(f'`{c}`' for c in config['classes'])}"
+        + (" (multi-label)." if config.get("multi_label") else " (one per image)."),
+        f"- Outputs: image probabilities per class, and class maps at 1/{config['output_stride']} resolution "
+        "that the SDK upsamples to the input and turns into a label mask.",
+        f"- Pooling: {config['pooling']['name']} {json.dumps(config['pooling'].get('params', {}))}; "
+        f"{config['architecture']['parameters']:,} parameters.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from milcnn import Classifier",
+        f'clf = Classifier.from_hub("{name}")',
+        'pred = clf.predict("image.tif")  # C x H x W or H x W x C TIFF, channels in the order above',
+        "print(pred.label, pred.probabilities)",
+        "```",
+        "",
+        f"or `milzoo predict images/*.tif --model {name} --out results/`.",
+        "",
+        "## Intended use",
+        "",
+        data.get("intended_use", "Research use in high-content screening: triage and phenotype maps. "
+                 "Not for diagnostic use."),
+        "",
+        "## Training data",
+        "",
+    ]
+    if simulated:
+        lines += ["**The training data is simulated**, not real microscopy. " + data.get("description", ""), ""]
+    else:
+        lines += [data.get("description", "Not described."), ""]
+    if metrics:
+        lines += [
+            "## Evaluation",
+            "",
+            f"Measured by `training/export.py` on `{metrics.get('test_set')}` ({metrics.get('n_images')} images"
+            + (", simulated from seeds not used in training" if simulated else "") + "):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| image accuracy | {metrics['accuracy']:.4f} |",
+            f"| macro F1 | {metrics['macro_f1']:.4f} |",
+        ]
+        if metrics.get("mean_iou") is not None:
+            lines += [f"| segmentation mean IoU (mask vs cells showing the class) | {metrics['mean_iou']:.4f} |",
+                      f"| Otsu threshold of the marker channel, same IoU (baseline) | {metrics['otsu_mean_iou']:.4f} |"]
+        lines += ["", "| class | F1 | IoU |", "|---|---|---|"]
+        for c in config["classes"]:
+            iou = metrics.get("per_class_iou", {}).get(c)
+            lines.append(f"| {c} | {metrics['per_class_f1'].get(c, 0):.4f} | {'' if iou is None else f'{iou:.4f}'} |")
+        lines.append("")
+    lines += [
+        "## Limitations",
+        "",
+        *[f"- {item}" for item in data.get("limitations", [])],
+        "- The mask marks where the class map is high; it follows cells, not their exact outlines, "
+        f"at the 1/{config['output_stride']} resolution of the maps.",
+        "- Images of other organisms, magnifications or stains than the training data are out of scope: "
+        "retrain on your own screen (below).",
+        "",
+        "## Retrain",
+        "",
+        "```bash",
+        *data.get("commands", ["python -m training.train --data manifest.csv --channels ... --out runs/my-model"]),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
