@@ -31,15 +31,16 @@ from training.evaluate import evaluate
 from training.simulate import simulate_dataset
 from training.train import TrainConfig, load_checkpoint, train
 
-POOLINGS = {
-    "max": ("max", {}),
-    "mean": ("mean", {}),
-    "lse (r=5)": ("lse", {"r": 5.0}),
-    "gm (r=2.5)": ("gm", {"r": 2.5}),
-    "noisy_and (a=5)": ("noisy_and", {"a": 5.0}),
-    "noisy_and (a=7.5)": ("noisy_and", {"a": 7.5}),
-    "noisy_and (a=10)": ("noisy_and", {"a": 10.0}),
-    "gated attention": ("attention", {}),
+POOLINGS = {  # label: (pooling, its parameters, other training settings)
+    "max": ("max", {}, {}),
+    "mean": ("mean", {}, {}),
+    "lse (r=5)": ("lse", {"r": 5.0}, {}),
+    "gm (r=2.5)": ("gm", {"r": 2.5}, {}),
+    "noisy_and (a=5)": ("noisy_and", {"a": 5.0}, {}),
+    "noisy_and (a=7.5)": ("noisy_and", {"a": 7.5}, {}),
+    "noisy_and (a=10)": ("noisy_and", {"a": 10.0}, {}),
+    "gated attention": ("attention", {}, {}),
+    "noisy_and (a=10), paper's loss (no smoothness)": ("noisy_and", {"a": 10.0}, {"smoothness": 0.0}),
 }
 LEVELS = (0.0, 0.25, 0.5)
 TRAIN_SEED, VAL_SEED = 101, 102
@@ -75,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.results / "pooling.json"
     if json_path.is_file():
         results = json.loads(json_path.read_text()).get("results", {})
-    for label, (pooling, params) in POOLINGS.items():
+    for label, (pooling, params, extra) in POOLINGS.items():
         if args.only and label not in args.only and pooling not in args.only:
             continue
-        run = args.runs_dir / label.replace(" ", "").replace("(", "-").replace(")", "").replace("=", "")
+        run = args.runs_dir / "".join(ch for ch in label.split(",")[0] + ("-nosmooth" if extra else "") if ch.isalnum() or ch in "-_.")
         cfg = TrainConfig(data=str(train_manifest), val=str(val_manifest), out=str(run), channels="gfp,rfp",
                           pooling=pooling, pooling_params=params, epochs=args.epochs,
-                          steps_per_epoch=args.steps_per_epoch, seed=0)
+                          steps_per_epoch=args.steps_per_epoch, seed=0, **extra)
         t0 = time.time()
         if args.retrain or not (run / "best.pt").is_file():
             if (run / "metrics.jsonl").exists():
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         model, ckpt = load_checkpoint(run / "best.pt")
         if train_seconds < 5:  # reused: report the time the run took
             train_seconds = sum(h["seconds"] for h in ckpt["history"])
-        row = {"pooling": pooling, "params": params, "train_seconds": round(train_seconds, 1),
+        row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness, "train_seconds": round(train_seconds, 1),
                "best_epoch": ckpt["best"]["epoch"], "levels": {}}
         for lv, manifest in tests.items():
             m = evaluate(model, manifest, run / f"eval-{int(lv * 100)}")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:20s} non-showing {lv:.0%}: accuracy {m['accuracy']:.4f}, "
                   f"IoU {m['segmentation']['mean_iou']:.3f}", file=sys.stderr)
         if pooling == "noisy_and":
-            row["learned_b"] = [round(float(v), 4) for v in model.pooling.b]
+            row["learned_b"] = [round(float(v), 4) for v in model.pooling.b.detach()]
         results[label] = row
 
     budget = asdict(TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch))
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                  "val": {"n": 110, "seed": VAL_SEED},
                  "test": {str(lv): {"n": args.n_test, "seed": TEST_SEEDS[lv], "non_showing": lv} for lv in LEVELS}},
         "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
-                                          "output_stride", "context")},
+                                          "output_stride", "context", "smoothness")},
         "results": results,
     }
     args.results.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,8 @@ def render_markdown(report: dict) -> str:
         "",
         f"Made by `{report['command'].strip()}` ({report['machine']['threads']} CPU threads, "
         f"torch {report['machine']['torch']}). Every pooling trains the same CNN "
-        f"(width {b['width']}, output stride {b['output_stride']}, context {b['context']}) on the same "
+        f"(width {b['width']}, output stride {b['output_stride']}, context {b['context']}, edge-aware smoothness "
+        f"weight {b['smoothness']} unless the row says otherwise) on the same "
         f"{report['data']['train']['n']} simulated images (seed {report['data']['train']['seed']}, 20-50 % of "
         f"cells not showing the pattern) for the same budget: {b['epochs']} epochs x {b['steps_per_epoch']} "
         f"steps of {b['batch_size']} crops of {b['crop']} px, learning rate {b['lr']}, seed 0; the checkpoint "
