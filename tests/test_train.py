@@ -84,3 +84,17 @@ def test_cli_reports_bad_manifest_rows(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "line 2: file" in err and "not-there.tif not found" in err and "Traceback" not in err
+
+
+def test_multi_label_manifest_trains_a_multi_label_model(tiny_yeast, tmp_path):
+    rows = tiny_yeast.read_text().splitlines()
+    # merge pairs of classes into two-label images: "ER|bud" etc.
+    merged = [rows[0]] + [f"{p},{lab}|{rows[1 + (i + 1) % 22].split(',')[1]},{m}"
+                          for i, r in enumerate(rows[1:]) for p, lab, m in [r.split(",")]]
+    manifest = tiny_yeast.parent / "multi.csv"
+    manifest.write_text("\n".join(merged) + "\n")
+    best = train(tiny_config(manifest, tmp_path, epochs=1, steps_per_epoch=2), progress=False)
+    model, _ = load_checkpoint(best)
+    assert model.config.multi_label
+    metrics = evaluate(model, manifest, tmp_path / "eval")
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and sum(m["support"] for m in metrics["per_class"].values()) == 44

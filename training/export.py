@@ -97,6 +97,8 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
 
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.config
+    last = Path(checkpoint).with_name("last.pt")  # best.pt's history stops at the best epoch
+    history = torch.load(last, weights_only=True)["history"] if last.is_file() else ckpt["history"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -118,7 +120,10 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
             "architecture": {"width": cfg.width, "context": cfg.context,
                              "parameters": sum(p.numel() for p in model.parameters())},
-            "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"]},
+            "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
+                         "epochs_run": len(history),
+                         "wall_seconds": round(sum(h["seconds"] for h in history), 1),
+                         "threads": torch.get_num_threads()},
             "training_data": training_data or {},
             "metrics": _card_metrics(metrics, eval_data),
             "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},

@@ -88,6 +88,13 @@ def render_card(config: dict) -> str:
         lines += ["**The training data is simulated**, not real microscopy. " + data.get("description", ""), ""]
     else:
         lines += [data.get("description", "Not described."), ""]
+    t = config.get("training", {})
+    if t.get("wall_seconds"):
+        tc = t.get("train_config", {})
+        lines += [f"Trained for {t['epochs_run']} epochs of {tc.get('steps_per_epoch')} steps "
+                  f"({tc.get('batch_size')} crops of {tc.get('crop')} px) in {t['wall_seconds'] / 60:.1f} min on "
+                  f"{t['threads']} CPU threads; the checkpoint of epoch {t['best_epoch']} (best validation accuracy) "
+                  "was exported.", ""]
     if metrics:
         lines += [
             "## Evaluation",

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 models=("${@:-yeast-loc yeast-loc-gfp}")
 for name in ${models[@]}; do
   case "$name" in
-    yeast-loc) channels=gfp,rfp; prefix=yeast ;;
-    yeast-loc-gfp) channels=gfp; prefix=yeast-gfp ;;
+    yeast-loc) channels=gfp,rfp; prefix=yeast; epochs=30 ;;
+    yeast-loc-gfp) channels=gfp; prefix=yeast-gfp; epochs=20 ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac
   for spec in "train 440 1" "val 110 2" "test 220 3"; do
@@ -17,7 +17,7 @@ for name in ${models[@]}; do
       python -m training.simulate yeast --n "$2" --seed "$3" --channels "$channels" --out "data/$prefix-$1"
   done
   [ -f "runs/$name/best.pt" ] || python -m training.train --data "data/$prefix-train/manifest.csv" --val "data/$prefix-val/manifest.csv" \
-    --channels "$channels" --out "runs/$name" --epochs 30
+    --channels "$channels" --out "runs/$name" --epochs "$epochs"
   python -m training.export "runs/$name/best.pt" --out "zoo/$name" --name "$name" --version 1.0.0 \
     --eval-data "data/$prefix-test/manifest.csv" --register "milcnn/$name@v1.0.0" \
     --summary "Yeast GFP protein localization, 11 DeepLoc classes, channels $channels (trained on simulated images)." \
@@ -42,7 +42,7 @@ print(json.dumps({
     "commands": [
         f"python -m training.simulate yeast --n 440 --seed 1 --channels {channels} --out data/{prefix}-train",
         f"python -m training.train --data data/{prefix}-train/manifest.csv --val data/{prefix}-val/manifest.csv "
-        f"--channels {channels} --out runs/{name} --epochs 30",
+        f"--channels {channels} --out runs/{name} --epochs " + ("30" if name == "yeast-loc" else "20"),
         "# or on your own screen: a manifest CSV with path,label (see training/data/manifest.py)",
     ],
 }))
