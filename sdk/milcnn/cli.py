@@ -95,7 +95,8 @@ def predict(inputs, model_name, out_dir, channel_axis, device, threshold) -> Non
         for path in bar:
             try:
                 chw, source = clf.prepare(path, channel_axis=channel_axis)
-                pred = clf._predict_chw(chw, source=source, threshold=threshold)
+                pred = clf.predict(chw, threshold=threshold)
+                pred.source = source
                 stem = path.stem
                 write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask)
                 title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
