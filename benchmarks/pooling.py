@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg, progress=False)
         train_seconds = time.time() - t0
         model, ckpt = load_checkpoint(run / "best.pt")
-        if train_seconds < 5:  # reused: report the time the run took
-            train_seconds = sum(h["seconds"] for h in ckpt["history"])
+        if train_seconds < 5:  # reused: report the time the run took (last.pt holds every epoch)
+            history = torch.load(run / "last.pt", weights_only=True)["history"]
+            train_seconds = sum(h["seconds"] for h in history)
         row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness, "train_seconds": round(train_seconds, 1),
                "best_epoch": ckpt["best"]["epoch"], "levels": {}}
         for lv, manifest in tests.items():
@@ -105,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         if pooling == "noisy_and":
             row["learned_b"] = [round(float(v), 4) for v in model.pooling.b.detach()]
         results[label] = row
+        write_report(args, argv, results, json_path)  # after every run, so finished rows are never lost
 
+    print(f"wrote {json_path} and {args.results / 'pooling.md'}")
+    return 0
+
+
+def write_report(args, argv, results: dict, json_path: Path) -> None:
     budget = asdict(TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch))
     report = {
         "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -125,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     kept = md_path.read_text().partition("\n## Discussion")[1:] if md_path.is_file() else ("", "")
     with write_atomic(md_path, "w") as fh:  # the hand-written discussion below the tables is kept
         fh.write(render_markdown(report) + "".join(kept))
-    print(f"wrote {json_path} and {args.results / 'pooling.md'}")
-    return 0
 
 
 def render_markdown(report: dict) -> str:
