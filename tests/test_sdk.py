@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from milcnn import Classifier
-from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelNotFoundError
+from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelConfigError, ModelNotFoundError
 from milcnn.preprocess import label_mask
 from milcnn.registry import lookup, sha256_of, zoo
 
@@ -42,9 +42,11 @@ def test_unknown_name_lists_the_zoo():
         Classifier.from_hub("yeast-locc")
     assert isinstance(err.value, KeyError)
     assert "unknown model 'yeast-locc'" in str(err.value) and "yeast-loc-gfp" in str(err.value)
-    for bad in ("../etc", "a/../b", "..", "org/name/extra"):
+    for bad in ("../etc", "a/../b", "org/name/extra", "org/../x"):
         with pytest.raises(ModelNotFoundError):
             Classifier.from_hub(bad)
+    with pytest.raises(ModelConfigError, match=r"\.\.: no model.onnx in this folder"):
+        Classifier.from_hub("..")  # an existing folder is loaded as a model folder
 
 
 def test_tampered_model_raises_and_deletes_nothing(tmp_path):
