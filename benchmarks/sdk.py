@@ -135,7 +135,7 @@ def render(r: dict) -> str:
         "|---|---|---|",
         f"| fresh `pip install .` virtual environment | {i['venv_mb']} MB (empty venv {i['empty_venv_mb']} MB) | <= 250 MB |",
         f"| torch installed in it | {'yes' if i['torch_installed'] else 'no'} | no |",
-        f"| `import milcnn` (median of 7, fresh interpreter) | {i['import_milcnn_s'] * 1000:.0f} ms | <= 500 ms |",
+        f"| `import milcnn` (median of 7, fresh interpreter) | {i['import_milcnn_s'] * 1000:.1f} ms | <= 500 ms |",
         f"| peak RSS, load yeast-loc + predict one 1024 x 1344 2-channel image | {m['predict_1024x1344_peak_rss_mb']} MB "
         f"(Python + numpy alone {m['python_numpy_baseline_mb']} MB) | <= 1 GB |",
         "",
