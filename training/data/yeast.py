@@ -37,7 +37,7 @@ not showing it, dead cells, out-of-focus cells, debris).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -112,7 +112,6 @@ class _Cell:
     shows: bool = True
     expression: float = 1.0
     marker: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def radius_along(self, phi: float) -> float:
         t = phi - self.theta
