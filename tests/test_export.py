@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,3 +103,64 @@ def test_failed_export_leaves_the_old_folder(exported, tmp_path, monkeypatch):
         export_folder(best, target, name="x", version="1")
     assert (target / "old.txt").read_text() == "yesterday"
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+# ---------------------------------------------------------------- push to the Hub
+# olah serves but accepts no uploads, so the push code is tested at the HfApi boundary with a recording
+# stand-in (every call checked against HfApi's real signatures) that commits and tags into the server's git
+# mirror; the pushed model is then downloaded back through the real server.
+
+
+def test_push_round_trip_through_a_real_server(exported, hub, tmp_path):
+    from hub_server import RecordingHfApi, sdk_env
+    from test_hub import load_in_process
+    from training.export import check_push, push_to_hub
+
+    _, out = exported
+    api = RecordingHfApi(hub.mirror)
+    assert check_push("lab/tiny", revision="v0.0.1", api=api) is api
+    commit = push_to_hub(out, "lab/tiny", revision="v0.0.1", private=True, api=api)
+    names = [name for name, _ in api.calls]
+    assert names == ["list_repo_refs", "create_repo", "upload_folder", "create_tag"]
+    create, upload, tag = (dict(api.calls[i][1]) for i in (1, 2, 3))
+    assert create["private"] is True and create["exist_ok"] is True
+    assert upload["folder_path"] == str(out) and upload["commit_message"] == "tiny v0.0.1"
+    assert tag["tag"] == "v0.0.1" and tag["revision"] == commit
+    rc, got, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "lab/tiny", revision="v0.0.1")
+    assert rc == 0, err
+    assert got["commit"] == commit and got["source"] == "hub"
+    local = Classifier.from_dir(out, device="cpu").predict(out / "sample_input.tif")
+    np.testing.assert_allclose([got["probabilities"][c] for c in local.classes],
+                               [local.probabilities[c] for c in local.classes], atol=1e-6)
+    with pytest.raises(ExportError, match="tag already exists in lab/tiny"):
+        check_push("lab/tiny", revision="v0.0.1", api=api)
+
+
+def test_export_cli_push_prints_the_commit(exported, hub, tmp_path, monkeypatch, capsys):
+    from hub_server import RecordingHfApi, git
+    from training import export
+
+    best, _ = exported
+    api = RecordingHfApi(hub.mirror)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(export, "_hub_api", lambda token: api)
+    rc = export.main([str(best), "--out", str(tmp_path / "pushed"), "--name", "cli", "--push", "lab/cli",
+                      "--revision", "v1.0.0"])
+    assert rc == 0
+    sha = git(hub.mirror.repo_dir("lab/cli"), "rev-parse", "v1.0.0")
+    assert f"pushed {tmp_path / 'pushed'} to lab/cli at commit {sha} (tag v1.0.0)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "pushed" / "config.json").read_text())
+    assert config["repo_id"] == "lab/cli"
+    assert 'Classifier.from_hub("lab/cli")' in (tmp_path / "pushed" / "README.md").read_text()
+
+
+def test_push_without_a_token_fails_before_exporting(exported, tmp_path):
+    best, _ = exported
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path / "empty-hf-home")
+    proc = subprocess.run([sys.executable, "-m", "training.export", str(best), "--out", str(tmp_path / "x"),
+                           "--push", "lab/x"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN (nothing was exported)" \
+        in proc.stderr
+    assert not (tmp_path / "x").exists() and "Traceback" not in proc.stderr

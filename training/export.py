@@ -3,7 +3,7 @@
 Usage::
 
     python -m training.export runs/yeast-loc/best.pt --out zoo/yeast-loc --name yeast-loc \\
-        --eval-data data/yeast-test/manifest.csv
+        --eval-data data/yeast-test/manifest.csv [--push my-lab/yeast-loc --revision v1.0.0 --private]
 
 Writes ``model.onnx`` (one self-contained file, opset 18, dynamic batch, height and width;
 outputs ``probabilities`` (B, K) and ``class_maps`` (B, K, h, w)), ``config.json``,
@@ -11,6 +11,11 @@ outputs ``probabilities`` (B, K) and ``class_maps`` (B, K, h, w)), ``config.json
 ``sample_output.json``. Before anything is written, PyTorch and onnxruntime must agree
 within 1e-4 on two random input sizes; otherwise the export fails and ``--out`` is left as
 it was. The folder is assembled beside ``--out`` and renamed into place at the end.
+
+With ``--push ORG/NAME`` the folder is then uploaded to the Hugging Face Hub (the repo is
+created if needed), tagged with ``--revision``, and the commit sha printed. The token comes
+from the usual places (``HF_TOKEN``, ``hf auth login``); it is looked up, and the tag checked
+to be new, before the export starts.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ import numpy as np
 import torch
 
 from milcnn import constants
+from milcnn.errors import HubTokenError
 from milcnn.io import write_tiff
+from milcnn.registry import sha256_of
 from training.data.manifest import load_image, read_manifest
 from training.model import MILCNN
 
-__all__ = ["export_onnx", "check_onnx", "export_folder", "ExportError"]
+__all__ = ["export_onnx", "check_onnx", "export_folder", "push_to_hub", "check_push", "ExportError"]
 
 OPSET = 18
 TOLERANCE = 1e-4
@@ -88,7 +95,8 @@ def check_onnx(model: MILCNN, path: Path, *, sizes=((1, 96, 136), (2, 203, 157))
 
 
 def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | None = None,
-                  sample_index: int = 0, training_data: dict | None = None, summary: str = "") -> Path:
+                  sample_index: int = 0, training_data: dict | None = None, summary: str = "",
+                  repo_id: str | None = None) -> Path:
     """Write the whole model folder to ``out`` (replacing it only when everything succeeded)."""
     from milcnn.classifier import Classifier
     from training.evaluate import evaluate
@@ -113,8 +121,9 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
         pooling = {"name": cfg.pooling, "params": cfg.pooling_params}
         if cfg.pooling == "noisy_and":
             pooling["learned_b"] = [round(float(v), 5) for v in model.pooling.b.detach()]
+        onnx_file = staging / constants.MODEL_FILE
         config = {
-            "name": name, "version": version, "summary": summary,
+            "name": name, "version": version, "summary": summary, "repo_id": repo_id,
             "classes": list(cfg.classes), "channels": list(cfg.channels),
             "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
@@ -127,6 +136,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "training_data": training_data or {},
             "metrics": _card_metrics(metrics, eval_data),
             "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
+            "files": {constants.MODEL_FILE: {"sha256": sha256_of(onnx_file), "bytes": onnx_file.stat().st_size}},
         }
         (staging / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if eval_data:
@@ -184,24 +194,101 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--register", metavar="ORG/NAME@REVISION",
                         help="add the model to the zoo registry, pinned to this Hub repo and revision")
     parser.add_argument("--registry", type=Path, default=Path("zoo/registry.json"))
+    parser.add_argument("--push", metavar="ORG/NAME", help="upload the folder to this Hugging Face Hub repo")
+    parser.add_argument("--revision", metavar="TAG", help="with --push: tag the uploaded commit (e.g. v1.0.0)")
+    parser.add_argument("--private", action="store_true", help="with --push: create the repo as private")
     args = parser.parse_args(argv)
+    if (args.revision or args.private) and not args.push:
+        parser.error("--revision and --private go with --push")
     try:
+        api = check_push(args.push, revision=args.revision) if args.push else None
         out = export_folder(args.checkpoint, args.out, name=args.name or args.out.name, version=args.version,
                             eval_data=args.eval_data, sample_index=args.sample_index,
-                            training_data=args.training_data, summary=args.summary)
-    except (ExportError, ValueError, FileNotFoundError) as exc:
+                            training_data=args.training_data, summary=args.summary, repo_id=args.push)
+    except (ExportError, HubTokenError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.register:
         register(args.registry, name=args.name or args.out.name, spec=args.register, folder=out, summary=args.summary)
     print(out)
+    if args.push:
+        try:
+            commit = push_to_hub(out, args.push, revision=args.revision, private=args.private, api=api)
+        except Exception as exc:  # network, permissions: the exported folder is complete and kept
+            print(f"error: pushing {out} to {args.push} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                  f"the folder is complete: upload it later with `hf upload {args.push} {out}`", file=sys.stderr)
+            return 1
+        at = f" (tag {args.revision})" if args.revision else ""
+        print(f"pushed {out} to {args.push} at commit {commit}{at}")
     return 0
+
+
+def _hub_api(token: str):
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def check_push(repo_id: str, *, revision: str | None = None, api=None):
+    """Fail fast, before any export work: a valid repo id, a token, and a tag not yet taken.
+
+    Returns:
+        The ``HfApi`` client to push with.
+
+    Raises:
+        ValueError: ``repo_id`` is not ``org/name``.
+        HubTokenError: no Hugging Face token is configured.
+        ExportError: the tag already exists in the repo.
+    """
+    from huggingface_hub import get_token
+    from huggingface_hub import errors as hf_errors
+    from milcnn.hub import is_repo_id
+
+    if not is_repo_id(repo_id):
+        raise ValueError(f"--push {repo_id!r}: expected a Hub repo id 'org/name'")
+    if api is None:
+        token = get_token()
+        if token is None:
+            raise HubTokenError(f"--push {repo_id}: no Hugging Face token found; log in with `hf auth login` "
+                                "or set HF_TOKEN (nothing was exported)")
+        api = _hub_api(token)
+    if revision:
+        try:
+            tags = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="model").tags}
+        except hf_errors.RepositoryNotFoundError:
+            tags = set()  # a new repo: created at push time
+        if revision in tags:
+            raise ExportError(f"--revision {revision!r}: tag already exists in {repo_id}; releases are immutable, "
+                              "choose a new tag (nothing was exported)")
+    return api
+
+
+def push_to_hub(folder, repo_id: str, *, revision: str | None = None, private: bool = False, api=None) -> str:
+    """Upload an exported folder to ``repo_id`` (created if needed), tag it, return the commit sha.
+
+    Args:
+        folder: a folder written by ``export_folder``.
+        repo_id: ``org/name`` on the Hub (``HF_ENDPOINT`` decides which Hub).
+        revision: a tag for the new commit, e.g. ``v1.0.0``.
+        private: create the repo as private (an existing repo keeps its visibility).
+        api: an ``HfApi`` (default: one from ``check_push``).
+    """
+    folder = Path(folder)
+    api = api if api is not None else check_push(repo_id, revision=revision)
+    config = json.loads((folder / constants.CONFIG_FILE).read_text())
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message=f"{config['name']} v{config['version']}")
+    commit = info.oid
+    if revision:
+        api.create_tag(repo_id, tag=revision, revision=commit, repo_type="model",
+                       tag_message=f"{config['name']} v{config['version']}")
+    return commit
 
 
 def register(registry: Path, *, name: str, spec: str, folder: Path, summary: str) -> None:
     """Pin ``name`` in the zoo registry to ``org/name@revision`` and the sha256 of its model.onnx."""
     from milcnn.io import write_atomic
-    from milcnn.registry import sha256_of
 
     repo_id, _, revision = spec.partition("@")
     data = json.loads(registry.read_text()) if registry.is_file() else {"models": {}}

@@ -13,7 +13,7 @@ from milcnn.config import ModelInfo
 from milcnn.errors import ChecksumMismatchError, ModelConfigError, SelfTestError
 from milcnn.io import read_image
 from milcnn.preprocess import label_mask, normalize, to_chw, upsample_maps
-from milcnn.registry import lookup, sha256_of
+from milcnn.registry import sha256_of
 from milcnn.session import OnnxModel
 
 __all__ = ["Classifier", "Prediction"]
@@ -61,6 +61,7 @@ class Classifier:
         self.folder = Path(folder)
         self.info = info
         self.model = model
+        self.origin = None  # a milcnn.hub.ResolvedModel: where the model came from
 
     # ------------------------------------------------------------------ loading
 
@@ -71,38 +72,60 @@ class Classifier:
         Args:
             path: the folder.
             device: ``auto``, ``cpu`` or ``cuda``.
-            sha256: if given, ``model.onnx`` must have this checksum.
+            sha256: the checksum ``model.onnx`` must have; defaults to the one ``config.json``
+                records (folders exported before that record existed are not checked).
 
         Raises:
             ModelConfigError: the folder lacks ``model.onnx`` or a valid ``config.json``.
-            ChecksumMismatchError: ``sha256`` given and different.
+            ChecksumMismatchError: ``model.onnx`` differs from the expected checksum.
         """
+        from milcnn.hub import ResolvedModel, model_sha256
+
         folder = Path(path)
+        return cls._load(ResolvedModel(folder, sha256 or model_sha256(folder), "folder"), device=device)
+
+    @classmethod
+    def from_hub(cls, name_or_repo: str, *, revision: str | None = None, cache_dir=None,
+                 local_files_only: bool = False, device: str = "auto") -> "Classifier":
+        """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
+
+        Zoo models ship inside the package and load with no network when their sha256
+        matches the registry's pin. Hub repos download into the Hugging Face cache
+        (``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` are honoured); when the Hub is
+        unreachable, the cached copy is used with a one-line notice.
+
+        Args:
+            name_or_repo: a zoo name, ``org/name`` or a folder.
+            revision: branch, tag or commit; for a zoo name, None means its pinned release.
+            cache_dir: the Hugging Face cache to use instead of the default.
+            local_files_only: never contact the Hub.
+            device: ``auto``, ``cpu`` or ``cuda``.
+
+        Raises:
+            ModelNotFoundError: an unknown zoo name (the message lists the zoo).
+            RepositoryNotFoundError, RevisionNotFoundError: not on the Hub.
+            HubOfflineError: the Hub is unreachable or offline mode is on, and nothing is cached.
+            ChecksumMismatchError: ``model.onnx`` differs from its pinned checksum.
+        """
+        from milcnn.hub import resolve
+
+        origin = resolve(name_or_repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return cls._load(origin, device=device)
+
+    @classmethod
+    def _load(cls, origin, *, device: str) -> "Classifier":
+        folder = origin.folder
         onnx_path = folder / constants.MODEL_FILE
         if not onnx_path.is_file():
             raise ModelConfigError(f"{folder}: no {constants.MODEL_FILE} in this folder")
         info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
-        if sha256 is not None:
+        if origin.sha256 is not None:
             actual = sha256_of(onnx_path)
-            if actual != sha256:
-                raise ChecksumMismatchError(onnx_path, sha256, actual)
-        return cls(folder, info, OnnxModel(onnx_path, device=device))
-
-    @classmethod
-    def from_hub(cls, name_or_repo: str, *, revision: str | None = None, device: str = "auto") -> "Classifier":
-        """Load a zoo model by name (``"yeast-loc"``) or a Hub repo (``"org/name"``).
-
-        Zoo models ship inside the package and load with no network; their sha256 is
-        checked against the registry on every load.
-
-        Raises:
-            ModelNotFoundError: an unknown zoo name (the message lists the zoo).
-            ChecksumMismatchError: the file differs from the pinned checksum.
-        """
-        from milcnn.hub import resolve
-
-        folder, sha256 = resolve(name_or_repo, revision=revision)
-        return cls.from_dir(folder, device=device, sha256=sha256)
+            if actual != origin.sha256:
+                raise ChecksumMismatchError(onnx_path, origin.sha256, actual)
+        clf = cls(folder, info, OnnxModel(onnx_path, device=device))
+        clf.origin = origin
+        return clf
 
     # ------------------------------------------------------------------ properties
 

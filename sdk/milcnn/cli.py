@@ -3,6 +3,7 @@
     milzoo predict plate/*.tif --out results/      classify and segment images
     milzoo models                                  list the zoo
     milzoo info yeast-loc                          summarise a model card
+    milzoo download my-lab/model@v1.0.0            fetch a model into the cache (for offline nodes)
 """
 
 from __future__ import annotations
@@ -51,7 +52,25 @@ def _load(model: str, device: str):
     from milcnn.hub import parse_model_spec
 
     name, revision = parse_model_spec(model)
-    return Classifier.from_hub(name, revision=revision, device=device)
+    try:
+        return Classifier.from_hub(name, revision=revision, device=device)
+    except Exception as exc:  # noqa: BLE001 - every failure to load is reported as one line
+        raise click.UsageError(_one_line(exc)) from None
+
+
+def _resolve(model: str, revision: str | None = None, **kwargs):
+    from milcnn.hub import parse_model_spec, resolve
+
+    name, spec_revision = parse_model_spec(model)
+    try:
+        return resolve(name, revision=revision or spec_revision, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise click.UsageError(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip('"')
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,10 +104,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, threshold) -> Non
         click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
     if not paths:
         raise click.UsageError("no input images found")
-    try:
-        clf = _load(model_name, device)
-    except (MilcnnError, KeyError, ValueError, OSError) as exc:
-        raise click.UsageError(str(exc).strip('"')) from None
+    clf = _load(model_name, device)
     header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
     rows, errors = [], [(m, "no such file, folder or matching files") for m in missing]
     with click.progressbar(paths, label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
@@ -144,17 +160,15 @@ def models() -> None:
 @click.argument("model")
 def info(model: str) -> None:
     """Summarise MODEL's card: what it expects, what it predicts, how well, and on what data."""
+    from milcnn.config import ModelInfo
     from milcnn.errors import MilcnnError
-    from milcnn.hub import parse_model_spec, resolve
 
-    name, revision = parse_model_spec(model)
+    origin = _resolve(model)
+    folder, sha = origin.folder, origin.sha256
     try:
-        folder, sha = resolve(name, revision=revision)
-        from milcnn.config import ModelInfo
-
         cfg = ModelInfo.from_file(folder / constants.CONFIG_FILE)
-    except (MilcnnError, KeyError, ValueError, OSError) as exc:
-        raise click.UsageError(str(exc).strip('"')) from None
+    except MilcnnError as exc:
+        raise click.UsageError(_one_line(exc)) from None
     m, data = cfg.metrics, cfg.training_data
     click.echo(f"{cfg.name} v{cfg.version}  ({folder})")
     if cfg.raw.get("summary"):
@@ -172,6 +186,32 @@ def info(model: str) -> None:
     if sha:
         click.echo(f"sha256     {sha}")
     click.echo(f"card       {folder / constants.CARD_FILE}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--revision", default=None, help="branch, tag or commit (default: the zoo's pinned release, or main)")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Hugging Face cache to fill (default: HF_HUB_CACHE, under HF_HOME)")
+@click.option("--force", is_flag=True, help="download again even if cached")
+def download(model: str, revision: str | None, cache_dir: Path | None, force: bool) -> None:
+    """Fetch MODEL (zoo name or org/name[@revision]) into the cache, for machines without network.
+
+    Run it where the Hub is reachable, sharing the cache (HF_HOME) with the compute nodes;
+    there, `milzoo predict --model MODEL` then loads it with no network. Prints the folder.
+    """
+    origin = _resolve(model, revision, cache_dir=cache_dir, force_download=force)
+    from milcnn.classifier import Classifier
+
+    try:  # a model that will not load is not worth caching silently
+        Classifier.from_dir(origin.folder, device="cpu", sha256=origin.sha256)
+    except Exception as exc:  # noqa: BLE001
+        raise click.UsageError(_one_line(exc)) from None
+    where = {"bundled": "ships with milcnn-sdk, nothing to download", "hub": "downloaded or up to date",
+             "cache": "from the cache (the Hub was not reachable)", "folder": "a local folder"}[origin.source]
+    commit = f" commit {origin.commit[:12]}" if origin.commit else ""
+    click.echo(f"{model}{commit}: {where}; sha256 {'verified' if origin.sha256 else 'not pinned'}", err=True)
+    click.echo(str(origin.folder))
 
 
 if __name__ == "__main__":

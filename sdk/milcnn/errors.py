@@ -9,6 +9,10 @@ __all__ = [
     "ModelNotFoundError",
     "ModelConfigError",
     "ChecksumMismatchError",
+    "RepositoryNotFoundError",
+    "RevisionNotFoundError",
+    "HubOfflineError",
+    "HubTokenError",
     "SelfTestError",
 ]
 
@@ -44,12 +48,51 @@ class ModelConfigError(MilcnnError, ValueError):
 
 
 class ChecksumMismatchError(MilcnnError, ValueError):
-    """A model file's sha256 differs from the one pinned in the registry."""
+    """A model file's sha256 differs from the one pinned in the registry or its ``config.json``."""
 
     def __init__(self, path, expected: str, actual: str):
         self.path, self.expected, self.actual = str(path), expected, actual
         super().__init__(f"{path}: sha256 {actual[:12]}... does not match the pinned {expected[:12]}...; "
-                         "the file is corrupt or was changed; nothing was deleted")
+                         "the file is corrupt or was changed; nothing was deleted "
+                         "(re-fetch with `milzoo download MODEL --force`)")
+
+
+class RepositoryNotFoundError(MilcnnError, KeyError):
+    """The Hub has no repository of that id (or it is private and no token allows reading it)."""
+
+    def __init__(self, repo_id: str, endpoint: str):
+        self.repo_id, self.endpoint = repo_id, endpoint
+        super().__init__(repo_id)
+
+    def __str__(self) -> str:
+        return (f"Hub repository {self.repo_id!r} not found at {self.endpoint} (check the spelling; "
+                "if it is private, log in with `hf auth login` or set HF_TOKEN)")
+
+
+class RevisionNotFoundError(MilcnnError, KeyError):
+    """The repository exists but has no branch, tag or commit of that name."""
+
+    def __init__(self, repo_id: str, revision: str, endpoint: str):
+        self.repo_id, self.revision, self.endpoint = repo_id, revision, endpoint
+        super().__init__(revision)
+
+    def __str__(self) -> str:
+        return (f"revision {self.revision!r} not found in Hub repository {self.repo_id!r} at {self.endpoint} "
+                "(give a branch, a tag such as 'v1.0.0', or a full commit sha)")
+
+
+class HubOfflineError(MilcnnError, ConnectionError):
+    """The Hub cannot be reached (or offline mode is on) and nothing usable is cached."""
+
+    def __init__(self, repo_id: str, revision: str | None, reason: str):
+        self.repo_id, self.revision, self.reason = repo_id, revision, reason
+        at = f"@{revision}" if revision else ""
+        super().__init__(f"{repo_id}{at} is not in the local cache and {reason}; fetch it once on a machine "
+                         f"with network (`milzoo download {repo_id}{at}`) and share the cache (HF_HOME)")
+
+
+class HubTokenError(MilcnnError, PermissionError):
+    """Pushing to the Hub needs a token and none was found."""
 
 
 class SelfTestError(MilcnnError, AssertionError):

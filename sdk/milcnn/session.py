@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from milcnn import constants
+from milcnn.notices import notice
 
 __all__ = ["OnnxModel", "DEVICES"]
 
@@ -34,8 +34,8 @@ class OnnxModel:
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
-            print("milcnn: --device cuda asked for, but onnxruntime has no CUDA provider here "
-                  "(install onnxruntime-gpu instead of onnxruntime); running on the CPU", file=sys.stderr)
+            notice("--device cuda asked for, but onnxruntime has no CUDA provider here "
+                   "(install onnxruntime-gpu instead of onnxruntime); running on the CPU")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
