@@ -29,7 +29,7 @@ def exported(tiny_yeast, tmp_path_factory):
 def test_folder_is_complete_and_self_contained(exported):
     _, out = exported
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "model.onnx", "sample_input.tif", "sample_output.json"]
+        "README.md", "config.json", "model.onnx", "pooling.onnx", "sample_input.tif", "sample_output.json"]
     config = json.loads((out / "config.json").read_text())
     for key in ("name", "version", "classes", "channels", "normalization", "pooling", "output_stride", "min_size",
                 "training_data", "metrics"):

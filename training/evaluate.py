@@ -11,7 +11,7 @@ Writes to ``--out``:
 - ``per_class.csv``, ``confusion.csv`` (rows true, columns predicted) and ``confusion.png``.
 
 Segmentation IoU, per class ``k``, pooled over the images labelled ``k``: the pixels the
-model assigns to ``k`` (``milcnn.preprocess.label_mask`` of the upsampled class maps: ``k``'s
+model assigns to ``k`` (``milcnn.preprocess.mask_from_maps``, the label mask of the upsampled class maps: ``k``'s
 map is the largest and >= 0.5) against the pixels of cells showing ``k`` (mask value
 ``k + 1``). The baseline thresholds the marker channel (``rfp`` if present, else the
 first) with Otsu's method after a 1-px Gaussian smoothing: it finds cells, not phenotypes,
@@ -32,7 +32,7 @@ import torch
 from scipy import ndimage
 
 from milcnn.io import write_atomic
-from milcnn.preprocess import label_mask, upsample_maps
+from milcnn.preprocess import mask_from_maps
 from training.data.dataset import ImageSet
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.metrics import IoU, confusion_matrix, image_accuracy, otsu_threshold, precision_recall_f1, predicted_labels
@@ -83,7 +83,7 @@ def evaluate(model: MILCNN, manifest, out, *, device=torch.device("cpu"), thresh
         if truth is None:
             continue
         n_masks += 1
-        mask = label_mask(upsample_maps(class_maps, cfg.output_stride, truth.shape), threshold)
+        mask = mask_from_maps(class_maps, cfg.output_stride, truth.shape, threshold)
         cells = otsu_cells(load_image(sample, len(cfg.channels))[marker])
         for k in np.flatnonzero(target):
             showing = truth == k + 1

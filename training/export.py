@@ -40,9 +40,10 @@ from milcnn.errors import HubTokenError
 from milcnn.io import write_tiff
 from milcnn.registry import sha256_of
 from training.data.manifest import load_image, read_manifest
-from training.model import MILCNN
+from training.model import MILCNN, receptive_field
 
-__all__ = ["export_onnx", "check_onnx", "export_folder", "push_to_hub", "check_push", "ExportError"]
+__all__ = ["export_onnx", "check_onnx", "export_folder", "export_pooling", "file_records", "push_to_hub",
+           "check_push", "ExportError"]
 
 OPSET = 18
 TOLERANCE = 1e-4
@@ -122,12 +123,13 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
         if cfg.pooling == "noisy_and":
             pooling["learned_b"] = [round(float(v), 5) for v in model.pooling.b.detach()]
         onnx_file = staging / constants.MODEL_FILE
+        pooling_file = export_pooling(onnx_file, staging / constants.POOLING_FILE) if cfg.pooling != "attention" else None
         config = {
             "name": name, "version": version, "summary": summary, "repo_id": repo_id,
             "classes": list(cfg.classes), "channels": list(cfg.channels),
             "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
-            "architecture": {"width": cfg.width, "context": cfg.context,
+            "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
                              "parameters": sum(p.numel() for p in model.parameters())},
             "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
                          "epochs_run": len(history),
@@ -136,7 +138,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "training_data": training_data or {},
             "metrics": _card_metrics(metrics, eval_data),
             "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
-            "files": {constants.MODEL_FILE: {"sha256": sha256_of(onnx_file), "bytes": onnx_file.stat().st_size}},
+            "files": file_records(onnx_file, pooling_file),
         }
         (staging / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if eval_data:
@@ -155,6 +157,29 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def export_pooling(model_onnx: Path, out: Path) -> Path:
+    """Cut the pooling layer (``class_maps`` -> ``probabilities``) out of an exported model.
+
+    The SDK runs it on class maps stitched from tiles, so a tiled image is pooled by the
+    very operators (and learned parameters) of the whole-image graph. Attention pooling
+    also reads the features, so it has no such graph and such models are not tiled.
+    """
+    import onnx
+    from onnx.utils import extract_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        extract_model(str(model_onnx), str(Path(tmp) / "pooling.onnx"), ["class_maps"], ["probabilities"])
+        graph = onnx.load(str(Path(tmp) / "pooling.onnx"))
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out))
+    return out
+
+
+def file_records(*paths) -> dict:
+    """``{file name: {"sha256", "bytes"}}`` for config.json's ``files`` (the SDK checks them on load)."""
+    return {Path(p).name: {"sha256": sha256_of(p), "bytes": Path(p).stat().st_size} for p in paths if p is not None}
 
 
 def _umask() -> int:

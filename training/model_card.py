@@ -117,6 +117,24 @@ def render_card(config: dict) -> str:
             iou = metrics.get("per_class_iou", {}).get(c)
             lines.append(f"| {c} | {metrics['per_class_f1'].get(c, 0):.4f} | {'' if iou is None else f'{iou:.4f}'} |")
         lines.append("")
+    for precision, variant in config.get("variants", {}).items():
+        vm = variant["metrics"]
+        lines += [
+            f"## {precision} variant",
+            "",
+            f"`{variant['file']}` ({variant['method']}; calibrated on {variant['calibration']['n_images']} images of "
+            f"`{variant['calibration']['manifest']}`), loaded with `Classifier.from_hub(..., precision=\"{precision}\")` "
+            f"or `milzoo predict --precision {precision}`. Measured by `python -m training.quantize` through the SDK on "
+            f"`{vm['test_set']}` ({vm['n_images']} images):",
+            "",
+            "| precision | image accuracy | segmentation mean IoU |",
+            "|---|---|---|",
+            f"| fp32 | {vm['fp32_accuracy_sdk']:.4f} | {vm['fp32_mean_iou_sdk']:.4f} |",
+            f"| {precision} | {vm['accuracy']:.4f} | {vm['mean_iou']:.4f} |",
+            "",
+            "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.inference`).",
+            "",
+        ]
     lines += [
         "## Limitations",
         "",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-create the zoo's yeast models from scratch: simulate, train, evaluate, export, register.
+# Re-create the zoo's yeast models from scratch: simulate, train, evaluate, export, register, int8 variant.
 # Usage: bash zoo/release.sh [yeast-loc|yeast-loc-gfp ...]   (default: both; about 25 min each on 2 CPU cores)
 # A finished run in runs/<name>/best.pt is exported, not retrained.
 set -euo pipefail
@@ -48,4 +48,6 @@ print(json.dumps({
 }))
 PY
 )"
+  python -m training.quantize "zoo/$name" --calibration "data/$prefix-train/manifest.csv" \
+    --eval-data "data/$prefix-test/manifest.csv"
 done

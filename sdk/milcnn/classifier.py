@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,18 @@ from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ChecksumMismatchError, ModelConfigError, SelfTestError
 from milcnn.io import read_image
-from milcnn.preprocess import label_mask, normalize, to_chw, upsample_maps
+from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, to_chw, upsample_maps
 from milcnn.registry import sha256_of
 from milcnn.session import OnnxModel
 
 __all__ = ["Classifier", "Prediction"]
+
+
+def _verify(path: Path, sha256: str | None) -> None:
+    if sha256 is not None:
+        actual = sha256_of(path)
+        if actual != sha256:
+            raise ChecksumMismatchError(path, sha256, actual)
 
 
 @dataclass
@@ -26,18 +34,26 @@ class Prediction:
     Attributes:
         label: the predicted class (multi-label models: the classes >= 0.5 joined by ``|``).
         probabilities: class -> image-level probability.
-        class_maps: (K, H, W) float32 per-class instance probabilities at the input's resolution.
         mask: (H, W) uint8: 0 background, ``k + 1`` where class ``k``'s map is largest and >= threshold.
         classes: the model's class order (``mask`` value ``k + 1`` is ``classes[k]``).
+        maps: (K, h, w) float32 class maps at the model's resolution (1 / ``stride``).
+        stride: the model's output stride.
         source: the file it came from, if any.
+        class_maps: (K, H, W) float32 per-class instance probabilities at the input's resolution,
+            computed from ``maps`` on first access (K x H x W x 4 bytes: large for huge images).
     """
 
     label: str
     probabilities: dict[str, float]
-    class_maps: np.ndarray
     mask: np.ndarray
     classes: tuple[str, ...]
+    maps: np.ndarray = field(repr=False)
+    stride: int = field(repr=False)
     source: str | None = None
+
+    @cached_property
+    def class_maps(self) -> np.ndarray:
+        return upsample_maps(self.maps, self.stride, self.mask.shape)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: label, probabilities and each class's pixel count in the mask."""
@@ -57,36 +73,42 @@ class Classifier:
     Load with ``Classifier.from_hub("yeast-loc")`` or ``Classifier.from_dir(path)``.
     """
 
-    def __init__(self, folder, info: ModelInfo, model: OnnxModel):
+    def __init__(self, folder, info: ModelInfo, model: OnnxModel, *, precision: str = "fp32"):
         self.folder = Path(folder)
         self.info = info
         self.model = model
+        self.precision = precision
         self.origin = None  # a milcnn.hub.ResolvedModel: where the model came from
+        self._pooling: OnnxModel | None = None
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_dir(cls, path, *, device: str = "auto", sha256: str | None = None) -> "Classifier":
+    def from_dir(cls, path, *, device: str = "auto", precision: str = "fp32",
+                 sha256: str | None = None) -> "Classifier":
         """Load a model folder (``model.onnx`` + ``config.json``).
 
         Args:
             path: the folder.
             device: ``auto``, ``cpu`` or ``cuda``.
+            precision: ``fp32``, or a variant the model ships (``int8``; see ``available_precisions``).
             sha256: the checksum ``model.onnx`` must have; defaults to the one ``config.json``
                 records (folders exported before that record existed are not checked).
 
         Raises:
-            ModelConfigError: the folder lacks ``model.onnx`` or a valid ``config.json``.
-            ChecksumMismatchError: ``model.onnx`` differs from the expected checksum.
+            ModelConfigError: the folder lacks ``model.onnx`` or a valid ``config.json``, or the
+                precision asked for.
+            ChecksumMismatchError: a model file differs from its expected checksum.
         """
         from milcnn.hub import ResolvedModel, model_sha256
 
         folder = Path(path)
-        return cls._load(ResolvedModel(folder, sha256 or model_sha256(folder), "folder"), device=device)
+        return cls._load(ResolvedModel(folder, sha256 or model_sha256(folder), "folder"), device=device,
+                         precision=precision)
 
     @classmethod
     def from_hub(cls, name_or_repo: str, *, revision: str | None = None, cache_dir=None,
-                 local_files_only: bool = False, device: str = "auto") -> "Classifier":
+                 local_files_only: bool = False, device: str = "auto", precision: str = "fp32") -> "Classifier":
         """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
 
         Zoo models ship inside the package and load with no network when their sha256
@@ -100,32 +122,42 @@ class Classifier:
             cache_dir: the Hugging Face cache to use instead of the default.
             local_files_only: never contact the Hub.
             device: ``auto``, ``cpu`` or ``cuda``.
+            precision: ``fp32`` or a variant the model ships (``int8``).
 
         Raises:
             ModelNotFoundError: an unknown zoo name (the message lists the zoo).
             RepositoryNotFoundError, RevisionNotFoundError: not on the Hub.
             HubOfflineError: the Hub is unreachable or offline mode is on, and nothing is cached.
-            ChecksumMismatchError: ``model.onnx`` differs from its pinned checksum.
+            ChecksumMismatchError: a model file differs from its pinned checksum.
         """
         from milcnn.hub import resolve
 
         origin = resolve(name_or_repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        return cls._load(origin, device=device)
+        return cls._load(origin, device=device, precision=precision)
 
     @classmethod
-    def _load(cls, origin, *, device: str) -> "Classifier":
+    def _load(cls, origin, *, device: str, precision: str = "fp32") -> "Classifier":
         folder = origin.folder
         onnx_path = folder / constants.MODEL_FILE
         if not onnx_path.is_file():
             raise ModelConfigError(f"{folder}: no {constants.MODEL_FILE} in this folder")
         info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
         if origin.sha256 is not None:
-            actual = sha256_of(onnx_path)
-            if actual != origin.sha256:
-                raise ChecksumMismatchError(onnx_path, origin.sha256, actual)
-        clf = cls(folder, info, OnnxModel(onnx_path, device=device))
+            _verify(onnx_path, origin.sha256)
+        if precision != "fp32":
+            variants = info.raw.get("variants", {})
+            if precision not in variants:
+                raise ModelConfigError(f"{info.name} has no {precision!r} variant; it offers "
+                                       f"{', '.join(['fp32', *variants])}")
+            onnx_path = folder / variants[precision]["file"]
+            _verify(onnx_path, info.file_sha256(onnx_path.name))
+        clf = cls(folder, info, OnnxModel(onnx_path, device=device), precision=precision)
         clf.origin = origin
         return clf
+
+    @property
+    def available_precisions(self) -> tuple[str, ...]:
+        return ("fp32", *self.info.raw.get("variants", {}))
 
     # ------------------------------------------------------------------ properties
 
@@ -156,49 +188,133 @@ class Classifier:
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis)
         return chw, source
 
-    def predict(self, image, *, channel_axis: int | None = None,
-                threshold: float = constants.DEFAULT_THRESHOLD) -> Prediction:
+    def predict(self, image, *, channel_axis: int | None = None, threshold: float = constants.DEFAULT_THRESHOLD,
+                tile_size: int | None = None) -> Prediction:
         """Classify and segment one image.
+
+        Images larger than ``constants.TILE_THRESHOLD_PIXELS`` (or any image, with
+        ``tile_size``) run in overlapping tiles whose class maps are stitched before pooling,
+        so memory stays bounded and the result matches whole-image inference.
 
         Args:
             image: a path, or a numpy array: H x W (one-channel models), C x H x W or H x W x C,
                 with channels in the model's order (``clf.channels``).
             channel_axis: which axis holds the channels, when the shape is ambiguous.
             threshold: class-map probability for a pixel to enter the mask.
+            tile_size: run in tiles of this many pixels (a multiple of the output stride).
 
         Returns:
             a Prediction.
 
         Raises:
             ImageReadError: the file cannot be read.
-            ValueError: the array's shape does not fit the model's channels.
+            ValueError: the array's shape does not fit the model's channels, or a bad tile size.
         """
         chw, source = self.prepare(image, channel_axis=channel_axis)
-        return self._predict_chw(chw, source=source, threshold=threshold)
+        _, h, w = chw.shape
+        if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
+            tile_size = constants.DEFAULT_TILE_SIZE
+        if tile_size is not None:
+            probs, maps = self._run_tiled(chw, tile_size)
+        else:
+            probs, maps = self._run_batch([self._normalized(chw)])
+            probs, maps = probs[0], maps[0]
+        return self._prediction(probs, maps, (h, w), source=source, threshold=threshold)
 
     def predict_batch(self, images, *, channel_axis: int | None = None,
-                      threshold: float = constants.DEFAULT_THRESHOLD) -> list[Prediction]:
-        """``predict`` on each of ``images`` (paths or arrays), in order."""
-        return [self.predict(im, channel_axis=channel_axis, threshold=threshold) for im in images]
+                      threshold: float = constants.DEFAULT_THRESHOLD, batch_size: int = 1) -> list[Prediction]:
+        """``predict`` on each of ``images`` (paths or arrays), in order.
+
+        Args:
+            batch_size: images of the same size are run through the network this many at a
+                time (worth it on a GPU; on a CPU one at a time is as fast).
+        """
+        results: list[Prediction | None] = [None] * len(images)
+        pending: dict[tuple[int, int], list[tuple[int, np.ndarray, str | None]]] = {}
+
+        def flush(key):
+            group = pending.pop(key)
+            probs, maps = self._run_batch([x for _, x, _ in group])
+            for (i, _, source), p, m in zip(group, probs, maps):
+                results[i] = self._prediction(p, m, key, source=source, threshold=threshold)
+
+        for i, image in enumerate(images):
+            chw, source = self.prepare(image, channel_axis=channel_axis)
+            key = chw.shape[1:]
+            if key[0] * key[1] > constants.TILE_THRESHOLD_PIXELS:
+                results[i] = self.predict(chw, threshold=threshold)
+                results[i].source = source
+                continue
+            pending.setdefault(key, []).append((i, self._normalized(chw), source))
+            if len(pending[key]) >= batch_size:
+                flush(key)
+        for key in list(pending):
+            flush(key)
+        return results
 
     def preprocess(self, image, *, channel_axis: int | None = None) -> np.ndarray:
         """The normalised float32 (C, H, W) array the network sees (before any padding)."""
         chw, _ = self.prepare(image, channel_axis=channel_axis)
-        return normalize(chw, self.info.normalization)
+        return apply_ranges(chw, *channel_ranges(chw, self.info.normalization))
 
-    def _predict_chw(self, chw: np.ndarray, *, source: str | None, threshold: float) -> Prediction:
-        _, h, w = chw.shape
-        x = normalize(chw, self.info.normalization)
+    def _normalized(self, chw: np.ndarray) -> np.ndarray:
+        x = apply_ranges(chw, *channel_ranges(chw, self.info.normalization))
+        _, h, w = x.shape
         m = self.info.min_size
         if h < m or w < m:  # too small for the network: pad with background (0 after normalisation)
             x = np.pad(x, ((0, 0), (0, max(0, m - h)), (0, max(0, m - w))))
-        probs, maps = self.model.run(x[None])
-        stride = self.info.output_stride
-        maps = maps[0, :, : -(-h // stride), : -(-w // stride)]
-        class_maps = upsample_maps(maps, stride, (h, w))
-        return self._prediction(probs[0], class_maps, source=source, threshold=threshold)
+        return x
 
-    def _prediction(self, probs: np.ndarray, class_maps: np.ndarray, *, source, threshold) -> Prediction:
+    def _run_batch(self, xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K) probabilities and (B, K, h, w) maps of same-size normalised images."""
+        return self.model.run(xs[0][None] if len(xs) == 1 else np.stack(xs))
+
+    def _run_tiled(self, chw: np.ndarray, tile_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and class maps of a whole image, computed tile by tile.
+
+        Each tile is run with a margin of at least the receptive field on every side, and only
+        its core is kept, so each map pixel sees exactly what it would in the whole image. The
+        stitched maps then go through the model's own pooling layer (``pooling.onnx``).
+        """
+        s = self.info.output_stride
+        if tile_size < s or tile_size % s:
+            raise ValueError(f"tile size {tile_size} must be a positive multiple of the output stride {s}")
+        pooling = self._pooling_model()
+        _, h, w = chw.shape
+        low, scale = channel_ranges(chw, self.info.normalization)  # whole-image statistics
+        margin = -(-self.info.receptive_field // s) * s
+        mh, mw = -(-h // s), -(-w // s)
+        maps = np.empty((len(self.classes), mh, mw), dtype=np.float32)
+        for y0 in range(0, h, tile_size):
+            for x0 in range(0, w, tile_size):
+                ya, xa = max(0, y0 - margin), max(0, x0 - margin)  # multiples of s
+                yb, xb = min(h, y0 + tile_size + margin), min(w, x0 + tile_size + margin)
+                x = apply_ranges(chw[:, ya:yb, xa:xb], low, scale)
+                m = self.info.min_size
+                if x.shape[1] < m or x.shape[2] < m:
+                    x = np.pad(x, ((0, 0), (0, max(0, m - x.shape[1])), (0, max(0, m - x.shape[2]))))
+                _, tile_maps = self.model.run(x[None])
+                cy0, cx0 = y0 // s, x0 // s
+                cy1, cx1 = min(mh, (y0 + tile_size) // s), min(mw, (x0 + tile_size) // s)
+                maps[:, cy0:cy1, cx0:cx1] = tile_maps[0, :, cy0 - ya // s:cy1 - ya // s, cx0 - xa // s:cx1 - xa // s]
+        (probs,) = pooling.run(maps[None])
+        return probs[0], maps
+
+    def _pooling_model(self) -> OnnxModel:
+        if self._pooling is None:
+            path = self.folder / constants.POOLING_FILE
+            if not path.is_file():
+                raise ModelConfigError(f"{self.folder}: tiled inference needs {constants.POOLING_FILE} (the model's "
+                                       "pooling layer alone); re-export the model with training/export.py")
+            _verify(path, self.info.file_sha256(path.name))
+            self._pooling = OnnxModel(path, device="cpu", outputs=("probabilities",))
+        return self._pooling
+
+    def _prediction(self, probs: np.ndarray, maps: np.ndarray, shape: tuple[int, int], *, source,
+                    threshold) -> Prediction:
+        stride = self.info.output_stride
+        h, w = shape
+        maps = maps[:, : -(-h // stride), : -(-w // stride)]  # drop the min_size padding, if any
         if self.info.multi_label:
             label = "|".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
         else:
@@ -206,9 +322,10 @@ class Classifier:
         return Prediction(
             label=label,
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
-            class_maps=class_maps.astype(np.float32, copy=False),
-            mask=label_mask(class_maps, threshold),
+            mask=mask_from_maps(maps, stride, shape, threshold),
             classes=self.classes,
+            maps=np.ascontiguousarray(maps, dtype=np.float32),
+            stride=stride,
             source=source,
         )
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from milcnn import constants
 from milcnn.errors import ModelConfigError
 from milcnn.preprocess import NormalizationConfig
 
@@ -31,7 +32,13 @@ class ModelInfo:
     pooling: dict = field(default_factory=dict)
     training_data: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    receptive_field: int = constants.DEFAULT_RECEPTIVE_FIELD
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def file_sha256(self, name: str) -> str | None:
+        """The sha256 that ``config.json`` records for one of the folder's files, if any."""
+        entry = self.raw.get("files", {}).get(name)
+        return entry.get("sha256") if isinstance(entry, dict) else None
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "ModelInfo":
@@ -45,7 +52,9 @@ class ModelInfo:
                 channels=tuple(d["channels"]), normalization=NormalizationConfig.from_dict(d["normalization"]),
                 output_stride=int(d["output_stride"]), min_size=int(d["min_size"]),
                 multi_label=bool(d.get("multi_label", False)), pooling=dict(d.get("pooling", {})),
-                training_data=dict(d.get("training_data", {})), metrics=dict(d.get("metrics", {})), raw=d,
+                training_data=dict(d.get("training_data", {})), metrics=dict(d.get("metrics", {})),
+                receptive_field=int(d.get("architecture", {}).get("receptive_field",
+                                                                  constants.DEFAULT_RECEPTIVE_FIELD)), raw=d,
             )
         except (TypeError, ValueError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None

@@ -9,10 +9,18 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 SAMPLE_INPUT_FILE = "sample_input.tif"
 SAMPLE_OUTPUT_FILE = "sample_output.json"
+POOLING_FILE = "pooling.onnx"  # the pooling layer alone: class maps -> probabilities (for tiled inference)
+INT8_MODEL_FILE = "model.int8.onnx"
 
 DEFAULT_MODEL = "yeast-loc"
 DEFAULT_THRESHOLD = 0.5  # class-map probability for a pixel to join the mask
 SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
+
+# Images with more pixels than this run in tiles (whole-image activations of a 2048 x 2048 image
+# already take about 1 GB); a tile is DEFAULT_TILE_SIZE square plus a receptive-field margin.
+TILE_THRESHOLD_PIXELS = int(os.environ.get("MILCNN_TILE_THRESHOLD_PIXELS", str(2048 * 2048)))
+DEFAULT_TILE_SIZE = 1024
+DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 
 #: onnxruntime intra-op threads; 0 lets onnxruntime use every physical core.
 NUM_THREADS = int(os.environ.get("MILCNN_NUM_THREADS", "0") or 0)

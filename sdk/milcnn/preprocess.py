@@ -14,9 +14,13 @@ import numpy as np
 
 __all__ = [
     "NormalizationConfig",
+    "percentiles",
     "to_chw",
     "normalize",
+    "channel_ranges",
+    "apply_ranges",
     "upsample_maps",
+    "mask_from_maps",
     "label_mask",
 ]
 
@@ -105,6 +109,43 @@ def to_chw(image, n_channels: int, *, channel_axis: int | None = None) -> np.nda
     return image
 
 
+_HISTOGRAM_MAX_RANGE = 1 << 20  # integer images spanning fewer values are counted, not sorted
+
+
+def percentiles(values, q) -> np.ndarray:
+    """``np.percentile(values, q)`` (linear interpolation), computed from a histogram for integers.
+
+    Microscopy images are 8- or 16-bit integers: counting their values is one pass, where
+    ``np.percentile`` partitions the whole array. Floats (and integers spanning more than
+    2**20 values) go to ``np.percentile``. Both give the same order statistics.
+
+    Args:
+        values: array of real numbers or bools, any shape, no NaN.
+        q: percentiles in [0, 100].
+
+    Returns:
+        float64 array of ``len(q)`` values.
+    """
+    values = np.asarray(values)
+    q = np.asarray(q, dtype=np.float64)
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    if not np.issubdtype(values.dtype, np.integer) or values.size == 0:
+        return np.percentile(values, q)
+    flat = values.ravel()
+    lowest, highest = int(flat.min()), int(flat.max())
+    if highest - lowest >= _HISTOGRAM_MAX_RANGE:
+        return np.percentile(values, q)
+    shifted = flat if lowest == 0 and flat.dtype.kind == "u" else (flat.astype(np.int64) - lowest)
+    cumulative = np.cumsum(np.bincount(shifted, minlength=highest - lowest + 1))
+    rank = q / 100.0 * (flat.size - 1)  # the (fractional) position in the sorted values
+    below = np.floor(rank)
+    frac = rank - below
+    order = np.stack([below, np.minimum(below + 1, flat.size - 1)]).astype(np.int64)
+    v = np.searchsorted(cumulative, order, side="right").astype(np.float64) + lowest  # sorted[order]
+    return v[0] + frac * (v[1] - v[0])
+
+
 def normalize(image_chw, config: NormalizationConfig = NormalizationConfig()) -> np.ndarray:
     """Percentile-normalise each channel of a (C, H, W) image to float32.
 
@@ -113,7 +154,25 @@ def normalize(image_chw, config: NormalizationConfig = NormalizationConfig()) ->
         config: the percentiles (stored in the model's config).
 
     Returns:
-        float32 array of the same shape.
+        float32 array of the same shape; NaN and Inf pixels become 0 (the low percentile).
+
+    Raises:
+        ValueError: the array is not 3-D, or is not numeric.
+    """
+    image = np.asarray(image_chw)
+    low, scale = channel_ranges(image, config)
+    return apply_ranges(image, low, scale)
+
+
+def channel_ranges(image_chw, config: NormalizationConfig = NormalizationConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(low, scale)`` of the normalisation: ``x_norm = (x - low) * scale``.
+
+    ``low`` is the ``config.low`` percentile and ``1 / scale`` the distance to the ``config.high``
+    percentile (at least ``config.eps``), over the channel's finite pixels. Splitting this from
+    ``apply_ranges`` lets a huge image be normalised tile by tile with whole-image statistics.
+
+    Returns:
+        two float32 arrays of shape (C,).
 
     Raises:
         ValueError: the array is not 3-D, or is not numeric.
@@ -125,40 +184,63 @@ def normalize(image_chw, config: NormalizationConfig = NormalizationConfig()) ->
         raise ValueError(f"cannot normalise an image of dtype {image.dtype}; expected integers, floats or bool")
     if np.iscomplexobj(image):
         raise ValueError(f"cannot normalise a complex image (dtype {image.dtype})")
-    x = image.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        warnings.warn("image has NaN or Inf pixels; they are set to the channel's low percentile", stacklevel=2)
-        x = x.copy()
-    out = np.empty(x.shape, dtype=np.float32)
-    for c in range(x.shape[0]):
-        channel = x[c]
-        finite = np.isfinite(channel)
-        values = channel[finite] if not finite.all() else channel
+    if image.dtype == np.bool_:
+        image = image.view(np.uint8)
+    low = np.zeros(image.shape[0], dtype=np.float32)
+    scale = np.zeros(image.shape[0], dtype=np.float32)
+    warned = False
+    for c in range(image.shape[0]):
+        values = image[c]
+        if image.dtype.kind == "f":  # integers are always finite
+            finite = np.isfinite(values)
+            if not finite.all():
+                if not warned:
+                    warnings.warn("image has NaN or Inf pixels; they are set to the channel's low percentile",
+                                  stacklevel=3)
+                    warned = True
+                values = values[finite]
         if values.size == 0:
-            out[c] = 0.0
-            continue
-        lo, hi = np.percentile(values, [config.low, config.high])
-        scale = np.float32(1.0 / max(float(hi - lo), config.eps))
-        np.subtract(channel, np.float32(lo), out=out[c])
-        out[c] *= scale
-        if not finite.all():
-            out[c][~finite] = 0.0
+            continue  # an all-NaN channel: scale 0 maps it to zeros
+        lo, hi = percentiles(values.astype(np.float32, copy=False) if image.dtype.kind == "f" else values,
+                             (config.low, config.high))
+        low[c] = np.float32(lo)
+        scale[c] = np.float32(1.0 / max(float(hi - lo), config.eps))
+    return low, scale
+
+
+def apply_ranges(image_chw, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(x - low) * scale`` per channel, as float32; NaN and Inf pixels become 0."""
+    image = np.asarray(image_chw)
+    if image.dtype == np.bool_:
+        image = image.view(np.uint8)
+    out = np.empty(image.shape, dtype=np.float32)
+    for c in range(image.shape[0]):
+        np.subtract(image[c], low[c], out=out[c], dtype=np.float32)
+        out[c] *= scale[c]
+    if image.dtype.kind == "f":
+        out[~np.isfinite(out)] = 0.0
     return out
 
 
-def _bilinear_matrix(n_out: int, factor: int) -> np.ndarray:
-    """(n_out, ceil(n_out / factor)) matrix of bilinear weights, half-pixel centres."""
-    n_in = -(-n_out // factor)
-    centres = (np.arange(n_out, dtype=np.float64) + 0.5) / factor - 0.5
-    centres = np.clip(centres, 0.0, n_in - 1)
-    i0 = np.floor(centres).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = centres - i0
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    rows = np.arange(n_out)
-    m[rows, i0] += (1.0 - w1).astype(np.float32)
-    m[rows, i1] += w1.astype(np.float32)
-    return m
+def _interp_weights(stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(1 - t, t) in float32 for the ``stride`` output pixels inside one interpolation cell.
+
+    With half-pixel centres and an even stride, output rows ``[s*a - s/2, s*a + s/2)`` all lie
+    between rows ``a - 1`` and ``a`` of the map (edge-padded by one on each side, so ``a`` runs
+    over ``0..h``), at fractions ``t_j = (j + 0.5) / s``. Both the dense upsampling and the
+    sparse mask below use these weights in the same order, so they agree bit for bit.
+    """
+    t = ((np.arange(stride, dtype=np.float64) + 0.5) / stride).astype(np.float32)
+    return (np.float32(1.0) - t), t
+
+
+def _check_geometry(maps: np.ndarray, stride: int, out_shape: tuple[int, int]) -> None:
+    H, W = out_shape
+    h, w = maps.shape[-2:]
+    if stride < 2 or stride % 2:
+        raise ValueError(f"output stride must be even and >= 2, got {stride}")
+    if h != -(-H // stride) or w != -(-W // stride):
+        raise ValueError(f"maps of size {h}x{w} do not match an input of {H}x{W} at stride {stride}")
 
 
 def upsample_maps(maps, stride: int, out_shape: tuple[int, int]) -> np.ndarray:
@@ -171,20 +253,87 @@ def upsample_maps(maps, stride: int, out_shape: tuple[int, int]) -> np.ndarray:
 
     Args:
         maps: (C, h, w) or (B, C, h, w) array of per-instance probabilities.
-        stride: the model's output stride.
+        stride: the model's output stride (even).
         out_shape: (H, W) of the input image; ``h == ceil(H / stride)``.
 
     Returns:
         float32 array of shape (C, H, W) or (B, C, H, W).
     """
     maps = np.asarray(maps, dtype=np.float32)
+    _check_geometry(maps, stride, out_shape)
     H, W = out_shape
     h, w = maps.shape[-2:]
-    if h != -(-H // stride) or w != -(-W // stride):
-        raise ValueError(f"maps of size {h}x{w} do not match an input of {H}x{W} at stride {stride}")
-    mh = _bilinear_matrix(H, stride)  # (H, h)
-    mw = _bilinear_matrix(W, stride)  # (W, w)
-    return np.matmul(np.matmul(mh, maps), mw.T)  # (..., H, W)
+    lead = maps.shape[:-2]
+    omt, t = _interp_weights(stride)
+    half = stride // 2
+    pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1)]
+    p = np.pad(maps, pad, mode="edge")  # (..., h+2, w+2)
+    rows = omt[:, None] * p[..., :-1, None, :] + t[:, None] * p[..., 1:, None, :]  # (..., h+1, s, w+2)
+    rows = rows.reshape(*lead, (h + 1) * stride, w + 2)[..., half:half + H, :]  # (..., H, w+2)
+    out = omt * rows[..., :-1, None] + t * rows[..., 1:, None]  # (..., H, w+1, s)
+    return np.ascontiguousarray(out.reshape(*lead, H, (w + 1) * stride)[..., half:half + W])
+
+
+def mask_from_maps(maps, stride: int, out_shape: tuple[int, int], threshold: float = 0.5,
+                   *, band: int = 256) -> np.ndarray:
+    """``label_mask(upsample_maps(maps, stride, out_shape), threshold)`` without upsampling every map.
+
+    Bilinear values inside a cell never exceed the cell's four corner values, so a cell
+    where no class reaches ``threshold`` at a corner is background, and a cell where one
+    class does is that class wherever its interpolated value reaches ``threshold``. Only
+    cells where several classes compete are interpolated for every class. The result is
+    identical to the dense computation; the work follows the foreground, and memory stays
+    at one band of cells.
+
+    Args:
+        maps: (K, h, w) class maps at the model's resolution.
+        stride: the model's output stride (even).
+        out_shape: (H, W) of the input image.
+        threshold: minimum probability for a pixel to be labelled.
+        band: cell rows processed at a time (bounds the temporary memory).
+
+    Returns:
+        (H, W) uint8 mask (uint16 for more than 254 classes): 0 background, ``k + 1`` class ``k``.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    _check_geometry(maps, stride, out_shape)
+    K, h, w = maps.shape
+    H, W = out_shape
+    dtype = np.uint8 if K < 255 else np.uint16
+    omt, t = _interp_weights(stride)
+    s, half = stride, stride // 2
+    # float32 rounding can lift an interpolated value by an ulp above its corners: keep a margin
+    select = np.float32(threshold) - np.float32(1e-6)
+    cells = np.zeros((h + 1, s, w + 1, s), dtype=dtype)  # cell rows x in-cell rows x cell cols x in-cell cols
+    for a0 in range(0, h + 1, band):
+        a1 = min(a0 + band, h + 1)
+        # padded map rows a0 .. a1 (inclusive): map rows a0-1 .. a1-1, edge-clamped
+        src = np.clip(np.arange(a0 - 1, a1), 0, h - 1)
+        p = np.pad(maps[:, src], ((0, 0), (0, 0), (1, 1)), mode="edge")  # (K, a1-a0+1, w+2)
+        peak = np.maximum(np.maximum(p[:, :-1, :-1], p[:, 1:, :-1]), np.maximum(p[:, :-1, 1:], p[:, 1:, 1:]))
+        candidate = peak >= select  # (K, n, w+1)
+        n_candidates = candidate.sum(axis=0)
+        for single in (True, False):
+            a, b = np.nonzero(n_candidates == 1 if single else n_candidates >= 2)
+            if a.size == 0:
+                continue
+            if single:
+                k = np.argmax(candidate[:, a, b], axis=0)[None]  # (1, N)
+            else:
+                k = np.arange(K)[:, None]  # (K, 1)
+            c00, c10 = p[k, a, b], p[k, a + 1, b]  # (k, N)
+            c01, c11 = p[k, a, b + 1], p[k, a + 1, b + 1]
+            left = omt[:, None] * c00[..., None, None] + t[:, None] * c10[..., None, None]  # (k, N, s, 1)
+            right = omt[:, None] * c01[..., None, None] + t[:, None] * c11[..., None, None]
+            values = omt * left + t * right  # (k, N, s, s)
+            if single:
+                label = np.where(values[0] >= threshold, (k[0] + 1)[:, None, None], 0)
+            else:
+                best = values.argmax(axis=0)
+                peak_value = np.take_along_axis(values, best[None], axis=0)[0]
+                label = np.where(peak_value >= threshold, best + 1, 0)
+            cells[a0 + a, :, b, :] = label.astype(dtype)
+    return np.ascontiguousarray(cells.reshape((h + 1) * s, (w + 1) * s)[half:half + H, half:half + W])
 
 
 def label_mask(maps_chw, threshold: float = 0.5) -> np.ndarray:

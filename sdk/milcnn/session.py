@@ -24,7 +24,8 @@ class OnnxModel:
         threads: intra-op threads; 0 lets onnxruntime choose (one per physical core).
     """
 
-    def __init__(self, path, *, device: str = "auto", threads: int = constants.NUM_THREADS):
+    def __init__(self, path, *, device: str = "auto", threads: int = constants.NUM_THREADS,
+                 outputs: tuple[str, ...] = ("probabilities", "class_maps")):
         import onnxruntime as ort
 
         if device not in DEVICES:
@@ -43,12 +44,12 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        if outputs[:2] != ["probabilities", "class_maps"]:
-            raise ValueError(f"{path}: outputs are {outputs}, expected ['probabilities', 'class_maps']")
-        self.output_names = outputs[:2]
+        names = [o.name for o in self.session.get_outputs()]
+        if names[:len(outputs)] != list(outputs):
+            raise ValueError(f"{path}: outputs are {names}, expected {list(outputs)}")
+        self.output_names = list(outputs)
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run on a normalised float32 (B, C, H, W) batch."""
-        probs, maps = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
-        return probs, maps
+    def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
+        """Run on a float32 batch: (B, C, H, W) normalised images for a model file."""
+        feed = {input_name or self.input_name: np.ascontiguousarray(batch, np.float32)}
+        return self.session.run(self.output_names, feed)
