@@ -24,7 +24,8 @@ def realdata() -> Path:
 
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
-MODEL_FILES = ("config.json", "model.onnx", "README.md", "sample_input.tif", "sample_output.json")
+MODEL_FILES = ("config.json", "model.onnx", "model.int8.onnx", "pooling.onnx", "README.md", "sample_input.tif",
+               "sample_output.json")
 
 
 @pytest.fixture(scope="session")

@@ -164,3 +164,27 @@ def test_push_without_a_token_fails_before_exporting(exported, tmp_path):
     assert "no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN (nothing was exported)" \
         in proc.stderr
     assert not (tmp_path / "x").exists() and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- int8 variant
+
+
+def test_quantize_adds_a_measured_int8_variant_or_refuses(exported, tiny_yeast, tmp_path):
+    import shutil
+
+    from training.quantize import QuantizationError, quantize_folder
+
+    _, out = exported
+    folder = shutil.copytree(out, tmp_path / "tiny")
+    manifest = str(tiny_yeast)
+    with pytest.raises(QuantizationError, match="the int8 variant was not added"):
+        quantize_folder(folder, calibration=manifest, eval_data=manifest, n_calibration=4, max_drop=-1.0)
+    assert not (folder / "model.int8.onnx").exists()
+    assert "variants" not in json.loads((folder / "config.json").read_text())
+    record = quantize_folder(folder, calibration=manifest, eval_data=manifest, n_calibration=4, max_drop=100.0)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["variants"]["int8"] == record and record["metrics"]["n_images"] == 22
+    assert config["files"]["model.int8.onnx"]["sha256"]
+    assert "## int8 variant" in (folder / "README.md").read_text()
+    clf = Classifier.from_dir(folder, device="cpu", precision="int8")
+    assert clf.predict(folder / "sample_input.tif").label in clf.classes

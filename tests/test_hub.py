@@ -188,3 +188,11 @@ def test_download_of_a_bundled_model_says_so(tmp_path):
 def test_model_names_with_path_tricks_are_refused(tmp_path, name):
     proc = milzoo(sdk_env("http://127.0.0.1:9", tmp_path / "hf"), "download", name)
     assert proc.returncode == 2 and f"unknown model {name!r}" in proc.stderr
+
+
+def test_hub_download_brings_the_int8_and_pooling_files(hub, tmp_path):
+    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision="v1.0.0",
+                                   precision="int8")
+    assert rc == 0, err
+    folder = Path(out["folder"])
+    assert (folder / "model.int8.onnx").is_file() and (folder / "pooling.onnx").is_file()

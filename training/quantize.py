@@ -5,7 +5,7 @@ Usage::
     python -m training.quantize zoo/yeast-loc --calibration data/yeast-train/manifest.csv \\
         --eval-data data/yeast-test/manifest.csv
 
-Static post-training quantisation with onnxruntime: convolution weights int8 per output
+Static post-training quantisation with onnxruntime (QLinearConv operators): convolution weights int8 per output
 channel, activations uint8 per tensor (the u8 x s8 form that AVX512-VNNI runs fastest),
 calibrated (``--method``, default percentile: 99.999th, robust to bright outliers) on
 ``--n-calibration`` training images (never test images). The int8 and fp32
@@ -129,7 +129,8 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / constants.INT8_MODEL_FILE
         quant_pre_process(str(folder / constants.MODEL_FILE), str(pre))
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        # QOperator (QLinearConv nodes) runs about 10 % faster than QDQ on onnxruntime's CPU provider here
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv"], calibrate_method=calibrate_method)
         seconds = time.time() - t0
@@ -139,7 +140,7 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
         drop = 100 * (fp32["accuracy"] - int8["accuracy"])
         record = {
             "file": constants.INT8_MODEL_FILE,
-            "method": f"onnxruntime static quantisation, QDQ, weights int8 per channel, activations uint8, "
+            "method": f"onnxruntime static quantisation, QLinearConv, weights int8 per channel, activations uint8, "
                       f"{method} calibration",
             "calibration": {"manifest": str(calibration), "n_images": len(chosen), "seed": seed},
             "metrics": {"test_set": str(eval_data), "n_images": int8["n_images"],

@@ -17,7 +17,7 @@ from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, to_c
 from milcnn.registry import sha256_of
 from milcnn.session import OnnxModel
 
-__all__ = ["Classifier", "Prediction"]
+__all__ = ["Classifier", "Prediction", "PreparedInput"]
 
 
 def _verify(path: Path, sha256: str | None) -> None:
@@ -34,26 +34,34 @@ class Prediction:
     Attributes:
         label: the predicted class (multi-label models: the classes >= 0.5 joined by ``|``).
         probabilities: class -> image-level probability.
-        mask: (H, W) uint8: 0 background, ``k + 1`` where class ``k``'s map is largest and >= threshold.
         classes: the model's class order (``mask`` value ``k + 1`` is ``classes[k]``).
         maps: (K, h, w) float32 class maps at the model's resolution (1 / ``stride``).
         stride: the model's output stride.
+        shape: (H, W) of the input image.
+        threshold: class-map probability for a pixel to enter the mask.
         source: the file it came from, if any.
+        mask: (H, W) uint8: 0 background, ``k + 1`` where class ``k``'s map is largest and >= threshold
+            (computed on first access, so a pipeline can do it off the inference thread).
         class_maps: (K, H, W) float32 per-class instance probabilities at the input's resolution,
             computed from ``maps`` on first access (K x H x W x 4 bytes: large for huge images).
     """
 
     label: str
     probabilities: dict[str, float]
-    mask: np.ndarray
     classes: tuple[str, ...]
     maps: np.ndarray = field(repr=False)
     stride: int = field(repr=False)
+    shape: tuple[int, int] = (0, 0)
+    threshold: float = constants.DEFAULT_THRESHOLD
     source: str | None = None
 
     @cached_property
+    def mask(self) -> np.ndarray:
+        return mask_from_maps(self.maps, self.stride, self.shape, self.threshold)
+
+    @cached_property
     def class_maps(self) -> np.ndarray:
-        return upsample_maps(self.maps, self.stride, self.mask.shape)
+        return upsample_maps(self.maps, self.stride, self.shape)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: label, probabilities and each class's pixel count in the mask."""
@@ -65,6 +73,17 @@ class Prediction:
             "mask_pixels": {c: int(counts[k + 1]) for k, c in enumerate(self.classes)},
             "shape": list(self.mask.shape),
         }
+
+
+@dataclass
+class PreparedInput:
+    """An image ready for the network: ``chw`` as read, ``x`` normalised and padded (None when it
+    will be tiled, then ``tile_size`` is set), and the file it came from."""
+
+    chw: np.ndarray
+    x: np.ndarray | None
+    source: str | None = None
+    tile_size: int | None = None
 
 
 class Classifier:
@@ -188,6 +207,39 @@ class Classifier:
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis)
         return chw, source
 
+    def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None) -> PreparedInput:
+        """Everything before the network, for one image: read, reorder, normalise, pad.
+
+        Thread-safe and mostly outside the GIL, so a pipeline can prepare the next images
+        while the network runs (``milzoo predict --workers``). Images that will be tiled are
+        normalised tile by tile later instead.
+        """
+        chw, source = self.prepare(image, channel_axis=channel_axis)
+        _, h, w = chw.shape
+        if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
+            tile_size = constants.DEFAULT_TILE_SIZE
+        x = None if tile_size is not None else self._normalized(chw)
+        return PreparedInput(chw=chw, x=x, source=source, tile_size=tile_size)
+
+    def predict_prepared(self, inputs: list[PreparedInput], *,
+                         threshold: float = constants.DEFAULT_THRESHOLD) -> list[Prediction]:
+        """Run the network on prepared inputs; same-size whole images go through as one batch."""
+        results = []
+        whole = [item for item in inputs if item.x is not None]
+        if len({item.x.shape for item in whole}) > 1:
+            return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold)]
+        if whole:
+            probs, maps = self.model.run(whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole]))
+        batch_index = 0
+        for item in inputs:
+            if item.x is None:
+                p, m = self._run_tiled(item.chw, item.tile_size)
+            else:
+                p, m = probs[batch_index], maps[batch_index]
+                batch_index += 1
+            results.append(self._prediction(p, m, item.chw.shape[1:], source=item.source, threshold=threshold))
+        return results
+
     def predict(self, image, *, channel_axis: int | None = None, threshold: float = constants.DEFAULT_THRESHOLD,
                 tile_size: int | None = None) -> Prediction:
         """Classify and segment one image.
@@ -210,46 +262,30 @@ class Classifier:
             ImageReadError: the file cannot be read.
             ValueError: the array's shape does not fit the model's channels, or a bad tile size.
         """
-        chw, source = self.prepare(image, channel_axis=channel_axis)
-        _, h, w = chw.shape
-        if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
-            tile_size = constants.DEFAULT_TILE_SIZE
-        if tile_size is not None:
-            probs, maps = self._run_tiled(chw, tile_size)
-        else:
-            probs, maps = self._run_batch([self._normalized(chw)])
-            probs, maps = probs[0], maps[0]
-        return self._prediction(probs, maps, (h, w), source=source, threshold=threshold)
+        item = self.prepare_input(image, channel_axis=channel_axis, tile_size=tile_size)
+        return self.predict_prepared([item], threshold=threshold)[0]
 
     def predict_batch(self, images, *, channel_axis: int | None = None,
                       threshold: float = constants.DEFAULT_THRESHOLD, batch_size: int = 1) -> list[Prediction]:
         """``predict`` on each of ``images`` (paths or arrays), in order.
 
         Args:
-            batch_size: images of the same size are run through the network this many at a
-                time (worth it on a GPU; on a CPU one at a time is as fast).
+            batch_size: consecutive images of the same size go through the network this many
+                at a time (worth it on a GPU; on a CPU one at a time is as fast).
         """
-        results: list[Prediction | None] = [None] * len(images)
-        pending: dict[tuple[int, int], list[tuple[int, np.ndarray, str | None]]] = {}
-
-        def flush(key):
-            group = pending.pop(key)
-            probs, maps = self._run_batch([x for _, x, _ in group])
-            for (i, _, source), p, m in zip(group, probs, maps):
-                results[i] = self._prediction(p, m, key, source=source, threshold=threshold)
-
-        for i, image in enumerate(images):
-            chw, source = self.prepare(image, channel_axis=channel_axis)
-            key = chw.shape[1:]
-            if key[0] * key[1] > constants.TILE_THRESHOLD_PIXELS:
-                results[i] = self.predict(chw, threshold=threshold)
-                results[i].source = source
-                continue
-            pending.setdefault(key, []).append((i, self._normalized(chw), source))
-            if len(pending[key]) >= batch_size:
-                flush(key)
-        for key in list(pending):
-            flush(key)
+        results: list[Prediction] = []
+        group: list[PreparedInput] = []
+        for image in images:
+            item = self.prepare_input(image, channel_axis=channel_axis)
+            if group and (len(group) >= batch_size or item.x is None or group[0].x.shape != item.x.shape):
+                results += self.predict_prepared(group, threshold=threshold)
+                group = []
+            if item.x is None:
+                results += self.predict_prepared([item], threshold=threshold)
+            else:
+                group.append(item)
+        if group:
+            results += self.predict_prepared(group, threshold=threshold)
         return results
 
     def preprocess(self, image, *, channel_axis: int | None = None) -> np.ndarray:
@@ -264,10 +300,6 @@ class Classifier:
         if h < m or w < m:  # too small for the network: pad with background (0 after normalisation)
             x = np.pad(x, ((0, 0), (0, max(0, m - h)), (0, max(0, m - w))))
         return x
-
-    def _run_batch(self, xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, K) probabilities and (B, K, h, w) maps of same-size normalised images."""
-        return self.model.run(xs[0][None] if len(xs) == 1 else np.stack(xs))
 
     def _run_tiled(self, chw: np.ndarray, tile_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and class maps of a whole image, computed tile by tile.
@@ -322,10 +354,11 @@ class Classifier:
         return Prediction(
             label=label,
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
-            mask=mask_from_maps(maps, stride, shape, threshold),
             classes=self.classes,
             maps=np.ascontiguousarray(maps, dtype=np.float32),
             stride=stride,
+            shape=(int(h), int(w)),
+            threshold=threshold,
             source=source,
         )
 

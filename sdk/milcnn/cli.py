@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from milcnn import constants
-from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic, write_tiff
+from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 
@@ -47,13 +47,13 @@ def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     return unique, missing
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, precision: str = "fp32"):
     from milcnn.classifier import Classifier
     from milcnn.hub import parse_model_spec
 
     name, revision = parse_model_spec(model)
     try:
-        return Classifier.from_hub(name, revision=revision, device=device)
+        return Classifier.from_hub(name, revision=revision, device=device, precision=precision)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported as one line
         raise click.UsageError(_one_line(exc)) from None
 
@@ -87,45 +87,53 @@ def main() -> None:
               help="output folder")
 @click.option("--channel-axis", type=int, default=None, help="axis holding the channels, if the shape is ambiguous")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: the model's quantised variant (faster on CPUs with VNNI; see its card)")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=constants.DEFAULT_THRESHOLD, show_default=True,
               help="class-map probability for a pixel to join the mask")
-def predict(inputs, model_name, out_dir, channel_axis, device, threshold) -> None:
+@click.option("--tile-size", type=click.IntRange(4), default=None,
+              help=f"run every image in overlapping tiles of this size (default: only images over "
+                   f"{constants.TILE_THRESHOLD_PIXELS:,} pixels, in {constants.DEFAULT_TILE_SIZE} px tiles)")
+@click.option("--workers", type=click.IntRange(1, 64), default=constants.DEFAULT_WORKERS, show_default=True,
+              help="threads that read and decode images, and write outputs, while the network runs")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="same-size images per network call (for GPUs)")
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="write OUT/overlays/<stem>.png")
+def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, workers, batch_size,
+            overlays) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
     Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
     k+1 class k) and OUT/overlays/<stem>.png. Exit code 0 when every image succeeded, 1 when
     some failed (listed in OUT/errors.csv), 2 for usage errors.
     """
-    from milcnn.errors import MilcnnError
-    from milcnn.overlay import save_overlay
+    from milcnn.pipeline import run_pipeline
 
     paths, missing = expand_inputs(inputs)
     for item in missing:
         click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
     if not paths:
         raise click.UsageError("no input images found")
-    clf = _load(model_name, device)
+    clf = _load(model_name, device, precision)
     header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
     rows, errors = [], [(m, "no such file, folder or matching files") for m in missing]
-    with click.progressbar(paths, label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
-        for path in bar:
-            try:
-                chw, source = clf.prepare(path, channel_axis=channel_axis)
-                pred = clf.predict(chw, threshold=threshold)
-                pred.source = source
-                stem = path.stem
-                write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask)
-                title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
-                save_overlay(out_dir / "overlays" / f"{stem}.png", chw, pred.mask, clf.classes, title=title)
+
+    def on_error(path, message):
+        errors.append((str(path), message))
+        click.echo(f"\nmilzoo: {path}: {message}", err=True)
+
+    with click.progressbar(length=len(paths), label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
+        for path, pred in run_pipeline(clf, paths, out_dir, channel_axis=channel_axis, threshold=threshold,
+                                       tile_size=tile_size, workers=workers, batch_size=batch_size,
+                                       overlays=overlays, on_error=on_error):
+            if pred is not None:
                 rows.append([str(path), pred.label, *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
-            except (MilcnnError, ValueError, OSError) as exc:
-                message = str(exc).splitlines()[0]
-                errors.append((str(path), message))
-                click.echo(f"\nmilzoo: {path}: {message}", err=True)
+            bar.update(1)
     _write_csv(out_dir / "predictions.csv", header, rows)
     if errors:
         _write_csv(out_dir / "errors.csv", ["image", "error"], errors)
-    click.echo(f"{len(rows)} of {len(paths)} images predicted with {clf.name}; results in {out_dir}", err=True)
+    click.echo(f"{len(rows)} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
+               f"{', '.join(clf.model.providers)}); results in {out_dir}", err=True)
     sys.exit(1 if errors else 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
@@ -21,6 +22,12 @@ SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
 TILE_THRESHOLD_PIXELS = int(os.environ.get("MILCNN_TILE_THRESHOLD_PIXELS", str(2048 * 2048)))
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
+
+#: threads that read, decode and write images beside inference in ``milzoo predict``
+DEFAULT_WORKERS = 2
+
+#: where TensorRT keeps the engines it builds (building one takes minutes; reusing it, none)
+TRT_CACHE_DIR = Path(os.environ.get("MILCNN_TRT_CACHE", Path.home() / ".cache" / "milcnn" / "tensorrt"))
 
 #: onnxruntime intra-op threads; 0 lets onnxruntime use every physical core.
 NUM_THREADS = int(os.environ.get("MILCNN_NUM_THREADS", "0") or 0)

@@ -6,7 +6,9 @@ import numpy as np
 
 from milcnn.io import write_atomic
 
-__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay"]
+__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "OVERLAY_MAX_PIXELS"]
+
+OVERLAY_MAX_PIXELS = 4096 * 4096
 
 # Distinct colours that read on a dark fluorescence background (Glasbey-like, no greys).
 PALETTE = np.array([
@@ -16,11 +18,16 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 
 
-def composite(chw: np.ndarray) -> np.ndarray:
-    """(C, H, W) image -> (H, W, 3) uint8 for display: grey, green+magenta, or RGB for 3 channels."""
+def composite(chw: np.ndarray, *, normalized: np.ndarray | None = None) -> np.ndarray:
+    """(C, H, W) image -> (H, W, 3) uint8 for display: grey, green+magenta, or RGB for 3 channels.
+
+    ``normalized``: the image already percentile-normalised (the model's input), to skip doing it again.
+    """
     from milcnn.preprocess import normalize
 
-    x = np.clip(normalize(np.asarray(chw)), 0, 1)
+    h, w = np.asarray(chw).shape[1:] if chw is not None else normalized.shape[1:]
+    x = normalize(np.asarray(chw)) if normalized is None else normalized[:, :h, :w]
+    x = np.clip(x, 0, 1)
     c = x.shape[0]
     if c == 1:
         rgb = np.repeat(x, 3, axis=0)
@@ -42,11 +49,12 @@ def outlines(mask: np.ndarray) -> np.ndarray:
     return edge & (m > 0)
 
 
-def render_overlay(chw: np.ndarray, mask: np.ndarray, classes, *, title: str = ""):
+def render_overlay(chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
+                   normalized: np.ndarray | None = None):
     """A PIL image: the composite with coloured outlines, and a legend panel on the right."""
     from PIL import Image, ImageDraw
 
-    rgb = composite(chw)
+    rgb = composite(chw, normalized=normalized)[: mask.shape[0], : mask.shape[1]]
     edge = outlines(mask)
     colours = PALETTE[(np.asarray(mask, dtype=np.int64) - 1) % len(PALETTE)]
     rgb[edge] = colours[edge]
@@ -69,7 +77,17 @@ def render_overlay(chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "
     return sheet
 
 
-def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "") -> None:
-    image = render_overlay(chw, mask, classes, title=title)
+def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
+                 normalized: np.ndarray | None = None) -> None:
+    """Write the overlay PNG atomically (fast zlib level: overlays are for looking at, not archiving).
+
+    Images over ``OVERLAY_MAX_PIXELS`` are drawn at a reduced scale (every f-th pixel), so an
+    overlay never costs more memory than the prediction itself.
+    """
+    if mask.size > OVERLAY_MAX_PIXELS:
+        f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS)))
+        chw, mask, normalized = np.asarray(chw)[:, ::f, ::f], mask[::f, ::f], None
+        title = f"{title}\n(shown at 1/{f} scale)"
+    image = render_overlay(chw, mask, classes, title=title, normalized=normalized)
     with write_atomic(path, "wb") as fh:
-        image.save(fh, format="PNG")
+        image.save(fh, format="PNG", compress_level=1)

@@ -305,34 +305,40 @@ def mask_from_maps(maps, stride: int, out_shape: tuple[int, int], threshold: flo
     # float32 rounding can lift an interpolated value by an ulp above its corners: keep a margin
     select = np.float32(threshold) - np.float32(1e-6)
     cells = np.zeros((h + 1, s, w + 1, s), dtype=dtype)  # cell rows x in-cell rows x cell cols x in-cell cols
+    # edge-padded, pixel-major (h+2, w+2, K): a cell's four corners are four rows of K values
+    padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), mode="edge").transpose(1, 2, 0)
+    padded = np.ascontiguousarray(padded).reshape(-1, K)
+    top = np.pad(maps.max(axis=0), 1, mode="edge")  # the best class at each map pixel
+    reach = np.maximum(np.maximum(top[:-1, :-1], top[1:, :-1]), np.maximum(top[:-1, 1:], top[1:, 1:]))
+    row = w + 2
     for a0 in range(0, h + 1, band):
-        a1 = min(a0 + band, h + 1)
-        # padded map rows a0 .. a1 (inclusive): map rows a0-1 .. a1-1, edge-clamped
-        src = np.clip(np.arange(a0 - 1, a1), 0, h - 1)
-        p = np.pad(maps[:, src], ((0, 0), (0, 0), (1, 1)), mode="edge")  # (K, a1-a0+1, w+2)
-        peak = np.maximum(np.maximum(p[:, :-1, :-1], p[:, 1:, :-1]), np.maximum(p[:, :-1, 1:], p[:, 1:, 1:]))
-        candidate = peak >= select  # (K, n, w+1)
-        n_candidates = candidate.sum(axis=0)
+        a, b = np.nonzero(reach[a0:a0 + band] >= select)  # cells where some class may reach the threshold
+        if a.size == 0:
+            continue
+        a += a0
+        i = a * row + b
+        corners = np.take(padded, np.stack([i, i + row, i + 1, i + row + 1]), axis=0)  # (4, N, K)
+        candidate = corners.max(axis=0) >= select  # (N, K)
+        n_candidates = candidate.sum(axis=1)
         for single in (True, False):
-            a, b = np.nonzero(n_candidates == 1 if single else n_candidates >= 2)
-            if a.size == 0:
+            pick = np.flatnonzero(n_candidates == 1 if single else n_candidates >= 2)
+            if pick.size == 0:
                 continue
             if single:
-                k = np.argmax(candidate[:, a, b], axis=0)[None]  # (1, N)
+                k = np.argmax(candidate[pick], axis=1)  # (N,)
+                c = corners[:, pick, k][..., None]  # (4, N, 1)
             else:
-                k = np.arange(K)[:, None]  # (K, 1)
-            c00, c10 = p[k, a, b], p[k, a + 1, b]  # (k, N)
-            c01, c11 = p[k, a, b + 1], p[k, a + 1, b + 1]
-            left = omt[:, None] * c00[..., None, None] + t[:, None] * c10[..., None, None]  # (k, N, s, 1)
-            right = omt[:, None] * c01[..., None, None] + t[:, None] * c11[..., None, None]
-            values = omt * left + t * right  # (k, N, s, s)
+                c = corners[:, pick, :]  # (4, N, K)
+            left = omt[:, None] * c[0][..., None, None] + t[:, None] * c[1][..., None, None]  # (N, k, s, 1)
+            right = omt[:, None] * c[2][..., None, None] + t[:, None] * c[3][..., None, None]
+            values = omt * left + t * right  # (N, k, s, s)
             if single:
-                label = np.where(values[0] >= threshold, (k[0] + 1)[:, None, None], 0)
+                label = np.where(values[:, 0] >= threshold, (k + 1)[:, None, None], 0)
             else:
-                best = values.argmax(axis=0)
-                peak_value = np.take_along_axis(values, best[None], axis=0)[0]
+                best = values.argmax(axis=1)
+                peak_value = np.take_along_axis(values, best[:, None], axis=1)[:, 0]
                 label = np.where(peak_value >= threshold, best + 1, 0)
-            cells[a0 + a, :, b, :] = label.astype(dtype)
+            cells[a[pick], :, b[pick], :] = label.astype(dtype)
     return np.ascontiguousarray(cells.reshape((h + 1) * s, (w + 1) * s)[half:half + H, half:half + W])
 
 

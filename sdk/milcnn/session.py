@@ -14,13 +14,26 @@ __all__ = ["OnnxModel", "DEVICES"]
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def gpu_providers(available: list[str]) -> list:
+    """GPU execution providers to ask for, best first: TensorRT (engines cached beside the
+    model, fp32), then CUDA. Empty when onnxruntime has neither (the CPU wheel)."""
+    providers: list = []
+    if "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                        "trt_engine_cache_path": str(constants.TRT_CACHE_DIR)}))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
+    return providers
+
+
 class OnnxModel:
     """An ONNX MIL-CNN: ``run(batch)`` -> (probabilities (B, K), class_maps (B, K, h, w)).
 
     Args:
         path: the ``model.onnx`` file.
-        device: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu`` or
-            ``cuda`` (falls back to CPU with one notice on stderr when no GPU is usable).
+        device: ``auto`` (TensorRT or CUDA when onnxruntime-gpu sees a GPU, else CPU), ``cpu``
+            or ``cuda`` (falls back to CPU with one notice on stderr when no GPU is usable).
+            ``providers`` says which providers onnxruntime actually uses.
         threads: intra-op threads; 0 lets onnxruntime choose (one per physical core).
     """
 
@@ -30,19 +43,20 @@ class OnnxModel:
 
         if device not in DEVICES:
             raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
+        providers = gpu_providers(ort.get_available_providers()) if device in ("auto", "cuda") else []
+        if device == "cuda" and not providers:
             notice("--device cuda asked for, but onnxruntime has no CUDA provider here "
                    "(install onnxruntime-gpu instead of onnxruntime); running on the CPU")
+        providers.append("CPUExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        self.providers = self.session.get_providers()
+        self.providers = self.session.get_providers()  # what onnxruntime actually uses, in priority order
+        if device == "cuda" and len(providers) > 1 and self.providers == ["CPUExecutionProvider"]:
+            notice("--device cuda asked for, but onnxruntime could not start its CUDA provider (see its warnings "
+                   "above: CUDA or cuDNN libraries); running on the CPU")
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         if names[:len(outputs)] != list(outputs):

@@ -1,0 +1,476 @@
+"""Inference speed of yeast-loc: PyTorch vs the SDK (onnxruntime), fp32 vs int8 vs bf16, against the hardware.
+
+Usage (the command behind benchmarks/results/inference.md and BENCHMARKS.md)::
+
+    python -m benchmarks.inference
+
+Every configuration runs in its own fresh process (so its peak RSS is its own) on the same
+simulated yeast field, cropped to 512 x 512, 1024 x 1344 and 2048 x 2048:
+
+- ``torch-eager``, ``torch-jit`` (trace + freeze), ``torch-bf16`` (autocast): the training
+  package's MILCNN carrying yeast-loc's own weights (read back from its model.onnx, where the
+  batch norms are folded; the check below shows the two give the same maps);
+- ``ort-default`` (``InferenceSession`` with default options), ``ort-sdk`` (the SDK's session:
+  full graph optimisation, one thread per core), ``ort-int8`` (model.int8.onnx);
+- ``sdk-fp32`` / ``sdk-int8``: ``Classifier.predict`` on the uint16 image, pre- and
+  post-processing included (normalisation, network, mask).
+
+It also measures the machine's matrix-multiply peak per precision (the best of numpy,
+PyTorch and onnxruntime on 4096 x 4096 products), how cost grows with pixel count up to
+8192 x 8192 (tiled), tiled-vs-whole agreement, and the ``milzoo predict`` pipeline against
+model-only throughput on the 220 simulated test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from milcnn.io import write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "zoo" / "yeast-loc"
+SIZES = [(512, 512), (1024, 1344), (2048, 2048)]
+SCALING = [(512, 512), (1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192)]
+ROWS = ["torch-eager", "torch-jit", "torch-bf16", "ort-default", "ort-sdk", "ort-int8", "sdk-fp32", "sdk-int8"]
+PRECISION = {"torch-bf16": "bf16", "ort-int8": "int8", "sdk-int8": "int8"}
+FIELD = ROOT / "data" / "bench" / "yeast-field-2048.tif"
+TEST_IMAGES = ROOT / "data" / "yeast-test" / "images"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def field() -> np.ndarray:
+    """A simulated 2048 x 2048 two-channel yeast field (made once, cached under data/bench)."""
+    import tifffile
+
+    if not FIELD.is_file():
+        from training.data.yeast import YeastParams, simulate_yeast_image
+
+        image, _ = simulate_yeast_image("nucleus", np.random.default_rng(2016), YeastParams(size=2048))
+        FIELD.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(FIELD, image)
+    return tifffile.imread(FIELD)
+
+
+def image_of(h: int, w: int) -> np.ndarray:
+    base = field()
+    reps = (1, -(-h // base.shape[1]), -(-w // base.shape[2]))
+    return np.ascontiguousarray(np.tile(base, reps)[:, :h, :w])
+
+
+def torch_model():
+    """yeast-loc as the training package's MILCNN, weights read back from model.onnx."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from milcnn.config import ModelInfo
+    from training.model import MILCNN, ModelConfig
+
+    info = ModelInfo.from_file(ZOO / "config.json")
+    arch = info.raw["architecture"]
+    model = MILCNN(ModelConfig(channels=info.channels, classes=info.classes, width=arch["width"],
+                               output_stride=info.output_stride, context=arch["context"],
+                               pooling=info.pooling["name"], pooling_params=info.pooling.get("params", {})))
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+               for i in onnx.load(str(ZOO / "model.onnx")).graph.initializer}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Sequential) and f"{name}.0.weight" in weights:
+                conv, bn = module[0], module[1]
+                conv.weight.copy_(weights[f"{name}.0.weight"])
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1 - bn.eps)  # BN becomes + bias exactly
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(weights[f"{name}.0.weight_bias"])
+        model.head.weight.copy_(weights["head.weight"])
+        model.head.bias.copy_(weights["head.bias"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------- one configuration, in its own process
+
+
+def run_row(row: str, h: int, w: int, reps: int) -> dict:
+    if row.startswith("torch"):  # only torch rows pay for importing torch (peak RSS is per process)
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    image = image_of(h, w)
+    from milcnn import Classifier
+    from milcnn.preprocess import normalize
+    from milcnn.session import OnnxModel
+
+    x = normalize(image)[None]
+    extra = {}
+    if row.startswith("torch"):
+        model = torch_model()
+        xt = torch.from_numpy(x)
+        if row == "torch-jit":
+            with torch.no_grad():
+                model = torch.jit.freeze(torch.jit.trace(model, xt, strict=False))
+
+        def step():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=row == "torch-bf16"):
+                return model(xt)
+    elif row == "ort-default":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(ZOO / "model.onnx"), providers=["CPUExecutionProvider"])
+
+        def step():
+            return session.run(None, {"image": x})
+    elif row in ("ort-sdk", "ort-int8"):
+        model = OnnxModel(ZOO / ("model.onnx" if row == "ort-sdk" else "model.int8.onnx"), device="cpu")
+
+        def step():
+            return model.run(x)
+    else:
+        clf = Classifier.from_hub("yeast-loc", device="cpu", precision=row.split("-")[1])
+
+        def step():
+            return clf.predict(image, tile_size=extra.get("tile_size")).mask
+    t0 = time.perf_counter()
+    step()  # warm-up (and JIT / graph optimisation)
+    extra["first_call_s"] = round(time.perf_counter() - t0, 3)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"row": row, "height": h, "width": w, "reps": reps, "ms": 1000 * statistics.median(times),
+            "ms_min": 1000 * min(times), "peak_rss_mb": peak_rss_mb(),
+            **extra}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak() -> dict:
+    """Best GFLOP/s (int8: GOP/s) of 4096 x 4096 products per precision and library."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    n = 4096
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def best(fn, reps=5):
+        fn()
+        return min(_timed(fn) for _ in range(reps))
+
+    out = {}
+    a = np.random.rand(n, n).astype(np.float32)
+    b = np.random.rand(n, n).astype(np.float32)
+    out["fp32 numpy"] = 2 * n**3 / best(lambda: a @ b) / 1e9
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    out["fp32 torch"] = 2 * n**3 / best(lambda: ta @ tb) / 1e9
+    ha, hb = ta.bfloat16(), tb.bfloat16()
+    out["bf16 torch"] = 2 * n**3 / best(lambda: ha @ hb) / 1e9
+    ia = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+    ib = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+    out["int8 torch"] = 2 * n**3 / best(lambda: torch._int_mm(ia, ib)) / 1e9
+    for precision, op, dtype, feeds in (
+            ("fp32", "MatMul", TensorProto.FLOAT, {"A": a, "B": b}),
+            ("int8", "MatMulInteger", TensorProto.UINT8,
+             {"A": np.random.randint(0, 255, (n, n), dtype=np.uint8), "B": np.random.randint(-100, 100, (n, n), dtype=np.int8)})):
+        b_type = TensorProto.INT8 if op == "MatMulInteger" else dtype
+        graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["C"])], "mm",
+                                  [helper.make_tensor_value_info("A", dtype, [n, n]),
+                                   helper.make_tensor_value_info("B", b_type, [n, n])],
+                                  [helper.make_tensor_value_info("C", TensorProto.INT32 if op == "MatMulInteger"
+                                                                 else TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        out[f"{precision} onnxruntime"] = 2 * n**3 / best(lambda: session.run(None, feeds)) / 1e9
+    peaks = {}
+    for key, value in out.items():
+        precision = key.split()[0]
+        peaks[precision] = max(peaks.get(precision, 0.0), value)
+    return {"by_library": {k: round(v, 1) for k, v in out.items()}, "peak": {k: round(v, 1) for k, v in peaks.items()}}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def tiling_check() -> dict:
+    """A 2048 x 2048 field whole vs in 512 and 1024 px tiles: largest differences."""
+    from milcnn import Classifier
+
+    clf = Classifier.from_hub("yeast-loc", device="cpu")
+    image = image_of(2048, 2048)
+    whole = clf.predict(image)
+    out = {}
+    for tile in (512, 1024):
+        tiled = clf.predict(image, tile_size=tile)
+        out[str(tile)] = {
+            "max_abs_probability_difference": float(max(abs(whole.probabilities[c] - tiled.probabilities[c])
+                                                        for c in clf.classes)),
+            "max_abs_map_difference": float(np.abs(whole.maps - tiled.maps).max()),
+            "mask_pixels_differing": int((whole.mask != tiled.mask).sum()),
+            "label_equal": whole.label == tiled.label,
+        }
+    return out
+
+
+def pipeline_check(workers=(1, 2, 4)) -> dict:
+    """``milzoo predict``'s pipeline vs model-only throughput on the 220 simulated test images."""
+    from milcnn import Classifier
+    from milcnn.pipeline import run_pipeline
+
+    paths = sorted(TEST_IMAGES.glob("*.tif"))
+    clf = Classifier.from_hub("yeast-loc", device="cpu")
+    xs = [clf.prepare_input(p).x for p in paths]
+    clf.model.run(xs[0][None])
+    t0 = time.perf_counter()
+    for x in xs:
+        clf.model.run(x[None])
+    model_only = len(xs) / (time.perf_counter() - t0)
+    del xs
+    out = {"images": len(paths), "model_only_images_per_s": model_only, "runs": []}
+    for overlays in (False, True):
+        for n in workers:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                done = sum(pred is not None for _, pred in run_pipeline(clf, paths, Path(tmp), workers=n,
+                                                                          overlays=overlays))
+                rate = done / (time.perf_counter() - t0)
+            out["runs"].append({"workers": n, "overlays": overlays, "images_per_s": rate,
+                                "fraction_of_model_only": rate / model_only})
+    return out
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def in_subprocess(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.inference", *args], capture_output=True, text=True,
+                          cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(reps: int) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from training.model import count_flops
+
+    field()
+    model = torch_model()
+    results = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+                           "torch": torch.__version__, "onnxruntime": ort.__version__,
+                           "providers": ort.get_available_providers()}}
+    print("matmul peak ...", file=sys.stderr)
+    results["matmul"] = in_subprocess("--peak")
+    # convolution FLOPs are exactly proportional to pixels for sizes that are multiples of the stride,
+    # so the huge sizes are scaled from 1024 x 1024 instead of run through eager PyTorch
+    per_pixel = count_flops(model, 1024, 1024) / (1024 * 1024)
+    results["flops"] = {f"{h}x{w}": count_flops(model, h, w) if h * w <= 2048 * 2048 else int(per_pixel * h * w)
+                        for h, w in sorted(set(SIZES + SCALING))}
+    rows = []
+    for h, w in SIZES:
+        for row in ROWS:
+            print(f"{row} {h}x{w} ...", file=sys.stderr)
+            rows.append({"row": row, "height": h, "width": w, **in_subprocess("--row", row, f"{h}x{w}", str(reps))})
+    results["rows"] = rows
+    scaling = []
+    for h, w in SCALING:
+        for row in ("sdk-fp32", "sdk-int8"):
+            print(f"scaling {row} {h}x{w} ...", file=sys.stderr)
+            n = reps if h * w <= 2048 * 2048 else 2
+            scaling.append({"row": row, "height": h, "width": w, **in_subprocess("--row", row, f"{h}x{w}", str(n))})
+    results["scaling"] = scaling
+    print("torch vs onnx maps ...", file=sys.stderr)
+    results["weights_check"] = weights_check()
+    print("tiling ...", file=sys.stderr)
+    results["tiling"] = tiling_check()
+    print("pipeline ...", file=sys.stderr)
+    results["pipeline"] = pipeline_check()
+    results["int8_accuracy"] = json.loads((ZOO / "config.json").read_text())["variants"]["int8"]["metrics"]
+    return results
+
+
+def weights_check() -> dict:
+    import torch
+
+    from milcnn.preprocess import normalize
+    from milcnn.session import OnnxModel
+
+    x = normalize(image_of(512, 512))[None]
+    with torch.no_grad():
+        ref = torch_model()(torch.from_numpy(x)).class_maps.numpy()
+    _, maps = OnnxModel(ZOO / "model.onnx", device="cpu").run(x)
+    return {"max_abs_map_difference_torch_vs_onnx": float(np.abs(ref - maps).max())}
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _fit(points: list[tuple[float, float]]) -> dict:
+    """Least-squares ms = a + b * megapixels, with R^2."""
+    x = np.array([p[0] for p in points])
+    y = np.array([p[1] for p in points])
+    b, a = np.polyfit(x, y, 1)
+    pred = a + b * x
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return {"intercept_ms": float(a), "ms_per_megapixel": float(b), "r2": float(r2)}
+
+
+def render(r: dict) -> str:
+    peak = r["matmul"]["peak"]
+    lines = [
+        "# Inference speed",
+        "",
+        f"Made by `python -m benchmarks.inference` on {r['machine']['cpu']} ({r['machine']['cores']} cores), "
+        f"Python {r['machine']['python']}, torch {r['machine']['torch']}, onnxruntime {r['machine']['onnxruntime']} "
+        f"(providers: {', '.join(r['machine']['providers'])}). Model: `yeast-loc` (2 channels, 11 classes). Each "
+        "configuration runs in a fresh process; times are medians; peak RSS is that process's maximum.",
+        "",
+        "## Matrix-multiply peak of this machine (4096 x 4096)",
+        "",
+        "| precision | library | GFLOP/s (int8: GOP/s) |",
+        "|---|---|---|",
+        *[f"| {k.split()[0]} | {k.split()[1]} | {v:.1f} |" for k, v in r["matmul"]["by_library"].items()],
+        "",
+        f"Peak used below: fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f}, int8 {peak['int8']:.1f} (best library).",
+        "",
+        "## Per image",
+        "",
+        "FLOPs count 2 per multiply-add of every convolution (`training.model.count_flops`); the fraction "
+        "is achieved FLOP/s over the peak of that precision.",
+        "",
+        "| size | configuration | ms / image | images / s | peak RSS MB | GFLOP / image | GFLOP/s | fraction of peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['height']} x {row['width']} | {row['row']} | failed: {row['error']} | | | | | |")
+            continue
+        flops = r["flops"].get(f"{row['height']}x{row['width']}") or _flops_guess(r, row)
+        rate = flops / (row["ms"] / 1000) / 1e9
+        p = peak[PRECISION.get(row["row"], "fp32")]
+        lines.append(f"| {row['height']} x {row['width']} | {row['row']} | {row['ms']:.1f} | {1000 / row['ms']:.2f} | "
+                     f"{row['peak_rss_mb']:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {rate / p:.2f} |")
+    get = {(x["row"], x["height"], x["width"]): x for x in r["rows"] if "error" not in x}
+    h, w = 1024, 1344
+    ratios = []
+    if all((k, h, w) in get for k in ("torch-eager", "ort-sdk", "sdk-fp32", "sdk-int8")):
+        eager, ort_sdk, sdk32, sdk8 = (get[(k, h, w)]["ms"] for k in ("torch-eager", "ort-sdk", "sdk-fp32", "sdk-int8"))
+        flops = _flops_guess(r, get[("sdk-fp32", h, w)])
+        ratios = [
+            "## Targets at 1024 x 1344",
+            "",
+            "| measure | value | target |",
+            "|---|---|---|",
+            f"| SDK fp32 `predict` (pre/post included) vs PyTorch eager, images per second | {eager / sdk32:.2f}x | >= 1.5x |",
+            f"| onnxruntime fp32 network alone vs PyTorch eager | {eager / ort_sdk:.2f}x | |",
+            f"| SDK fp32 `predict` achieved FLOP/s / fp32 matmul peak | {flops / (sdk32 / 1000) / 1e9 / peak['fp32']:.2f} | >= 0.80 |",
+            f"| SDK int8 `predict` vs SDK fp32, images per second | {sdk32 / sdk8:.2f}x | >= 2x |",
+            f"| int8 accuracy change (220 test images) | {-r['int8_accuracy']['accuracy_drop_points']:+.2f} points "
+            f"(IoU {r['int8_accuracy']['fp32_mean_iou_sdk']:.3f} -> {r['int8_accuracy']['mean_iou']:.3f}) | within 1 point |",
+            "",
+        ]
+    lines += [""] + ratios
+    lines += ["## Cost against pixel count (SDK `predict`, images over 2048 x 2048 tiled in 1024 px tiles)", "",
+              "| size | megapixels | fp32 ms | fp32 ms / MP | fp32 peak RSS MB | int8 ms | int8 ms / MP | int8 peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|"]
+    scale = {(x["row"], x["height"]): x for x in r["scaling"] if "error" not in x}
+    fits = {}
+    for prec in ("fp32", "int8"):
+        pts = [(x["height"] * x["width"] / 1e6, x["ms"]) for x in r["scaling"] if x["row"] == f"sdk-{prec}" and "ms" in x]
+        if len(pts) >= 2:
+            fits[prec] = _fit(pts)
+    for h, w in SCALING:
+        mp = h * w / 1e6
+        a, b = scale.get(("sdk-fp32", h)), scale.get(("sdk-int8", h))
+        cell = lambda x: (f"{x['ms']:.0f} | {x['ms'] / mp:.0f} | {x['peak_rss_mb']:.0f}" if x else "failed | | ")
+        lines.append(f"| {h} x {w} | {mp:.2f} | {cell(a)} | {cell(b)} |")
+    lines.append("")
+    for prec, f in fits.items():
+        lines.append(f"Linear fit, {prec}: ms = {f['intercept_ms']:.1f} + {f['ms_per_megapixel']:.1f} x megapixels, "
+                     f"R^2 = {f['r2']:.4f}.")
+    t = r["tiling"]
+    lines += ["", "## Tiled vs whole-image inference (2048 x 2048)", "",
+              "| tile | max abs probability difference | max abs class-map difference | mask pixels differing | same label |",
+              "|---|---|---|---|---|",
+              *[f"| {k} px | {v['max_abs_probability_difference']:.2e} | {v['max_abs_map_difference']:.2e} | "
+                f"{v['mask_pixels_differing']} of {2048 * 2048} | {v['label_equal']} |" for k, v in t.items()],
+              "", f"PyTorch (weights read back from model.onnx) vs onnxruntime class maps: max abs difference "
+              f"{r['weights_check']['max_abs_map_difference_torch_vs_onnx']:.1e}.", ""]
+    p = r["pipeline"]
+    lines += ["## `milzoo predict` pipeline", "",
+              f"{p['images']} simulated 512 x 512 test images (`data/yeast-test/images`), read from disk, masks (and "
+              f"overlays) written; model-only throughput on the same images, preloaded: "
+              f"{p['model_only_images_per_s']:.2f} images/s.", "",
+              "| workers | overlays | images / s | fraction of model-only |", "|---|---|---|---|",
+              *[f"| {x['workers']} | {'yes' if x['overlays'] else 'no'} | {x['images_per_s']:.2f} | "
+                f"{x['fraction_of_model_only']:.2f} |" for x in p["runs"]], ""]
+    return "\n".join(lines)
+
+
+def _flops_guess(r: dict, row: dict) -> float:
+    key = f"{row['height']}x{row['width']}"
+    if key in r["flops"]:
+        return r["flops"][key]
+    per_pixel = r["flops"]["1024x1024"] / (1024 * 1024)
+    return per_pixel * row["height"] * row["width"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--row", nargs=3, metavar=("ROW", "HxW", "REPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true", help="re-render the .md from the committed .json")
+    args = parser.parse_args(argv)
+    if args.peak:
+        print(json.dumps(matmul_peak()))
+        return 0
+    if args.row:
+        h, w = map(int, args.row[1].split("x"))
+        print(json.dumps(run_row(args.row[0], h, w, int(args.row[2]))))
+        return 0
+    if args.render:
+        results = json.loads((args.out / "inference.json").read_text())
+    else:
+        results = measure(args.reps)
+        with write_atomic(args.out / "inference.json", "w") as fh:
+            fh.write(json.dumps(results, indent=2) + "\n")
+    with write_atomic(args.out / "inference.md", "w") as fh:
+        fh.write(render(results))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

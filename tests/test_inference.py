@@ -1,0 +1,170 @@
+"""The fast inference path: histogram percentiles, the sparse mask, tiling, int8, batching, the pipeline."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from milcnn import Classifier, constants
+from milcnn.cli import main
+from milcnn.errors import ChecksumMismatchError, ModelConfigError
+from milcnn.preprocess import label_mask, mask_from_maps, percentiles, upsample_maps
+from milcnn.session import gpu_providers
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier.from_hub("yeast-loc", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def field():
+    """A 600 x 700 two-channel field: the bundled 512 px sample, tiled."""
+    sample = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
+    return np.ascontiguousarray(np.tile(sample, (1, 2, 2))[:, :600, :700])
+
+
+@pytest.mark.parametrize("dtype, low, high", [(np.uint8, 0, 256), (np.uint16, 0, 65536), (np.uint16, 90, 140),
+                                              (np.int16, -3000, 3000), (np.int32, -5, 5), (np.int64, -2**40, 2**40)])
+def test_histogram_percentiles_equal_numpy(dtype, low, high):
+    rng = np.random.default_rng(int(high) % 1000)
+    values = rng.integers(low, high, size=(37, 53)).astype(dtype)
+    q = (0.0, 1.0, 37.5, 99.8, 100.0)
+    np.testing.assert_allclose(percentiles(values, q), np.percentile(values, q), rtol=1e-12, atol=0)
+
+
+def test_percentiles_of_bool_float_and_single_values():
+    flags = np.zeros((10, 10), bool)
+    flags[:3] = True
+    np.testing.assert_array_equal(percentiles(flags, (1, 99.8)), np.percentile(flags.astype(np.uint8), (1, 99.8)))
+    floats = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    np.testing.assert_allclose(percentiles(floats, (1, 99.8)), np.percentile(floats, (1, 99.8)))
+    assert percentiles(np.array([7], np.uint16), (1, 99.8)).tolist() == [7.0, 7.0]
+
+
+@pytest.mark.parametrize("k, h, w, stride, threshold, band", [
+    (11, 64, 80, 4, 0.5, 256), (11, 64, 80, 4, 0.5, 5), (3, 10, 13, 4, 0.3, 256), (5, 17, 9, 8, 0.5, 3),
+    (1, 1, 1, 4, 0.5, 256), (2, 30, 5, 2, 0.9, 256), (300, 7, 9, 4, 0.5, 2)])
+def test_sparse_mask_equals_dense(k, h, w, stride, threshold, band):
+    rng = np.random.default_rng(k * h + w)
+    maps = rng.random((k, h, w)).astype(np.float32) ** 3
+    maps[:, : h // 2] = maps[:, : h // 2] < 0.2  # exact 0/1 plateaus and ties as well as smooth values
+    for H, W in ((h * stride, w * stride), (h * stride - stride + 1, w * stride - 1)):
+        dense = label_mask(upsample_maps(maps, stride, (H, W)), threshold)
+        sparse = mask_from_maps(maps, stride, (H, W), threshold, band=band)
+        assert sparse.dtype == dense.dtype and sparse.shape == (H, W)
+        np.testing.assert_array_equal(sparse, dense)
+
+
+def test_mask_geometry_errors():
+    with pytest.raises(ValueError, match="maps of size 4x4 do not match an input of 40x16 at stride 4"):
+        mask_from_maps(np.zeros((2, 4, 4), np.float32), 4, (40, 16))
+    with pytest.raises(ValueError, match="output stride must be even"):
+        upsample_maps(np.zeros((2, 4, 4), np.float32), 3, (12, 12))
+
+
+def test_tiled_inference_matches_whole_image(clf, field):
+    whole = clf.predict(field)
+    for tile in (128, 256):
+        tiled = clf.predict(field, tile_size=tile)
+        assert tiled.label == whole.label
+        np.testing.assert_allclose([tiled.probabilities[c] for c in clf.classes],
+                                   [whole.probabilities[c] for c in clf.classes], atol=1e-5)
+        np.testing.assert_allclose(tiled.maps, whole.maps, atol=1e-5)
+        assert (tiled.mask != whole.mask).mean() < 1e-4
+
+
+def test_large_images_are_tiled_automatically(clf, field, monkeypatch):
+    calls = []
+    original = clf._run_tiled
+    monkeypatch.setattr(clf, "_run_tiled", lambda chw, tile: calls.append(tile) or original(chw, tile))
+    clf.predict(field)
+    assert calls == []
+    monkeypatch.setattr(constants, "TILE_THRESHOLD_PIXELS", 100_000)
+    clf.predict(field)
+    assert calls == [constants.DEFAULT_TILE_SIZE]
+
+
+def test_bad_tile_size(clf, field):
+    with pytest.raises(ValueError, match="tile size 30 must be a positive multiple of the output stride 4"):
+        clf.predict(field, tile_size=30)
+
+
+def test_class_maps_are_computed_on_demand(clf, field):
+    pred = clf.predict(field)
+    assert "class_maps" not in pred.__dict__
+    assert pred.class_maps.shape == (11, 600, 700)
+    np.testing.assert_array_equal(pred.mask, label_mask(pred.class_maps, 0.5))
+
+
+def test_int8_variant(clf, field):
+    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
+    assert int8.available_precisions == ("fp32", "int8") and int8.precision == "int8"
+    a, b = clf.predict(field), int8.predict(field)
+    assert a.label == b.label
+    assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 0.05
+    assert int8.self_test(tolerance=0.05)["label"] == clf.self_test()["label"]
+    assert int8.predict(field, tile_size=256).label == a.label
+    with pytest.raises(ModelConfigError, match="yeast-loc has no 'fp16' variant; it offers fp32, int8"):
+        Classifier.from_hub("yeast-loc", device="cpu", precision="fp16")
+
+
+def test_tampered_int8_and_pooling_files_are_refused(tmp_path, field):
+    folder = shutil.copytree(ZOO / "yeast-loc", tmp_path / "m")
+    for name in ("model.int8.onnx", "pooling.onnx"):
+        data = bytearray((folder / name).read_bytes())
+        data[-20] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="model.int8.onnx"):
+        Classifier.from_dir(folder, device="cpu", precision="int8")
+    clf = Classifier.from_dir(folder, device="cpu")
+    clf.predict(field)  # whole-image inference does not need pooling.onnx
+    with pytest.raises(ChecksumMismatchError, match="pooling.onnx"):
+        clf.predict(field, tile_size=256)
+
+
+def test_predict_batch_groups_same_sizes(clf, field):
+    images = [field, field[:, :300, :420], field, field[:, :300, :420], field[:, 100:400, 50:470]]
+    batched = clf.predict_batch(images, batch_size=3)
+    for image, pred in zip(images, batched):
+        one = clf.predict(image)
+        assert pred.label == one.label and pred.mask.shape == image.shape[1:]
+        np.testing.assert_allclose(pred.maps, one.maps, atol=1e-5)
+
+
+def test_gpu_provider_order():
+    assert gpu_providers(["CPUExecutionProvider"]) == []
+    names = [p[0] for p in gpu_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])]
+    assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_workers_precision_tiles_and_no_overlays(tmp_path, field):
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(5):
+        tifffile.imwrite(images / f"f{i}.tif", np.roll(field, 97 * i, axis=2))
+    (images / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    outputs = {}
+    for name, extra in (("w1", ["--workers", "1"]), ("w4", ["--workers", "4", "--batch-size", "2"]),
+                        ("tiles", ["--tile-size", "256", "--no-overlays"]), ("int8", ["--precision", "int8"])):
+        result = _run("predict", images, "--out", tmp_path / name, *extra)
+        assert result.exit_code == 1, result.output
+        assert "broken.tif" in (tmp_path / name / "errors.csv").read_text()
+        with open(tmp_path / name / "predictions.csv") as fh:
+            outputs[name] = list(csv.reader(fh))
+        assert [row[0] for row in outputs[name][1:]] == [str(images / f"f{i}.tif") for i in range(5)]
+    assert outputs["w1"] == outputs["w4"]
+    assert [r[1] for r in outputs["tiles"]] == [r[1] for r in outputs["w1"]]
+    assert [r[1] for r in outputs["int8"]] == [r[1] for r in outputs["w1"]]
+    assert not (tmp_path / "tiles" / "overlays").exists() and len(list((tmp_path / "tiles" / "masks").iterdir())) == 5
+    assert len(list((tmp_path / "w4" / "overlays").iterdir())) == 5
