@@ -8,16 +8,14 @@
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import sys
 from pathlib import Path
 
 import click
 
 from milcnn import constants
-from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
+from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 
@@ -99,15 +97,23 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="same-size images per network call (for GPUs)")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="write OUT/overlays/<stem>.png")
+@click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
+@click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
+@click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, workers, batch_size,
-            overlays) -> None:
+            overlays, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
     Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
-    k+1 class k) and OUT/overlays/<stem>.png. Exit code 0 when every image succeeded, 1 when
-    some failed (listed in OUT/errors.csv), 2 for usage errors.
+    k+1 class k) and OUT/overlays/<stem>.png; inputs sharing a file name in different folders get
+    <folder>__<stem>. Rows are added as images finish, so an interrupted run continues with
+    --resume. Exit code 0 when every image succeeded, 1 when some failed (listed in
+    OUT/errors.csv), 2 for usage errors, 130 when interrupted.
     """
+    import traceback
+
     from milcnn.pipeline import run_pipeline
+    from milcnn.results import ResultsFolder, ResultsFolderError, output_stems
 
     paths, missing = expand_inputs(inputs)
     for item in missing:
@@ -116,34 +122,51 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
         raise click.UsageError("no input images found")
     clf = _load(model_name, device, precision)
     header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
-    rows, errors = [], [(m, "no such file, folder or matching files") for m in missing]
+    try:
+        results = ResultsFolder(out_dir, header, resume=resume, overwrite=overwrite)
+    except ResultsFolderError as exc:
+        raise click.UsageError(str(exc)) from None
+    stems = output_stems(paths)
+    done = results.done
+    todo = [p for p in paths if str(p) not in done]
+    failed = sum(1 for row in results.done_errors if row[0] in {str(p) for p in paths})
+    predicted = len(paths) - len(todo) - failed
+    if resume and len(todo) < len(paths):
+        click.echo(f"milzoo: resuming: {len(paths) - len(todo)} of {len(paths)} images already done in {out_dir}",
+                   err=True)
+    for item in missing:
+        if item not in done:
+            results.add_error(item, "no such file, folder or matching files")
+            failed += 1
 
-    def on_error(path, message):
-        errors.append((str(path), message))
+    def on_error(path, message, exc=None):
+        nonlocal failed
+        failed += 1
+        results.add_error(str(path), message)
         click.echo(f"\nmilzoo: {path}: {message}", err=True)
+        if debug and exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
 
-    with click.progressbar(length=len(paths), label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
-        for path, pred in run_pipeline(clf, paths, out_dir, channel_axis=channel_axis, threshold=threshold,
-                                       tile_size=tile_size, workers=workers, batch_size=batch_size,
-                                       overlays=overlays, on_error=on_error):
-            if pred is not None:
-                rows.append([str(path), pred.label, *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
-            bar.update(1)
-    _write_csv(out_dir / "predictions.csv", header, rows)
-    if errors:
-        _write_csv(out_dir / "errors.csv", ["image", "error"], errors)
-    click.echo(f"{len(rows)} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
+    interrupted = False
+    try:
+        with results, click.progressbar(length=len(todo), label=f"{clf.name}", file=sys.stderr,
+                                        show_pos=True) as bar:
+            for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis, threshold=threshold,
+                                           tile_size=tile_size, workers=workers, batch_size=batch_size,
+                                           overlays=overlays, on_error=on_error, stems=stems):
+                if pred is not None:
+                    results.add_prediction([str(path), pred.label,
+                                            *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
+                    predicted += 1
+                bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    click.echo(f"{predicted} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
                f"{', '.join(clf.model.providers)}); results in {out_dir}", err=True)
-    sys.exit(1 if errors else 0)
-
-
-def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    with write_atomic(path, "w", newline="") as fh:
-        fh.write(buffer.getvalue())
+    if interrupted:
+        click.echo("milzoo: interrupted; the results so far are complete: continue with --resume", err=True)
+        sys.exit(130)
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

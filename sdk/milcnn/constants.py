@@ -24,7 +24,7 @@ DEFAULT_TILE_SIZE = 1024
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 
 #: threads that read, decode and write images beside inference in ``milzoo predict``
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS = 4
 
 #: where TensorRT keeps the engines it builds (building one takes minutes; reusing it, none)
 TRT_CACHE_DIR = Path(os.environ.get("MILCNN_TRT_CACHE", Path.home() / ".cache" / "milcnn" / "tensorrt"))

@@ -40,27 +40,31 @@ def _yield_to_inference() -> None:
 
 def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = 0.5,
                  tile_size: int | None = None, workers: int = 2, batch_size: int = 1, overlays: bool = True,
-                 on_error: Callable[[Path, str], None] | None = None) -> Iterator[tuple[Path, object]]:
+                 on_error: Callable[..., None] | None = None,
+                 stems: dict[Path, str] | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
 
-    Yields ``(path, Prediction)`` in input order, or ``(path, None)`` for an image that failed
-    (after calling ``on_error(path, one_line_message)``).
+    Yields ``(path, Prediction)`` in input order, once its files are written, or ``(path, None)``
+    for an image that failed (after calling ``on_error(path, one_line_message, exception)``).
+    ``stems`` names each image's output files (default: the file's stem).
     """
+    stems = stems or {}
     from milcnn.overlay import save_overlay
 
     def prepare(path: Path):
         return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size)
 
     def write(path: Path, item, pred) -> None:
-        write_tiff(out_dir / "masks" / f"{path.stem}.tif", pred.mask)
+        stem = stems.get(path, path.stem)
+        write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask)
         if overlays:
             title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
-            save_overlay(out_dir / "overlays" / f"{path.stem}.png", item.chw, pred.mask, clf.classes, title=title,
+            save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes, title=title,
                          normalized=item.x)
 
     def fail(path: Path, exc: BaseException) -> tuple[Path, None]:
         if on_error is not None:
-            on_error(path, (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            on_error(path, (str(exc).strip().splitlines() or [type(exc).__name__])[0], exc)
         return path, None
 
     with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", initializer=_yield_to_inference) as readers, \
