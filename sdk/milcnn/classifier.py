@@ -204,7 +204,7 @@ class Classifier:
         if isinstance(image, (str, Path)):
             source = str(image)
             image = read_image(image)
-        chw = to_chw(image, len(self.channels), channel_axis=channel_axis)
+        chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
         return chw, source
 
     def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None) -> PreparedInput:

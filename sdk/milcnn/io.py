@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,20 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs what it finds wrong with a file; milcnn reports it as one error instead."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_image(path) -> np.ndarray:
@@ -46,9 +61,14 @@ def read_image(path) -> np.ndarray:
         import tifffile
 
         try:
-            return tifffile.imread(path)
+            with warnings.catch_warnings(), _quiet_tifffile():
+                warnings.simplefilter("ignore")
+                array = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        if array.size == 0 or array.ndim < 2:
+            raise ImageReadError(path, f"not a readable TIFF (no image data: shape {array.shape})")
+        return array
     if suffix in PIL_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
 

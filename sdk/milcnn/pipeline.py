@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
-from milcnn.errors import MilcnnError
+from milcnn.errors import ImageReadError, MilcnnError
 from milcnn.io import write_tiff
 
 __all__ = ["run_pipeline", "FAILURES"]
@@ -64,7 +64,8 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
 
     def fail(path: Path, exc: BaseException) -> tuple[Path, None]:
         if on_error is not None:
-            on_error(path, (str(exc).strip().splitlines() or [type(exc).__name__])[0], exc)
+            text = exc.reason if isinstance(exc, ImageReadError) else str(exc).strip()  # the path is said once
+            on_error(path, (text.splitlines() or [type(exc).__name__])[0], exc)
         return path, None
 
     with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", initializer=_yield_to_inference) as readers, \

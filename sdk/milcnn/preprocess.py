@@ -59,7 +59,7 @@ class NormalizationConfig:
         return cls(**d)
 
 
-def to_chw(image, n_channels: int, *, channel_axis: int | None = None) -> np.ndarray:
+def to_chw(image, n_channels: int, *, channel_axis: int | None = None, channel_names=None) -> np.ndarray:
     """Return ``image`` as a (C, H, W) array with ``C == n_channels``.
 
     Args:
@@ -67,45 +67,49 @@ def to_chw(image, n_channels: int, *, channel_axis: int | None = None) -> np.nda
         n_channels: the number of channels the model needs.
         channel_axis: which axis holds the channels; ``None`` guesses from the shape
             (first axis, then last axis, whichever has ``n_channels`` entries).
+        channel_names: the model's channel names, for the error messages.
 
     Returns:
         a view or copy of ``image`` with shape (n_channels, H, W), dtype unchanged.
 
     Raises:
-        ValueError: the shape cannot be read as ``n_channels`` channels.
+        ValueError: the shape cannot be read as ``n_channels`` channels; the message says what
+            the model needs and how to give it.
     """
     image = np.asarray(image)
+    names = f" ({', '.join(channel_names)}, in that order)" if channel_names else ""
+    needs = f"the model needs {n_channels} channel{'s' if n_channels != 1 else ''}{names}"
     if image.ndim == 2:
         if channel_axis is not None:
             raise ValueError(f"channel_axis={channel_axis} given for a 2-D image of shape {image.shape}")
         if n_channels != 1:
-            raise ValueError(
-                f"image of shape {image.shape} has 1 channel but the model needs {n_channels}; "
-                f"pass a C x H x W or H x W x C array with {n_channels} channels"
-            )
+            raise ValueError(f"image of shape {image.shape} has 1 channel but {needs}; "
+                             f"save them as one C x H x W or H x W x C image")
         return image[None]
     if image.ndim != 3:
         raise ValueError(
             f"image of shape {image.shape} has {image.ndim} dimensions; expected H x W, C x H x W or H x W x C "
-            "(for a Z stack or time series, pick one plane first)"
+            f"and {needs} (a Z stack or time series: save one plane or a projection first)"
         )
     if channel_axis is not None:
         if not -3 <= channel_axis <= 2:
             raise ValueError(f"channel_axis={channel_axis} is out of range for a 3-D image")
         image = np.moveaxis(image, channel_axis, 0)
+    elif image.shape[0] == n_channels and image.shape[-1] == n_channels and image.shape[0] != image.shape[1]:
+        raise ValueError(f"image of shape {image.shape} is ambiguous: both its first and last axes could hold "
+                         f"the {n_channels} channels; pass channel_axis (--channel-axis) 0 or 2")
     elif image.shape[0] == n_channels:
         pass
     elif image.shape[-1] == n_channels:
         image = np.moveaxis(image, -1, 0)
     else:
-        raise ValueError(
-            f"image of shape {image.shape} has no axis of length {n_channels} (the model's channel count); "
-            "pass channel_axis to say which axis holds the channels"
-        )
+        small = min(image.shape[0], image.shape[-1])
+        hint = (f"an RGB or {small}-channel image: save the channels the model needs as a {n_channels}-channel image"
+                if small <= 4 else "a Z stack or time series: save one plane or a projection first")
+        raise ValueError(f"image of shape {image.shape} has no axis of length {n_channels}: {needs} ({hint}; "
+                         "or pass channel_axis / --channel-axis)")
     if image.shape[0] != n_channels:
-        raise ValueError(
-            f"image has {image.shape[0]} channels on axis {channel_axis} but the model needs {n_channels}"
-        )
+        raise ValueError(f"image has {image.shape[0]} channels on axis {channel_axis} but {needs}")
     return image
 
 

@@ -1,0 +1,113 @@
+"""An interrupted `milzoo predict` (SIGINT or SIGKILL) resumed with --resume ends with exactly the
+outputs of one uninterrupted run; an existing --out is never overwritten by accident."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    """Two folders with the same file names (a/f00.tif and b/f00.tif ...), and one broken file."""
+    root = tmp_path_factory.mktemp("plate")
+    sample = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
+    for folder in ("a", "b"):
+        (root / folder).mkdir()
+        for i in range(12):
+            image = np.roll(sample, 41 * i + (7 if folder == "b" else 0), axis=2)
+            tifffile.imwrite(root / folder / f"f{i:02d}.tif", image)
+    (root / "a" / "f05.tif").write_bytes(b"II*\x00broken")
+    return root
+
+
+def milzoo(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "milcnn.cli", "predict", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def snapshot(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(plate, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    proc = milzoo(plate / "a", plate / "b", "--out", out, "--workers", "2")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err  # the broken file
+    return snapshot(out)
+
+
+def test_same_names_in_different_folders_do_not_collide(reference):
+    masks = [k for k in reference if k.startswith("masks/")]
+    assert len(masks) == 23 and "masks/a__f00.tif" in masks and "masks/b__f00.tif" in masks
+    rows = reference["predictions.csv"].decode().splitlines()
+    assert len(rows) == 24 and len(set(rows)) == 24
+    assert reference["errors.csv"].decode().count("\n") == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupt_and_resume_gives_the_same_outputs(plate, reference, tmp_path, sig):
+    out = tmp_path / "out"
+    proc = milzoo(plate / "a", plate / "b", "--out", out, "--workers", "2")
+    csv_path = out / "predictions.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if csv_path.exists() and csv_path.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "continue with --resume" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    partial = csv_path.read_text().count("\n")
+    assert 6 <= partial < 24, "the run was not interrupted mid-batch"
+
+    again = milzoo(plate / "a", plate / "b", "--out", out)  # no flag: refused, nothing touched
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already holds results; pass --resume" in err
+    assert csv_path.read_text().count("\n") == partial
+
+    resumed = milzoo(plate / "a", plate / "b", "--out", out, "--resume", "--workers", "3")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 1, err
+    assert "resuming:" in err
+    got = snapshot(out)
+    assert sorted(got) == sorted(reference)
+    for name in reference:
+        assert got[name] == reference[name], name
+
+
+def test_overwrite_replaces_and_both_flags_are_refused(plate, reference, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("old results\n")
+    (out / "notes.txt").write_text("mine")
+    proc = milzoo(plate / "a", "--out", out, "--resume", "--overwrite")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "not both" in err
+    proc = milzoo(plate / "a", "--out", out, "--resume")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "are not this model's" in err
+    proc = milzoo(plate / "a", "--out", out, "--overwrite")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1
+    assert (out / "notes.txt").read_text() == "mine"  # only milcnn's own outputs are replaced
+    assert (out / "predictions.csv").read_text().count("\n") == 12
+
+
+def test_debug_prints_tracebacks(plate, tmp_path):
+    proc = milzoo(plate / "a" / "f05.tif", "--out", tmp_path / "out", "--debug")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" in err and "not a readable TIFF" in err
