@@ -168,3 +168,19 @@ def test_cli_workers_precision_tiles_and_no_overlays(tmp_path, field):
     assert [r[1] for r in outputs["int8"]] == [r[1] for r in outputs["w1"]]
     assert not (tmp_path / "tiles" / "overlays").exists() and len(list((tmp_path / "tiles" / "masks").iterdir())) == 5
     assert len(list((tmp_path / "w4" / "overlays").iterdir())) == 5
+
+
+def test_png_encoder_round_trips():
+    import io
+
+    from PIL import Image
+
+    from milcnn.overlay import encode_png
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1, 3), (7, 13, 3), (64, 90, 3)):
+        rgb = rng.integers(0, 256, shape, dtype=np.uint8)
+        with Image.open(io.BytesIO(encode_png(rgb))) as im:
+            assert im.mode == "RGB" and np.array_equal(np.asarray(im), rgb)
+    with pytest.raises(ValueError, match="expects"):
+        encode_png(np.zeros((4, 4), np.uint8))
