@@ -4,7 +4,9 @@ Usage::
 
     python -m training.simulate yeast --n 220 --seed 1 --out data/yeast-train
     python -m training.simulate yeast --n 110 --seed 1000 --out data/yeast-test --non-showing 0.25
+    python -m training.simulate mcf7 --n 240 --seed 1 --out data/mcf7-train
     python -m training.simulate montage --out docs/simulator.png
+    python -m training.simulate montage --kind mcf7 --out docs/mcf7.png
 
 Image ``i`` of a run is a pure function of ``(seed, i)``: the same seed gives the same
 bytes, and a longer run starts with the images of a shorter one. Labels cycle through
@@ -23,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.io import write_atomic, write_tiff
+from training.data.mcf7 import MCF7_CLASSES, MCF7Params, simulate_mcf7_image
 from training.data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
 
-SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image)}
+SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image),
+              "mcf7": (MCF7_CLASSES, MCF7Params, simulate_mcf7_image)}
 
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
@@ -101,6 +105,27 @@ def montage(out: Path, *, seed: int = 7, crop: int = 200) -> None:
         sheet.save(fh, format="PNG")
 
 
+def montage_mcf7(out: Path, *, seed: int = 7, size: int = 320) -> None:
+    """Every MCF-7 class as a merge: DNA blue, tubulin green, F-actin red (40 % of cells untreated)."""
+    from PIL import Image, ImageDraw
+
+    gap, label_h, cols = 4, 16, 4
+    rows = -(-len(MCF7_CLASSES) // cols)
+    sheet = Image.new("RGB", (cols * (size + gap) + gap, rows * (size + gap + label_h) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    params = MCF7Params(size=size, non_showing=(0.4, 0.4))
+    for i, cls in enumerate(MCF7_CLASSES):
+        image, _ = simulate_mcf7_image(cls, image_rng(seed, i), params)
+        merge = np.stack([_display(image[2]), _display(image[1]), _display(image[0])], axis=-1)
+        x = gap + (i % cols) * (size + gap)
+        y = gap + (i // cols) * (size + gap + label_h)
+        draw.text((x + 2, y + 2), cls, fill="black")
+        sheet.paste(Image.fromarray(merge), (x, y + label_h))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with write_atomic(out, "wb") as fh:
+        sheet.save(fh, format="PNG")
+
+
 def _display(channel: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(channel, [0.5, 99.9])
     return (np.clip((channel.astype(np.float32) - lo) / max(hi - lo, 1), 0, 1) * 255).astype(np.uint8)
@@ -120,23 +145,37 @@ def main(argv: list[str] | None = None) -> int:
     y.add_argument("--outliers", type=float, default=0.05,
                    help="fraction of cells that are dead or out of focus; debris at half this rate (default 0.05)")
     y.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    m = sub.add_parser("montage", help="write docs/simulator.png")
-    m.add_argument("--out", type=Path, default=Path("docs/simulator.png"))
+    c = sub.add_parser("mcf7", help="MCF-7 mechanism of action, 3 channels (BBBC021-like)")
+    c.add_argument("--n", type=int, required=True, help="number of images")
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
+    c.add_argument("--channels", default="dna,tubulin,actin", help="channels to write, in order")
+    c.add_argument("--non-showing", type=_range, default=(0.2, 0.5),
+                   help="fraction of treated cells that look untreated, a value or LO,HI per image (default 0.2,0.5)")
+    c.add_argument("--outliers", type=float, default=0.05,
+                   help="fraction of cells apoptotic or out of focus; debris at half this rate (default 0.05)")
+    c.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    m = sub.add_parser("montage", help="write docs/simulator.png (or docs/mcf7.png with --kind mcf7)")
+    m.add_argument("--kind", dest="kind_", choices=["yeast", "mcf7"], default="yeast")
+    m.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     if args.kind == "montage":
-        montage(args.out)
-        print(f"wrote {args.out}")
+        out = args.out or Path("docs/simulator.png" if args.kind_ == "yeast" else "docs/mcf7.png")
+        (montage if args.kind_ == "yeast" else montage_mcf7)(out)
+        print(f"wrote {out}")
         return 0
+    classes, params_type, _ = SIMULATORS[args.kind]
     try:
-        channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
-        params = YeastParams(size=args.size, channels=channels, non_showing=args.non_showing, outliers=args.outliers)
+        channels = tuple(ch.strip() for ch in args.channels.split(",") if ch.strip())
+        params = params_type(size=args.size, channels=channels, non_showing=args.non_showing, outliers=args.outliers)
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, got {args.n}")
     except ValueError as exc:
         parser.error(str(exc))
     manifest = simulate_dataset(args.kind, n=args.n, seed=args.seed, out=args.out, params=params, workers=args.workers)
-    print(f"wrote {args.n} images ({', '.join(channels)}; classes {', '.join(YEAST_CLASSES)}) and {manifest}")
+    print(f"wrote {args.n} images ({', '.join(channels)}; classes {', '.join(classes)}) and {manifest}")
     return 0
 
 

@@ -1,0 +1,56 @@
+"""The MCF-7 simulator: shapes, determinism, masks, heterogeneity controls, and the CLI."""
+
+import numpy as np
+import pytest
+
+from training.data.manifest import read_manifest
+from training.data.mcf7 import MCF7_CHANNELS, MCF7_CLASSES, NOT_SIMULATED, MCF7Params, simulate_mcf7_image
+from training.simulate import image_rng, main
+
+
+@pytest.mark.parametrize("cls", MCF7_CLASSES)
+def test_every_class_renders_with_truth(cls):
+    image, mask = simulate_mcf7_image(cls, image_rng(3, 0), MCF7Params(size=192))
+    assert image.shape == (3, 192, 192) and image.dtype == np.uint16 and mask.shape == (192, 192)
+    k = MCF7_CLASSES.index(cls) + 1
+    assert set(np.unique(mask)) <= {0, k, 255} and (mask == k).mean() > 0.005
+    assert image.min() >= 90  # the camera offset: no clipping to zero
+
+
+def test_deterministic_and_channel_selection():
+    a, ma = simulate_mcf7_image("Eg5 inhibitors", image_rng(1, 5), MCF7Params(size=128))
+    b, mb = simulate_mcf7_image("Eg5 inhibitors", image_rng(1, 5), MCF7Params(size=128))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    c, _ = simulate_mcf7_image("Eg5 inhibitors", image_rng(1, 5), MCF7Params(size=128, channels=("actin", "dna")))
+    np.testing.assert_array_equal(c, a[[2, 0]])
+
+
+def test_non_showing_controls_the_labelled_fraction():
+    def labelled(level):
+        fractions = []
+        for i in range(4):
+            _, mask = simulate_mcf7_image("Aurora kinase inhibitors", image_rng(2, i),
+                                          MCF7Params(size=192, non_showing=(level, level), outliers=0.0))
+            cells = mask > 0
+            fractions.append((mask == 2).sum() / max(cells.sum(), 1))
+        return np.mean(fractions)
+    assert labelled(0.0) > 0.95 and labelled(0.8) < labelled(0.0) - 0.3
+
+
+def test_dmso_cells_are_all_labelled_and_classes_documented():
+    _, mask = simulate_mcf7_image("DMSO", image_rng(4, 0), MCF7Params(size=192, outliers=0.0))
+    assert (mask == MCF7_CLASSES.index("DMSO") + 1).sum() > 0.9 * (mask > 0).sum()
+    assert not set(NOT_SIMULATED) & set(MCF7_CLASSES)
+    with pytest.raises(ValueError, match="unknown MCF-7 class 'Kinase inhibitors'"):
+        simulate_mcf7_image("Kinase inhibitors", image_rng(0, 0))
+    with pytest.raises(ValueError, match="channels must be distinct names"):
+        MCF7Params(channels=("dapi",))
+
+
+def test_cli_writes_a_manifest_like_the_yeast_one(tmp_path, capsys):
+    assert main(["mcf7", "--n", "9", "--seed", "11", "--out", str(tmp_path), "--size", "96", "--workers", "1"]) == 0
+    samples, channels, classes = read_manifest(tmp_path / "manifest.csv", channels=MCF7_CHANNELS)
+    assert len(samples) == 9 and channels == MCF7_CHANNELS and set(classes) <= set(MCF7_CLASSES)
+    assert all(s.mask_path is not None for s in samples)
+    assert "wrote 9 images (dna, tubulin, actin" in capsys.readouterr().out
