@@ -8,6 +8,8 @@ import tifffile
 
 from training.data.bbbc021 import IMAGE_CSV, MOA_CSV, BBBC021Error, main, read_bbbc021, write_manifest
 from training.data.manifest import load_image, read_manifest
+from training.data.mcf7 import MCF7Params, simulate_mcf7_image
+from training.simulate import image_rng
 from training.treatments import leave_one_compound_out, treatment_metrics, treatment_probabilities
 
 HEADER = ["TableNumber", "ImageNumber", "Image_FileName_DAPI", "Image_PathName_DAPI", "Image_FileName_Tubulin",
@@ -19,10 +21,9 @@ TREATMENTS = [("taxol", 0.3, "Microtubule stabilizers"), ("taxol", 1.0, "Microtu
 
 @pytest.fixture()
 def bbbc021(tmp_path):
-    """Two plates in BBBC021's folders and CSVs: 3 fields per annotated treatment, plus an
-    unannotated compound that the loader must leave out."""
+    """Two plates in BBBC021's folders and CSVs, with simulated MCF-7 fields (one 16-bit TIFF per
+    stain): 3 fields per annotated treatment, plus an unannotated compound the loader must leave out."""
     root = tmp_path / "BBBC021"
-    rng = np.random.default_rng(0)
     rows = []
     plates = ["Week1_22123", "Week2_24121"]
     for i, (compound, conc, _) in enumerate(TREATMENTS + [("mystery", 5.0, None)]):
@@ -31,9 +32,11 @@ def bbbc021(tmp_path):
             folder = root / plate.split("_")[0] / plate
             folder.mkdir(parents=True, exist_ok=True)
             names = []
-            for stain in ("DAPI", "Tubulin", "Actin"):
+            moa = TREATMENTS[i][2] if i < len(TREATMENTS) else "DMSO"
+            image, _ = simulate_mcf7_image(moa, image_rng(i, field), MCF7Params(size=96))
+            for c, stain in enumerate(("DAPI", "Tubulin", "Actin")):
                 name = f"{plate}_B{i:02d}_s{field + 1}_w{stain}.tif"
-                tifffile.imwrite(folder / name, rng.integers(0, 4000, (96, 120), dtype=np.uint16))
+                tifffile.imwrite(folder / name, image[c])
                 names.append(name)
             path = f"{plate.split('_')[0]}/{plate}"
             rows.append(["1", str(len(rows) + 1), names[0], path, names[1], path, names[2], path, plate,
@@ -54,7 +57,7 @@ def test_reads_the_annotated_fields_into_a_training_manifest(bbbc021, tmp_path):
     assert set(classes) == {"Microtubule stabilizers", "Microtubule destabilizers", "DMSO"}
     assert {s.group for s in samples} == {"taxol", "nocodazole", "DMSO"}
     image = load_image(samples[0], 3)
-    assert image.shape == (3, 96, 120) and image.dtype == np.uint16
+    assert image.shape == (3, 96, 96) and image.dtype == np.uint16
     dapi = tifffile.imread(fields[0].paths["dna"])
     np.testing.assert_array_equal(image[0], dapi)
     with open(out) as fh:
