@@ -54,3 +54,23 @@ def test_cli_writes_a_manifest_like_the_yeast_one(tmp_path, capsys):
     assert len(samples) == 9 and channels == MCF7_CHANNELS and set(classes) <= set(MCF7_CLASSES)
     assert all(s.mask_path is not None for s in samples)
     assert "wrote 9 images (dna, tubulin, actin" in capsys.readouterr().out
+
+
+def test_treatments_label_images_and_are_scored_per_treatment(tmp_path, capsys):
+    from training.data.mcf7 import MCF7_COMPOUNDS, mcf7_treatment
+    from training.treatments import main as treatments_main
+
+    for i in range(64):
+        cls = MCF7_CLASSES[i % 8]
+        compound, dose = mcf7_treatment(i)
+        assert compound in MCF7_COMPOUNDS[cls] and (dose == 0.0) == (cls == "DMSO")
+    assert main(["mcf7", "--n", "16", "--seed", "3", "--out", str(tmp_path), "--size", "256", "--workers", "1"]) == 0
+    header = (tmp_path / "manifest.csv").read_text().splitlines()[0]
+    assert header == "path,label,mask_path,compound,concentration"
+    capsys.readouterr()
+    assert treatments_main(["mcf7-moa", "--data", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "r.json")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_images"] == 16 and report["n_treatments"] == 15  # the two DMSO wells are one treatment
+    assert 0.0 <= report["treatment_accuracy"] <= 1.0 and len(report["treatment_confusion"]) == 8

@@ -25,18 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.io import write_atomic, write_tiff
-from training.data.mcf7 import MCF7_CLASSES, MCF7Params, simulate_mcf7_image
+from training.data.mcf7 import MCF7_CLASSES, MCF7Params, mcf7_treatment, simulate_mcf7_image
 from training.data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
 
 SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image),
               "mcf7": (MCF7_CLASSES, MCF7Params, simulate_mcf7_image)}
+#: extra manifest columns per image, for simulators of drug screens
+TREATMENTS = {"mcf7": (("compound", "concentration"), mcf7_treatment)}
 
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)))
 
 
-def _one(job: tuple) -> tuple[str, str, str]:
+def _one(job: tuple) -> list:
     kind, params, seed, index, out = job
     classes, _, simulate = SIMULATORS[kind]
     label = classes[index % len(classes)]
@@ -44,7 +46,11 @@ def _one(job: tuple) -> tuple[str, str, str]:
     name = f"{kind}_{seed}_{index:06d}.tif"
     write_tiff(out / "images" / name, image)
     write_tiff(out / "masks" / name, mask)
-    return f"images/{name}", label, f"masks/{name}"
+    row = [f"images/{name}", label, f"masks/{name}"]
+    if kind in TREATMENTS:
+        compound, concentration = TREATMENTS[kind][1](index)
+        row += [compound, repr(concentration)]
+    return row
 
 
 def simulate_dataset(kind: str, *, n: int, seed: int, out: Path, params, workers: int = 1) -> Path:
@@ -63,7 +69,7 @@ def simulate_dataset(kind: str, *, n: int, seed: int, out: Path, params, workers
     manifest = out / "manifest.csv"
     with write_atomic(manifest, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["path", "label", "mask_path"])
+        writer.writerow(["path", "label", "mask_path", *TREATMENTS.get(kind, ((),))[0]])
         writer.writerows(rows)
     return manifest
 

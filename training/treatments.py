@@ -85,3 +85,55 @@ def leave_one_compound_out(compounds: Sequence[str], *, controls: Sequence[str] 
         test = np.flatnonzero(compounds == compound)
         train = np.flatnonzero(compounds != compound)
         yield compound, train, test
+
+
+def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
+    """Run an SDK model over a manifest with ``compound`` and ``concentration`` columns and
+    score it per image and per treatment (``treatment_metrics``)."""
+    import csv
+    from pathlib import Path
+
+    from milcnn import Classifier
+    from training.data.manifest import load_image, read_manifest
+
+    clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device=device)
+    samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
+    with open(Path(manifest), newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "compound" not in rows[0] or "concentration" not in rows[0]:
+        raise ValueError(f"{manifest}: needs 'compound' and 'concentration' columns for treatment-level evaluation")
+    probs = np.array([[clf.predict(load_image(s, len(clf.channels))).probabilities[c] for c in clf.classes]
+                      for s in samples])
+    treatments = [(r["compound"], float(r["concentration"])) for r in rows]
+    labels = ["|".join(s.labels) for s in samples]
+    return {"model": clf.name, "manifest": str(manifest), **treatment_metrics(probs, treatments, labels, clf.classes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m training.treatments",
+                                     description="Image- and treatment-level accuracy of a model on a drug screen.")
+    parser.add_argument("model", help="zoo name, Hub repo or model folder")
+    parser.add_argument("--data", required=True, help="manifest with compound and concentration columns")
+    parser.add_argument("--out", help="write the full report (JSON) here")
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate_treatments(args.model, args.data)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        from milcnn.io import write_atomic
+
+        with write_atomic(args.out, "w") as fh:
+            fh.write(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("model", "n_images", "n_treatments", "image_accuracy",
+                                             "treatment_accuracy")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

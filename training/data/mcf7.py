@@ -47,7 +47,8 @@ from scipy import ndimage
 
 from training.data.optics import Camera, form_image, illumination_field
 
-__all__ = ["MCF7_CLASSES", "MCF7_CHANNELS", "MCF7Params", "simulate_mcf7_image", "NOT_SIMULATED"]
+__all__ = ["MCF7_CLASSES", "MCF7_CHANNELS", "MCF7Params", "simulate_mcf7_image", "NOT_SIMULATED", "MCF7_COMPOUNDS",
+           "mcf7_treatment"]
 
 MCF7_CLASSES: tuple[str, ...] = (
     "Actin disruptors",
@@ -63,6 +64,32 @@ MCF7_CHANNELS: tuple[str, ...] = ("dna", "tubulin", "actin")
 NOT_SIMULATED = ("Cholesterol-lowering", "DNA replication", "Epithelial", "Kinase inhibitors")
 OTHER_OBJECT = 255
 _MARGIN = 64
+
+#: BBBC021 compounds of each simulated MOA, and the doses (uM) given to simulated wells. They
+#: label images for treatment-level evaluation and compound-wise splits only: the simulator draws
+#: the MOA's phenotype, not a compound's or a dose's own strength.
+MCF7_COMPOUNDS = {
+    "Actin disruptors": ("cytochalasin B", "cytochalasin D", "latrunculin B"),
+    "Aurora kinase inhibitors": ("AZ258", "AZ841", "AZ-A"),
+    "DMSO": ("DMSO",),
+    "DNA damage": ("etoposide", "camptothecin", "chlorambucil", "cisplatin"),
+    "Eg5 inhibitors": ("AZ-C", "AZ138"),
+    "Microtubule destabilizers": ("nocodazole", "colchicine", "vincristine", "demecolcine"),
+    "Microtubule stabilizers": ("taxol", "docetaxel", "epothilone B"),
+    "Protein synthesis": ("cycloheximide", "emetine", "anisomycin"),
+}
+MCF7_DOSES = (0.3, 1.0, 3.0)
+
+
+def mcf7_treatment(index: int) -> tuple[str, float]:
+    """(compound, concentration) of image ``index`` of a simulated run (its class is
+    ``MCF7_CLASSES[index % 8]``): compounds cycle, then doses; DMSO wells get 0."""
+    cls = MCF7_CLASSES[index % len(MCF7_CLASSES)]
+    compounds = MCF7_COMPOUNDS[cls]
+    j = index // len(MCF7_CLASSES)
+    if cls == "DMSO":
+        return "DMSO", 0.0
+    return compounds[j % len(compounds)], MCF7_DOSES[(j // len(compounds)) % len(MCF7_DOSES)]
 
 # per-class layout: density factor, cell-size factor, mitotic fraction (of showing cells)
 _LAYOUT = {
