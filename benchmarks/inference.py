@@ -376,7 +376,7 @@ def render(r: dict) -> str:
         if "error" in row:
             lines.append(f"| {row['height']} x {row['width']} | {row['row']} | failed: {row['error']} | | | | | |")
             continue
-        flops = r["flops"].get(f"{row['height']}x{row['width']}") or _flops_guess(r, row)
+        flops = r["flops"][f"{row['height']}x{row['width']}"]
         rate = flops / (row["ms"] / 1000) / 1e9
         p = peak[PRECISION.get(row["row"], "fp32")]
         lines.append(f"| {row['height']} x {row['width']} | {row['row']} | {row['ms']:.1f} | {1000 / row['ms']:.2f} | "
@@ -386,7 +386,7 @@ def render(r: dict) -> str:
     ratios = []
     if all((k, h, w) in get for k in ("torch-eager", "ort-sdk", "sdk-fp32", "sdk-int8")):
         eager, ort_sdk, sdk32, sdk8 = (get[(k, h, w)]["ms"] for k in ("torch-eager", "ort-sdk", "sdk-fp32", "sdk-int8"))
-        flops = _flops_guess(r, get[("sdk-fp32", h, w)])
+        flops = r["flops"][f"{h}x{w}"]
         ratios = [
             "## Targets at 1024 x 1344",
             "",
@@ -436,14 +436,6 @@ def render(r: dict) -> str:
               *[f"| {x['workers']} | {'yes' if x['overlays'] else 'no'} | {x['images_per_s']:.2f} | "
                 f"{x['fraction_of_model_only']:.2f} |" for x in p["runs"]], ""]
     return "\n".join(lines)
-
-
-def _flops_guess(r: dict, row: dict) -> float:
-    key = f"{row['height']}x{row['width']}"
-    if key in r["flops"]:
-        return r["flops"][key]
-    per_pixel = r["flops"]["1024x1024"] / (1024 * 1024)
-    return per_pixel * row["height"] * row["width"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,28 +140,22 @@ def _display(channel: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.simulate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
-    y = sub.add_parser("yeast", help="yeast GFP localization (11 DeepLoc classes)")
-    y.add_argument("--n", type=int, required=True, help="number of images")
-    y.add_argument("--seed", type=int, required=True)
-    y.add_argument("--out", type=Path, required=True)
-    y.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
-    y.add_argument("--channels", default="gfp,rfp", help="channels to write, in order (default gfp,rfp)")
-    y.add_argument("--non-showing", type=_range, default=(0.2, 0.5),
-                   help="fraction of cells showing no pattern, a value or a range LO,HI drawn per image (default 0.2,0.5)")
-    y.add_argument("--outliers", type=float, default=0.05,
-                   help="fraction of cells that are dead or out of focus; debris at half this rate (default 0.05)")
-    y.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    c = sub.add_parser("mcf7", help="MCF-7 mechanism of action, 3 channels (BBBC021-like)")
-    c.add_argument("--n", type=int, required=True, help="number of images")
-    c.add_argument("--seed", type=int, required=True)
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
-    c.add_argument("--channels", default="dna,tubulin,actin", help="channels to write, in order")
-    c.add_argument("--non-showing", type=_range, default=(0.2, 0.5),
-                   help="fraction of treated cells that look untreated, a value or LO,HI per image (default 0.2,0.5)")
-    c.add_argument("--outliers", type=float, default=0.05,
-                   help="fraction of cells apoptotic or out of focus; debris at half this rate (default 0.05)")
-    c.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    for kind, help_, channels, non_showing, outliers in (
+            ("yeast", "yeast GFP localization (11 DeepLoc classes)", "gfp,rfp", "cells showing no pattern",
+             "dead or out of focus"),
+            ("mcf7", "MCF-7 mechanism of action, 3 channels (BBBC021-like)", "dna,tubulin,actin",
+             "treated cells that look untreated", "apoptotic or out of focus")):
+        a = sub.add_parser(kind, help=help_)
+        a.add_argument("--n", type=int, required=True, help="number of images")
+        a.add_argument("--seed", type=int, required=True)
+        a.add_argument("--out", type=Path, required=True)
+        a.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
+        a.add_argument("--channels", default=channels, help=f"channels to write, in order (default {channels})")
+        a.add_argument("--non-showing", type=_range, default=(0.2, 0.5),
+                       help=f"fraction of {non_showing}, a value or a range LO,HI drawn per image (default 0.2,0.5)")
+        a.add_argument("--outliers", type=float, default=0.05,
+                       help=f"fraction of cells {outliers}; debris at half this rate (default 0.05)")
+        a.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     m = sub.add_parser("montage", help="write docs/simulator.png (or docs/mcf7.png with --kind mcf7)")
     m.add_argument("--kind", dest="kind_", choices=["yeast", "mcf7"], default="yeast")
     m.add_argument("--out", type=Path, default=None)

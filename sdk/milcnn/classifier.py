@@ -13,7 +13,7 @@ from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ChecksumMismatchError, ModelConfigError, SelfTestError
 from milcnn.io import read_image
-from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, to_chw, upsample_maps
+from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, normalize, to_chw, upsample_maps
 from milcnn.registry import sha256_of
 from milcnn.session import OnnxModel
 
@@ -291,10 +291,10 @@ class Classifier:
     def preprocess(self, image, *, channel_axis: int | None = None) -> np.ndarray:
         """The normalised float32 (C, H, W) array the network sees (before any padding)."""
         chw, _ = self.prepare(image, channel_axis=channel_axis)
-        return apply_ranges(chw, *channel_ranges(chw, self.info.normalization))
+        return normalize(chw, self.info.normalization)
 
     def _normalized(self, chw: np.ndarray) -> np.ndarray:
-        x = apply_ranges(chw, *channel_ranges(chw, self.info.normalization))
+        x = normalize(chw, self.info.normalization)
         _, h, w = x.shape
         m = self.info.min_size
         if h < m or w < m:  # too small for the network: pad with background (0 after normalisation)

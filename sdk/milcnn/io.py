@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import logging
 import tempfile
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,29 @@ os.umask(_UMASK)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+class _ReadingFilter(logging.Filter):
+    """Drops tifffile's log records in a thread while milcnn reads a file with it: what is wrong
+    with the file becomes one ImageReadError instead. Thread-local, so other threads keep their logs."""
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "on", False)
+
+
+_TIFFFILE_FILTER = _ReadingFilter()
+
+
 @contextlib.contextmanager
 def _quiet_tifffile():
-    """tifffile logs what it finds wrong with a file; milcnn reports it as one error instead."""
-    import logging
-
     logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    if _TIFFFILE_FILTER not in logger.filters:
+        logger.addFilter(_TIFFFILE_FILTER)
+    _ReadingFilter.active.on = True
     try:
         yield
     finally:
-        logger.setLevel(level)
+        _ReadingFilter.active.on = False
 
 
 def read_image(path) -> np.ndarray:
@@ -61,8 +73,7 @@ def read_image(path) -> np.ndarray:
         import tifffile
 
         try:
-            with warnings.catch_warnings(), _quiet_tifffile():
-                warnings.simplefilter("ignore")
+            with _quiet_tifffile():
                 array = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None

@@ -118,7 +118,8 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
                     yield fail(path, exc)
                 continue
             for (path, item), pred in zip(batch, preds):
-                item.chw = None if not overlays else item.chw  # free the raw image early when unused
+                if not overlays:
+                    item.chw = None  # free the raw image early: only overlays need it
                 writing.append((path, writers.submit(write, path, item, pred), pred))
             yield from drain(block=False)
         yield from drain(block=True)

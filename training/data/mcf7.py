@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.data.optics import Camera, form_image, illumination_field
+from training.data.yeast import check_screen_params
 
 __all__ = ["MCF7_CLASSES", "MCF7_CHANNELS", "MCF7Params", "simulate_mcf7_image", "NOT_SIMULATED", "MCF7_COMPOUNDS",
            "mcf7_treatment"]
@@ -121,16 +122,7 @@ class MCF7Params:
     cell_radius: tuple[float, float] = (20.0, 27.0)
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.channels if c not in MCF7_CHANNELS]
-        if unknown or not self.channels or len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"channels must be distinct names from {MCF7_CHANNELS}, got {self.channels}")
-        if self.size < 64:
-            raise ValueError(f"size must be at least 64 px, got {self.size}")
-        lo, hi = self.non_showing
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"non_showing must be a range within [0, 1], got {self.non_showing}")
-        if not 0.0 <= self.outliers <= 1.0:
-            raise ValueError(f"outliers must be in [0, 1], got {self.outliers}")
+        check_screen_params(self, MCF7_CHANNELS)
 
 
 @dataclass

@@ -88,16 +88,25 @@ class YeastParams:
     budded: float = 0.55
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.channels if c not in YEAST_CHANNELS]
-        if unknown or not self.channels or len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"channels must be distinct names from {YEAST_CHANNELS}, got {self.channels}")
-        if self.size < 64:
-            raise ValueError(f"size must be at least 64 px, got {self.size}")
-        lo, hi = self.non_showing
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"non_showing must be a range within [0, 1], got {self.non_showing}")
-        if not 0.0 <= self.outliers <= 1.0:
-            raise ValueError(f"outliers must be in [0, 1], got {self.outliers}")
+        check_screen_params(self, YEAST_CHANNELS)
+
+
+def check_screen_params(params, known_channels: tuple[str, ...]) -> None:
+    """Validate the settings every simulator shares: channels, size, non_showing, outliers.
+
+    Raises:
+        ValueError: naming the bad setting and its value.
+    """
+    channels = params.channels
+    if any(c not in known_channels for c in channels) or not channels or len(set(channels)) != len(channels):
+        raise ValueError(f"channels must be distinct names from {known_channels}, got {channels}")
+    if params.size < 64:
+        raise ValueError(f"size must be at least 64 px, got {params.size}")
+    lo, hi = params.non_showing
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"non_showing must be a range within [0, 1], got {params.non_showing}")
+    if not 0.0 <= params.outliers <= 1.0:
+        raise ValueError(f"outliers must be in [0, 1], got {params.outliers}")
 
 
 @dataclass
