@@ -1,15 +1,18 @@
-"""The paper's pooling comparison, measured on the yeast simulator.
+"""The paper's pooling comparison, measured on the yeast and the MCF-7 simulators.
 
 Trains the same MIL-CNN (the default architecture of ``training.train``) once per pooling
 operator, with the same training set, seed and budget, and evaluates each on three test
-sets simulated from other seeds, in which 0 %, 25 % and 50 % of cells show no pattern.
+sets simulated from other seeds, in which 0 %, 25 % and 50 % of cells show no pattern. On
+MCF-7 it also scores treatments (compound, concentration) as in Ljosa et al. 2013.
 
-Usage (the command that made ``benchmarks/results/pooling.md``)::
+Usage (the commands that made ``benchmarks/results/pooling.md``)::
 
-    python -m benchmarks.pooling
+    python -m benchmarks.pooling --dataset yeast
+    python -m benchmarks.pooling --dataset mcf7
 
-Simulated data is cached under ``--data-dir`` and runs under ``--runs-dir``; a run whose
-``best.pt`` exists is evaluated again, not retrained (``--retrain`` to force).
+Simulated data is cached under ``data/bench`` (yeast) and ``data/bench-mcf7``, runs under
+``runs/pooling`` and ``runs/pooling-mcf7``; a run whose ``best.pt`` exists is evaluated
+again, not retrained (``--retrain`` to force). Results of one dataset never touch the other's.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from milcnn.io import write_atomic
+from training.data.mcf7 import MCF7Params
 from training.data.yeast import YeastParams
 from training.evaluate import evaluate
 from training.simulate import simulate_dataset
@@ -43,46 +47,97 @@ POOLINGS = {  # label: (pooling, its parameters, other training settings)
     "noisy_and (a=10), paper's loss (no smoothness)": ("noisy_and", {"a": 10.0}, {"smoothness": 0.0}),
 }
 LEVELS = (0.0, 0.25, 0.5)
-TRAIN_SEED, VAL_SEED = 101, 102
-TEST_SEEDS = {0.0: 200, 0.25: 225, 0.5: 250}
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def dataset(root: Path, name: str, *, n: int, seed: int, params: YeastParams) -> Path:
+@dataclass(frozen=True)
+class Benchmark:
+    """One simulated dataset of the comparison: its data, seeds and training budget."""
+
+    name: str
+    title: str
+    simulator: str
+    channels: str
+    marker: str  # the channel the Otsu baseline row thresholds
+    params: type  # the simulator's settings class (YeastParams, MCF7Params)
+    n_train: int
+    n_val: int
+    n_test: int
+    train_seed: int
+    val_seed: int
+    test_seeds: dict
+    crop: int
+    batch_size: int
+    epochs: int
+    poolings: tuple[str, ...]
+
+    @property
+    def data_dir(self) -> Path:
+        return Path("data/bench" if self.name == "yeast" else f"data/bench-{self.name}")
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path("runs/pooling" if self.name == "yeast" else f"runs/pooling-{self.name}")
+
+
+BENCHMARKS = {
+    "yeast": Benchmark("yeast", "the yeast simulator", "yeast", "gfp,rfp", "rfp", YeastParams, n_train=330, n_val=110,
+                       n_test=110, train_seed=101, val_seed=102, test_seeds={0.0: 200, 0.25: 225, 0.5: 250},
+                       crop=128, batch_size=16, epochs=6, poolings=tuple(POOLINGS)),
+    # three-channel 512 x 512 fields cost about 2.5x a yeast crop batch: fewer rows, smaller sets
+    "mcf7": Benchmark("mcf7", "the MCF-7 simulator (BBBC021 classes)", "mcf7", "dna,tubulin,actin", "tubulin",
+                      MCF7Params, n_train=320, n_val=80, n_test=80, train_seed=301, val_seed=302,
+                      test_seeds={0.0: 400, 0.25: 425, 0.5: 450}, crop=192, batch_size=8, epochs=6,
+                      poolings=("max", "mean", "lse (r=5)", "gm (r=2.5)", "noisy_and (a=5)", "noisy_and (a=10)",
+                                "gated attention")),
+}
+
+
+def dataset(root: Path, name: str, *, kind: str, n: int, seed: int, params) -> Path:
     manifest = root / name / "manifest.csv"
     if not manifest.is_file():
-        simulate_dataset("yeast", n=n, seed=seed, out=root / name, params=params, workers=os.cpu_count() or 1)
+        simulate_dataset(kind, n=n, seed=seed, out=root / name, params=params, workers=os.cpu_count() or 1)
     return manifest
+
+
+def run_dir(bench: Benchmark, label: str) -> Path:
+    extra = POOLINGS[label][2]
+    return bench.runs_dir / "".join(ch for ch in label.split(",")[0] + ("-nosmooth" if extra else "")
+                                    if ch.isalnum() or ch in "-_.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pooling", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data/bench"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/pooling"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--n-train", type=int, default=330)
-    parser.add_argument("--n-test", type=int, default=220)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--dataset", choices=sorted(BENCHMARKS), default="yeast")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the dataset's budget)")
+    parser.add_argument("--n-test", type=int, help="images per test set (default: the dataset's)")
     parser.add_argument("--steps-per-epoch", type=int, default=100)
-    parser.add_argument("--only", nargs="*", help="pooling names to run (default all)")
+    parser.add_argument("--only", nargs="*", help="pooling names to run (default all of the dataset's)")
     parser.add_argument("--retrain", action="store_true")
     args = parser.parse_args(argv)
+    bench = BENCHMARKS[args.dataset]
+    epochs, n_test = args.epochs or bench.epochs, args.n_test or bench.n_test
 
-    train_manifest = dataset(args.data_dir, "train", n=args.n_train, seed=TRAIN_SEED, params=YeastParams())
-    val_manifest = dataset(args.data_dir, "val", n=110, seed=VAL_SEED, params=YeastParams())
-    tests = {lv: dataset(args.data_dir, f"test-{int(lv * 100)}", n=args.n_test, seed=TEST_SEEDS[lv],
-                         params=YeastParams(non_showing=(lv, lv))) for lv in LEVELS}
+    root = bench.data_dir
+    train_manifest = dataset(root, "train", kind=bench.simulator, n=bench.n_train, seed=bench.train_seed,
+                             params=bench.params())
+    val_manifest = dataset(root, "val", kind=bench.simulator, n=bench.n_val, seed=bench.val_seed, params=bench.params())
+    tests = {lv: dataset(root, f"test-{int(lv * 100)}", kind=bench.simulator, n=n_test, seed=bench.test_seeds[lv],
+                         params=bench.params(non_showing=(lv, lv))) for lv in LEVELS}
 
-    results = {}
     json_path = args.results / "pooling.json"
-    if json_path.is_file():
-        results = json.loads(json_path.read_text()).get("results", {})
-    for label, (pooling, params, extra) in POOLINGS.items():
+    report = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    section = report.get(bench.name, {})
+    results = section.get("results", {})
+    for label in bench.poolings:
+        pooling, params, extra = POOLINGS[label]
         if args.only and label not in args.only and pooling not in args.only:
             continue
-        run = args.runs_dir / "".join(ch for ch in label.split(",")[0] + ("-nosmooth" if extra else "") if ch.isalnum() or ch in "-_.")
-        cfg = TrainConfig(data=str(train_manifest), val=str(val_manifest), out=str(run), channels="gfp,rfp",
-                          pooling=pooling, pooling_params=params, epochs=args.epochs,
-                          steps_per_epoch=args.steps_per_epoch, seed=0, **extra)
+        run = run_dir(bench, label)
+        cfg = TrainConfig(data=str(train_manifest), val=str(val_manifest), out=str(run), channels=bench.channels,
+                          pooling=pooling, pooling_params=params, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+                          crop=bench.crop, batch_size=bench.batch_size, seed=0, **extra)
         t0 = time.time()
         if args.retrain or not (run / "best.pt").is_file():
             if (run / "metrics.jsonl").exists():
@@ -93,77 +148,104 @@ def main(argv: list[str] | None = None) -> int:
         if train_seconds < 5:  # reused: report the time the run took (last.pt holds every epoch)
             history = torch.load(run / "last.pt", weights_only=True)["history"]
             train_seconds = sum(h["seconds"] for h in history)
-        row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness, "train_seconds": round(train_seconds, 1),
-               "best_epoch": ckpt["best"]["epoch"], "levels": {}}
+        row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness,
+               "train_seconds": round(train_seconds, 1), "best_epoch": ckpt["best"]["epoch"], "levels": {}}
         for lv, manifest in tests.items():
             m = evaluate(model, manifest, run / f"eval-{int(lv * 100)}")
             row["levels"][str(lv)] = {"accuracy": m["accuracy"], "mean_iou": m["segmentation"]["mean_iou"],
                                       "otsu_mean_iou": m["segmentation"]["otsu_mean_iou"],
                                       "per_class_iou": m["segmentation"]["per_class_iou"],
                                       "seconds_per_image": m["seconds_per_image"]}
-            print(f"{label:20s} non-showing {lv:.0%}: accuracy {m['accuracy']:.4f}, "
+            if "treatments" in m:
+                row["levels"][str(lv)]["treatment_accuracy"] = m["treatments"]["treatment_accuracy"]
+                row["levels"][str(lv)]["n_treatments"] = m["treatments"]["n_treatments"]
+            print(f"{bench.name} {label:20s} non-showing {lv:.0%}: accuracy {m['accuracy']:.4f}, "
                   f"IoU {m['segmentation']['mean_iou']:.3f}", file=sys.stderr)
         if pooling == "noisy_and":
             row["learned_b"] = [round(float(v), 4) for v in model.pooling.b.detach()]
         results[label] = row
-        write_report(args, argv, results, json_path)  # after every run, so finished rows are never lost
-
+        budget = asdict(cfg)
+        report[bench.name] = {
+            "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "title": bench.title, "channels": bench.channels, "marker": bench.marker,
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "torch": torch.__version__},
+            "data": {"train": {"n": bench.n_train, "seed": bench.train_seed,
+                               "non_showing": list(bench.params().non_showing)},
+                     "val": {"n": bench.n_val, "seed": bench.val_seed},
+                     "test": {str(lv): {"n": n_test, "seed": bench.test_seeds[lv], "non_showing": lv} for lv in LEVELS}},
+            "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
+                                              "output_stride", "context")} | {"smoothness": TrainConfig.smoothness},
+            "results": results,
+        }
+        write_report(report, args.results)  # after every run, so finished rows are never lost
     print(f"wrote {json_path} and {args.results / 'pooling.md'}")
     return 0
 
 
-def write_report(args, argv, results: dict, json_path: Path) -> None:
-    budget = asdict(TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch))
-    report = {
-        "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "data": {"train": {"n": args.n_train, "seed": TRAIN_SEED, "non_showing": [0.2, 0.5]},
-                 "val": {"n": 110, "seed": VAL_SEED},
-                 "test": {str(lv): {"n": args.n_test, "seed": TEST_SEEDS[lv], "non_showing": lv} for lv in LEVELS}},
-        "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
-                                          "output_stride", "context", "smoothness")},
-        "results": results,
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    with write_atomic(json_path, "w") as fh:
-        json.dump(report, fh, indent=2)
-    md_path = args.results / "pooling.md"
+def write_report(report: dict, results_dir: Path = RESULTS) -> None:
+    """Write pooling.json and re-render pooling.md from it, keeping the hand-written discussion."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with write_atomic(results_dir / "pooling.json", "w") as fh:
+        fh.write(json.dumps(report, indent=2) + "\n")
+    md_path = results_dir / "pooling.md"
     kept = md_path.read_text().partition("\n## Discussion")[1:] if md_path.is_file() else ("", "")
-    with write_atomic(md_path, "w") as fh:  # the hand-written discussion below the tables is kept
+    with write_atomic(md_path, "w") as fh:
         fh.write(render_markdown(report) + "".join(kept))
 
 
 def render_markdown(report: dict) -> str:
-    b = report["budget"]
+    from benchmarks.baseline_pipeline import render_baseline
+
+    lines = ["# MIL pooling comparison on the simulators", ""]
+    for name in BENCHMARKS:
+        if name in report:
+            lines += render_dataset(report[name])
+            if name in report.get("baseline_pipeline", {}):
+                lines += render_baseline(name, report["baseline_pipeline"][name], report[name]["results"])
+    return "\n".join(lines)
+
+
+def render_dataset(section: dict) -> list[str]:
+    b, data = section["budget"], section["data"]
+    lo, hi = (round(100 * v) for v in data["train"]["non_showing"])
+    treatments = any("treatment_accuracy" in lv for row in section["results"].values() for lv in row["levels"].values())
     lines = [
-        "# MIL pooling comparison on the yeast simulator",
+        f"## {section['title'][0].upper() + section['title'][1:]}",
         "",
-        f"Made by `{report['command'].strip()}` ({report['machine']['threads']} CPU threads, "
-        f"torch {report['machine']['torch']}). Every pooling trains the same CNN "
+        f"Made by `{section['command'].strip()}` ({section['machine']['threads']} CPU threads, "
+        f"torch {section['machine']['torch']}). Every pooling trains the same CNN "
         f"(width {b['width']}, output stride {b['output_stride']}, context {b['context']}, edge-aware smoothness "
-        f"weight {b['smoothness']} unless the row says otherwise) on the same "
-        f"{report['data']['train']['n']} simulated images (seed {report['data']['train']['seed']}, 20-50 % of "
+        f"weight {b['smoothness']} unless the row says otherwise; channels {section['channels']}) on the same "
+        f"{data['train']['n']} simulated images (seed {data['train']['seed']}, {lo}-{hi} % of "
         f"cells not showing the pattern) for the same budget: {b['epochs']} epochs x {b['steps_per_epoch']} "
         f"steps of {b['batch_size']} crops of {b['crop']} px, learning rate {b['lr']}, seed 0; the checkpoint "
-        "with the best validation accuracy is kept. Test sets are simulated from other seeds "
-        f"({report['data']['test']['0.0']['n']} images each) with 0 %, 25 % and 50 % of cells showing no "
+        f"with the best validation accuracy ({data['val']['n']} images, seed {data['val']['seed']}) is kept. "
+        "Test sets are simulated from other seeds "
+        f"({data['test']['0.0']['n']} images each) with 0 %, 25 % and 50 % of cells showing no "
         "pattern. IoU: pixels the model assigns to the image's class (class map largest and >= 0.5) against "
         "the pixels of cells showing it, pooled per class, averaged over classes.",
-        "",
-        "| pooling | acc 0 % | acc 25 % | acc 50 % | IoU 0 % | IoU 25 % | IoU 50 % | train s |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if treatments:
+        lines += ["", "Treatment accuracy: the class of the mean image probability of each (compound, "
+                      "concentration) in a test set, against its MOA (`training/treatments.py`)."]
+    head = "| pooling | acc 0 % | acc 25 % | acc 50 % |" + (" treat. 0 % | treat. 25 % | treat. 50 % |" if treatments else "")
+    lines += ["", head + " IoU 0 % | IoU 25 % | IoU 50 % | train s |",
+              "|---" * (head.count("|") + 3) + "|"]
     otsu = None
-    for label, row in report["results"].items():
+    keys = ("0.0", "0.25", "0.5")
+    for label, row in section["results"].items():
         lv = row["levels"]
-        accs = " | ".join(f"{lv[k]['accuracy'] * 100:.1f}" for k in ("0.0", "0.25", "0.5"))
-        ious = " | ".join(f"{lv[k]['mean_iou']:.3f}" for k in ("0.0", "0.25", "0.5"))
-        lines.append(f"| {label} | {accs} | {ious} | {row['train_seconds']:.0f} |")
-        otsu = " | ".join(f"{lv[k]['otsu_mean_iou']:.3f}" for k in ("0.0", "0.25", "0.5"))
+        cells = [f"{lv[k]['accuracy'] * 100:.1f}" for k in keys]
+        if treatments:
+            cells += [f"{lv[k]['treatment_accuracy'] * 100:.1f}" for k in keys]
+        cells += [f"{lv[k]['mean_iou']:.3f}" for k in keys]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} |")
+        otsu = [f"{lv[k]['otsu_mean_iou']:.3f}" for k in keys]
     if otsu:
-        lines.append(f"| Otsu on the rfp marker (baseline) | | | | {otsu} | |")
-    return "\n".join(lines) + "\n"
+        cells = [f"Otsu on the {section['marker']} channel (baseline)"] + [""] * (6 if treatments else 3) + otsu + [""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 if __name__ == "__main__":

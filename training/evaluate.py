@@ -37,6 +37,7 @@ from training.data.dataset import ImageSet
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.metrics import IoU, confusion_matrix, image_accuracy, otsu_threshold, precision_recall_f1, predicted_labels
 from training.model import MILCNN
+from training.treatments import read_treatments, treatment_metrics
 
 __all__ = ["predict_set", "evaluate", "MARKER_CHANNELS"]
 
@@ -101,6 +102,10 @@ def evaluate(model: MILCNN, manifest, out, *, device=torch.device("cpu"), thresh
         },
         "seconds_per_image": seconds_per_image,
     }
+    treatments = read_treatments(manifest)
+    if treatments is not None and not cfg.multi_label:
+        t = treatment_metrics(probs, treatments, ["|".join(s.labels) for s in samples], cfg.classes)
+        metrics["treatments"] = {k: t[k] for k in ("n_treatments", "treatment_accuracy", "treatment_confusion")}
     if n_masks:
         metrics["segmentation"] = {
             "n_images": n_masks,

@@ -14,7 +14,8 @@ import numpy as np
 
 from training.metrics import confusion_matrix
 
-__all__ = ["treatment_probabilities", "treatment_metrics", "leave_one_compound_out", "CONTROLS"]
+__all__ = ["treatment_probabilities", "treatment_metrics", "leave_one_compound_out", "compound_folds",
+           "read_treatments", "CONTROLS"]
 
 #: compounds that are controls: always in training, never held out as a test compound
 CONTROLS = ("DMSO",)
@@ -87,24 +88,79 @@ def leave_one_compound_out(compounds: Sequence[str], *, controls: Sequence[str] 
         yield compound, train, test
 
 
-def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
-    """Run an SDK model over a manifest with ``compound`` and ``concentration`` columns and
-    score it per image and per treatment (``treatment_metrics``)."""
+def compound_folds(compounds: Sequence[str], labels: Sequence[str], *, scheme: str = "compound",
+                   controls: Sequence[str] = CONTROLS) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Cross-validation folds in which no compound is in both train and test.
+
+    Args:
+        compounds: the compound of each image.
+        labels: the class (MOA) of each image.
+        scheme: ``compound``: one fold per non-control compound (Ljosa et al. 2013's
+            leave-one-compound-out); ``moa-round``: fold j holds out the j-th compound (in
+            name order) of every MOA at once, so there are as many folds as the largest MOA
+            has compounds; every compound is still tested exactly once, by a model that never
+            saw it, for a few trainings instead of one per compound (but each trains on fewer
+            compounds).
+        controls: compounds that are always in training.
+
+    Yields:
+        (fold name, train indices, test indices).
+    """
+    if scheme == "compound":
+        yield from leave_one_compound_out(compounds, controls=controls)
+        return
+    if scheme != "moa-round":
+        raise ValueError(f"fold scheme {scheme!r} is not one of compound, moa-round")
+    compounds, labels = np.asarray(compounds, dtype=object), np.asarray(labels, dtype=object)
+    by_moa: dict[str, list[str]] = defaultdict(list)
+    for compound, label in sorted(set(zip(compounds, labels))):
+        if compound not in controls:
+            by_moa[label].append(compound)
+    for moa, members in by_moa.items():
+        if len(members) < 2:
+            raise ValueError(f"MOA {moa!r} has one compound ({members[0]}): holding it out leaves none of its "
+                             "class to train on")
+    for j in range(max(len(m) for m in by_moa.values())):
+        held = sorted(m[j] for m in by_moa.values() if j < len(m))
+        test = np.flatnonzero(np.isin(compounds, held))
+        yield f"fold {j + 1}: " + ", ".join(held), np.setdiff1d(np.arange(len(compounds)), test), test
+
+
+def read_treatments(manifest) -> list[tuple[str, float]] | None:
+    """The (compound, concentration) of each row of a manifest, or None if it has no such columns.
+
+    Raises:
+        ValueError: a concentration is not a number (names the row).
+    """
     import csv
     from pathlib import Path
 
+    with open(Path(manifest), newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "compound" not in rows[0] or "concentration" not in rows[0]:
+        return None
+    out = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            out.append((row["compound"], float(row["concentration"])))
+        except (TypeError, ValueError):
+            raise ValueError(f"{manifest}, line {line}: concentration {row['concentration']!r} is not a number")
+    return out
+
+
+def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
+    """Run an SDK model over a manifest with ``compound`` and ``concentration`` columns and
+    score it per image and per treatment (``treatment_metrics``)."""
     from milcnn import Classifier
     from training.data.manifest import load_image, read_manifest
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device=device)
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
-    with open(Path(manifest), newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "compound" not in rows[0] or "concentration" not in rows[0]:
+    treatments = read_treatments(manifest)
+    if treatments is None:
         raise ValueError(f"{manifest}: needs 'compound' and 'concentration' columns for treatment-level evaluation")
     probs = np.array([[clf.predict(load_image(s, len(clf.channels))).probabilities[c] for c in clf.classes]
                       for s in samples])
-    treatments = [(r["compound"], float(r["concentration"])) for r in rows]
     labels = ["|".join(s.labels) for s in samples]
     return {"model": clf.name, "manifest": str(manifest), **treatment_metrics(probs, treatments, labels, clf.classes)}
 
