@@ -57,6 +57,15 @@ def test_loco_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     md = (tmp_path / "loco.md").read_text()
     assert "Compound-held-out cross-validation" in md and "| image accuracy |" in md
 
+    # evaluate() scores treatments too when the manifest has compound and concentration columns
+    from training.evaluate import evaluate
+    from training.train import load_checkpoint
+
+    model, _ = load_checkpoint(next((out / "folds").iterdir()) / "run" / "best.pt")
+    metrics = evaluate(model, data / "manifest.csv", tmp_path / "eval")
+    assert metrics["treatments"]["n_treatments"] == len({tuple(r.split(",")[3:5]) for r in rows})
+    assert 0 <= metrics["treatments"]["treatment_accuracy"] <= 1
+
     # finished folds are not trained again; a fold whose predictions were lost is predicted again
     (next((out / "folds").iterdir()) / "predictions.csv").unlink()
     calls = []

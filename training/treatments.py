@@ -106,10 +106,7 @@ def compound_folds(compounds: Sequence[str], labels: Sequence[str], *, scheme: s
     Yields:
         (fold name, train indices, test indices).
     """
-    if scheme == "compound":
-        yield from leave_one_compound_out(compounds, controls=controls)
-        return
-    if scheme != "moa-round":
+    if scheme not in ("compound", "moa-round"):
         raise ValueError(f"fold scheme {scheme!r} is not one of compound, moa-round")
     compounds, labels = np.asarray(compounds, dtype=object), np.asarray(labels, dtype=object)
     by_moa: dict[str, list[str]] = defaultdict(list)
@@ -119,7 +116,10 @@ def compound_folds(compounds: Sequence[str], labels: Sequence[str], *, scheme: s
     for moa, members in by_moa.items():
         if len(members) < 2:
             raise ValueError(f"MOA {moa!r} has one compound ({members[0]}): holding it out leaves none of its "
-                             "class to train on")
+                             "class to train on; leave it out of the manifest, or add a compound")
+    if scheme == "compound":
+        yield from leave_one_compound_out(compounds, controls=controls)
+        return
     for j in range(max(len(m) for m in by_moa.values())):
         held = sorted(m[j] for m in by_moa.values() if j < len(m))
         test = np.flatnonzero(np.isin(compounds, held))

@@ -32,9 +32,10 @@ print(json.dumps({
         "Expects about 0.65 um per pixel (20x), channels DAPI, beta-tubulin, F-actin in that order.",
     ],
     "commands": [
-        "python -m training.data.bbbc021 /data/BBBC021 --out data/bbbc021/manifest.csv",
-        "python -m training.train --data data/bbbc021/manifest.csv --channels dna,tubulin,actin --out runs/bbbc021 "
-        "--crop 192 --batch-size 8",
+        "# on the real BBBC021 files, as published (manifest, training with these settings, an SDK model folder):",
+        "bash zoo/retrain_bbbc021.sh /data/BBBC021 runs/bbbc021",
+        "# then Ljosa et al.'s leave-one-compound-out evaluation (one training per compound):",
+        "python -m training.loco --data runs/bbbc021/manifest.csv --out runs/bbbc021/loco",
         "# the simulated release: bash zoo/release_mcf7.sh",
     ],
 }))
