@@ -198,6 +198,9 @@ def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
         "otsu_mean_iou": _round(seg.get("otsu_mean_iou")),
         "per_class_f1": {c: round(m["f1"], 4) for c, m in metrics["per_class"].items()},
         "per_class_iou": {c: _round(v) for c, v in seg.get("per_class_iou", {}).items()},
+        **({"n_treatments": metrics["treatments"]["n_treatments"],
+            "treatment_accuracy": round(metrics["treatments"]["treatment_accuracy"], 4)}
+           if "treatments" in metrics else {}),
     }
 
 

@@ -109,6 +109,9 @@ def render_card(config: dict) -> str:
             f"| image accuracy | {metrics['accuracy']:.4f} |",
             f"| macro F1 | {metrics['macro_f1']:.4f} |",
         ]
+        if metrics.get("treatment_accuracy") is not None:
+            lines.append(f"| treatment accuracy ({metrics['n_treatments']} treatments: compound and concentration; "
+                         f"the class of their images' mean probability) | {metrics['treatment_accuracy']:.4f} |")
         if metrics.get("mean_iou") is not None:
             lines += [f"| segmentation mean IoU (mask vs cells showing the class) | {metrics['mean_iou']:.4f} |",
                       f"| Otsu threshold of the marker channel, same IoU (baseline) | {metrics['otsu_mean_iou']:.4f} |"]
