@@ -235,10 +235,11 @@ def add_to_report(results: dict, argv: list[str]) -> None:
     write_report(report, RESULTS)
 
 
-def render_baseline(name: str, base: dict, cnn_rows: dict) -> list[str]:
-    """The baseline's section of pooling.md: its rows beside the default MIL-CNN's, and what they show."""
+def render_baseline(name: str, base: dict, section: dict) -> list[str]:
+    """The baseline's section of pooling.md: its rows beside the default MIL-CNN's (the benchmark's
+    Noisy-AND a = 10 row, and any released reference model), and what they show."""
     lv = base["levels"]
-    cnn = cnn_rows.get("noisy_and (a=10)", {}).get("levels", {})
+    cnn = section["results"].get("noisy_and (a=10)", {}).get("levels", {})
     treatments = all("treatment_accuracy" in lv[l] for l in LEVELS)
     seconds = np.mean([lv[l]["predict_seconds_per_image"] for l in LEVELS])
     lines = [
@@ -262,29 +263,34 @@ def render_baseline(name: str, base: dict, cnn_rows: dict) -> list[str]:
                       for l in LEVELS]
         cells += [f"{lv[l]['mean_iou']:.3f}" for l in LEVELS] + [f"{seconds:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    if cnn:
-        cells = ["MIL-CNN Noisy-AND a=10 (row above)"] + [f"{100 * cnn[l]['accuracy']:.1f}" for l in LEVELS]
+    models = {"MIL-CNN Noisy-AND a=10 (row above)": cnn} if cnn else {}
+    for ref_name, ref in section.get("references", {}).items():
+        models[f"{ref_name} as released ({ref['epochs']} epochs; reference row above)"] = ref["levels"]
+    for label, levels in models.items():
+        cells = [label] + [f"{100 * levels[l]['accuracy']:.1f}" for l in LEVELS]
         if treatments:
-            cells += [f"{100 * cnn[l]['treatment_accuracy']:.1f}" if "treatment_accuracy" in cnn[l] else ""
+            cells += [f"{100 * levels[l]['treatment_accuracy']:.1f}" if "treatment_accuracy" in levels[l] else ""
                       for l in LEVELS]
-        cells += [f"{cnn[l]['mean_iou']:.3f}" for l in LEVELS] + [""]
+        cells += [f"{levels[l]['mean_iou']:.3f}" for l in LEVELS] + [""]
         lines.append("| " + " | ".join(cells) + " |")
-        best = {l: max(lv[l]["accuracy_mean_probability"], lv[l]["accuracy_majority_vote"]) for l in LEVELS}
-        wins = [l for l in LEVELS if cnn[l]["accuracy"] > best[l]]
-        ties = [l for l in LEVELS if cnn[l]["accuracy"] == best[l]]
-        seg = [l for l in LEVELS if cnn[l]["mean_iou"] > lv[l]["mean_iou"]]
-        pct = lambda ls: ", ".join(f"{float(l):.0%}" for l in ls)  # noqa: E731
-        lines += [
-            "",
-            f"Measured: the MIL-CNN's image accuracy is above the pipeline's better aggregation at {len(wins)} of 3 "
-            "heterogeneity levels" + (f"; tied at {pct(ties)}" if ties else "")
-            + (f"; below at {pct([l for l in LEVELS if l not in wins + ties])}"
-               if len(wins) + len(ties) < 3 else "")
-            + f". Majority vote at 50 % non-showing cells: {100 * lv['0.5']['accuracy_majority_vote']:.1f} % "
-            f"(mean probability {100 * lv['0.5']['accuracy_mean_probability']:.1f} %). Segmentation IoU: the "
-            f"MIL-CNN is above the pipeline at {len(seg)} of 3 levels. The pipeline takes {seconds:.2f} s per "
-            "test image (segmentation and per-cell measurement, 2 processes). Why: see the discussion below.",
-        ]
+    best = {l: max(lv[l]["accuracy_mean_probability"], lv[l]["accuracy_majority_vote"]) for l in LEVELS}
+    pct = lambda ls: ", ".join(f"{float(l):.0%}" for l in ls)  # noqa: E731
+    verdicts = []
+    for label, levels in models.items():
+        wins = [l for l in LEVELS if levels[l]["accuracy"] > best[l]]
+        ties = [l for l in LEVELS if levels[l]["accuracy"] == best[l]]
+        below = [l for l in LEVELS if l not in wins + ties]
+        seg = [l for l in LEVELS if levels[l]["mean_iou"] > lv[l]["mean_iou"]]
+        verdicts.append(f"{label.split(' (')[0]}: image accuracy above the pipeline's better aggregation at "
+                        f"{len(wins)} of 3 heterogeneity levels" + (f", tied at {pct(ties)}" if ties else "")
+                        + (f", **below at {pct(below)}**" if below else "")
+                        + f"; segmentation IoU above the pipeline at {len(seg)} of 3.")
+    if verdicts:
+        lines += ["", "Measured: " + " ".join(verdicts)
+                  + f" Majority vote at 50 % non-showing cells: {100 * lv['0.5']['accuracy_majority_vote']:.1f} % "
+                  f"(mean probability {100 * lv['0.5']['accuracy_mean_probability']:.1f} %). The pipeline takes "
+                  f"{seconds:.2f} s per test image (segmentation and per-cell measurement, 2 processes). Why: see "
+                  "the discussion below."]
     return lines + [""]
 
 

@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the dataset's budget)")
     parser.add_argument("--n-test", type=int, help="images per test set (default: the dataset's)")
     parser.add_argument("--steps-per-epoch", type=int, default=100)
-    parser.add_argument("--only", nargs="*", help="pooling names to run (default all of the dataset's)")
+    parser.add_argument("--only", nargs="*", help="pooling names to run (default all of the dataset's; none "
+                                                  "with an empty list)")
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--reference", metavar="NAME=CHECKPOINT",
+                        help="also evaluate this trained checkpoint (e.g. a released model's) on the test sets")
     args = parser.parse_args(argv)
     bench = BENCHMARKS[args.dataset]
     epochs, n_test = args.epochs or bench.epochs, args.n_test or bench.n_test
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     results = section.get("results", {})
     for label in bench.poolings:
         pooling, params, extra = POOLINGS[label]
-        if args.only and label not in args.only and pooling not in args.only:
+        if args.only is not None and label not in args.only and pooling not in args.only:
             continue
         run = run_dir(bench, label)
         cfg = TrainConfig(data=str(train_manifest), val=str(val_manifest), out=str(run), channels=bench.channels,
@@ -149,23 +152,53 @@ def main(argv: list[str] | None = None) -> int:
             history = torch.load(run / "last.pt", weights_only=True)["history"]
             train_seconds = sum(h["seconds"] for h in history)
         row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness,
-               "train_seconds": round(train_seconds, 1), "best_epoch": ckpt["best"]["epoch"], "levels": {}}
-        for lv, manifest in tests.items():
-            m = evaluate(model, manifest, run / f"eval-{int(lv * 100)}")
-            row["levels"][str(lv)] = {"accuracy": m["accuracy"], "mean_iou": m["segmentation"]["mean_iou"],
-                                      "otsu_mean_iou": m["segmentation"]["otsu_mean_iou"],
-                                      "per_class_iou": m["segmentation"]["per_class_iou"],
-                                      "seconds_per_image": m["seconds_per_image"]}
-            if "treatments" in m:
-                row["levels"][str(lv)]["treatment_accuracy"] = m["treatments"]["treatment_accuracy"]
-                row["levels"][str(lv)]["n_treatments"] = m["treatments"]["n_treatments"]
-            print(f"{bench.name} {label:20s} non-showing {lv:.0%}: accuracy {m['accuracy']:.4f}, "
-                  f"IoU {m['segmentation']['mean_iou']:.3f}", file=sys.stderr)
+               "train_seconds": round(train_seconds, 1), "best_epoch": ckpt["best"]["epoch"],
+               "levels": evaluate_levels(model, tests, run, f"{bench.name} {label}")}
         if pooling == "noisy_and":
             row["learned_b"] = [round(float(v), 4) for v in model.pooling.b.detach()]
         results[label] = row
-        budget = asdict(cfg)
-        report[bench.name] = {
+        section["results"] = results
+        report[bench.name] = describe(bench, section, cfg, argv, n_test)
+        write_report(report, args.results)  # after every run, so finished rows are never lost
+    if args.reference:
+        name, _, checkpoint = args.reference.partition("=")
+        model, ckpt = load_checkpoint(checkpoint)
+        history = torch.load(Path(checkpoint).with_name("last.pt"), weights_only=True)["history"]
+        section.setdefault("references", {})[name] = {
+            "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "checkpoint": checkpoint, "epochs": len(history), "best_epoch": ckpt["best"]["epoch"],
+            "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "levels": evaluate_levels(model, tests, Path(checkpoint).parent / f"eval-{bench.name}-bench",
+                                      f"{bench.name} {name}")}
+        report[bench.name] = describe(bench, section, None, argv, n_test)
+        write_report(report, args.results)
+    print(f"wrote {json_path} and {args.results / 'pooling.md'}")
+    return 0
+
+
+def evaluate_levels(model, tests: dict, run: Path, label: str) -> dict:
+    """Accuracy, IoU (and on drug screens treatment accuracy) of ``model`` on each test level."""
+    levels = {}
+    for lv, manifest in tests.items():
+        m = evaluate(model, manifest, run / f"eval-{int(lv * 100)}")
+        levels[str(lv)] = {"accuracy": m["accuracy"], "mean_iou": m["segmentation"]["mean_iou"],
+                           "otsu_mean_iou": m["segmentation"]["otsu_mean_iou"],
+                           "per_class_iou": m["segmentation"]["per_class_iou"],
+                           "seconds_per_image": m["seconds_per_image"]}
+        if "treatments" in m:
+            levels[str(lv)]["treatment_accuracy"] = m["treatments"]["treatment_accuracy"]
+            levels[str(lv)]["n_treatments"] = m["treatments"]["n_treatments"]
+        print(f"{label:30s} non-showing {lv:.0%}: accuracy {m['accuracy']:.4f}, "
+              f"IoU {m['segmentation']['mean_iou']:.3f}", file=sys.stderr)
+    return levels
+
+
+def describe(bench: Benchmark, section: dict, cfg, argv, n_test: int) -> dict:
+    """This dataset's part of pooling.json: the command, data, budget and rows."""
+    if cfg is None:  # only a reference was evaluated: keep the recorded training budget and command
+        return section
+    budget = asdict(cfg)
+    return {**section,
             "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
             "title": bench.title, "channels": bench.channels, "marker": bench.marker,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -176,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                      "test": {str(lv): {"n": n_test, "seed": bench.test_seeds[lv], "non_showing": lv} for lv in LEVELS}},
             "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
                                               "output_stride", "context")} | {"smoothness": TrainConfig.smoothness},
-            "results": results,
-        }
-        write_report(report, args.results)  # after every run, so finished rows are never lost
-    print(f"wrote {json_path} and {args.results / 'pooling.md'}")
-    return 0
+    }
 
 
 def write_report(report: dict, results_dir: Path = RESULTS) -> None:
@@ -202,7 +231,7 @@ def render_markdown(report: dict) -> str:
         if name in report:
             lines += render_dataset(report[name])
             if name in report.get("baseline_pipeline", {}):
-                lines += render_baseline(name, report["baseline_pipeline"][name], report[name]["results"])
+                lines += render_baseline(name, report["baseline_pipeline"][name], report[name])
     return "\n".join(lines)
 
 
@@ -229,12 +258,19 @@ def render_dataset(section: dict) -> list[str]:
     if treatments:
         lines += ["", "Treatment accuracy: the class of the mean image probability of each (compound, "
                       "concentration) in a test set, against its MOA (`training/treatments.py`)."]
+    for name, ref in section.get("references", {}).items():
+        lines += ["", f"`{ref['command'].strip()}` adds {name} as released ({ref['checkpoint']}: Noisy-AND a = 10, "
+                      f"{ref['epochs']} epochs on its own simulated training set) on the same test sets, to separate "
+                      "the pooling from the short budget of the rows above."]
     head = "| pooling | acc 0 % | acc 25 % | acc 50 % |" + (" treat. 0 % | treat. 25 % | treat. 50 % |" if treatments else "")
     lines += ["", head + " IoU 0 % | IoU 25 % | IoU 50 % | train s |",
               "|---" * (head.count("|") + 3) + "|"]
     otsu = None
     keys = ("0.0", "0.25", "0.5")
-    for label, row in section["results"].items():
+    rows = dict(section["results"])
+    for name, ref in section.get("references", {}).items():
+        rows[f"{name}: released model ({ref['epochs']} epochs, its own training set; reference)"] = ref
+    for label, row in rows.items():
         lv = row["levels"]
         cells = [f"{lv[k]['accuracy'] * 100:.1f}" for k in keys]
         if treatments:
