@@ -81,3 +81,21 @@ def test_loco_refuses_a_manifest_without_compounds(tmp_path, capsys):
     assert loco.main(["--data", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "o"),
                       "--channels", "gfp,rfp"]) == 1
     assert "needs 'compound' and 'concentration' columns" in capsys.readouterr().err
+
+
+def test_leave_one_compound_out_end_to_end(tmp_path):
+    """Ljosa et al.'s protocol (--scheme compound): one fold per compound, each predicted once."""
+    data = tmp_path / "data"
+    assert simulate(["mcf7", "--n", "40", "--seed", "8", "--out", str(data), "--size", "96", "--workers", "1"]) == 0
+    lines = (data / "manifest.csv").read_text().splitlines()
+    keep = ("Eg5 inhibitors", "Actin disruptors", "DMSO")  # 2 + 3 compounds and the control
+    subset = [lines[0]] + [l for l in lines[1:] if l.split(",")[1] in keep]
+    (data / "subset.csv").write_text("\n".join(subset) + "\n")
+    out = tmp_path / "loco"
+    assert loco.main(["--data", str(data / "subset.csv"), "--out", str(out), "--channels", "dna,tubulin,actin",
+                      "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--crop", "64"]) == 0
+    report = json.loads((out / "loco.json").read_text())
+    compounds = {l.split(",")[3] for l in subset[1:]} - {"DMSO"}
+    assert report["scheme"] == "compound" and report["n_folds"] == len(compounds) == 5
+    assert set(report["per_compound"]) == compounds
+    assert report["n_images"] == sum(1 for l in subset[1:] if ",DMSO," not in l)
