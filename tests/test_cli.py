@@ -56,3 +56,6 @@ def test_gfp_model_and_models_and_info():
     info = run("info", "yeast-loc")
     assert info.exit_code == 0 and "gfp, rfp" in info.output and "SIMULATED" in info.output
     assert "accuracy" in info.output
+    assert "precision  int8 (--precision int8): accuracy 1.0" in info.output  # the variant and its measured figures
+    moa = run("info", "mcf7-moa")
+    assert moa.exit_code == 0 and "treatments accuracy 1.0 on 67 treatments" in moa.output

@@ -212,6 +212,13 @@ def info(model: str) -> None:
     if m:
         click.echo(f"metrics    accuracy {m.get('accuracy')}, macro F1 {m.get('macro_f1')}, mean IoU {m.get('mean_iou')} "
                    f"(Otsu baseline {m.get('otsu_mean_iou')}) on {m.get('n_images')} test images")
+        if m.get("treatment_accuracy") is not None:
+            click.echo(f"treatments accuracy {m['treatment_accuracy']} on {m.get('n_treatments')} treatments "
+                       "(compound, concentration)")
+    for precision, variant in cfg.raw.get("variants", {}).items():
+        vm = variant.get("metrics", {})
+        click.echo(f"precision  {precision} (--precision {precision}): accuracy {vm.get('accuracy')}, mean IoU "
+                   f"{vm.get('mean_iou')} (fp32 {vm.get('fp32_accuracy_sdk')}, {vm.get('fp32_mean_iou_sdk')})")
     for item in data.get("limitations", []):
         click.echo(f"limitation {item}")
     if sha:
