@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bench = BENCHMARKS[args.dataset]
     epochs, n_test = args.epochs or bench.epochs, args.n_test or bench.n_test
+    command = "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:])
 
     root = bench.data_dir
     train_manifest = dataset(root, "train", kind=bench.simulator, n=bench.n_train, seed=bench.train_seed,
@@ -158,19 +159,19 @@ def main(argv: list[str] | None = None) -> int:
             row["learned_b"] = [round(float(v), 4) for v in model.pooling.b.detach()]
         results[label] = row
         section["results"] = results
-        report[bench.name] = describe(bench, section, cfg, argv, n_test)
+        report[bench.name] = describe(bench, section, command, epochs, args.steps_per_epoch, n_test)
         write_report(report, args.results)  # after every run, so finished rows are never lost
     if args.reference:
         name, _, checkpoint = args.reference.partition("=")
         model, ckpt = load_checkpoint(checkpoint)
         history = torch.load(Path(checkpoint).with_name("last.pt"), weights_only=True)["history"]
         section.setdefault("references", {})[name] = {
-            "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "checkpoint": checkpoint, "epochs": len(history), "best_epoch": ckpt["best"]["epoch"],
+            "command": command, "checkpoint": checkpoint, "epochs": len(history), "best_epoch": ckpt["best"]["epoch"],
             "train_seconds": round(sum(h["seconds"] for h in history), 1),
             "levels": evaluate_levels(model, tests, Path(checkpoint).parent / f"eval-{bench.name}-bench",
                                       f"{bench.name} {name}")}
-        report[bench.name] = describe(bench, section, None, argv, n_test)
+        report[bench.name] = describe(bench, section, section.get("command", command), epochs,
+                                      args.steps_per_epoch, n_test)
         write_report(report, args.results)
     print(f"wrote {json_path} and {args.results / 'pooling.md'}")
     return 0
@@ -193,14 +194,11 @@ def evaluate_levels(model, tests: dict, run: Path, label: str) -> dict:
     return levels
 
 
-def describe(bench: Benchmark, section: dict, cfg, argv, n_test: int) -> dict:
-    """This dataset's part of pooling.json: the command, data, budget and rows."""
-    if cfg is None:  # only a reference was evaluated: keep the recorded training budget and command
-        return section
-    budget = asdict(cfg)
-    return {**section,
-            "command": "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "title": bench.title, "channels": bench.channels, "marker": bench.marker,
+def describe(bench: Benchmark, section: dict, command: str, epochs: int, steps_per_epoch: int, n_test: int) -> dict:
+    """This dataset's part of pooling.json: the command that made its pooling rows, data, budget and rows."""
+    budget = asdict(TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, crop=bench.crop,
+                                batch_size=bench.batch_size))
+    return {**section, "command": command, "title": bench.title, "channels": bench.channels, "marker": bench.marker,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__},
             "data": {"train": {"n": bench.n_train, "seed": bench.train_seed,
@@ -208,8 +206,7 @@ def describe(bench: Benchmark, section: dict, cfg, argv, n_test: int) -> dict:
                      "val": {"n": bench.n_val, "seed": bench.val_seed},
                      "test": {str(lv): {"n": n_test, "seed": bench.test_seeds[lv], "non_showing": lv} for lv in LEVELS}},
             "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
-                                              "output_stride", "context")} | {"smoothness": TrainConfig.smoothness},
-    }
+                                              "output_stride", "context", "smoothness")}}
 
 
 def write_report(report: dict, results_dir: Path = RESULTS) -> None:

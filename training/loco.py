@@ -56,9 +56,8 @@ def pool_manifests(manifests: list[Path]) -> tuple[list[str], list[dict]]:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = [f for f in reader.fieldnames or [] if f != "split"]  # folds decide the split
-            paths = sorted(f for f in fields if f == "path" or f.startswith("path_") or f == "mask_path")
-            if header is not None and paths != sorted(f for f in header if f == "path" or f.startswith("path_")
-                                                       or f == "mask_path"):
+            paths = _path_columns(fields)
+            if header is not None and paths != _path_columns(header):
                 raise ValueError(f"{manifest}: path columns {paths} differ from the first manifest's")
             header = header or fields
             for row in reader:
@@ -67,6 +66,10 @@ def pool_manifests(manifests: list[Path]) -> tuple[list[str], list[dict]]:
                         row[f] = str((manifest.parent / row[f]).resolve())
                 rows.append({f: row.get(f, "") for f in header})
     return header or [], rows
+
+
+def _path_columns(fields: list[str]) -> list[str]:
+    return sorted(f for f in fields if f in ("path", "mask_path") or f.startswith("path_"))
 
 
 def _write_manifest(path: Path, header: list[str], rows: list[dict]) -> None:

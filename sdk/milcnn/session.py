@@ -52,8 +52,8 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         # Idle onnxruntime threads sleep instead of spinning, so milzoo predict's reader and writer
-        # threads (SCHED_IDLE) get those cycles: +15 % images/s with overlays on 2 cores, and the
-        # network alone is as fast (benchmarks/results/inference.md).
+        # threads (SCHED_IDLE) get those cycles; the network alone is as fast
+        # (pipeline rows of benchmarks/results/inference.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
