@@ -95,8 +95,14 @@ def read_image(path) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def write_atomic(path, mode: str = "wb", **kwargs):
-    """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds."""
+def write_atomic(path, mode: str = "wb", *, durable: bool = True, **kwargs):
+    """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    Either way a killed process leaves the old file or the complete new one. ``durable`` also
+    fsyncs the data before the rename, so that holds across a power cut too. ``milzoo predict``
+    skips it for its per-image masks and overlays, as for its predictions.csv rows: a power cut
+    can lose the last few seconds of results, files and rows alike.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -104,7 +110,8 @@ def write_atomic(path, mode: str = "wb", **kwargs):
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -113,11 +120,12 @@ def write_atomic(path, mode: str = "wb", **kwargs):
         raise
 
 
-def write_tiff(path, array: np.ndarray) -> None:
-    """Write ``array`` as a plain (deterministic, uncompressed-metadata-free) TIFF, atomically."""
+def write_tiff(path, array: np.ndarray, *, durable: bool = True) -> None:
+    """Write ``array`` as a plain (deterministic, uncompressed-metadata-free) TIFF, atomically
+    (``durable``: see ``write_atomic``)."""
     import tifffile
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.asarray(array), photometric="minisblack", metadata=None)
-    with write_atomic(path, "wb") as fh:
+    with write_atomic(path, "wb", durable=durable) as fh:
         fh.write(buffer.getbuffer())

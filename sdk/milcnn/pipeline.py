@@ -56,11 +56,13 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
 
     def write(path: Path, item, pred) -> None:
         stem = stems.get(path, path.stem)
-        write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask)
+        # not fsynced, like the predictions.csv row that follows: a kill loses nothing, a power cut the
+        # last few seconds (an fsync per file blocks a writer longer than writing the file takes)
+        write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, durable=False)
         if overlays:
             title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
             save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes, title=title,
-                         normalized=item.x)
+                         normalized=item.x, durable=False)
 
     def fail(path: Path, exc: BaseException) -> tuple[Path, None]:
         if on_error is not None:
