@@ -156,7 +156,8 @@ def test_cli_workers_precision_tiles_and_no_overlays(tmp_path, field):
     (images / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
     outputs = {}
     for name, extra in (("w1", ["--workers", "1"]), ("w4", ["--workers", "4", "--batch-size", "2"]),
-                        ("tiles", ["--tile-size", "256", "--no-overlays"]), ("int8", ["--precision", "int8"])):
+                        ("tiles", ["--tile-size", "256", "--no-overlays"]), ("int8", ["--precision", "int8"]),
+                        ("s1", ["--streams", "1"])):
         result = _run("predict", images, "--out", tmp_path / name, *extra)
         assert result.exit_code == 1, result.output
         assert "broken.tif" in (tmp_path / name / "errors.csv").read_text()
@@ -164,6 +165,9 @@ def test_cli_workers_precision_tiles_and_no_overlays(tmp_path, field):
             outputs[name] = list(csv.reader(fh))
         assert [row[0] for row in outputs[name][1:]] == [str(images / f"f{i}.tif") for i in range(5)]
     assert outputs["w1"] == outputs["w4"]
+    assert [r[1] for r in outputs["s1"]] == [r[1] for r in outputs["w1"]]  # one session on both cores
+    np.testing.assert_allclose(np.array([r[2:] for r in outputs["s1"][1:]], float),
+                               np.array([r[2:] for r in outputs["w1"][1:]], float), atol=1e-5)
     assert [r[1] for r in outputs["tiles"]] == [r[1] for r in outputs["w1"]]
     assert [r[1] for r in outputs["int8"]] == [r[1] for r in outputs["w1"]]
     assert not (tmp_path / "tiles" / "overlays").exists() and len(list((tmp_path / "tiles" / "masks").iterdir())) == 5

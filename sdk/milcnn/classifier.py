@@ -221,15 +221,19 @@ class Classifier:
         x = None if tile_size is not None else self._normalized(chw)
         return PreparedInput(chw=chw, x=x, source=source, tile_size=tile_size)
 
-    def predict_prepared(self, inputs: list[PreparedInput], *,
-                         threshold: float = constants.DEFAULT_THRESHOLD) -> list[Prediction]:
-        """Run the network on prepared inputs; same-size whole images go through as one batch."""
+    def predict_prepared(self, inputs: list[PreparedInput], *, threshold: float = constants.DEFAULT_THRESHOLD,
+                         model: OnnxModel | None = None) -> list[Prediction]:
+        """Run the network on prepared inputs; same-size whole images go through as one batch.
+
+        ``model``: the session for whole images (default ``self.model``; ``milzoo predict``
+        passes one per inference stream). Tiled images always use ``self.model``.
+        """
         results = []
         whole = [item for item in inputs if item.x is not None]
         if len({item.x.shape for item in whole}) > 1:
-            return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold)]
+            return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold, model=model)]
         if whole:
-            probs, maps = self.model.run(whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole]))
+            probs, maps = (model or self.model).run(whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole]))
         batch_index = 0
         for item in inputs:
             if item.x is None:

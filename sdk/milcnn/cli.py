@@ -94,14 +94,16 @@ def main() -> None:
                    f"{constants.TILE_THRESHOLD_PIXELS:,} pixels, in {constants.DEFAULT_TILE_SIZE} px tiles)")
 @click.option("--workers", type=click.IntRange(1, 64), default=constants.DEFAULT_WORKERS, show_default=True,
               help="threads that read and decode images, and write outputs, while the network runs")
+@click.option("--streams", type=click.IntRange(1, 64), default=None,
+              help="images in the network at once, sharing the cores (default: 2 on a CPU, 1 on a GPU)")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="same-size images per network call (for GPUs)")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="write OUT/overlays/<stem>.png")
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
-def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, workers, batch_size,
-            overlays, resume, overwrite, debug) -> None:
+def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, workers, streams,
+            batch_size, overlays, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
     Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
@@ -152,7 +154,8 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
         with results, click.progressbar(length=len(todo), label=f"{clf.name}", file=sys.stderr,
                                         show_pos=True) as bar:
             for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis, threshold=threshold,
-                                           tile_size=tile_size, workers=workers, batch_size=batch_size,
+                                           tile_size=tile_size, workers=workers, streams=streams,
+                                           batch_size=batch_size,
                                            overlays=overlays, on_error=on_error, stems=stems):
                 if pred is not None:
                     results.add_prediction([str(path), pred.label,

@@ -1,21 +1,24 @@
-"""The batch pipeline behind ``milzoo predict``: read ahead, infer, write behind.
+"""The batch pipeline behind ``milzoo predict``: read ahead, infer in streams, write behind.
 
 Reading and decoding TIFFs, normalising, and writing masks and overlays run in thread pools
-(numpy, tifffile, zlib and onnxruntime release the GIL), so the network is rarely left
-waiting for I/O. Results come back in input order.
+(numpy, tifffile, the deflaters and onnxruntime release the GIL). On a CPU two inference
+streams run side by side, each a single image on half the cores: when one waits for its next
+image or for a core, the other keeps computing, where one stream on every core would stall
+whole. Results come back in input order.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from milcnn.errors import ImageReadError, MilcnnError
 from milcnn.io import write_tiff
 
-__all__ = ["run_pipeline", "FAILURES"]
+__all__ = ["run_pipeline", "default_streams", "FAILURES"]
 
 #: what a bad image may raise; anything else is a bug and propagates
 FAILURES = (MilcnnError, ValueError, OSError, MemoryError)
@@ -23,8 +26,8 @@ FAILURES = (MilcnnError, ValueError, OSError, MemoryError)
 
 def _yield_to_inference() -> None:
     """Let this I/O thread run only when a core is idle (Linux SCHED_IDLE, else the lowest nice),
-    so it fills the gaps between onnxruntime's parallel sections instead of pre-empting them.
-    The bounded queues stop it from falling behind: when they fill, inference waits for it."""
+    so it fills the gaps between inference instead of pre-empting it. The bounded queues stop
+    it from falling behind: when they fill, inference waits for it."""
     import os
     import threading
 
@@ -38,21 +41,63 @@ def _yield_to_inference() -> None:
             pass
 
 
+def default_streams(clf) -> int:
+    """Inference streams for ``clf``: 2 on a CPU with at least 2 cores, else 1 (a GPU is kept
+    busy by batches, not streams)."""
+    from milcnn.session import physical_cores
+
+    on_cpu = clf.model.providers[0] == "CPUExecutionProvider"
+    return 2 if on_cpu and physical_cores() >= 2 else 1
+
+
+@dataclass
+class _Slot:
+    """One input image on its way through the pipeline."""
+
+    path: Path
+    read: Future
+    item: object = None
+    pred: object = None
+    write: Future | None = None
+    error: BaseException | None = None
+
+    def finished(self) -> bool:
+        return self.error is not None or (self.write is not None and self.write.done())
+
+
 def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = 0.5,
-                 tile_size: int | None = None, workers: int = 2, batch_size: int = 1, overlays: bool = True,
-                 on_error: Callable[..., None] | None = None,
+                 tile_size: int | None = None, workers: int = 2, streams: int | None = None,
+                 batch_size: int = 1, overlays: bool = True, on_error: Callable[..., None] | None = None,
                  stems: dict[Path, str] | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
 
     Yields ``(path, Prediction)`` in input order, once its files are written, or ``(path, None)``
     for an image that failed (after calling ``on_error(path, one_line_message, exception)``).
-    ``stems`` names each image's output files (default: the file's stem).
+
+    Args:
+        workers: threads reading images, and as many writing results.
+        streams: images (or batches) in the network at once; default ``default_streams(clf)``.
+            With more than one, whole images run on a second onnxruntime session whose threads
+            are the cores shared among the streams (the classifier's own session, on every
+            core, still runs tiled images).
+        batch_size: consecutive same-size images per network call.
+        stems: each image's output file stem (default: the file's stem).
     """
-    stems = stems or {}
     from milcnn.overlay import save_overlay
+    from milcnn.session import physical_cores
+
+    stems = stems or {}
+    streams = default_streams(clf) if streams is None else max(1, streams)
+    model = clf.model
+    if streams > 1:
+        total = clf.model.threads or physical_cores()
+        model = clf.model.with_threads(max(1, total // streams))
 
     def prepare(path: Path):
         return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size)
+
+    def infer(items):
+        return clf.predict_prepared(items, threshold=threshold, model=model)
 
     def write(path: Path, item, pred) -> None:
         stem = stems.get(path, path.stem)
@@ -64,64 +109,94 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes, title=title,
                          normalized=item.x, durable=False)
 
-    def fail(path: Path, exc: BaseException) -> tuple[Path, None]:
+    def fail(slot: _Slot) -> tuple[Path, None]:
+        exc = slot.error
         if on_error is not None:
             text = exc.reason if isinstance(exc, ImageReadError) else str(exc).strip()  # the path is said once
-            on_error(path, (text.splitlines() or [type(exc).__name__])[0], exc)
-        return path, None
+            on_error(slot.path, (text.splitlines() or [type(exc).__name__])[0], exc)
+        return slot.path, None
 
     with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", initializer=_yield_to_inference) as readers, \
-            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write", initializer=_yield_to_inference) as writers:
-        reading: deque[tuple[Path, Future]] = deque()
-        writing: deque[tuple[Path, Future, object]] = deque()
+            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write", initializer=_yield_to_inference) as writers, \
+            ThreadPoolExecutor(streams, thread_name_prefix="milzoo-infer") as network:
+        order: deque[_Slot] = deque()  # every slot not yet yielded, in input order
+        waiting: deque[_Slot] = deque()  # read (or being read), not yet in the network
+        running: list[tuple[list[_Slot], Future]] = []
         queue = iter(paths)
-        ahead = 2 * workers + batch_size  # images read ahead of the network: bounds memory
+        ahead = 2 * workers + streams * batch_size  # images between the reader and the yield: bounds memory
 
-        def refill():
-            while len(reading) < ahead:
+        def refill() -> None:
+            while len(order) < ahead + workers:
                 path = next(queue, None)
                 if path is None:
                     return
-                reading.append((path, readers.submit(prepare, path)))
+                slot = _Slot(path, readers.submit(prepare, path))
+                order.append(slot)
+                waiting.append(slot)
 
-        def drain(block: bool):
-            while writing and (block or writing[0][1].done() or len(writing) > ahead):
-                path, future, pred = writing.popleft()
+        def take_batch() -> list[_Slot]:
+            """The next images whose reads are done, up to batch_size of one shape; failed reads
+            are marked on their slots and skipped."""
+            batch: list[_Slot] = []
+            while waiting and len(batch) < batch_size and waiting[0].read.done():
+                slot = waiting[0]
                 try:
-                    future.result()
-                    yield path, pred
+                    item = slot.read.result()
                 except FAILURES as exc:
-                    yield fail(path, exc)
+                    waiting.popleft().error = exc
+                    continue
+                first = batch[0].item if batch else None
+                if first is not None and (item.x is None or first.x is None or item.x.shape != first.x.shape):
+                    break
+                waiting.popleft()
+                slot.item = item
+                batch.append(slot)
+            return batch
+
+        def collect(done: set) -> None:
+            for entry in [e for e in running if e[1] in done]:
+                running.remove(entry)
+                batch, future = entry
+                try:
+                    preds = future.result()
+                except FAILURES as exc:
+                    for slot in batch:
+                        slot.error = exc
+                    continue
+                for slot, pred in zip(batch, preds):
+                    slot.pred = pred
+                    if not overlays:
+                        slot.item.chw = None  # free the raw image early: only overlays need it
+                    slot.write = writers.submit(write, slot.path, slot.item, pred)
 
         refill()
-        while reading:
-            batch = []
-            while reading and len(batch) < batch_size:
-                path, future = reading[0]
-                try:
-                    item = future.result()
-                except FAILURES as exc:
-                    reading.popleft()
-                    yield from drain(block=True)
-                    yield fail(path, exc)
-                    continue
-                if batch and (item.x is None or batch[0][1].x is None or item.x.shape != batch[0][1].x.shape):
+        while order:
+            while len(running) < streams:
+                batch = take_batch()
+                if not batch:
                     break
-                reading.popleft()
-                batch.append((path, item))
+                running.append((batch, network.submit(infer, [slot.item for slot in batch])))
+            while order and order[0].finished():
+                slot = order.popleft()
+                if slot.error is not None:
+                    yield fail(slot)
+                    continue
+                try:
+                    slot.write.result()
+                    yield slot.path, slot.pred
+                except FAILURES as exc:
+                    slot.error = exc
+                    yield fail(slot)
             refill()
-            if not batch:
-                continue
-            try:
-                preds = clf.predict_prepared([item for _, item in batch], threshold=threshold)
-            except FAILURES as exc:
-                yield from drain(block=True)
-                for path, _ in batch:
-                    yield fail(path, exc)
-                continue
-            for (path, item), pred in zip(batch, preds):
-                if not overlays:
-                    item.chw = None  # free the raw image early: only overlays need it
-                writing.append((path, writers.submit(write, path, item, pred), pred))
-            yield from drain(block=False)
-        yield from drain(block=True)
+            if not order:
+                break
+            # sleep until something moves: a read the network can take, a batch done, the next yield
+            events = [future for _, future in running]
+            if waiting and len(running) < streams:
+                events.append(waiting[0].read)
+            if order[0].write is not None:
+                events.append(order[0].write)
+            if not events:
+                continue  # the head failed, or its batch was just taken: the loop above handles it
+            done, _ = wait(events, return_when=FIRST_COMPLETED)
+            collect(done)

@@ -82,11 +82,22 @@ class ResultsFolder:
                 (self.out / name).unlink(missing_ok=True)
             for name in _OUTPUT_DIRS:
                 shutil.rmtree(self.out / name, ignore_errors=True)
+        if resume:
+            self._remove_partial_files()
         self.done_predictions = self._read(PREDICTIONS, header) if resume else []
         self.done_errors = self._read(ERRORS, ["image", "error"]) if resume else []
         self.out.mkdir(parents=True, exist_ok=True)
         self._predictions = self._open(PREDICTIONS, header)
         self._errors = None
+
+    def _remove_partial_files(self) -> None:
+        """Delete the temporary files of a killed run (``.<name>.<random>.part``, see
+        ``milcnn.io.write_atomic``): their images have no row, so they are predicted again."""
+        for name in _OUTPUT_DIRS:
+            folder = self.out / name
+            if folder.is_dir():
+                for stale in folder.glob(".*.part"):
+                    stale.unlink(missing_ok=True)
 
     def has_results(self) -> bool:
         return (self.out / PREDICTIONS).exists() or (self.out / ERRORS).exists() or any(

@@ -9,7 +9,7 @@ import numpy as np
 from milcnn import constants
 from milcnn.notices import notice
 
-__all__ = ["OnnxModel", "DEVICES"]
+__all__ = ["OnnxModel", "DEVICES", "physical_cores"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -24,6 +24,26 @@ def gpu_providers(available: list[str]) -> list:
     if "CUDAExecutionProvider" in available:
         providers.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
     return providers
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (onnxruntime's default thread count): logical CPUs
+    in the affinity mask, less SMT siblings where Linux says which they are."""
+    import os
+
+    try:
+        logical = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in logical:
+        try:
+            package = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id").read_text().strip()
+            core = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id").read_text().strip()
+        except OSError:
+            return len(logical)
+        cores.add((package, core))
+    return max(1, len(cores))
 
 
 class OnnxModel:
@@ -56,6 +76,8 @@ class OnnxModel:
         # (pipeline rows of benchmarks/results/inference.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
+        self.device, self.threads, self.outputs = device, threads, outputs
+        self._siblings: dict[int, OnnxModel] = {}
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()  # what onnxruntime actually uses, in priority order
         if device == "cuda" and len(providers) > 1 and self.providers == ["CPUExecutionProvider"]:
@@ -66,6 +88,14 @@ class OnnxModel:
         if names[:len(outputs)] != list(outputs):
             raise ValueError(f"{path}: outputs are {names}, expected {list(outputs)}")
         self.output_names = list(outputs)
+
+    def with_threads(self, threads: int) -> "OnnxModel":
+        """A session on the same file with ``threads`` intra-op threads (made once, then kept)."""
+        if threads == self.threads:
+            return self
+        if threads not in self._siblings:
+            self._siblings[threads] = OnnxModel(self.path, device=self.device, threads=threads, outputs=self.outputs)
+        return self._siblings[threads]
 
     def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
         """Run on a float32 batch: (B, C, H, W) normalised images for a model file."""
