@@ -479,6 +479,7 @@ def render(r: dict) -> str:
               f"{r['weights_check']['max_abs_map_difference_torch_vs_onnx']:.1e}.", ""]
     p = r["pipeline"]
     lines += ["## `milzoo predict` pipeline", "",
+              *([f"Re-measured on its own, later than the sections above: `{p['command']}`.", ""] if "command" in p else []),
               f"{p['images']} simulated 512 x 512 test images (`data/yeast-test/images`), read from disk; masks (and "
               f"overlays) written. Model-only: the network alone on the same images preloaded and normalised, one at "
               f"a time on the SDK's session ({p['model_only_images_per_s']:.2f} images/s), and as two single-threaded "
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((args.out / "inference.json").read_text())
     elif args.only_pipeline:
         results = json.loads((args.out / "inference.json").read_text())
-        results["pipeline"] = pipeline_check()
+        results["pipeline"] = {**pipeline_check(), "command": "python -m benchmarks.inference --only-pipeline"}
         with write_atomic(args.out / "inference.json", "w") as fh:
             fh.write(json.dumps(results, indent=2) + "\n")
     else:
