@@ -55,8 +55,13 @@ def test_resume_continues_exactly(tiny_yeast, tmp_path, trained):
     out, _ = trained
     cfg = tiny_config(tiny_yeast, tmp_path)
     train(cfg, progress=False, stop_after=2)
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    metrics = tmp_path / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 2
+    with open(metrics, "a") as fh:  # killed after logging epoch 3, before saving it
+        fh.write('{"epoch": 3, "train_loss": 1.0}\n')
     train(cfg, resume=str(tmp_path / "last.pt"), progress=False)
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == list(range(1, cfg.epochs + 1))
     whole = torch.load(out / "last.pt", weights_only=True)["model"]
     resumed = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     assert whole.keys() == resumed.keys()

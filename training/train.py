@@ -168,6 +168,10 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     (out / "model_config.json").write_text(model_cfg.to_json())
     with write_atomic(out / "train_config.json", "w") as fh:
         json.dump(asdict(cfg), fh, indent=2)
+    # the checkpoint's history is the record: a run killed after logging an epoch but before
+    # saving it would otherwise log that epoch twice on resume (and a fresh run starts empty)
+    with write_atomic(out / "metrics.jsonl", "w") as fh:
+        fh.writelines(json.dumps(record) + "\n" for record in history)
     t0 = time.time()
     train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
     val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
