@@ -67,6 +67,9 @@ def test_streams_give_the_same_results_in_input_order(clf, folder, tmp_path, str
 def test_stream_sessions_are_made_once(clf):
     assert physical_cores() >= 1
     assert default_streams(clf) == (2 if physical_cores() >= 2 else 1)
+    one_thread = Classifier.from_hub("yeast-loc", device="cpu")
+    one_thread.model = one_thread.model.with_threads(1)  # as with MILCNN_NUM_THREADS=1
+    assert default_streams(one_thread) == 1
     one = clf.model.with_threads(1)
     assert one is clf.model.with_threads(1) and one is not clf.model and one.threads == 1
     x = clf.prepare_input(ZOO / "yeast-loc" / "sample_input.tif").x[None]

@@ -42,12 +42,12 @@ def _yield_to_inference() -> None:
 
 
 def default_streams(clf) -> int:
-    """Inference streams for ``clf``: 2 on a CPU with at least 2 cores, else 1 (a GPU is kept
-    busy by batches, not streams)."""
+    """Inference streams for ``clf``: 2 on a CPU with at least 2 threads to share (its cores,
+    or ``MILCNN_NUM_THREADS``), else 1 (a GPU is kept busy by batches, not streams)."""
     from milcnn.session import physical_cores
 
     on_cpu = clf.model.providers[0] == "CPUExecutionProvider"
-    return 2 if on_cpu and physical_cores() >= 2 else 1
+    return 2 if on_cpu and (clf.model.threads or physical_cores()) >= 2 else 1
 
 
 @dataclass
