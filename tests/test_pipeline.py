@@ -1,7 +1,9 @@
 """milzoo predict's pipeline (inference streams, order, failures) and the overlay encoder's paths."""
 
 import io
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,16 @@ def test_png_from_zlib_and_isal_decode_to_the_same_pixels(tmp_path, monkeypatch)
     rgb = np.arange(7 * 13 * 3, dtype=np.uint8).reshape(7, 13, 3)
     with Image.open(io.BytesIO(encode_png(rgb))) as im:
         assert np.array_equal(np.asarray(im), rgb)
+    for name in ("default.png", "zlib.png"):  # every chunk's CRC, as strict PNG readers check them
+        data = (tmp_path / name).read_bytes()
+        pos, kinds = 8, []
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            body = data[pos + 8:pos + 8 + length]
+            assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+            kinds.append(kind)
+            pos += 12 + length
+        assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
     with Image.open(tmp_path / "default.png") as a, Image.open(tmp_path / "zlib.png") as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
         assert np.array_equal(np.asarray(a), _overlay_array(None, mask, ["a", "b"], title="t", normalized=x))

@@ -193,17 +193,17 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return b"".join(_png_chunks([rows]))
 
 
-def _deflater():
-    """A zlib-format deflate stream at the fastest level that still compresses (the GIL is
-    released in both libraries): ISA-L's level 1 where the ``isal`` package is installed, else
-    zlib's level 1 with run-length matching."""
+def _codec():
+    """(a zlib-format deflate stream, crc32) at the fastest level that still compresses, both
+    releasing the GIL: ISA-L's where the ``isal`` package is installed (deflate about 3x and
+    crc32 about 15x zlib's speed), else zlib's level 1 with run-length matching."""
     try:
         from isal import isal_zlib
     except ImportError:
         import zlib
 
-        return zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    return isal_zlib.compressobj(1)
+        return zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE), zlib.crc32
+    return isal_zlib.compressobj(1), isal_zlib.crc32
 
 
 def _png_chunks(bands):
@@ -211,12 +211,12 @@ def _png_chunks(bands):
     filter byte then RGB; all bands the same width). Each band's deflated bytes go out as an
     IDAT chunk of their own, so the whole image is never held compressed or uncompressed."""
     import struct
-    import zlib
+
+    deflate, crc32 = _codec()
 
     def chunk(kind: bytes, body) -> list:
-        return [struct.pack(">I", len(body)), kind, body, struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))]
+        return [struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc32(body, crc32(kind)))]
 
-    deflate = _deflater()
     idat, height, row_bytes = [], 0, None
     for rows in bands:
         row_bytes, height = rows.shape[1], height + rows.shape[0]
