@@ -143,8 +143,8 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
         drop = 100 * (fp32["accuracy"] - int8["accuracy"])
         record = {
             "file": constants.INT8_MODEL_FILE,
-            "method": f"onnxruntime static quantisation, QLinearConv with Relu folded in, weights int8 per channel, activations uint8, "
-                      f"{method} calibration",
+            "method": f"onnxruntime static quantisation, QLinearConv with Relu folded in, weights int8 per channel, "
+                      f"activations uint8, {method} calibration",
             "calibration": {"manifest": str(calibration), "n_images": len(chosen), "seed": seed},
             "metrics": {"test_set": str(eval_data), "n_images": int8["n_images"],
                         "accuracy": round(int8["accuracy"], 4), "mean_iou": round(int8["mean_iou"], 4),

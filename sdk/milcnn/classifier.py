@@ -233,7 +233,8 @@ class Classifier:
         if len({item.x.shape for item in whole}) > 1:
             return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold, model=model)]
         if whole:
-            probs, maps = (model or self.model).run(whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole]))
+            batch = whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole])
+            probs, maps = (model or self.model).run(batch)
         batch_index = 0
         for item in inputs:
             if item.x is None:

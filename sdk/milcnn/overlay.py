@@ -180,9 +180,8 @@ def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """An 8-bit RGB PNG of ``rgb`` (H, W, 3): unfiltered, deflated at the fastest level that still
-    compresses (ISA-L's level 1 where the ``isal`` package is installed, else zlib's level 1 with
-    run-length matching). About 3x (zlib) to 10x (ISA-L) faster than Pillow's encoder, for files
-    about as large as Pillow's fastest level."""
+    compresses (see ``_codec``); faster than Pillow's encoder, for files about as large as its
+    fastest level gives."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"encode_png expects (H, W, 3) uint8, got {rgb.dtype} of shape {rgb.shape}")
@@ -195,8 +194,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def _codec():
     """(a zlib-format deflate stream, crc32) at the fastest level that still compresses, both
-    releasing the GIL: ISA-L's where the ``isal`` package is installed (deflate about 3x and
-    crc32 about 15x zlib's speed), else zlib's level 1 with run-length matching."""
+    releasing the GIL: ISA-L's where the ``isal`` package is installed (several times faster
+    than zlib's on x86-64 and ARM), else zlib's level 1 with run-length matching."""
     try:
         from isal import isal_zlib
     except ImportError:
@@ -208,8 +207,8 @@ def _codec():
 
 def _png_chunks(bands):
     """The PNG file, as pieces to write, of an image given as bands of scanlines (each row a
-    filter byte then RGB; all bands the same width). Each band's deflated bytes go out as an
-    IDAT chunk of their own, so the whole image is never held compressed or uncompressed."""
+    filter byte then RGB; all bands the same width). Each band is deflated as it comes and its
+    bytes become an IDAT chunk of their own, so the uncompressed image is never whole in memory."""
     import struct
 
     deflate, crc32 = _codec()

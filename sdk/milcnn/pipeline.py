@@ -116,8 +116,9 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             on_error(slot.path, (text.splitlines() or [type(exc).__name__])[0], exc)
         return slot.path, None
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", initializer=_yield_to_inference) as readers, \
-            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write", initializer=_yield_to_inference) as writers, \
+    background = {"initializer": _yield_to_inference}
+    with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", **background) as readers, \
+            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write", **background) as writers, \
             ThreadPoolExecutor(streams, thread_name_prefix="milzoo-infer") as network:
         order: deque[_Slot] = deque()  # every slot not yet yielded, in input order
         waiting: deque[_Slot] = deque()  # read (or being read), not yet in the network
@@ -197,6 +198,6 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             if order[0].write is not None:
                 events.append(order[0].write)
             if not events:
-                continue  # the head failed, or its batch was just taken: the loop above handles it
+                continue  # nothing in flight: the loop above has work (a failed head, a read to take)
             done, _ = wait(events, return_when=FIRST_COMPLETED)
             collect(done)
