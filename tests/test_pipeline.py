@@ -79,8 +79,11 @@ def test_stream_sessions_are_made_once(clf):
 
 
 def _reference_overlay(chw_normalized, mask):
-    """The overlay's image part computed the plain way: composite, then outline colours."""
-    rgb = composite(None, normalized=chw_normalized)
+    """The overlay's image part computed the plain way: a 2-channel composite (0 green,
+    1 magenta), then outline colours."""
+    grey = np.clip(chw_normalized * np.float32(255), 0, 255).astype(np.uint8)
+    rgb = np.stack([grey[1], grey[0], grey[1]], axis=-1)
+    np.testing.assert_array_equal(rgb, composite(None, normalized=chw_normalized))
     edge = outlines(mask)
     rgb[edge] = PALETTE[(mask[edge].astype(int) - 1) % len(PALETTE)]
     return rgb

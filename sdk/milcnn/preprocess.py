@@ -140,8 +140,12 @@ def percentiles(values, q) -> np.ndarray:
     lowest, highest = int(flat.min()), int(flat.max())
     if highest - lowest >= _HISTOGRAM_MAX_RANGE:
         return np.percentile(values, q)
-    shifted = flat if lowest == 0 and flat.dtype.kind == "u" else (flat.astype(np.int64) - lowest)
-    cumulative = np.cumsum(np.bincount(shifted, minlength=highest - lowest + 1))
+    if flat.dtype.kind == "u" and highest < _HISTOGRAM_MAX_RANGE:
+        lowest = 0  # count from 0: a few unused bins cost less than a shifted copy of the image
+        counts = np.bincount(flat)
+    else:
+        counts = np.bincount(flat.astype(np.int64) - lowest, minlength=highest - lowest + 1)
+    cumulative = np.cumsum(counts)
     rank = q / 100.0 * (flat.size - 1)  # the (fractional) position in the sorted values
     below = np.floor(rank)
     frac = rank - below
