@@ -115,3 +115,30 @@ def test_real_images_give_finite_sane_output(clf, realdata):
     pred = clf.predict(field)
     assert np.isfinite(pred.class_maps).all() and pred.mask.shape == (1024, 1344)
     assert abs(sum(pred.probabilities.values())) < 11
+
+
+def test_masks_are_computed_once_and_in_parallel_across_predictions(clf, sample, monkeypatch):
+    """milzoo predict's writer threads compute masks side by side: Python 3.11's cached_property
+    would hold one lock for every Prediction, and the barrier below would never fill."""
+    import threading
+
+    import milcnn.classifier as classifier
+
+    first, second = clf.predict(sample), clf.predict(sample)
+    barrier, calls, real = threading.Barrier(2, timeout=10), [], classifier.mask_from_maps
+
+    def meeting_mask(*args, **kwargs):
+        calls.append(1)
+        barrier.wait()  # raises BrokenBarrierError if the other thread cannot get here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "mask_from_maps", meeting_mask)
+    threads = [threading.Thread(target=lambda p=p: p.mask) for p in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not barrier.broken and len(calls) == 2
+    monkeypatch.setattr(classifier, "mask_from_maps", real)
+    assert first.mask is first.mask and len(calls) == 2  # cached on the prediction
+    np.testing.assert_array_equal(first.mask, label_mask(first.class_maps, first.threshold))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,21 @@ from milcnn.registry import sha256_of
 from milcnn.session import OnnxModel
 
 __all__ = ["Classifier", "Prediction", "PreparedInput"]
+
+
+class _computed_once:
+    """``functools.cached_property`` without its lock: on Python 3.11 that lock is one per
+    class, so ``milzoo predict``'s writer threads would compute every image's mask one at a
+    time. Two threads asking at once may both compute the value; both get an equal result."""
+
+    def __init__(self, func):
+        self.func, self.name, self.__doc__ = func, func.__name__, func.__doc__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)  # found there from now on
+        return value
 
 
 def _verify(path: Path, sha256: str | None) -> None:
@@ -55,11 +69,11 @@ class Prediction:
     threshold: float = constants.DEFAULT_THRESHOLD
     source: str | None = None
 
-    @cached_property
+    @_computed_once
     def mask(self) -> np.ndarray:
         return mask_from_maps(self.maps, self.stride, self.shape, self.threshold)
 
-    @cached_property
+    @_computed_once
     def class_maps(self) -> np.ndarray:
         return upsample_maps(self.maps, self.stride, self.shape)
 
