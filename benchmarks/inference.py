@@ -243,12 +243,13 @@ PIPELINE_CONFIGS = [  # (workers, streams, overlays); streams None: the default 
 ]
 
 
-def pipeline_check(rounds: int = 8, chunk: int = 110) -> dict:
+def pipeline_check(rounds: int = 10, chunk: int = 110) -> dict:
     """``milzoo predict``'s pipeline vs model-only throughput on the 220 simulated test images.
 
     This machine's speed drifts by 10-15 % over minutes, so every pipeline run is paired with a
-    model-only run on the same ``chunk`` images just before it, and its ratio is taken within
-    the pair; the medians over ``rounds`` rounds are reported.
+    model-only run on the same ``chunk`` images, just before it in even rounds and just after
+    it in odd ones (so a steady drift favours neither), and its ratio is taken within the pair;
+    the medians over ``rounds`` rounds are reported.
 
     Model-only is the network alone on images already read and normalised in memory, one at
     a time on the SDK's session (every core), as ``Classifier.predict`` runs them; and, once a
@@ -293,10 +294,14 @@ def pipeline_check(rounds: int = 8, chunk: int = 110) -> dict:
             sub, sub_x = paths[start:start + chunk], xs[start:start + chunk]
             for i, (workers, n_streams, overlays) in enumerate(PIPELINE_CONFIGS):
                 out = Path(tmp) / f"{r}-{i}"
-                base = timed(lambda: model_only(sub_x), len(sub))
-                rate = timed(lambda: sum(pred is not None for _, pred in run_pipeline(
-                    clf, sub, out, workers=workers, streams=n_streams, overlays=overlays)), len(sub))
-                pairs[i].append((base, rate))
+                runs = {
+                    "base": lambda: timed(lambda: model_only(sub_x), len(sub)),
+                    "rate": lambda: timed(lambda: sum(pred is not None for _, pred in run_pipeline(
+                        clf, sub, out, workers=workers, streams=n_streams, overlays=overlays)), len(sub)),
+                }
+                order = ("base", "rate") if r % 2 == 0 else ("rate", "base")
+                measured = {name: runs[name]() for name in order}
+                pairs[i].append((measured["base"], measured["rate"]))
             alone.append(timed(lambda: model_only(sub_x), len(sub)))
             streamed.append(timed(lambda: model_only_streams(sub_x), len(sub)))
             print(f"  round {r + 1}/{rounds}: " + " ".join(f"{p[-1][1] / p[-1][0]:.2f}" for p in pairs),
@@ -521,7 +526,8 @@ def render(r: dict) -> str:
               f"{p['images']} simulated 512 x 512 test images (`data/yeast-test/images`), read from disk; masks (and "
               f"overlays) written. Model-only: the network alone on the same images preloaded and normalised, one at "
               f"a time on the SDK's session ({p['model_only_images_per_s']:.2f} images/s). Each pipeline run is paired "
-              f"with a model-only run on the same {p['images_per_round']} images just before it; the table gives "
+              f"with a model-only run on the same {p['images_per_round']} images, just before it in even rounds and "
+              f"just after it in odd ones; the table gives "
               f"medians over {p['rounds']} rounds of the ratios within pairs. Two single-threaded sessions side by "
               f"side, the most the network alone reaches here, give {p['streams_over_model_only']:.2f}x model-only. "
               f"`milzoo predict`'s defaults: 4 workers, {p['default_streams']} streams, overlays on.", "",
