@@ -532,7 +532,8 @@ def render(r: dict) -> str:
               f"medians over {p['rounds']} rounds of the ratios within pairs. Two single-threaded sessions side by "
               f"side, the most the network alone reaches here, give {p['streams_over_model_only']:.2f}x model-only. "
               f"`milzoo predict`'s defaults: 4 workers, {p['default_streams']} streams, overlays on.", "",
-              "| workers | streams | overlays | images / s | fraction of model-only (range over rounds) | rounds >= 0.9 |",
+              "| workers | streams | overlays | images / s | fraction of model-only (range over rounds) "
+              "| rounds >= 0.9 |",
               "|---|---|---|---|---|---|",
               *[f"| {x['workers']} | {x['streams']} | {'yes' if x['overlays'] else 'no'} | {x['images_per_s']:.2f} | "
                 f"{x['fraction_of_model_only']:.2f} ({x['fraction_of_model_only_range'][0]:.2f}-"

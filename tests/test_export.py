@@ -188,3 +188,28 @@ def test_quantize_adds_a_measured_int8_variant_or_refuses(exported, tiny_yeast, 
     assert "## int8 variant" in (folder / "README.md").read_text()
     clf = Classifier.from_dir(folder, device="cpu", precision="int8")
     assert clf.predict(folder / "sample_input.tif").label in clf.classes
+
+
+def test_fp16_variant_is_measured_added_beside_int8_and_runs(exported, tiny_yeast, tmp_path):
+    import shutil
+
+    from training.quantize import QuantizationError, half_folder, quantize_folder
+
+    _, out = exported
+    folder = shutil.copytree(out, tmp_path / "tiny")
+    manifest = str(tiny_yeast)
+    with pytest.raises(QuantizationError, match="the fp16 variant was not added"):
+        half_folder(folder, eval_data=manifest, max_drop=-1.0)
+    assert not (folder / "model.fp16.onnx").exists()
+    record = half_folder(folder, eval_data=manifest)
+    metrics = record["metrics"]
+    assert metrics["n_images"] == 22 and metrics["accuracy_drop_points"] <= 1.0 and "calibration" not in record
+    quantize_folder(folder, calibration=manifest, eval_data=manifest, n_calibration=4, max_drop=100.0)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["variants"]) == {"fp16", "int8"}  # adding one variant keeps the other
+    assert config["files"]["model.fp16.onnx"]["bytes"] < config["files"]["model.onnx"]["bytes"]
+    assert "## fp16 variant" in (folder / "README.md").read_text()
+    fp32 = Classifier.from_dir(folder, device="cpu", precision="fp32").predict(folder / "sample_input.tif")
+    fp16 = Classifier.from_dir(folder, device="cpu", precision="fp16").predict(folder / "sample_input.tif")
+    assert fp16.label == fp32.label
+    assert max(abs(fp16.probabilities[c] - fp32.probabilities[c]) for c in fp32.classes) < 1e-2

@@ -105,14 +105,42 @@ def test_class_maps_are_computed_on_demand(clf, field):
 
 def test_int8_variant(clf, field):
     int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
-    assert int8.available_precisions == ("fp32", "int8") and int8.precision == "int8"
+    assert int8.available_precisions == ("fp32", "int8", "fp16") and int8.precision == "int8"
     a, b = clf.predict(field), int8.predict(field)
     assert a.label == b.label
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 0.05
     assert int8.self_test(tolerance=0.05)["label"] == clf.self_test()["label"]
     assert int8.predict(field, tile_size=256).label == a.label
-    with pytest.raises(ModelConfigError, match="yeast-loc has no 'fp16' variant; it offers fp32, int8"):
-        Classifier.from_hub("yeast-loc", device="cpu", precision="fp16")
+    with pytest.raises(ModelConfigError, match="yeast-loc has no 'bf16' variant; it offers fp32, int8, fp16"):
+        Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
+
+
+def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, capsys):
+    fp16 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp16")
+    assert fp16.precision == "fp16" and fp16.model.path.name == "model.fp16.onnx"
+    assert "the fp16 variant runs on the CPU here, where it is no faster than fp32" in capsys.readouterr().err
+    a, b = clf.predict(field), fp16.predict(field)
+    assert a.label == b.label
+    assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 1e-2
+    assert (a.mask == b.mask).mean() > 0.99
+
+
+def test_auto_precision_is_fp32_on_a_cpu_and_fp16_only_where_a_gpu_starts(field, monkeypatch, capsys):
+    import onnxruntime
+
+    assert Classifier.from_hub("yeast-loc").precision == "fp32"  # no GPU provider in this onnxruntime
+    assert Classifier.from_hub("yeast-loc", device="cuda").precision == "fp32"
+    capsys.readouterr()
+    # onnxruntime claims a CUDA provider: auto picks fp16, the session cannot start CUDA and runs
+    # on the CPU, so the classifier goes back to fp32 rather than run float16 on a CPU
+    real = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    clf = Classifier.from_hub("yeast-loc", device="cuda")
+    assert clf.precision == "fp32" and clf.model.path.name == "model.onnx"
+    assert clf.model.providers == ["CPUExecutionProvider"]
+    assert "running on the CPU" in capsys.readouterr().err
+    with pytest.raises(ModelConfigError, match="yeast-loc-gfp has no 'fp8' variant"):
+        Classifier.from_hub("yeast-loc-gfp", precision="fp8")
 
 
 def test_tampered_int8_and_pooling_files_are_refused(tmp_path, field):

@@ -125,9 +125,10 @@ def render_card(config: dict) -> str:
         lines += [
             f"## {precision} variant",
             "",
-            f"`{variant['file']}` ({variant['method']}; calibrated on {variant['calibration']['n_images']} images of "
-            f"`{variant['calibration']['manifest']}`), loaded with `Classifier.from_hub(..., precision=\"{precision}\")` "
-            f"or `milzoo predict --precision {precision}`. Measured by `python -m training.quantize` through the SDK on "
+            f"`{variant['file']}` ({variant['method']}{_calibration_text(variant)}), loaded with "
+            f"`Classifier.from_hub(..., precision=\"{precision}\")` "
+            f"or `milzoo predict --precision {precision}`. Measured by "
+            f"`python -m training.quantize --precision {precision}` through the SDK on "
             f"`{vm['test_set']}` ({vm['n_images']} images):",
             "",
             "| precision | image accuracy | segmentation mean IoU |",
@@ -135,7 +136,9 @@ def render_card(config: dict) -> str:
             f"| fp32 | {vm['fp32_accuracy_sdk']:.4f} | {vm['fp32_mean_iou_sdk']:.4f} |",
             f"| {precision} | {vm['accuracy']:.4f} | {vm['mean_iou']:.4f} |",
             "",
-            "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.inference`).",
+            "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.inference`)." if precision == "int8"
+            else "For GPUs: `--device cuda` (or `device=\"cuda\"`) loads it by itself (`--precision auto`). No GPU has "
+                 "run it in this project yet; on a CPU it is no faster than fp32.",
             "",
         ]
     lines += [
@@ -155,3 +158,10 @@ def render_card(config: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _calibration_text(variant: dict) -> str:
+    calibration = variant.get("calibration")
+    if calibration is None:
+        return ""
+    return f"; calibrated on {calibration['n_images']} images of `{calibration['manifest']}`"

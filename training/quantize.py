@@ -1,9 +1,10 @@
-"""Add an int8 variant (and the files tiled inference needs) to an exported model folder.
+"""Add an int8 or fp16 variant (and the files tiled inference needs) to an exported model folder.
 
 Usage::
 
     python -m training.quantize zoo/yeast-loc --calibration data/yeast-train/manifest.csv \\
         --eval-data data/yeast-test/manifest.csv
+    python -m training.quantize zoo/yeast-loc --precision fp16 --eval-data data/yeast-test/manifest.csv
 
 Static post-training quantisation with onnxruntime (QLinearConv operators): convolution weights int8 per output
 channel, activations uint8 per tensor (the u8 x s8 form that AVX512-VNNI runs fastest),
@@ -13,6 +14,11 @@ models are then both run through the SDK on ``--eval-data``; the variant is adde
 folder (``model.int8.onnx``, ``config.json`` ``variants.int8`` with both measurements, the
 card) only if its image accuracy is within ``--max-drop`` points of fp32. Otherwise nothing
 is written and the command fails with the figures.
+
+``--precision fp16`` converts weights and activations to float16 (inputs and outputs stay
+float32), the form GPUs run fastest (CUDA, TensorRT); it is measured the same way, with
+onnxruntime's CPU float16 kernels, and added as ``model.fp16.onnx`` under the same rule.
+``milzoo predict --device cuda`` then uses it (``--precision auto``).
 
 It also adds what older exports lack: ``pooling.onnx`` and the receptive field in the config.
 """
@@ -33,11 +39,11 @@ from milcnn.io import write_atomic
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.metrics import IoU
 
-__all__ = ["quantize_folder", "evaluate_classifier", "QuantizationError"]
+__all__ = ["quantize_folder", "half_folder", "evaluate_classifier", "QuantizationError"]
 
 
 class QuantizationError(RuntimeError):
-    """The int8 model loses more accuracy than allowed."""
+    """The int8 or fp16 model loses more accuracy than allowed."""
 
 
 def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_THRESHOLD) -> dict:
@@ -98,9 +104,6 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
 
     from milcnn import Classifier
     from milcnn.preprocess import normalize
-    from milcnn.session import OnnxModel
-    from training.export import file_records
-    from training.model_card import render_card
 
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
@@ -137,27 +140,73 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Relu"], calibrate_method=calibrate_method)
         seconds = time.time() - t0
-        fp32 = evaluate_classifier(fp32_clf, eval_data)
-        int8_clf = Classifier(folder, fp32_clf.info, OnnxModel(out, device="cpu"), precision="int8")
-        int8 = evaluate_classifier(int8_clf, eval_data)
-        drop = 100 * (fp32["accuracy"] - int8["accuracy"])
-        record = {
-            "file": constants.INT8_MODEL_FILE,
-            "method": f"onnxruntime static quantisation, QLinearConv with Relu folded in, weights int8 per channel, "
-                      f"activations uint8, {method} calibration",
-            "calibration": {"manifest": str(calibration), "n_images": len(chosen), "seed": seed},
-            "metrics": {"test_set": str(eval_data), "n_images": int8["n_images"],
-                        "accuracy": round(int8["accuracy"], 4), "mean_iou": round(int8["mean_iou"], 4),
-                        "fp32_accuracy_sdk": round(fp32["accuracy"], 4), "fp32_mean_iou_sdk": round(fp32["mean_iou"], 4),
-                        "accuracy_drop_points": round(drop, 2)},
-            "quantize_seconds": round(seconds, 1),
-        }
-        if drop > max_drop:
-            raise QuantizationError(f"int8 accuracy {int8['accuracy']:.4f} is {drop:.2f} points below fp32 "
-                                    f"{fp32['accuracy']:.4f} (allowed {max_drop}); the int8 variant was not added")
-        out.replace(folder / constants.INT8_MODEL_FILE)
-    config["variants"] = {"int8": record}
-    config["files"].update(file_records(folder / constants.INT8_MODEL_FILE))
+        method_text = (f"onnxruntime static quantisation, QLinearConv with Relu folded in, weights int8 per "
+                       f"channel, activations uint8, {method} calibration")
+        calibration_record = {"manifest": str(calibration), "n_images": len(chosen), "seed": seed}
+        return _add_variant(folder, config, fp32_clf, out, "int8", eval_data=eval_data, max_drop=max_drop,
+                            method=method_text, calibration=calibration_record, seconds=seconds)
+
+
+def half_folder(folder, *, eval_data, max_drop: float = 1.0) -> dict:
+    """Convert ``folder/model.onnx`` to float16, measure it, and add it if it keeps accuracy.
+
+    Weights and activations become float16; the image input and both outputs stay float32, so
+    the SDK feeds it exactly as the fp32 model. Accuracy is measured with onnxruntime's CPU
+    float16 kernels (a GPU accumulates in its own order; the differences are of the same size).
+
+    Returns:
+        the ``variants.fp16`` record written to config.json.
+
+    Raises:
+        QuantizationError: accuracy drops by more than ``max_drop`` points (nothing written).
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from milcnn import Classifier
+
+    folder = Path(folder)
+    config = ensure_derived_files(folder)
+    (folder / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    fp32_clf = Classifier.from_dir(folder, device="cpu")
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / constants.FP16_MODEL_FILE
+        half = convert_float_to_float16(onnx.load(str(folder / constants.MODEL_FILE)), keep_io_types=True)
+        onnx.save(half, str(out))  # one self-contained file, about half the size of a zoo model.onnx
+        return _add_variant(folder, config, fp32_clf, out, "fp16", eval_data=eval_data, max_drop=max_drop,
+                            method="weights and activations float16 (onnxruntime.transformers.float16), image "
+                                   "input and outputs float32; accuracy measured with onnxruntime's CPU kernels")
+
+
+def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precision: str, *, eval_data,
+                 max_drop: float, method: str, calibration: dict | None = None, seconds: float | None = None) -> dict:
+    """Measure ``candidate`` against fp32 through the SDK on ``eval_data``; if it keeps accuracy within
+    ``max_drop`` points, move it into ``folder`` and record it in config.json and the card."""
+    from milcnn import Classifier
+    from milcnn.session import OnnxModel
+    from training.export import file_records
+    from training.model_card import render_card
+
+    fp32 = evaluate_classifier(fp32_clf, eval_data)
+    variant = evaluate_classifier(Classifier(folder, fp32_clf.info, OnnxModel(candidate, device="cpu"),
+                                             precision=precision), eval_data)
+    drop = 100 * (fp32["accuracy"] - variant["accuracy"])
+    record = {
+        "file": candidate.name,
+        "method": method,
+        **({"calibration": calibration} if calibration is not None else {}),
+        "metrics": {"test_set": str(eval_data), "n_images": variant["n_images"],
+                    "accuracy": round(variant["accuracy"], 4), "mean_iou": round(variant["mean_iou"], 4),
+                    "fp32_accuracy_sdk": round(fp32["accuracy"], 4), "fp32_mean_iou_sdk": round(fp32["mean_iou"], 4),
+                    "accuracy_drop_points": round(drop, 2)},
+        **({"quantize_seconds": round(seconds, 1)} if seconds is not None else {}),
+    }
+    if drop > max_drop:
+        raise QuantizationError(f"{precision} accuracy {variant['accuracy']:.4f} is {drop:.2f} points below fp32 "
+                                f"{fp32['accuracy']:.4f} (allowed {max_drop}); the {precision} variant was not added")
+    candidate.replace(folder / candidate.name)
+    config.setdefault("variants", {})[precision] = record
+    config["files"].update(file_records(folder / candidate.name))
     with write_atomic(folder / constants.CONFIG_FILE, "w") as fh:
         fh.write(json.dumps(config, indent=2) + "\n")
     with write_atomic(folder / constants.CARD_FILE, "w") as fh:
@@ -168,17 +217,23 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="an exported model folder")
-    parser.add_argument("--calibration", required=True, help="manifest of calibration images (training data)")
+    parser.add_argument("--precision", choices=("int8", "fp16"), default="int8", help="the variant to add")
+    parser.add_argument("--calibration", help="manifest of calibration images (training data; int8 only)")
     parser.add_argument("--eval-data", required=True, help="manifest of test images to measure both precisions on")
     parser.add_argument("--n-calibration", type=int, default=64)
     parser.add_argument("--max-drop", type=float, default=1.0, help="largest accuracy loss allowed, in points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=METHODS, default="percentile", help="activation range calibration")
     args = parser.parse_args(argv)
+    if args.precision == "int8" and not args.calibration:
+        parser.error("--calibration is required for --precision int8")
     try:
-        record = quantize_folder(args.folder, calibration=args.calibration, eval_data=args.eval_data,
-                                 n_calibration=args.n_calibration, max_drop=args.max_drop, seed=args.seed,
-                                 method=args.method)
+        if args.precision == "fp16":
+            record = half_folder(args.folder, eval_data=args.eval_data, max_drop=args.max_drop)
+        else:
+            record = quantize_folder(args.folder, calibration=args.calibration, eval_data=args.eval_data,
+                                     n_calibration=args.n_calibration, max_drop=args.max_drop, seed=args.seed,
+                                     method=args.method)
     except (QuantizationError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -50,4 +50,5 @@ PY
 )"
   python -m training.quantize "zoo/$name" --calibration "data/$prefix-train/manifest.csv" \
     --eval-data "data/$prefix-test/manifest.csv"
+  python -m training.quantize "zoo/$name" --precision fp16 --eval-data "data/$prefix-test/manifest.csv"
 done

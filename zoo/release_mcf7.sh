@@ -49,3 +49,5 @@ PY
 )"
 python -m training.quantize "zoo/$name" --calibration data/mcf7-train/manifest.csv --eval-data data/mcf7-test/manifest.csv \
   || echo "int8 variant not added (it must keep accuracy within 1 point)" >&2
+python -m training.quantize "zoo/$name" --precision fp16 --eval-data data/mcf7-test/manifest.csv \
+  || echo "fp16 variant not added (it must keep accuracy within 1 point)" >&2

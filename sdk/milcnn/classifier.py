@@ -12,9 +12,10 @@ from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ChecksumMismatchError, ModelConfigError, SelfTestError
 from milcnn.io import read_image
+from milcnn.notices import notice
 from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, normalize, to_chw, upsample_maps
 from milcnn.registry import sha256_of
-from milcnn.session import OnnxModel
+from milcnn.session import OnnxModel, gpu_usable
 
 __all__ = ["Classifier", "Prediction", "PreparedInput"]
 
@@ -117,14 +118,15 @@ class Classifier:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_dir(cls, path, *, device: str = "auto", precision: str = "fp32",
+    def from_dir(cls, path, *, device: str = "auto", precision: str = "auto",
                  sha256: str | None = None) -> "Classifier":
         """Load a model folder (``model.onnx`` + ``config.json``).
 
         Args:
             path: the folder.
             device: ``auto``, ``cpu`` or ``cuda``.
-            precision: ``fp32``, or a variant the model ships (``int8``; see ``available_precisions``).
+            precision: ``auto`` (fp16 on a GPU where the model ships that variant, else fp32),
+                ``fp32``, or a variant the model ships (``int8``, ``fp16``; see ``available_precisions``).
             sha256: the checksum ``model.onnx`` must have; defaults to the one ``config.json``
                 records (folders exported before that record existed are not checked).
 
@@ -141,7 +143,7 @@ class Classifier:
 
     @classmethod
     def from_hub(cls, name_or_repo: str, *, revision: str | None = None, cache_dir=None,
-                 local_files_only: bool = False, device: str = "auto", precision: str = "fp32") -> "Classifier":
+                 local_files_only: bool = False, device: str = "auto", precision: str = "auto") -> "Classifier":
         """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
 
         Zoo models ship inside the package and load with no network when their sha256
@@ -155,7 +157,8 @@ class Classifier:
             cache_dir: the Hugging Face cache to use instead of the default.
             local_files_only: never contact the Hub.
             device: ``auto``, ``cpu`` or ``cuda``.
-            precision: ``fp32`` or a variant the model ships (``int8``).
+            precision: ``auto`` (fp16 on a GPU where the model ships it, else fp32), ``fp32``,
+                or a variant the model ships (``int8``, ``fp16``).
 
         Raises:
             ModelNotFoundError: an unknown zoo name (the message lists the zoo).
@@ -169,7 +172,7 @@ class Classifier:
         return cls._load(origin, device=device, precision=precision)
 
     @classmethod
-    def _load(cls, origin, *, device: str, precision: str = "fp32") -> "Classifier":
+    def _load(cls, origin, *, device: str, precision: str = "auto") -> "Classifier":
         folder = origin.folder
         onnx_path = folder / constants.MODEL_FILE
         if not onnx_path.is_file():
@@ -177,14 +180,23 @@ class Classifier:
         info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
         if origin.sha256 is not None:
             _verify(onnx_path, origin.sha256)
-        if precision != "fp32":
-            variants = info.raw.get("variants", {})
-            if precision not in variants:
-                raise ModelConfigError(f"{info.name} has no {precision!r} variant; it offers "
+        variants = info.raw.get("variants", {})
+        chosen = precision
+        if precision == "auto":  # fp16 is in variants only if it kept accuracy (training/quantize.py)
+            chosen = "fp16" if "fp16" in variants and gpu_usable(device) else "fp32"
+        if chosen != "fp32":
+            if chosen not in variants:
+                raise ModelConfigError(f"{info.name} has no {chosen!r} variant; it offers "
                                        f"{', '.join(['fp32', *variants])}")
-            onnx_path = folder / variants[precision]["file"]
+            onnx_path = folder / variants[chosen]["file"]
             _verify(onnx_path, info.file_sha256(onnx_path.name))
-        clf = cls(folder, info, OnnxModel(onnx_path, device=device), precision=precision)
+        model = OnnxModel(onnx_path, device=device)
+        if chosen == "fp16" and model.providers[0] == "CPUExecutionProvider":
+            if precision == "auto":  # the GPU did not start (its notice said so): on a CPU fp32 is exact and no slower
+                chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu")
+            else:
+                notice(f"{info.name}: the fp16 variant runs on the CPU here, where it is no faster than fp32")
+        clf = cls(folder, info, model, precision=chosen)
         clf.origin = origin
         return clf
 

@@ -45,7 +45,7 @@ def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     return unique, missing
 
 
-def _load(model: str, device: str, precision: str = "fp32"):
+def _load(model: str, device: str, precision: str = "auto"):
     from milcnn.classifier import Classifier
     from milcnn.hub import parse_model_spec
 
@@ -85,8 +85,9 @@ def main() -> None:
               help="output folder")
 @click.option("--channel-axis", type=int, default=None, help="axis holding the channels, if the shape is ambiguous")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="int8: the model's quantised variant (faster on CPUs with VNNI; see its card)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="auto: fp16 on a GPU where the model ships that variant, else fp32; int8: the quantised variant "
+                   "(faster on CPUs with VNNI); see the model card")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=constants.DEFAULT_THRESHOLD, show_default=True,
               help="class-map probability for a pixel to join the mask")
 @click.option("--tile-size", type=click.IntRange(4), default=None,

@@ -12,6 +12,7 @@ SAMPLE_INPUT_FILE = "sample_input.tif"
 SAMPLE_OUTPUT_FILE = "sample_output.json"
 POOLING_FILE = "pooling.onnx"  # the pooling layer alone: class maps -> probabilities (for tiled inference)
 INT8_MODEL_FILE = "model.int8.onnx"
+FP16_MODEL_FILE = "model.fp16.onnx"  # float16 weights and activations, float32 input and outputs (GPUs)
 
 DEFAULT_MODEL = "yeast-loc"
 DEFAULT_THRESHOLD = 0.5  # class-map probability for a pixel to join the mask

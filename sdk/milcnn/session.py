@@ -9,7 +9,7 @@ import numpy as np
 from milcnn import constants
 from milcnn.notices import notice
 
-__all__ = ["OnnxModel", "DEVICES", "physical_cores"]
+__all__ = ["OnnxModel", "DEVICES", "gpu_usable", "physical_cores"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -24,6 +24,13 @@ def gpu_providers(available: list[str]) -> list:
     if "CUDAExecutionProvider" in available:
         providers.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
     return providers
+
+
+def gpu_usable(device: str) -> bool:
+    """Whether ``device`` (auto, cpu, cuda) would ask onnxruntime for a GPU provider it has."""
+    import onnxruntime as ort
+
+    return device != "cpu" and bool(gpu_providers(ort.get_available_providers()))
 
 
 def physical_cores() -> int:
