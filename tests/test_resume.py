@@ -29,9 +29,16 @@ def plate(tmp_path_factory):
     return root
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler:
+    # give the child the default, as a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def milzoo(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "milcnn.cli", "predict", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 def snapshot(out: Path) -> dict:
