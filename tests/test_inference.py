@@ -31,7 +31,9 @@ def field():
 
 
 @pytest.mark.parametrize("dtype, low, high", [(np.uint8, 0, 256), (np.uint16, 0, 65536), (np.uint16, 90, 140),
-                                              (np.int16, -3000, 3000), (np.int32, -5, 5), (np.int64, -2**40, 2**40)])
+                                              (np.int16, -3000, 3000), (np.int32, -5, 5), (np.int64, -2**40, 2**40),
+                                              (np.uint32, 7, 5000), (np.uint64, 2**21, 2**21 + 900),
+                                              (np.uint32, 0, 2**31)])
 def test_histogram_percentiles_equal_numpy(dtype, low, high):
     rng = np.random.default_rng(int(high) % 1000)
     values = rng.integers(low, high, size=(37, 53)).astype(dtype)
@@ -118,7 +120,7 @@ def test_int8_variant(clf, field):
 def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, capsys):
     fp16 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp16")
     assert fp16.precision == "fp16" and fp16.model.path.name == "model.fp16.onnx"
-    assert "the fp16 variant runs on the CPU here, where it is no faster than fp32" in capsys.readouterr().err
+    assert "running the fp16 variant on the CPU; it is meant for GPUs" in capsys.readouterr().err
     a, b = clf.predict(field), fp16.predict(field)
     assert a.label == b.label
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 1e-2

@@ -138,7 +138,7 @@ def render_card(config: dict) -> str:
             "",
             "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.inference`)." if precision == "int8"
             else "For GPUs: `--device cuda` (or `device=\"cuda\"`) loads it by itself (`--precision auto`). No GPU has "
-                 "run it in this project yet; on a CPU it is no faster than fp32.",
+                 "run it in this project yet; on a CPU, `auto` keeps fp32.",
             "",
         ]
     lines += [

@@ -192,10 +192,11 @@ class Classifier:
             _verify(onnx_path, info.file_sha256(onnx_path.name))
         model = OnnxModel(onnx_path, device=device)
         if chosen == "fp16" and model.providers[0] == "CPUExecutionProvider":
-            if precision == "auto":  # the GPU did not start (its notice said so): on a CPU fp32 is exact and no slower
+            if precision == "auto":  # the GPU did not start (its notice said so): fp32 on the CPU
                 chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu")
             else:
-                notice(f"{info.name}: the fp16 variant runs on the CPU here, where it is no faster than fp32")
+                notice(f"{info.name}: running the fp16 variant on the CPU; it is meant for GPUs "
+                       "(--precision auto keeps fp32 here)")
         clf = cls(folder, info, model, precision=chosen)
         clf.origin = origin
         return clf

@@ -137,17 +137,14 @@ def percentiles(values, q) -> np.ndarray:
     if not np.issubdtype(values.dtype, np.integer) or values.size == 0:
         return np.percentile(values, q)
     flat = values.ravel()
-    if flat.dtype.kind == "u" and flat.dtype.itemsize <= 2:
-        lowest, counts = 0, np.bincount(flat)  # 8- and 16-bit: one pass, no min and max first
+    if flat.dtype.kind == "u" and (flat.dtype.itemsize <= 2 or int(flat.max()) < _HISTOGRAM_MAX_RANGE):
+        # count from 0: a few unused bins cost less than a shifted copy (8- and 16-bit need no max first)
+        lowest, counts = 0, np.bincount(flat)
     else:
         lowest, highest = int(flat.min()), int(flat.max())
         if highest - lowest >= _HISTOGRAM_MAX_RANGE:
             return np.percentile(values, q)
-        if flat.dtype.kind == "u" and highest < _HISTOGRAM_MAX_RANGE:
-            lowest = 0  # count from 0: a few unused bins cost less than a shifted copy of the image
-            counts = np.bincount(flat)
-        else:
-            counts = np.bincount(flat.astype(np.int64) - lowest, minlength=highest - lowest + 1)
+        counts = np.bincount(flat.astype(np.int64) - lowest, minlength=highest - lowest + 1)
     cumulative = np.cumsum(counts)
     rank = q / 100.0 * (flat.size - 1)  # the (fractional) position in the sorted values
     below = np.floor(rank)
