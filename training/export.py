@@ -97,8 +97,12 @@ def check_onnx(model: MILCNN, path: Path, *, sizes=((1, 96, 136), (2, 203, 157))
 
 def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | None = None,
                   sample_index: int = 0, training_data: dict | None = None, summary: str = "",
-                  repo_id: str | None = None) -> Path:
-    """Write the whole model folder to ``out`` (replacing it only when everything succeeded)."""
+                  repo_id: str | None = None, pixel_size: float | None = None,
+                  cell_diameter: float | None = None) -> Path:
+    """Write the whole model folder to ``out`` (replacing it only when everything succeeded).
+
+    ``pixel_size`` and ``cell_diameter`` override the scale the checkpoint records (its
+    ``--pixel-size`` / ``--cell-diameter`` at training)."""
     from milcnn.classifier import Classifier
     from training.evaluate import evaluate
     from training.model_card import render_card
@@ -129,6 +133,8 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "classes": list(cfg.classes), "channels": list(cfg.channels),
             "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
+            "scale": scale_block(pixel_size or cfg.pixel_size, cell_diameter or cfg.cell_diameter,
+                                 eval_data, cfg.channels, cfg.classes, cfg.normalization),
             "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
                              "parameters": sum(p.numel() for p in model.parameters())},
             "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
@@ -204,14 +210,37 @@ def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
     }
 
 
+def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normalization, *,
+                max_images: int = 32) -> dict:
+    """``config.json``'s ``scale``: the training scale and the cell-size reading of ``manifest``'s images.
+
+    ``measured_cell_diameter_px`` is the median of ``milcnn.scale.estimate_cell_diameter`` over
+    up to ``max_images`` images: the yardstick the SDK compares users' images with.
+    """
+    from milcnn.preprocess import normalize
+    from milcnn.scale import estimate_cell_diameter
+
+    measured = None
+    if manifest:
+        samples, _, _ = read_manifest(manifest, channels=channels, classes=classes)
+        readings = [estimate_cell_diameter(normalize(load_image(s, len(channels)), normalization))
+                    for s in samples[:: max(1, len(samples) // max_images)][:max_images]]
+        readings = [r for r in readings if r is not None]
+        measured = round(float(np.median(readings)), 2) if readings else None
+    return {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured}
+
+
 def _round(v):
     return None if v is None else round(float(v), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("checkpoint", help="best.pt to export; with --update-scale, an exported model folder")
+    parser.add_argument("--update-scale", action="store_true",
+                        help="only record --pixel-size, --cell-diameter and the cell-size reading of --eval-data "
+                             "in the model folder CHECKPOINT's config.json and card")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--name", help="model name (default: the --out folder's name)")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--summary", default="")
@@ -219,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-index", type=int, default=0, help="row of --eval-data used as sample_input.tif")
     parser.add_argument("--training-data", type=json.loads, default=None,
                         help='JSON describing the training data, e.g. \'{"simulated": true, "command": "..."}\'')
+    parser.add_argument("--pixel-size", type=float, help="um per pixel of the training images (default: the "
+                        "checkpoint's --pixel-size)")
+    parser.add_argument("--cell-diameter", type=float, help="their typical cell diameter in px (default: the "
+                        "checkpoint's)")
     parser.add_argument("--register", metavar="ORG/NAME@REVISION",
                         help="add the model to the zoo registry, pinned to this Hub repo and revision")
     parser.add_argument("--registry", type=Path, default=Path("zoo/registry.json"))
@@ -226,13 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", metavar="TAG", help="with --push: tag the uploaded commit (e.g. v1.0.0)")
     parser.add_argument("--private", action="store_true", help="with --push: create the repo as private")
     args = parser.parse_args(argv)
+    if args.update_scale:
+        return _update_scale(args.checkpoint, args.pixel_size, args.cell_diameter, args.eval_data)
+    if args.out is None:
+        parser.error("--out is required")
     if (args.revision or args.private) and not args.push:
         parser.error("--revision and --private go with --push")
     try:
         api = check_push(args.push, revision=args.revision) if args.push else None
         out = export_folder(args.checkpoint, args.out, name=args.name or args.out.name, version=args.version,
                             eval_data=args.eval_data, sample_index=args.sample_index,
-                            training_data=args.training_data, summary=args.summary, repo_id=args.push)
+                            training_data=args.training_data, summary=args.summary, repo_id=args.push,
+                            pixel_size=args.pixel_size, cell_diameter=args.cell_diameter)
     except (ExportError, HubTokenError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -248,6 +286,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         at = f" (tag {args.revision})" if args.revision else ""
         print(f"pushed {out} to {args.push} at commit {commit}{at}")
+    return 0
+
+
+def _update_scale(folder, pixel_size, cell_diameter, eval_data) -> int:
+    from milcnn.config import ModelInfo
+    from training.model_card import update_folder
+
+    info = ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE)
+    block = scale_block(pixel_size or info.pixel_size, cell_diameter or info.cell_diameter, eval_data,
+                        info.channels, info.classes, info.normalization)
+    update_folder(folder, scale=block)
+    print(json.dumps(block))
     return 0
 
 

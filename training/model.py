@@ -46,6 +46,9 @@ class ModelConfig:
         channels: channel names, in the order the model expects them.
         normalization: per-channel percentile normalisation (``milcnn.preprocess``).
         min_size: smallest height or width accepted, in pixels.
+        pixel_size: um per pixel of the training images (None: unknown).
+        cell_diameter: their typical cell diameter in px (None: unknown); the SDK resizes
+            users' images to this scale when told theirs (``--pixel-size``, ``--cell-diameter``).
     Head:
         classes: class names; maps and probabilities follow this order.
         multi_label: if True an image may carry several labels (``a|b`` in a manifest).
@@ -68,6 +71,8 @@ class ModelConfig:
     context: int = 1
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     min_size: int = MIN_SIZE
+    pixel_size: float | None = None
+    cell_diameter: float | None = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -86,6 +91,10 @@ class ModelConfig:
             raise ValueError(f"context must be 0 to 4 convolutions, got {self.context}")
         if self.width < 4:
             raise ValueError(f"width must be at least 4, got {self.width}")
+        for name in ("pixel_size", "cell_diameter"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         if self.min_size < self.output_stride:
             raise ValueError(f"min_size {self.min_size} is below the output stride {self.output_stride}")
 
@@ -97,6 +106,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """The one place old configs are migrated: fields added since take their defaults."""
         return cls(**d)
 
     def to_json(self) -> str:

@@ -64,6 +64,7 @@ def render_card(config: dict) -> str:
         "that the SDK upsamples to the input and turns into a label mask.",
         f"- Pooling: {config['pooling']['name']} {json.dumps(config['pooling'].get('params', {}))}; "
         f"{config['architecture']['parameters']:,} parameters.",
+        *_scale_lines(config.get("scale") or {}),
         "",
         "## Use",
         "",
@@ -120,6 +121,7 @@ def render_card(config: dict) -> str:
             iou = metrics.get("per_class_iou", {}).get(c)
             lines.append(f"| {c} | {metrics['per_class_f1'].get(c, 0):.4f} | {'' if iou is None else f'{iou:.4f}'} |")
         lines.append("")
+    lines += _real_image_lines(config.get("real_images"))
     for precision, variant in config.get("variants", {}).items():
         vm = variant["metrics"]
         lines += [
@@ -160,8 +162,60 @@ def render_card(config: dict) -> str:
     return "\n".join(lines)
 
 
+def _scale_lines(scale: dict) -> list[str]:
+    parts = [f"{scale['pixel_size_um']:g} um per pixel" if scale.get("pixel_size_um") else "",
+             f"cells about {scale['cell_diameter_px']:g} px across" if scale.get("cell_diameter_px") else ""]
+    parts = [p for p in parts if p]
+    if not parts:
+        return []
+    return [f"- Scale: trained at {' and '.join(parts)}. Images at another scale: pass `pixel_size=` or "
+            "`cell_diameter=` (`--pixel-size`, `--cell-diameter`) and the SDK resizes them to this scale; "
+            "masks and maps come back at the input's size."]
+
+
+def _real_image_lines(real: dict | None) -> list[str]:
+    """The card's "Real images" section, from ``config["real_images"]`` (``benchmarks/realdata.py``)."""
+    lines = ["## Real images", ""]
+    if not real:
+        return lines + ["Not measured on real images.", ""]
+    lines += [f"Measured by `{real['command']}` on real labelled cells ({real['data']}): each field scored as "
+              f"{real['k']} x {real['k']} mosaics of its own cells, and cell by cell. {real.get('note', '')}".rstrip(),
+              "", "| real set | scale | protein / treatment | right when called | mosaics right | called most "
+              "| cells right |", "|---|---|---|---|---|---|---|"]
+    for set_name, modes in real["sets"].items():
+        for mode, r in modes.items():
+            for g, row in r["groups"].items():
+                lines.append(f"| {set_name} | {mode} | {g} | {row['accepted']} | {row['mosaics']} | {row['called']} "
+                             f"| {row['cells']} |")
+            lines.append(f"| {set_name} | {mode} | **all** | | **{r['mosaics']}** | | **{r['cells']}** |")
+    return lines + [""]
+
+
 def _calibration_text(variant: dict) -> str:
     calibration = variant.get("calibration")
     if calibration is None:
         return ""
     return f"; calibrated on {calibration['n_images']} images of `{calibration['manifest']}`"
+
+
+def update_folder(folder, **changes) -> dict:
+    """Set top-level keys of a model folder's ``config.json`` and re-render its card.
+
+    For facts measured after export (the scale, real-image figures); ``model.onnx`` and its
+    checksum are untouched. Both files are written to temporary names and renamed.
+
+    Returns:
+        the new config.
+    """
+    from pathlib import Path
+
+    from milcnn.io import write_atomic
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(changes)
+    with write_atomic(folder / "config.json", "w") as fh:
+        fh.write(json.dumps(config, indent=2) + "\n")
+    with write_atomic(folder / "README.md", "w") as fh:
+        fh.write(render_card(config))
+    return config

@@ -66,6 +66,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
     seed: int = 0
+    pixel_size: float | None = None  # um per pixel of the training images, recorded in the model
+    cell_diameter: float | None = None  # their typical cell diameter in px, recorded in the model
     device: str = "auto"
     threads: int = 0  # 0: all cores
 
@@ -141,7 +143,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     multi = cfg.multi_label or any(len(s.labels) > 1 for s in samples)
     model_cfg = ModelConfig(
         channels=channels, classes=classes, pooling=cfg.pooling, pooling_params=cfg.pooling_params,
-        multi_label=multi, width=cfg.width, output_stride=cfg.output_stride, context=cfg.context, normalization=NormalizationConfig(),
+        multi_label=multi, width=cfg.width, output_stride=cfg.output_stride, context=cfg.context,
+        normalization=NormalizationConfig(), pixel_size=cfg.pixel_size, cell_diameter=cfg.cell_diameter,
     )
     if cfg.crop % model_cfg.output_stride or cfg.crop < model_cfg.min_size:
         raise ValueError(f"--crop {cfg.crop} must be a multiple of {model_cfg.output_stride} and >= {model_cfg.min_size}")
@@ -158,7 +161,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{resume}: not a milcnn checkpoint")
-        if ckpt["model_config"] != model_cfg.to_dict():
+        if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
             raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=None)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, help=f"default {getattr(defaults, f.name)!r}")
     args = parser.parse_args(argv)
     settings = json.loads(args.config.read_text()) if args.config else {}

@@ -15,6 +15,8 @@ from milcnn.io import read_image
 from milcnn.notices import notice
 from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, normalize, to_chw, upsample_maps
 from milcnn.registry import sha256_of
+from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
+                          zoomed_shape)
 from milcnn.session import OnnxModel, gpu_usable
 
 __all__ = ["Classifier", "Prediction", "PreparedInput"]
@@ -55,6 +57,9 @@ class Prediction:
         shape: (H, W) of the input image.
         threshold: class-map probability for a pixel to enter the mask.
         source: the file it came from, if any.
+        zoom: the factor the image was resized by before the network (``pixel_size`` /
+            ``cell_diameter``); ``maps`` are at the resized image's resolution, ``mask`` and
+            ``class_maps`` at the input's.
         mask: (H, W) uint8: 0 background, ``k + 1`` where class ``k``'s map is largest and >= threshold
             (computed on first access, so a pipeline can do it off the inference thread).
         class_maps: (K, H, W) float32 per-class instance probabilities at the input's resolution,
@@ -69,14 +74,22 @@ class Prediction:
     shape: tuple[int, int] = (0, 0)
     threshold: float = constants.DEFAULT_THRESHOLD
     source: str | None = None
+    zoom: float = 1.0
+
+    @property
+    def network_shape(self) -> tuple[int, int]:
+        """(H, W) of the image the network saw (the input resized by ``zoom``)."""
+        return self.shape if self.zoom == 1.0 else zoomed_shape(self.shape, self.zoom)
 
     @_computed_once
     def mask(self) -> np.ndarray:
-        return mask_from_maps(self.maps, self.stride, self.shape, self.threshold)
+        mask = mask_from_maps(self.maps, self.stride, self.network_shape, self.threshold)
+        return mask if self.zoom == 1.0 else resize_labels(mask, self.shape)
 
     @_computed_once
     def class_maps(self) -> np.ndarray:
-        return upsample_maps(self.maps, self.stride, self.shape)
+        maps = upsample_maps(self.maps, self.stride, self.network_shape)
+        return maps if self.zoom == 1.0 else resize_chw(maps, self.shape)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: label, probabilities and each class's pixel count in the mask."""
@@ -92,13 +105,16 @@ class Prediction:
 
 @dataclass
 class PreparedInput:
-    """An image ready for the network: ``chw`` as read, ``x`` normalised and padded (None when it
-    will be tiled, then ``tile_size`` is set), and the file it came from."""
+    """An image ready for the network: ``chw`` as read, ``x`` normalised, resized by ``zoom`` and
+    padded (None when it will be tiled, then ``tile_size`` is set and ``resized`` holds the
+    normalised, resized image where ``zoom != 1``), and the file it came from."""
 
     chw: np.ndarray
     x: np.ndarray | None
     source: str | None = None
     tile_size: int | None = None
+    zoom: float = 1.0
+    resized: np.ndarray | None = None
 
 
 class Classifier:
@@ -114,6 +130,7 @@ class Classifier:
         self.precision = precision
         self.origin = None  # a milcnn.hub.ResolvedModel: where the model came from
         self._pooling: OnnxModel | None = None
+        self._scale_reported = False
 
     # ------------------------------------------------------------------ loading
 
@@ -234,19 +251,57 @@ class Classifier:
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
         return chw, source
 
-    def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None) -> PreparedInput:
-        """Everything before the network, for one image: read, reorder, normalise, pad.
+    def zoom_for(self, *, pixel_size: float | None = None, cell_diameter: float | None = None) -> float:
+        """The factor an image is resized by to match this model's scale (1.0 when neither is given).
+
+        Raises:
+            ValueError: both given, a non-positive value, or the model does not record that quantity.
+        """
+        return zoom_factor(pixel_size=pixel_size, cell_diameter=cell_diameter,
+                           model_pixel_size=self.info.pixel_size, model_cell_diameter=self.info.cell_diameter,
+                           model_name=self.name)
+
+    def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None,
+                      pixel_size: float | None = None, cell_diameter: float | None = None) -> PreparedInput:
+        """Everything before the network, for one image: read, reorder, normalise, rescale, pad.
 
         Thread-safe and mostly outside the GIL, so a pipeline can prepare the next images
         while the network runs (``milzoo predict --workers``). Images that will be tiled are
-        normalised tile by tile later instead.
+        normalised tile by tile later instead. ``pixel_size`` / ``cell_diameter`` resize the
+        image to the model's scale (see ``predict``).
         """
+        zoom = self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
         chw, source = self.prepare(image, channel_axis=channel_axis)
         _, h, w = chw.shape
+        resized = None
+        if zoom != 1.0:  # normalise with the input's own statistics, then resize (NaN already 0)
+            resized = resize_chw(normalize(chw, self.info.normalization), zoomed_shape((h, w), zoom))
+            h, w = resized.shape[1:]
         if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
             tile_size = constants.DEFAULT_TILE_SIZE
-        x = None if tile_size is not None else self._normalized(chw)
-        return PreparedInput(chw=chw, x=x, source=source, tile_size=tile_size)
+        x = None
+        if tile_size is None:
+            x = self._normalized(chw) if resized is None else self._padded(resized)
+            if pixel_size is None and cell_diameter is None:
+                self._check_scale(x, source)
+        return PreparedInput(chw=chw, x=x, source=source, tile_size=tile_size, zoom=zoom,
+                             resized=resized if tile_size is not None else None)
+
+    def _check_scale(self, x: np.ndarray, source: str | None) -> None:
+        """One notice per Classifier when an image's cells measure far from the training images'."""
+        expected = self.info.measured_cell_diameter
+        if self._scale_reported or not expected or not self.info.cell_diameter:
+            return
+        measured = estimate_cell_diameter(x)
+        if measured is None or 1 / SCALE_TOLERANCE <= measured / expected <= SCALE_TOLERANCE:
+            return
+        self._scale_reported = True
+        diameter = self.info.cell_diameter * measured / expected
+        pixel = f" or the pixel size in um (model: {self.info.pixel_size:g})" if self.info.pixel_size else ""
+        notice(f"{source or 'image'}: cells look about {measured / expected:.1f}x the size {self.name} was trained "
+               f"at (about {diameter:.0f} px across, the model expects {self.info.cell_diameter:.0f} px); results "
+               f"may be wrong. Pass cell_diameter={diameter:.0f} (--cell-diameter {diameter:.0f}){pixel} to rescale. "
+               "Not reported again for this model.")
 
     def predict_prepared(self, inputs: list[PreparedInput], *, threshold: float = constants.DEFAULT_THRESHOLD,
                          model: OnnxModel | None = None) -> list[Prediction]:
@@ -265,15 +320,21 @@ class Classifier:
         batch_index = 0
         for item in inputs:
             if item.x is None:
-                p, m = self._run_tiled(item.chw, item.tile_size)
+                if item.resized is None:
+                    p, m = self._run_tiled(item.chw, item.tile_size)
+                else:  # already normalised with the whole input's statistics
+                    ones = np.ones(item.resized.shape[0], dtype=np.float32)
+                    p, m = self._run_tiled(item.resized, item.tile_size, ranges=(ones * 0, ones))
             else:
                 p, m = probs[batch_index], maps[batch_index]
                 batch_index += 1
-            results.append(self._prediction(p, m, item.chw.shape[1:], source=item.source, threshold=threshold))
+            results.append(self._prediction(p, m, item.chw.shape[1:], source=item.source, threshold=threshold,
+                                            zoom=item.zoom))
         return results
 
     def predict(self, image, *, channel_axis: int | None = None, threshold: float = constants.DEFAULT_THRESHOLD,
-                tile_size: int | None = None) -> Prediction:
+                tile_size: int | None = None, pixel_size: float | None = None,
+                cell_diameter: float | None = None) -> Prediction:
         """Classify and segment one image.
 
         Images larger than ``constants.TILE_THRESHOLD_PIXELS`` (or any image, with
@@ -286,29 +347,39 @@ class Classifier:
             channel_axis: which axis holds the channels, when the shape is ambiguous.
             threshold: class-map probability for a pixel to enter the mask.
             tile_size: run in tiles of this many pixels (a multiple of the output stride).
+            pixel_size: the image's pixel size in um; the image is resized to the model's
+                (``clf.info.pixel_size``) before the network, and the mask and maps come back
+                at the input's size.
+            cell_diameter: instead of ``pixel_size``, the typical cell diameter in px (as
+                Cellpose's ``diameter``), matched to ``clf.info.cell_diameter``.
 
         Returns:
             a Prediction.
 
         Raises:
             ImageReadError: the file cannot be read.
-            ValueError: the array's shape does not fit the model's channels, or a bad tile size.
+            ValueError: the array's shape does not fit the model's channels, a bad tile size,
+                or a bad or unusable pixel_size / cell_diameter.
         """
-        item = self.prepare_input(image, channel_axis=channel_axis, tile_size=tile_size)
+        item = self.prepare_input(image, channel_axis=channel_axis, tile_size=tile_size, pixel_size=pixel_size,
+                                  cell_diameter=cell_diameter)
         return self.predict_prepared([item], threshold=threshold)[0]
 
     def predict_batch(self, images, *, channel_axis: int | None = None,
-                      threshold: float = constants.DEFAULT_THRESHOLD, batch_size: int = 1) -> list[Prediction]:
+                      threshold: float = constants.DEFAULT_THRESHOLD, batch_size: int = 1,
+                      pixel_size: float | None = None, cell_diameter: float | None = None) -> list[Prediction]:
         """``predict`` on each of ``images`` (paths or arrays), in order.
 
         Args:
             batch_size: consecutive images of the same size go through the network this many
                 at a time (worth it on a GPU; on a CPU one at a time is as fast).
+            pixel_size, cell_diameter: as in ``predict``, for every image.
         """
         results: list[Prediction] = []
         group: list[PreparedInput] = []
         for image in images:
-            item = self.prepare_input(image, channel_axis=channel_axis)
+            item = self.prepare_input(image, channel_axis=channel_axis, pixel_size=pixel_size,
+                                      cell_diameter=cell_diameter)
             if group and (len(group) >= batch_size or item.x is None or group[0].x.shape != item.x.shape):
                 results += self.predict_prepared(group, threshold=threshold)
                 group = []
@@ -326,14 +397,17 @@ class Classifier:
         return normalize(chw, self.info.normalization)
 
     def _normalized(self, chw: np.ndarray) -> np.ndarray:
-        x = normalize(chw, self.info.normalization)
+        return self._padded(normalize(chw, self.info.normalization))
+
+    def _padded(self, x: np.ndarray) -> np.ndarray:
         _, h, w = x.shape
         m = self.info.min_size
         if h < m or w < m:  # too small for the network: pad with background (0 after normalisation)
             x = np.pad(x, ((0, 0), (0, max(0, m - h)), (0, max(0, m - w))))
         return x
 
-    def _run_tiled(self, chw: np.ndarray, tile_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _run_tiled(self, chw: np.ndarray, tile_size: int, *,
+                   ranges: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and class maps of a whole image, computed tile by tile.
 
         Each tile is run with a margin of at least the receptive field on every side, and only
@@ -345,7 +419,7 @@ class Classifier:
             raise ValueError(f"tile size {tile_size} must be a positive multiple of the output stride {s}")
         pooling = self._pooling_model()
         _, h, w = chw.shape
-        low, scale = channel_ranges(chw, self.info.normalization)  # whole-image statistics
+        low, scale = ranges or channel_ranges(chw, self.info.normalization)  # whole-image statistics
         margin = -(-self.info.receptive_field // s) * s
         mh, mw = -(-h // s), -(-w // s)
         maps = np.empty((len(self.classes), mh, mw), dtype=np.float32)
@@ -375,9 +449,9 @@ class Classifier:
         return self._pooling
 
     def _prediction(self, probs: np.ndarray, maps: np.ndarray, shape: tuple[int, int], *, source,
-                    threshold) -> Prediction:
+                    threshold, zoom: float = 1.0) -> Prediction:
         stride = self.info.output_stride
-        h, w = shape
+        h, w = zoomed_shape(shape, zoom) if zoom != 1.0 else shape
         maps = maps[:, : -(-h // stride), : -(-w // stride)]  # drop the min_size padding, if any
         if self.info.multi_label:
             label = "|".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
@@ -389,9 +463,10 @@ class Classifier:
             classes=self.classes,
             maps=np.ascontiguousarray(maps, dtype=np.float32),
             stride=stride,
-            shape=(int(h), int(w)),
+            shape=(int(shape[0]), int(shape[1])),
             threshold=threshold,
             source=source,
+            zoom=zoom,
         )
 
     # ------------------------------------------------------------------ checks

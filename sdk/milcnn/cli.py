@@ -93,6 +93,10 @@ def main() -> None:
 @click.option("--tile-size", type=click.IntRange(4), default=None,
               help=f"run every image in overlapping tiles of this size (default: only images over "
                    f"{constants.TILE_THRESHOLD_PIXELS:,} pixels, in {constants.DEFAULT_TILE_SIZE} px tiles)")
+@click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="the images' pixel size in um: resized to the model's (milzoo info shows it)")
+@click.option("--cell-diameter", type=click.FloatRange(0, min_open=True), default=None,
+              help="instead of --pixel-size: typical cell diameter in px, matched to the model's")
 @click.option("--workers", type=click.IntRange(1, 64), default=constants.DEFAULT_WORKERS, show_default=True,
               help="threads that read and decode images, and write outputs, while the network runs")
 @click.option("--streams", type=click.IntRange(1, 64), default=None,
@@ -103,8 +107,8 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
-def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, workers, streams,
-            batch_size, overlays, resume, overwrite, debug) -> None:
+def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, pixel_size,
+            cell_diameter, workers, streams, batch_size, overlays, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
     Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
@@ -124,6 +128,10 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
     if not paths:
         raise click.UsageError("no input images found")
     clf = _load(model_name, device, precision)
+    try:
+        clf.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
+    except ValueError as exc:
+        raise click.UsageError(_one_line(exc)) from None
     header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
     try:
         results = ResultsFolder(out_dir, header, resume=resume, overwrite=overwrite)
@@ -156,7 +164,8 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
                                         show_pos=True) as bar:
             for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis, threshold=threshold,
                                            tile_size=tile_size, workers=workers, streams=streams,
-                                           batch_size=batch_size,
+                                           batch_size=batch_size, pixel_size=pixel_size,
+                                           cell_diameter=cell_diameter,
                                            overlays=overlays, on_error=on_error, stems=stems):
                 if pred is not None:
                     results.add_prediction([str(path), pred.label,
@@ -210,6 +219,10 @@ def info(model: str) -> None:
         click.echo(cfg.raw["summary"])
     click.echo(f"channels   {', '.join(cfg.channels)} (in this order); images >= {cfg.min_size} px")
     click.echo(f"classes    {', '.join(cfg.classes)}")
+    if cfg.pixel_size or cfg.cell_diameter:
+        scale = [f"{cfg.pixel_size:g} um per pixel" if cfg.pixel_size else "",
+                 f"cells about {cfg.cell_diameter:g} px across" if cfg.cell_diameter else ""]
+        click.echo(f"scale      trained at {', '.join(x for x in scale if x)} (--pixel-size / --cell-diameter rescale)")
     click.echo(f"pooling    {cfg.pooling.get('name')} {cfg.pooling.get('params', {})}; maps at 1/{cfg.output_stride}")
     if data:
         click.echo(f"trained on {'SIMULATED data: ' if data.get('simulated') else ''}{data.get('name', '')}")

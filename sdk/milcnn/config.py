@@ -17,7 +17,10 @@ __all__ = ["ModelInfo"]
 class ModelInfo:
     """The fields of ``config.json`` (written by ``training/export.py``).
 
-    Identity: name, version. Input: channels, normalization, min_size. Head: classes,
+    Identity: name, version. Input: channels, normalization, min_size. Scale (``scale``):
+    pixel_size (um per pixel of the training images), cell_diameter (their typical cell
+    diameter in px) and measured_cell_diameter (``milcnn.scale.estimate_cell_diameter`` on
+    them, the yardstick for the scale warning); each None where unknown. Head: classes,
     multi_label, pooling, output_stride. Provenance: training_data, metrics.
     """
 
@@ -33,6 +36,9 @@ class ModelInfo:
     training_data: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     receptive_field: int = constants.DEFAULT_RECEPTIVE_FIELD
+    pixel_size: float | None = None
+    cell_diameter: float | None = None
+    measured_cell_diameter: float | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     def file_sha256(self, name: str) -> str | None:
@@ -54,10 +60,16 @@ class ModelInfo:
                 multi_label=bool(d.get("multi_label", False)), pooling=dict(d.get("pooling", {})),
                 training_data=dict(d.get("training_data", {})), metrics=dict(d.get("metrics", {})),
                 receptive_field=int(d.get("architecture", {}).get("receptive_field",
-                                                                  constants.DEFAULT_RECEPTIVE_FIELD)), raw=d,
+                                                                  constants.DEFAULT_RECEPTIVE_FIELD)),
+                **_scale_fields(d.get("scale") or {}), raw=d,
             )
         except (TypeError, ValueError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
+
+    def scale_dict(self) -> dict:
+        """The ``scale`` block of ``config.json`` (None for what is unknown)."""
+        return {"pixel_size_um": self.pixel_size, "cell_diameter_px": self.cell_diameter,
+                "measured_cell_diameter_px": self.measured_cell_diameter}
 
     @classmethod
     def from_file(cls, path) -> "ModelInfo":
@@ -68,3 +80,20 @@ class ModelInfo:
             raise ModelConfigError(f"{path}: not found") from None
         except json.JSONDecodeError as exc:
             raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+SCALE_KEYS = {"pixel_size_um": "pixel_size", "cell_diameter_px": "cell_diameter",
+              "measured_cell_diameter_px": "measured_cell_diameter"}
+
+
+def _scale_fields(block: dict) -> dict:
+    """``config.json``'s ``scale`` block as ModelInfo fields; every value positive or null."""
+    out = {}
+    for key, attr in SCALE_KEYS.items():
+        value = block.get(key)
+        if value is not None:
+            value = float(value)
+            if not value > 0:
+                raise ValueError(f"scale.{key} must be positive or null, got {value}")
+        out[attr] = value
+    return out

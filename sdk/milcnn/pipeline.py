@@ -68,7 +68,8 @@ class _Slot:
 def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = 0.5,
                  tile_size: int | None = None, workers: int = 2, streams: int | None = None,
                  batch_size: int = 1, overlays: bool = True, on_error: Callable[..., None] | None = None,
-                 stems: dict[Path, str] | None = None) -> Iterator[tuple[Path, object]]:
+                 stems: dict[Path, str] | None = None, pixel_size: float | None = None,
+                 cell_diameter: float | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
 
     Yields ``(path, Prediction)`` in input order, once its files are written, or ``(path, None)``
@@ -82,6 +83,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             core, still runs tiled images).
         batch_size: consecutive same-size images per network call.
         stems: each image's output file stem (default: the file's stem).
+        pixel_size, cell_diameter: the images' scale (``Classifier.predict``).
     """
     from milcnn.overlay import save_overlay
     from milcnn.session import physical_cores
@@ -94,7 +96,8 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         model = clf.model.with_threads(max(1, total // streams))
 
     def prepare(path: Path):
-        return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size)
+        return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size, pixel_size=pixel_size,
+                                 cell_diameter=cell_diameter)
 
     def infer(items):
         return clf.predict_prepared(items, threshold=threshold, model=model)

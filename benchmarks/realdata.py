@@ -1,0 +1,235 @@
+"""Score models on real labelled cells: cell by cell, and per field as mosaics of its own cells.
+
+Usage::
+
+    python -m benchmarks.realdata [--model NAME_OR_FOLDER ...] [--data DIR] [--k 4]
+    python -m benchmarks.realdata --learning-curve [--data DIR]      # fine-tuning on real fields
+
+The real sets and which protein or treatment counts as which class are defined in
+``training/data/real.py``. Each model is scored on every set whose channels it reads and
+whose classes it knows, as the images come ("as is") and, where the set states its cell
+size and the model records its own, resized to the model's scale (``cell_diameter``).
+A field's mosaics are ``k x k`` of its consecutive cells (no cell in two mosaics, fields
+never mixed). Writes ``benchmarks/results/realdata.json`` (every figure) and ``realdata.md``
+(rendered from the JSON, with the learning curve of ``--learning-curve`` when it has run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from milcnn.io import write_atomic
+from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, RealDataMissingError, applicable_sets, load_fields, mosaics
+
+__all__ = ["score_units", "score_model", "main"]
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def score_units(units: list[tuple[str, str, tuple[str, ...]]], group_order: list[str]) -> dict:
+    """Accuracy figures of predictions ``(group, predicted label, accepted labels)``.
+
+    Returns:
+        ``{"n", "correct", "accuracy", "balanced_accuracy", "groups": {group: {"n", "correct",
+        "accuracy", "called": {label: count}}}}``; balanced accuracy is the mean over groups.
+    """
+    groups: dict[str, dict] = {}
+    for name in group_order:
+        rows = [(label, accepted) for g, label, accepted in units if g == name]
+        if not rows:
+            continue
+        correct = sum(label in accepted for label, accepted in rows)
+        called = Counter(label for label, _ in rows)
+        groups[name] = {"n": len(rows), "correct": correct, "accuracy": round(correct / len(rows), 4),
+                        "called": dict(called.most_common())}
+    n = sum(g["n"] for g in groups.values())
+    correct = sum(g["correct"] for g in groups.values())
+    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None,
+            "balanced_accuracy": round(float(np.mean([g["accuracy"] for g in groups.values()])), 4) if groups else None,
+            "groups": groups}
+
+
+def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, batch_size: int = 64) -> dict:
+    """Predict every cell and every ``k x k`` mosaic of ``fields`` with a ``milcnn.Classifier``.
+
+    Args:
+        clf: the classifier (its channels must be the fields' channels, in order).
+        fields: ``training.data.real.Field`` list.
+        k: mosaic side, in cells.
+        cell_diameter: the fields' cell diameter in px, to resize them to the model's scale
+            (None: as they are).
+
+    Returns:
+        ``{"cells": score_units(...), "mosaics": score_units(...), "fields": [{"field", "group",
+        "n_mosaics", "mosaics_correct", "called": {...}}], "seconds"}``.
+    """
+    t0 = time.perf_counter()
+    order = [g.name for g in fields[0].set.groups] if fields else []
+    cell_units, mosaic_units, per_field = [], [], []
+    for f in fields:
+        accepted = f.group.accepted
+        for pred in clf.predict_batch(list(f.cells), batch_size=batch_size, cell_diameter=cell_diameter):
+            cell_units.append((f.group.name, pred.label, accepted))
+        labels = [p.label for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
+        mosaic_units += [(f.group.name, label, accepted) for label in labels]
+        per_field.append({"field": f.path.name, "group": f.group.name, "n_cells": len(f.cells),
+                          "n_mosaics": len(labels), "mosaics_correct": sum(lab in accepted for lab in labels),
+                          "called": dict(Counter(labels).most_common())})
+    return {"cells": score_units(cell_units, order), "mosaics": score_units(mosaic_units, order),
+            "fields": per_field, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _describe_model(clf) -> dict:
+    data = clf.info.training_data
+    return {"name": clf.name, "version": clf.info.version, "folder": str(clf.folder),
+            "trained_on": data.get("real_images") or ("simulated images only" if data.get("simulated") else
+                                                      data.get("name", "unknown")),
+            "scale": clf.info.scale_dict()}
+
+
+def run_scores(models: list[str], data_root: Path, *, k: int) -> dict:
+    """Score each model on each real set it applies to; returns ``{model: {...}}``."""
+    from milcnn import Classifier
+
+    out = {}
+    for spec in models:
+        clf = Classifier.from_hub(spec, device="cpu", precision="fp32")
+        sets = applicable_sets(clf.channels, clf.classes)
+        entry = {"model": _describe_model(clf), "sets": {}}
+        if not sets:
+            log.warning("%s: no real set has its channels and classes; skipped", spec)
+        for rs in sets:
+            fields = load_fields(rs, data_root, channels=clf.channels)
+            modes = {"as is": None}
+            if rs.cell_diameter and clf.info.cell_diameter:
+                modes[f"cell_diameter={rs.cell_diameter:g}"] = rs.cell_diameter
+            entry["sets"][rs.name] = {}
+            for mode, diameter in modes.items():
+                result = score_model(clf, fields, k=k, cell_diameter=diameter)
+                result["k"] = k
+                entry["sets"][rs.name][mode] = result
+                log.info("%s on %s (%s): mosaics %.1f %%, cells %.1f %% (%.0f s)", clf.name, rs.name, mode,
+                         100 * result["mosaics"]["accuracy"], 100 * result["cells"]["accuracy"], result["seconds"])
+        out[clf.name if spec == clf.name else spec] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _called(called: dict, top: int = 3) -> str:
+    total = sum(called.values())
+    return ", ".join(f"{label} {n}/{total}" for label, n in list(called.items())[:top])
+
+
+def render(results: dict) -> str:
+    lines = ["# Real images", "",
+             "Made by `python -m benchmarks.realdata` (scores) and `python -m benchmarks.realdata --learning-curve`",
+             "(fine-tuning); every figure is in `realdata.json`. The real sets are described in",
+             "`training/data/real.py` and `../shared/realdata-labelled/README.md`: `yeast-chong` (real yeast of the",
+             "Chong et al. 2015 GFP screen, 5 proteins x 4 fields, 1,642 cells; AAH1 and AAR2 count as right when called",
+             "`cytosol` or `nucleus`) and `bbbc021-cells` (real BBBC021 MCF-7 cells, 8 DMSO and 12 protein-synthesis",
+             "fields, 2,910 cells). A *mosaic* is k x k consecutive cells of one field; *cells* are the single crops.",
+             ""]
+    scores = results.get("scores", {})
+    if scores:
+        lines += ["## Zoo models as released", "",
+                  "| model | trained on | real set | scale | mosaics right | balanced | cells right | balanced |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, entry in scores.items():
+            for set_name, modes in entry["sets"].items():
+                for mode, r in modes.items():
+                    lines.append(f"| `{name}` | {entry['model']['trained_on']} | {set_name} | {mode} "
+                                 f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({_pct(r['mosaics']['accuracy'])}) "
+                                 f"| {_pct(r['mosaics']['balanced_accuracy'])} "
+                                 f"| {r['cells']['correct']}/{r['cells']['n']} ({_pct(r['cells']['accuracy'])}) "
+                                 f"| {_pct(r['cells']['balanced_accuracy'])} |")
+        lines.append("")
+        for name, entry in scores.items():
+            for set_name, modes in entry["sets"].items():
+                for mode, r in modes.items():
+                    lines += [f"### `{name}` on {set_name}, {mode} ({r['k']} x {r['k']} mosaics)", "",
+                              "| protein / treatment | right | mosaics right | mosaics called | cells right | cells called |",
+                              "|---|---|---|---|---|---|"]
+                    rs = REAL_SETS[set_name]
+                    for g in rs.groups:
+                        m, c = r["mosaics"]["groups"].get(g.name), r["cells"]["groups"].get(g.name)
+                        if m is None:
+                            continue
+                        lines.append(f"| {g.name} | {' or '.join(g.accepted)} | {m['correct']}/{m['n']} "
+                                     f"| {_called(m['called'])} | {c['correct']}/{c['n']} | {_called(c['called'])} |")
+                    lines.append("")
+    curve = results.get("learning_curve")
+    if curve:
+        from benchmarks.realdata_curve import render_curve
+
+        lines += render_curve(curve)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def save(results: dict, out_dir: Path = RESULTS) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with write_atomic(out_dir / "realdata.json", "w") as fh:
+        json.dump(results, fh, indent=1)
+        fh.write("\n")
+    with write_atomic(out_dir / "realdata.md", "w") as fh:
+        fh.write(render(results))
+
+
+def load(out_dir: Path = RESULTS) -> dict:
+    path = out_dir / "realdata.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.realdata", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", help="zoo name, Hub repo or model folder (repeatable; "
+                        "default: every zoo model)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA, help="the real labelled data folder "
+                        "(default ../shared/realdata-labelled)")
+    parser.add_argument("--k", type=int, default=4, help="mosaic side in cells (default 4)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where realdata.json and .md go")
+    parser.add_argument("--learning-curve", action="store_true",
+                        help="fine-tune on real fields and score held-out ones (benchmarks/realdata_curve.py)")
+    parser.add_argument("--quick", action="store_true", help="with --learning-curve: a few steps, for tests")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.k < 1:
+        parser.error(f"--k must be at least 1, got {args.k}")
+    if not args.data.is_dir():
+        print(f"error: real data not found: {args.data} is not a folder (pass --data DIR)", file=sys.stderr)
+        return 2
+    results = load(args.out)
+    try:
+        if args.learning_curve:
+            from benchmarks.realdata_curve import learning_curve
+
+            results["learning_curve"] = learning_curve(args.data, k=args.k, quick=args.quick, work=args.out / "work")
+        else:
+            from milcnn.registry import zoo
+
+            models = args.model or sorted(zoo())
+            results.setdefault("scores", {}).update(run_scores(models, args.data, k=args.k))
+    except RealDataMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save(results, args.out)
+    print(args.out / "realdata.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
