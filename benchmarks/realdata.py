@@ -180,6 +180,29 @@ def render(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def card_summary(entry: dict, *, k: int) -> dict:
+    """A model's scores in the compact form its card shows (``config.json`` -> ``real_images``)."""
+    def frac(s: dict) -> str:
+        return f"{s['correct']}/{s['n']} ({_pct(s['accuracy'])})"
+
+    sets = {}
+    for set_name, modes in entry["sets"].items():
+        rs = REAL_SETS[set_name]
+        sets[set_name] = {}
+        for mode, r in modes.items():
+            groups = {}
+            for g in rs.groups:
+                m, c = r["mosaics"]["groups"].get(g.name), r["cells"]["groups"].get(g.name)
+                if m is not None:
+                    groups[g.name] = {"accepted": " or ".join(g.accepted), "mosaics": frac(m),
+                                      "called": _called(m["called"], top=2), "cells": frac(c)}
+            sets[set_name][mode] = {"mosaics": frac(r["mosaics"]), "cells": frac(r["cells"]), "groups": groups}
+    return {"command": "python -m benchmarks.realdata --update-zoo", "k": k,
+            "data": ", ".join(f"`{s}`" for s in entry["sets"]) + " of `../shared/realdata-labelled`, described in "
+                    "benchmarks/results/realdata.md; none of these cells was used to train or choose this model",
+            "sets": sets}
+
+
 def save(results: dict, out_dir: Path = RESULTS) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with write_atomic(out_dir / "realdata.json", "w") as fh:
@@ -194,6 +217,26 @@ def load(out_dir: Path = RESULTS) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _run_names() -> list[str]:
+    from benchmarks.realdata_curve import EXPERIMENTS
+
+    return [f"{e}-{fold.replace(' ', '-')}-{n or 'half'}" for e, _, _, folds, sizes in EXPERIMENTS
+            for fold, *_ in folds for n in sizes]
+
+
+_RUN_ORDER = _run_names()
+
+
+def _update_zoo(scores: dict, *, k: int) -> None:
+    from milcnn.registry import zoo
+    from training.model_card import update_folder
+
+    for name, entry in scores.items():
+        if name in zoo() and entry["sets"]:
+            update_folder(zoo()[name].bundled_dir, real_images=card_summary(entry, k=k))
+            log.info("updated the card of %s", name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.realdata", description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", help="zoo name, Hub repo or model folder (repeatable; "
@@ -204,9 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where realdata.json and .md go")
     parser.add_argument("--learning-curve", action="store_true",
                         help="fine-tune on real fields and score held-out ones (benchmarks/realdata_curve.py)")
+    parser.add_argument("--update-zoo", action="store_true",
+                        help="also write each zoo model's figures into its config.json and card (Real images)")
+    parser.add_argument("--work", type=Path, default=Path("runs/realdata-curve"),
+                        help="with --learning-curve: where fine-tuning runs and models go (default runs/realdata-curve)")
+    parser.add_argument("--only", action="append", metavar="RUN",
+                        help="with --learning-curve: only this run (e.g. yeast-A-1; repeatable), merged into the "
+                             "results of the others")
     parser.add_argument("--quick", action="store_true", help="with --learning-curve: a few steps, for tests")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("benchmarks", "training"):  # our progress, not the ONNX exporter's
+        logging.getLogger(name).setLevel(logging.INFO)
     if args.k < 1:
         parser.error(f"--k must be at least 1, got {args.k}")
     if not args.data.is_dir():
@@ -217,12 +269,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.learning_curve:
             from benchmarks.realdata_curve import learning_curve
 
-            results["learning_curve"] = learning_curve(args.data, k=args.k, quick=args.quick, work=args.out / "work")
+            curve = learning_curve(args.data, k=args.k, quick=args.quick, work=args.work, only=args.only)
+            if args.only and results.get("learning_curve"):  # replace those runs, keep the others
+                kept = [r for r in results["learning_curve"]["runs"] if r.get("name") not in args.only]
+                curve["runs"] = sorted(kept + curve["runs"], key=lambda r: _RUN_ORDER.index(r["name"]))
+            results["learning_curve"] = curve
         else:
             from milcnn.registry import zoo
 
             models = args.model or sorted(zoo())
-            results.setdefault("scores", {}).update(run_scores(models, args.data, k=args.k))
+            scores = run_scores(models, args.data, k=args.k)
+            results.setdefault("scores", {}).update(scores)
+            if args.update_zoo:
+                _update_zoo(scores, k=args.k)
     except RealDataMissingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from milcnn.io import write_atomic
 from milcnn.preprocess import NormalizationConfig
-from training.data.dataset import CropDataset, ImageSet, balanced_weights
+from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
@@ -58,6 +58,7 @@ class TrainConfig:
     multi_label: bool = False
     smoothness: float = 2.0  # weight of the edge-aware smoothness of class maps; 0: the paper's loss
     smoothness_sigma: float = 0.1
+    photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 16
@@ -178,7 +179,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     t0 = time.time()
     train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
     val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
-    crops = CropDataset(train_set, cfg.crop, seed=cfg.seed)
+    crops = CropDataset(train_set, cfg.crop, seed=cfg.seed, photometric=Photometric() if cfg.photometric else None)
     weights = torch.from_numpy(balanced_weights(train_set.targets))
     print(f"{len(train_set)} training and {len(val_set)} validation images loaded in {time.time() - t0:.1f} s; "
           f"{len(classes)} classes, channels {', '.join(channels)}, device {device}", file=sys.stderr)

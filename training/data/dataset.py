@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from milcnn.preprocess import NormalizationConfig, normalize
+from milcnn.scale import resize_chw, zoomed_shape
 from training.data.manifest import Sample, load_image
 
-__all__ = ["ImageSet", "CropDataset", "label_vector", "balanced_weights"]
+__all__ = ["ImageSet", "CropDataset", "Photometric", "label_vector", "balanced_weights"]
 
 
 def label_vector(labels: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray:
@@ -20,29 +23,79 @@ def label_vector(labels: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarra
 
 
 class ImageSet:
-    """Samples' images normalised with the model's definition, kept as float16 (C, H, W)."""
+    """Samples' images normalised with the model's definition, kept as float16 (C, H, W).
+
+    ``zoom`` resizes them after normalising, as the SDK does for ``pixel_size`` / ``cell_diameter``.
+    """
 
     def __init__(self, samples: list[Sample], channels: tuple[str, ...], classes: tuple[str, ...],
-                 normalization: NormalizationConfig):
+                 normalization: NormalizationConfig, *, zoom: float = 1.0):
         self.samples = samples
-        self.images = [normalize(load_image(s, len(channels)), normalization).astype(np.float16) for s in samples]
+        self.images = [_prepared(load_image(s, len(channels)), normalization, zoom) for s in samples]
         self.targets = np.stack([label_vector(s.labels, classes) for s in samples])
 
     def __len__(self) -> int:
         return len(self.samples)
 
 
+@dataclass(frozen=True)
+class Photometric:
+    """Intensity augmentations of a normalised crop, for screens that differ from the training images
+    in exposure, stain balance, noise and focus. Each crop draws its own:
+
+    Args:
+        gain: each channel is multiplied by ``exp(N(0, gain))`` (stain and exposure ratios).
+        field: and by a smooth field ``exp(N(0, field))`` drawn on a 3 x 3 grid over the crop
+            (expression that differs from cell to cell, uneven illumination).
+        gamma: positive values are raised to ``exp(U(-gamma, gamma))`` (contrast).
+        noise: half of the crops get Gaussian noise of sigma ``U(0, noise)`` per channel (a dim
+            protein's grain must not read as a pattern).
+        blur: a third of the crops are blurred with sigma ``U(0, blur)`` px (focus).
+    """
+
+    gain: float = 0.25
+    field: float = 0.4
+    gamma: float = 0.3
+    noise: float = 0.3
+    blur: float = 1.5
+
+    def __post_init__(self) -> None:
+        for name in ("gain", "field", "gamma", "noise", "blur"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= {"blur": 5.0}.get(name, 1.0):
+                raise ValueError(f"photometric {name} out of range: {value}")
+
+    def __call__(self, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter, zoom
+
+        c, h, w = patch.shape
+        x = patch.astype(np.float32) * np.exp(rng.normal(0.0, self.gain, c)).astype(np.float32)[:, None, None]
+        if self.field:
+            grid = rng.normal(0.0, self.field, (c, 3, 3))
+            x *= np.exp(zoom(grid, (1, h / 3, w / 3), order=1, mode="nearest")[:, :h, :w]).astype(np.float32)
+        g = np.float32(np.exp(rng.uniform(-self.gamma, self.gamma)))
+        x = np.where(x > 0, np.abs(x) ** g, x)
+        if self.blur and rng.random() < 1 / 3:
+            x = gaussian_filter(x, sigma=(0, *(2 * [rng.uniform(0, self.blur)])))
+        if self.noise and rng.random() < 0.5:
+            sigma = rng.uniform(0.0, self.noise, c).astype(np.float32)[:, None, None]
+            x = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
+        return x
+
+
 class CropDataset(Dataset):
-    """Random ``crop`` x ``crop`` windows with random flips and 90-degree rotations.
+    """Random ``crop`` x ``crop`` windows with random flips and 90-degree rotations, and
+    ``photometric`` intensity augmentations where given.
 
     Randomness comes from ``reseed(epoch)``, so an epoch's crops depend only on
     ``(seed, epoch)``: a resumed run sees the same crops as an uninterrupted one.
     """
 
-    def __init__(self, images: ImageSet, crop: int, *, seed: int):
+    def __init__(self, images: ImageSet, crop: int, *, seed: int, photometric: Photometric | None = None):
         self.images = images
         self.crop = crop
         self.seed = seed
+        self.photometric = photometric
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, epoch: int) -> None:
@@ -64,7 +117,16 @@ class CropDataset(Dataset):
         if self.rng.random() < 0.5:
             patch = patch[:, :, ::-1]
         patch = np.rot90(patch, k=int(self.rng.integers(4)), axes=(1, 2))
+        if self.photometric is not None:
+            patch = self.photometric(patch, self.rng)
         return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)), torch.from_numpy(self.images.targets[index])
+
+
+def _prepared(chw: np.ndarray, normalization: NormalizationConfig, zoom: float) -> np.ndarray:
+    x = normalize(chw, normalization)
+    if zoom != 1.0:
+        x = resize_chw(x, zoomed_shape(x.shape[1:], zoom))
+    return x.astype(np.float16)
 
 
 def balanced_weights(targets: np.ndarray) -> np.ndarray:

@@ -109,7 +109,7 @@ BBBC021_CELLS = RealSet(
 REAL_SETS: dict[str, RealSet] = {s.name: s for s in (YEAST_CHONG, BBBC021_CELLS)}
 
 
-@dataclass
+@dataclass(eq=False)
 class Field:
     """One real field: its cells (N, C, h, w) in the channel order of ``channels``."""
 

@@ -1,0 +1,200 @@
+"""The learning curve of ``python -m benchmarks.realdata --learning-curve``: fine-tune a zoo model on a
+few labelled real fields (``training/finetune.py``) and score fields it never saw.
+
+- yeast (``yeast-loc``), protein-held-out: fold A fine-tunes on fields of AAC1, AAP1, AAH1 and is
+  scored on AAC3, AAR2; fold B on AAC3, AAP1, AAR2, scored on AAC1, AAH1; with the first 1, 2 and
+  all 4 fields of each training protein. Images are resized to the model's scale (the set's
+  cell diameter, 42 px, against the model's 27 px) in fine-tuning and scoring alike.
+- MCF-7 (``mcf7-moa``): fine-tune on the first 4 DMSO and 6 protein-synthesis fields, score the
+  other 4 + 6, and the reverse.
+
+A training field is shown as mosaics of its own cells in new random orders; the scored fields'
+cells are never seen. Each fine-tuned model is also scored on the simulated test set of all
+its classes (forgetting).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from milcnn.io import write_tiff
+from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
+
+__all__ = ["learning_curve", "render_curve", "EXPERIMENTS"]
+
+log = logging.getLogger(__name__)
+
+#: (experiment, zoo model, real set, folds: (name, training groups, scored groups, field split), sizes)
+EXPERIMENTS = (
+    ("yeast", "yeast-loc", "yeast-chong", (
+        ("A", ("AAC1", "AAP1", "AAH1"), ("AAC3", "AAR2"), None),
+        ("B", ("AAC3", "AAP1", "AAR2"), ("AAC1", "AAH1"), None)), (1, 2, 4)),
+    ("mcf7", "mcf7-moa", "bbbc021-cells", (
+        ("first half", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "first"),
+        ("second half", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "second")), (None,)),
+)
+
+#: the release scripts' simulated test sets (seed 3), re-simulated under work/ when data/ lacks them
+SIMULATED_TEST = {"yeast-loc": ("yeast", 220, "data/yeast-test/manifest.csv"),
+                  "mcf7-moa": ("mcf7", 160, "data/mcf7-test/manifest.csv")}
+
+
+def _split(fields, how: str | None, n: int | None):
+    """(training fields, scored fields) of one group under a split rule."""
+    if how == "first":
+        half = len(fields) // 2
+        return fields[:half], fields[half:]
+    if how == "second":
+        half = len(fields) // 2
+        return fields[half:], fields[:half]
+    return fields[:n], fields
+
+
+def _write_manifest(rows: list[tuple[np.ndarray, str]], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        for i, (image, label) in enumerate(rows):
+            write_tiff(folder / f"{i:04d}.tif", image)
+            writer.writerow([f"{i:04d}.tif", label])
+    return folder / "manifest.csv"
+
+
+def _simulated_test(model: str, work: Path, quick: bool) -> tuple[str, int]:
+    from training.simulate import SIMULATORS, simulate_dataset
+
+    kind, n, default = SIMULATED_TEST[model]
+    if quick:
+        n = 2 * len(SIMULATORS[kind][0])
+    elif Path(default).is_file():
+        return default, n
+    folder = work / f"{kind}-test-{n}"
+    if not (folder / "manifest.csv").is_file():
+        simulate_dataset(kind, n=n, seed=3, out=folder, params=SIMULATORS[kind][1](), workers=2)
+    return str(folder / "manifest.csv"), n
+
+
+def _simulated_accuracy(clf, manifest: str) -> float:
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    root = Path(manifest).parent
+    preds = clf.predict_batch([root / r["path"] for r in rows])
+    return round(sum(p.label == r["label"] for p, r in zip(preds, rows)) / len(rows), 4)
+
+
+def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Path,
+                   only: list[str] | None = None) -> dict:
+    """Run every experiment (or the runs named in ``only``, e.g. ``yeast-A-1``); returns the
+    ``learning_curve`` block of ``realdata.json``."""
+    from benchmarks.realdata import score_model
+    from milcnn import Classifier
+    from training.export import export_folder
+    from training.finetune import FinetuneConfig, finetune
+
+    work = Path(work)
+    runs = []
+    rng = np.random.default_rng(0)
+    settings = FinetuneConfig()
+    if quick:
+        settings = FinetuneConfig(steps=4, steps_per_epoch=2, batch_size=4, rehearsal=0)
+    for experiment, model, set_name, folds, sizes in EXPERIMENTS:
+        rs = REAL_SETS[set_name]
+        clf0 = Classifier.from_hub(model, device="cpu", precision="fp32")
+        diameter = rs.cell_diameter if clf0.info.cell_diameter else None
+        fields = load_fields(rs, data_root, channels=clf0.channels)
+        test_manifest, n_test = _simulated_test(model, work, quick)
+        for fold, train_groups, test_groups, how in folds:
+            for n in sizes:
+                if quick and n not in (None, 1):
+                    continue
+                train_fields, test_fields = [], []
+                for g in rs.groups:
+                    group_fields = [f for f in fields if f.group.name == g.name]
+                    tr, te = _split(group_fields, how, n)
+                    train_fields += tr if g.name in train_groups else []
+                    if g.name in test_groups:  # a field it trained on is never scored
+                        test_fields += [f for f in te if g.name not in train_groups or f not in tr]
+                views = 8 if not quick else 1
+                rows = [(m, f.group.label) for f in train_fields for m in shuffled_mosaics(f.cells, k, views, rng)]
+                name = f"{experiment}-{fold.replace(' ', '-')}-{n or 'half'}"
+                if only and name not in only:
+                    continue
+                run_dir = work / name
+                shutil.rmtree(run_dir, ignore_errors=True)
+                manifest = _write_manifest(rows, run_dir / "train")
+                cfg = FinetuneConfig(**{**settings.__dict__, "source": model, "data": str(manifest),
+                                        "out": str(run_dir / "run"), "cell_diameter": diameter,
+                                        "rehearsal_data": str(work / f"rehearsal-{experiment}" / "manifest.csv")
+                                        if not quick else None})
+                if cfg.rehearsal_data and not Path(cfg.rehearsal_data).is_file():
+                    _simulate_rehearsal(model, clf0, Path(cfg.rehearsal_data).parent)
+                t0 = time.perf_counter()
+                best = finetune(cfg)
+                seconds = time.perf_counter() - t0
+                folder = export_folder(best, run_dir / "model", name=f"{model}-{name}", version="0.0.0")
+                clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
+                scored = score_model(clf, test_fields, k=k, cell_diameter=diameter)
+                before = score_model(clf0, test_fields, k=k, cell_diameter=diameter)
+                runs.append({
+                    "name": name, "experiment": experiment, "model": model, "fold": fold, "fields_per_protein": n or "half",
+                    "train_fields": [f.path.name for f in train_fields],
+                    "scored_fields": [f.path.name for f in test_fields],
+                    "train_mosaics": len(rows), "cell_diameter": diameter, "finetune_seconds": round(seconds, 1),
+                    "steps": cfg.steps, "mosaics": scored["mosaics"], "cells": scored["cells"],
+                    "before": {"mosaics": before["mosaics"]["accuracy"], "cells": before["cells"]["accuracy"]},
+                    "simulated_test": {"manifest": test_manifest, "n_images": n_test,
+                                       "accuracy": _simulated_accuracy(clf, test_manifest),
+                                       "accuracy_before": _simulated_accuracy(clf0, test_manifest)},
+                })
+                r = runs[-1]
+                log.info("%s: held-out mosaics %.1f %% (before %.1f %%), cells %.1f %%, simulated %.1f %%, %.0f s",
+                         name, 100 * r["mosaics"]["accuracy"], 100 * r["before"]["mosaics"],
+                         100 * r["cells"]["accuracy"], 100 * r["simulated_test"]["accuracy"], seconds)
+    return {"command": "python -m benchmarks.realdata --learning-curve" + (" --quick" if quick else ""), "k": k,
+            "settings": {key: v for key, v in settings.__dict__.items() if key not in ("source", "data", "out")},
+            "runs": runs}
+
+
+def _simulate_rehearsal(model: str, clf, folder: Path) -> None:
+    from training.finetune import _simulator_of
+    from training.simulate import SIMULATORS, simulate_dataset
+
+    kind = _simulator_of({"source": model}, clf.classes)
+    n = 4 * len(SIMULATORS[kind][0])
+    simulate_dataset(kind, n=n, seed=1000, out=folder, params=SIMULATORS[kind][1](channels=clf.channels), workers=2)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def render_curve(curve: dict) -> list[str]:
+    lines = ["## Fine-tuned on a few real fields (learning curve)", "",
+             f"Made by `{curve['command']}` ({curve['k']} x {curve['k']} mosaics). Each row fine-tunes the zoo model "
+             "with `training/finetune.py` on the training fields (shown as mosaics of their own cells in new random "
+             "orders) and scores *only fields of proteins or wells it did not see*; \"before\" is the released model "
+             "on the same fields. Simulated: accuracy on the simulated test set of all the model's classes "
+             "(forgetting), before -> after.", "",
+             "| experiment | fold | fields per training protein | training fields | scored mosaics right | before "
+             "| per protein (mosaics) | scored cells right | simulated test | fine-tuning |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in curve["runs"]:
+        per = ", ".join(f"{g} {v['correct']}/{v['n']}" for g, v in r["mosaics"]["groups"].items())
+        sim = r["simulated_test"]
+        lines.append(f"| {r['experiment']} | {r['fold']} | {r['fields_per_protein']} | {len(r['train_fields'])} "
+                     f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({_pct(r['mosaics']['accuracy'])}) "
+                     f"| {_pct(r['before']['mosaics'])} | {per} "
+                     f"| {r['cells']['correct']}/{r['cells']['n']} ({_pct(r['cells']['accuracy'])}) "
+                     f"| {_pct(sim['accuracy_before'])} -> {_pct(sim['accuracy'])} ({sim['n_images']}) "
+                     f"| {r['finetune_seconds']:.0f} s, {r['steps']} steps |")
+    lines += ["", "Fields used:", ""]
+    for r in curve["runs"]:
+        lines.append(f"- {r['experiment']} {r['fold']}, {r['fields_per_protein']}: trained on "
+                     f"{', '.join(r['train_fields'])}; scored on {', '.join(r['scored_fields'])}.")
+    return lines + [""]

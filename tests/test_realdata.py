@@ -1,0 +1,282 @@
+"""Real labelled cells: the scorer, image scale, and fine-tuning a zoo model on real fields."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from milcnn import Classifier
+from training.data.real import (DEFAULT_REAL_DATA, REAL_SETS, RealDataMissingError, applicable_sets, load_fields,
+                                mosaics, shuffled_mosaics)
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+
+
+@pytest.fixture(scope="session")
+def real_labelled() -> Path:
+    """The real labelled cells in ../shared/realdata-labelled (see its README)."""
+    if not DEFAULT_REAL_DATA.is_dir():
+        pytest.fail(f"real labelled cells not found at {DEFAULT_REAL_DATA}")
+    return DEFAULT_REAL_DATA
+
+
+# ------------------------------------------------------------------------------------ the real sets
+
+def test_every_set_loads_with_its_readme_counts(real_labelled):
+    counts = {"yeast-chong": (20, 1642), "bbbc021-cells": (20, 2910)}
+    for name, (n_fields, n_cells) in counts.items():
+        fields = load_fields(name, real_labelled)
+        assert len(fields) == n_fields and sum(len(f.cells) for f in fields) == n_cells
+        assert {f.group.name for f in fields} == {g.name for g in REAL_SETS[name].groups}
+    yeast = load_fields("yeast-chong", real_labelled, channels=("gfp",), groups=("AAH1",))
+    assert len(yeast) == 4 and yeast[0].cells.shape[1:] == (1, 64, 64)
+    assert REAL_SETS["yeast-chong"].group("AAH1").accepted == ("cytosol", "nucleus")
+
+
+def test_mosaics_use_each_cell_once_in_order():
+    cells = np.arange(37 * 2 * 3 * 3, dtype=np.float32).reshape(37, 2, 3, 3)
+    out = mosaics(cells, 2)
+    assert len(out) == 9 and out[0].shape == (2, 6, 6)  # 36 cells used, the 37th left over
+    for m, mosaic in enumerate(out):
+        for i in range(2):
+            for j in range(2):
+                assert np.array_equal(mosaic[:, 3 * i:3 * i + 3, 3 * j:3 * j + 3], cells[4 * m + 2 * i + j])
+    shuffled = shuffled_mosaics(cells, 2, 12, np.random.default_rng(0))
+    assert len(shuffled) == 12 and all(s.shape == (2, 6, 6) for s in shuffled)
+
+
+def test_models_are_matched_to_the_sets_they_can_read():
+    assert [s.name for s in applicable_sets(("gfp", "rfp"), ("cytosol", "mitochondria", "nucleus"))] == ["yeast-chong"]
+    assert [s.name for s in applicable_sets(("gfp",), ("cytosol", "mitochondria", "nucleus"))] == ["yeast-chong"]
+    assert applicable_sets(("gfp", "rfp"), ("cytosol",)) == []  # cannot say mitochondria
+    assert [s.name for s in applicable_sets(("dna", "tubulin", "actin"), ("DMSO", "Protein synthesis"))] == [
+        "bbbc021-cells"]
+
+
+def test_missing_real_data_names_the_path(tmp_path):
+    with pytest.raises(RealDataMissingError, match=str(tmp_path / "yeast-chong")):
+        load_fields("yeast-chong", tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--data", str(tmp_path / "nowhere"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and str(tmp_path / "nowhere") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ the scorer
+
+def test_score_units_counts_accuracy_and_balance():
+    from benchmarks.realdata import score_units
+
+    units = [("A", "x", ("x",)), ("A", "x", ("x",)), ("A", "y", ("x",)), ("A", "x", ("x",)),
+             ("B", "y", ("y", "z")), ("B", "x", ("y", "z"))]
+    s = score_units(units, ["A", "B"])
+    assert (s["n"], s["correct"], s["accuracy"]) == (6, 4, round(4 / 6, 4))
+    assert s["balanced_accuracy"] == round((0.75 + 0.5) / 2, 4)
+    assert s["groups"]["A"]["called"] == {"x": 3, "y": 1}
+
+
+@pytest.mark.parametrize("model,set_name", [("yeast-loc", "yeast-chong"), ("mcf7-moa", "bbbc021-cells")])
+def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
+    from benchmarks.realdata import score_model
+
+    clf = Classifier.from_hub(model, device="cpu", precision="fp32")
+    fields = load_fields(set_name, real_labelled, channels=clf.channels)
+    groups = REAL_SETS[set_name].groups
+    two = [next(f for f in fields if f.group == groups[0]), next(f for f in fields if f.group == groups[-1])]
+    r = score_model(clf, two, k=4)
+    assert r["cells"]["n"] == sum(len(f.cells) for f in two)
+    assert r["mosaics"]["n"] == sum(len(f.cells) // 16 for f in two) == sum(f["n_mosaics"] for f in r["fields"])
+    for unit in ("cells", "mosaics"):
+        groups_seen = r[unit]["groups"]
+        assert set(groups_seen) == {groups[0].name, groups[-1].name}
+        assert sum(sum(g["called"].values()) for g in groups_seen.values()) == r[unit]["n"]
+        assert r[unit]["correct"] == sum(g["correct"] for g in groups_seen.values())
+    # the right answers are exactly the labels the set accepts for the group
+    for f in r["fields"]:
+        accepted = REAL_SETS[set_name].group(f["group"]).accepted
+        assert f["mosaics_correct"] == sum(n for label, n in f["called"].items() if label in accepted)
+
+
+def test_benchmark_command_writes_json_and_markdown(real_labelled, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--model", "yeast-loc-gfp", "--k", "8",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "realdata.json").read_text())
+    modes = results["scores"]["yeast-loc-gfp"]["sets"]["yeast-chong"]
+    assert set(modes) == {"as is", "cell_diameter=42"}  # the set states its size, the model records its own
+    assert modes["as is"]["mosaics"]["n"] == sum(len(f.cells) // 64 for f in load_fields("yeast-chong", real_labelled))
+    md = (tmp_path / "realdata.md").read_text()
+    assert "| `yeast-loc-gfp` |" in md and "AAC1" in md
+
+
+# ------------------------------------------------------------------------------------ scale
+
+def _enlarged(image: np.ndarray, f: int) -> np.ndarray:
+    return np.repeat(np.repeat(image, f, axis=-2), f, axis=-1)
+
+
+def test_rescaled_input_gives_the_same_label_and_an_aligned_mask():
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    image = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
+    base = clf.predict(image)
+    big = _enlarged(image, 2)
+    for kwargs in ({"pixel_size": clf.info.pixel_size / 2}, {"cell_diameter": clf.info.cell_diameter * 2}):
+        pred = clf.predict(big, **kwargs)
+        assert pred.zoom == pytest.approx(0.5)
+        assert pred.label == base.label
+        assert pred.mask.shape == big.shape[1:] and pred.class_maps.shape == (len(clf.classes), *big.shape[1:])
+        fg_big, fg = pred.mask[::2, ::2] > 0, base.mask > 0
+        assert (fg_big & fg).sum() / (fg_big | fg).sum() > 0.8  # the mask lies on the same cells
+        assert pred.probabilities[base.label] == pytest.approx(base.probabilities[base.label], abs=0.1)
+    # unscaled, the enlarged image reads as cells twice the model's size, and the notice says what to pass
+    assert clf.zoom_for() == 1.0
+
+
+def test_scale_notice_once_and_not_when_scale_given(capsys):
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
+    clf.predict(big, cell_diameter=54)
+    assert "cells look" not in capsys.readouterr().err
+    clf.predict(big)
+    clf.predict(big)
+    err = capsys.readouterr().err
+    assert err.count("cells look about") == 1 and "--cell-diameter" in err
+    clf2 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    clf2.predict(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"))
+    assert "cells look" not in capsys.readouterr().err  # the model's own scale: nothing to say
+
+
+def test_scale_arguments_are_checked():
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    image = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
+    with pytest.raises(ValueError, match="not both"):
+        clf.predict(image, pixel_size=0.1, cell_diameter=30)
+    with pytest.raises(ValueError, match="pixel_size must be a positive number, got -1"):
+        clf.predict(image, pixel_size=-1)
+
+
+def test_tiled_rescaled_matches_whole(monkeypatch):
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
+    whole = clf.predict(big, cell_diameter=54)
+    tiled = clf.predict(big, cell_diameter=54, tile_size=128)
+    assert tiled.label == whole.label and np.abs(tiled.maps - whole.maps).max() < 1e-4
+    assert tiled.mask.shape == whole.mask.shape == big.shape[1:]
+
+
+def test_cli_rescales_and_refuses_bad_scale(tmp_path):
+    image = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    milzoo = [sys.executable, "-m", "milcnn.cli"]
+    ok = subprocess.run([*milzoo, "predict", str(tmp_path / "big.tif"), "--out", str(tmp_path / "out"),
+                         "--pixel-size", "0.085", "--no-overlays"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert tifffile.imread(tmp_path / "out" / "masks" / "big.tif").shape == image.shape[1:]
+    bad = subprocess.run([*milzoo, "predict", str(tmp_path / "big.tif"), "--out", str(tmp_path / "out2"),
+                          "--pixel-size", "0.1", "--cell-diameter", "30"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not both" in bad.stderr
+    info = subprocess.run([*milzoo, "info", "yeast-loc"], capture_output=True, text=True)
+    assert "0.17 um per pixel" in info.stdout and "27 px" in info.stdout
+
+
+def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
+    from milcnn.config import ModelInfo
+    from training.export import export_folder
+    from training.train import TrainConfig, load_checkpoint, train
+
+    cfg = TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), out=str(tmp_path / "run"), channels="gfp,rfp",
+                      epochs=1, steps_per_epoch=2, batch_size=4, crop=64, width=4, threads=2,
+                      pixel_size=0.2, cell_diameter=23.0)
+    best = train(cfg, progress=False)
+    model, _ = load_checkpoint(best)
+    assert (model.config.pixel_size, model.config.cell_diameter) == (0.2, 23.0)
+    out = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1", eval_data=str(tiny_yeast))
+    info = ModelInfo.from_file(out / "config.json")
+    assert (info.pixel_size, info.cell_diameter) == (0.2, 23.0) and info.measured_cell_diameter > 0
+    assert "0.2 um per pixel" in (out / "README.md").read_text()
+    assert Classifier.from_dir(out).zoom_for(pixel_size=0.1) == pytest.approx(0.5)
+    out2 = export_folder(best, tmp_path / "model2", name="tiny", version="0.0.1", pixel_size=0.3)
+    assert ModelInfo.from_file(out2 / "config.json").pixel_size == 0.3
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+
+@pytest.mark.parametrize("name", ["yeast-loc", "yeast-loc-gfp", "mcf7-moa"])
+def test_zoo_models_rebuild_from_onnx(name):
+    import onnxruntime as ort
+
+    from training.finetune import model_from_onnx
+
+    model = model_from_onnx(ZOO / name)
+    x = np.random.default_rng(1).random((1, len(model.config.channels), 80, 72), dtype=np.float32)
+    session = ort.InferenceSession(str(ZOO / name / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs, maps = session.run(None, {"image": x})
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    assert np.abs(out.probabilities.numpy() - probs).max() < 1e-4
+    assert np.abs(out.class_maps.numpy() - maps).max() < 1e-4
+
+
+def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, tmp_path):
+    from benchmarks.realdata_curve import _write_manifest
+    from training.data.dataset import ImageSet
+    from training.data.manifest import read_manifest
+    from training.export import export_folder
+    from training.finetune import FinetuneConfig, finetune, load_source
+    from training.train import evaluate_loss_accuracy, load_checkpoint
+
+    fields = [f for f in load_fields("yeast-chong", real_labelled) if f.name in ("AAC1_1", "AAP1_1")]
+    rows = [(m, f.group.label) for f in fields for m in mosaics(f.cells, 4)]
+    manifest = _write_manifest(rows, tmp_path / "train")
+    cfg = FinetuneConfig(source="yeast-loc", data=str(manifest), out=str(tmp_path / "run"), cell_diameter=42,
+                         steps=12, steps_per_epoch=6, batch_size=8, lr=1e-3, rehearsal=0, threads=2)
+    before, _ = load_source("yeast-loc")
+    samples, _, _ = read_manifest(manifest, channels=before.config.channels, classes=before.config.classes)
+    images = ImageSet(samples, before.config.channels, before.config.classes, before.config.normalization,
+                      zoom=27 / 42)
+    loss_before, _ = evaluate_loss_accuracy(before, images, torch.device("cpu"))
+    best = finetune(cfg)
+    after, ckpt = load_checkpoint(best)
+    loss_after, _ = evaluate_loss_accuracy(after, images, torch.device("cpu"))
+    assert loss_after < loss_before
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    assert after.config.cell_diameter == 27.0  # the model keeps its scale; the images were resized to it
+    out = export_folder(best, tmp_path / "model", name="my-screen", version="0.1.0")
+    clf = Classifier.from_dir(out)
+    pred = clf.predict(rows[0][0], cell_diameter=42)
+    assert pred.label in clf.classes and pred.mask.shape == rows[0][0].shape[1:]
+
+
+def test_finetune_resumes_and_refuses_unknown_labels(tmp_path, tiny_yeast):
+    from training.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(source="yeast-loc", data=str(tiny_yeast), out=str(tmp_path / "run"), steps=4,
+                         steps_per_epoch=2, batch_size=2, crop=64, rehearsal=0, threads=2)
+    finetune(cfg, stop_after=1)
+    resumed = finetune(cfg, resume=str(tmp_path / "run" / "last.pt"))
+    history = torch.load(resumed, weights_only=True)["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\n" + Path(tiny_yeast).read_text().splitlines()[1].split(",")[0] + ",golgi\n")
+    (tmp_path / "images").symlink_to(Path(tiny_yeast).parent / "images")
+    proc = subprocess.run([sys.executable, "-m", "training.finetune", "--from", "yeast-loc", "--data", str(bad),
+                           "--out", str(tmp_path / "run2")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "golgi" in proc.stderr
+
+
+def test_photometric_augmentation_is_seeded_and_range_checked():
+    from training.data.dataset import Photometric
+
+    x = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    a = Photometric()(x, np.random.default_rng(3))
+    b = Photometric()(x, np.random.default_rng(3))
+    assert a.shape == x.shape and a.dtype == np.float32 and np.array_equal(a, b) and not np.array_equal(a, x)
+    assert np.array_equal(Photometric(gain=0, field=0, gamma=0, noise=0, blur=0)(x, np.random.default_rng(1)), x)
+    for bad in ({"noise": -0.1}, {"blur": 6.0}, {"field": 1.5}):
+        with pytest.raises(ValueError, match="out of range"):
+            Photometric(**bad)

@@ -1,0 +1,380 @@
+"""Fine-tune a zoo model (or any exported model or checkpoint) on a few labelled images of your screen.
+
+Usage::
+
+    python -m training.finetune --from yeast-loc --data manifest.csv --out runs/my-screen
+    python -m training.finetune --from yeast-loc --data manifest.csv --out runs/my-screen --cell-diameter 42
+    python -m training.export runs/my-screen/best.pt --out models/my-screen
+    milzoo predict new-plate/ --model models/my-screen
+
+``--from`` takes a zoo name, a Hub repo, a model folder (the PyTorch model is rebuilt from its
+``model.onnx``, whose batch norms are folded into the convolutions) or a training checkpoint.
+The manifest has the format of ``training/data/manifest.py``; its labels must be classes of
+the model (``a|b`` where an image shows two). Images are pre-processed exactly as the SDK
+does (``milcnn.preprocess``; with ``--pixel-size`` / ``--cell-diameter`` resized to the
+model's scale, ``milcnn.scale``) and augmented as in training (random crops, flips, 90-degree
+rotations).
+
+Rehearsal: half of every batch (``--rehearsal-fraction``) comes from simulated images of
+*every* class of the model (``--rehearsal N`` images from the simulator the model was trained
+on, made once into ``OUT/rehearsal``, or ``--rehearsal-data`` a manifest of your own), so the
+classes your images do not show are not forgotten. Batch-norm statistics stay frozen (a few
+fields are too few to re-estimate them); every weight is trained, at a lower rate than from
+scratch. ``OUT`` gets ``best.pt`` and ``last.pt`` in the format of ``training/train.py``
+(``--resume OUT/last.pt`` continues), ``finetune_config.json`` and ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+
+from milcnn.io import write_atomic
+from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
+from training.data.manifest import read_manifest
+from training.model import MILCNN, ModelConfig
+from training.regularizers import edge_aware_smoothness
+from training.train import CHECKPOINT_FORMAT, bag_loss, evaluate_loss_accuracy, load_checkpoint
+
+__all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    source: str = "yeast-loc"  # --from: zoo name, Hub repo, model folder or checkpoint
+    data: str = ""
+    out: str = "runs/finetune"
+    val: str | None = None  # a validation manifest; without one the last step's model is best.pt
+    pixel_size: float | None = None  # um per pixel of the manifest's images (resized to the model's)
+    cell_diameter: float | None = None  # or their typical cell diameter in px
+    steps: int = 60
+    steps_per_epoch: int = 20  # a checkpoint (and validation) every this many steps
+    batch_size: int = 16
+    crop: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    smoothness: float = 2.0
+    smoothness_sigma: float = 0.1
+    photometric: bool = True  # intensity augmentations (training.data.dataset.Photometric), on every crop
+    rehearsal: int = 44  # simulated images of every class (0: none)
+    rehearsal_data: str | None = None  # a manifest to rehearse instead of simulating
+    rehearsal_fraction: float = 0.5  # share of each batch drawn from the rehearsal images
+    seed: int = 0
+    threads: int = 0
+
+
+# ------------------------------------------------------------------------------ the starting model
+
+def model_from_onnx(folder) -> MILCNN:
+    """Rebuild the PyTorch MIL-CNN of an exported model folder from its ``model.onnx``.
+
+    The export folds each batch norm into its convolution (weight scaled, bias added); the
+    rebuilt model carries the folded weights and batch norms that add the bias (unit scale,
+    zero mean, variance ``1 - eps``), so in eval mode it computes what ``model.onnx`` does
+    (checked on a random image). Noisy-AND thresholds come from ``config.json``.
+
+    Raises:
+        ValueError: the folder's graph does not match the architecture its config describes.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from milcnn.config import ModelInfo
+
+    folder = Path(folder)
+    info = ModelInfo.from_file(folder / "config.json")
+    arch = info.raw.get("architecture", {})
+    pooling = info.pooling or {"name": "noisy_and", "params": {"a": 10.0}}
+    cfg = ModelConfig(channels=info.channels, classes=info.classes, pooling=pooling.get("name", "noisy_and"),
+                      pooling_params=dict(pooling.get("params", {})), multi_label=info.multi_label,
+                      width=int(arch.get("width", 24)), output_stride=info.output_stride,
+                      context=int(arch.get("context", 1)), normalization=info.normalization, min_size=info.min_size,
+                      pixel_size=info.pixel_size, cell_diameter=info.cell_diameter)
+    model = MILCNN(cfg)
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+               for i in onnx.load(str(folder / "model.onnx")).graph.initializer}
+    state = model.state_dict()
+    new = {}
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "backbone" and parts[2] == "1":  # the batch norm of conv block backbone.<i>
+            conv = f"backbone.{parts[1]}.0.weight"
+            bias = weights.get(conv + "_bias")
+            if bias is None:
+                raise ValueError(f"{folder}/model.onnx has no folded bias for {conv}; not a milcnn export")
+            eps = modules[key.rsplit(".", 1)[0]].eps
+            new[key] = {"weight": torch.ones_like(value), "bias": bias, "running_mean": torch.zeros_like(value),
+                        "running_var": torch.full_like(value, 1.0 - eps)}.get(parts[3], value)
+        elif key == "pooling.b_logit":
+            b = torch.tensor(pooling.get("learned_b") or [], dtype=value.dtype)
+            if b.shape != value.shape:
+                raise ValueError(f"{folder}/config.json: pooling.learned_b should hold {value.numel()} values")
+            new[key] = torch.logit(b.clamp(1e-6, 1 - 1e-6))
+        elif key in weights:
+            new[key] = weights[key].reshape(value.shape).to(value.dtype)
+        else:
+            raise ValueError(f"{folder}/model.onnx has no weight {key!r}; fine-tune from the training checkpoint")
+    model.load_state_dict(new)
+    model.eval()
+    _check_against_onnx(model, folder / "model.onnx")
+    return model
+
+
+def _check_against_onnx(model: MILCNN, path: Path, *, tolerance: float = 1e-4) -> None:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random((1, len(model.config.channels), 96, 128), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})
+    with torch.no_grad():
+        got = model(torch.from_numpy(x))
+    diff = max(float(np.abs(got.probabilities.numpy() - expected[0]).max()),
+               float(np.abs(got.class_maps.numpy() - expected[1]).max()))
+    if diff > tolerance:
+        raise ValueError(f"{path}: the rebuilt PyTorch model differs from the ONNX graph by {diff:.2e}")
+
+
+def load_source(spec: str) -> tuple[MILCNN, dict]:
+    """The model to start from and where it came from.
+
+    Args:
+        spec: a checkpoint (``.pt``), a model folder, a zoo name or a Hub repo (``org/name[@rev]``).
+
+    Returns:
+        (model in eval mode, ``{"source", "kind", "training_data", "train_config"}``).
+    """
+    path = Path(spec)
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        model, ckpt = load_checkpoint(path)
+        return model, {"source": spec, "kind": "checkpoint", "training_data": {},
+                       "train_config": ckpt.get("train_config", {})}
+    from milcnn.hub import resolve
+
+    name, _, revision = spec.partition("@")
+    folder = resolve(name, revision=revision or None).folder
+    model = model_from_onnx(folder)
+    config = json.loads((folder / "config.json").read_text())
+    return model, {"source": spec, "kind": "model folder", "folder": str(folder), "name": config.get("name"),
+                   "version": config.get("version"), "training_data": config.get("training_data", {}),
+                   "train_config": config.get("training", {}).get("train_config", {})}
+
+
+def _simulator_of(origin: dict, classes: tuple[str, ...]) -> str:
+    from training.simulate import SIMULATORS
+
+    for kind, (sim_classes, _, _) in SIMULATORS.items():
+        if tuple(sim_classes) == tuple(classes):
+            return kind
+    raise ValueError(f"no simulator draws the classes of {origin['source']}; pass --rehearsal-data MANIFEST "
+                     "(images of its classes) or --rehearsal 0")
+
+
+def _rehearsal_manifest(cfg: FinetuneConfig, origin: dict, model_cfg: ModelConfig) -> str | None:
+    if cfg.rehearsal_data:
+        return cfg.rehearsal_data
+    if cfg.rehearsal <= 0:
+        return None
+    from training.simulate import SIMULATORS, simulate_dataset
+
+    kind = _simulator_of(origin, model_cfg.classes)
+    folder = Path(cfg.out) / "rehearsal"
+    manifest = folder / "manifest.csv"
+    stamp = folder / "settings.json"
+    settings = {"kind": kind, "n": cfg.rehearsal, "seed": 1000 + cfg.seed, "channels": list(model_cfg.channels)}
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return str(manifest)
+    params = SIMULATORS[kind][1](channels=tuple(model_cfg.channels))
+    t0 = time.time()
+    simulate_dataset(kind, n=cfg.rehearsal, seed=settings["seed"], out=folder, params=params, workers=2)
+    stamp.write_text(json.dumps(settings))
+    log.info("simulated %d rehearsal images (%s) in %.0f s", cfg.rehearsal, kind, time.time() - t0)
+    return str(manifest)
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+def _freeze_batch_norm(model: MILCNN) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def finetune(cfg: FinetuneConfig, *, resume: str | None = None, progress: bool = False,
+             stop_after: int | None = None) -> Path:
+    """Fine-tune ``cfg.source`` on ``cfg.data``; returns the path of the best checkpoint.
+
+    Args:
+        cfg: the settings.
+        resume: a ``last.pt`` of this run to continue from.
+        progress: log every epoch at INFO (always) and show nothing else.
+        stop_after: stop after this many epochs in total, as if interrupted.
+
+    Raises:
+        ValueError: bad settings, labels the model does not know, or a source that cannot be rebuilt.
+        FileNotFoundError: a missing manifest or source.
+    """
+    from milcnn.scale import zoom_factor
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not 0.0 <= cfg.rehearsal_fraction < 1.0:
+        raise ValueError(f"rehearsal_fraction must be in [0, 1), got {cfg.rehearsal_fraction}")
+    if cfg.steps < 1 or cfg.steps_per_epoch < 1:
+        raise ValueError(f"steps and steps_per_epoch must be positive, got {cfg.steps} and {cfg.steps_per_epoch}")
+    t_start = time.time()
+    model, origin = load_source(cfg.source)
+    model_cfg = model.config
+    zoom = zoom_factor(pixel_size=cfg.pixel_size, cell_diameter=cfg.cell_diameter,
+                       model_pixel_size=model_cfg.pixel_size, model_cell_diameter=model_cfg.cell_diameter,
+                       model_name=cfg.source)
+    if cfg.crop % model_cfg.output_stride or cfg.crop < model_cfg.min_size:
+        raise ValueError(f"crop {cfg.crop} must be a multiple of {model_cfg.output_stride} and >= {model_cfg.min_size}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples, _, _ = read_manifest(cfg.data, channels=model_cfg.channels, classes=model_cfg.classes)
+    user = [s for s in samples if s.split in (None, "train")]
+    if not user:
+        raise ValueError(f"{cfg.data}: no training images (rows with split train or none)")
+    user_set = ImageSet(user, model_cfg.channels, model_cfg.classes, model_cfg.normalization, zoom=zoom)
+    photometric = Photometric() if cfg.photometric else None
+    datasets = [CropDataset(user_set, cfg.crop, seed=cfg.seed, photometric=photometric)]
+    user_w = balanced_weights(user_set.targets)
+    rehearsal = _rehearsal_manifest(cfg, origin, model_cfg)
+    if rehearsal:
+        rs, _, _ = read_manifest(rehearsal, channels=model_cfg.channels, classes=model_cfg.classes)
+        rehearsal_set = ImageSet(rs, model_cfg.channels, model_cfg.classes, model_cfg.normalization)
+        datasets.append(CropDataset(rehearsal_set, cfg.crop, seed=cfg.seed + 1, photometric=photometric))
+        reh_w = balanced_weights(rehearsal_set.targets)
+        weights = np.concatenate([user_w / user_w.sum() * (1 - cfg.rehearsal_fraction),
+                                  reh_w / reh_w.sum() * cfg.rehearsal_fraction])
+    else:
+        weights = user_w
+    val_set = None
+    if cfg.val:
+        vs, _, _ = read_manifest(cfg.val, channels=model_cfg.channels, classes=model_cfg.classes)
+        val_set = ImageSet(vs, model_cfg.channels, model_cfg.classes, model_cfg.normalization, zoom=zoom)
+    crops = ConcatDataset(datasets)
+    weights_t = torch.from_numpy(np.asarray(weights, dtype=np.float64))
+
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = min(20, cfg.steps // 10)
+    schedule = lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    epochs = -(-cfg.steps // cfg.steps_per_epoch)
+    start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
+    if resume:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("finetune_config") != asdict(cfg):
+            raise ValueError(f"{resume}: not a checkpoint of this fine-tuning run (same settings needed)")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+    with write_atomic(out / "finetune_config.json", "w") as fh:
+        json.dump({**asdict(cfg), "origin": {k: v for k, v in origin.items() if k != "train_config"}}, fh, indent=2)
+    with write_atomic(out / "metrics.jsonl", "w") as fh:
+        fh.writelines(json.dumps(record) + "\n" for record in history)
+    log.info("%d images to fine-tune on (zoom %.3g), %d rehearsal images; %d steps from %s",
+             len(user_set), zoom, len(datasets[1].images) if rehearsal else 0, cfg.steps, cfg.source)
+
+    for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
+        t_epoch = time.time()
+        n_steps = min(cfg.steps_per_epoch, cfg.steps - epoch * cfg.steps_per_epoch)
+        for d in datasets:
+            d.reseed(epoch)
+        sampler = WeightedRandomSampler(weights_t, n_steps * cfg.batch_size, replacement=True,
+                                        generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        model.train()
+        _freeze_batch_norm(model)
+        running = 0.0
+        for x, y in loader:
+            output = model(x)
+            loss = bag_loss(output.probabilities, y)
+            if cfg.smoothness:
+                loss = loss + cfg.smoothness * edge_aware_smoothness(
+                    output.class_maps, x, stride=model_cfg.output_stride, sigma=cfg.smoothness_sigma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+        model.eval()
+        record = {"epoch": epoch + 1, "step": epoch * cfg.steps_per_epoch + n_steps,
+                  "train_loss": running / n_steps, "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.time() - t_epoch}
+        if val_set is not None:
+            record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_set, torch.device("cpu"))
+            improved = (record["val_accuracy"], -record["val_loss"]) > (best["accuracy"], -best["loss"])
+        else:
+            improved = True  # no validation: the latest model is the one to export
+        if improved:
+            best = {"accuracy": record.get("val_accuracy", -1.0), "loss": record.get("val_loss", float("inf")),
+                    "epoch": epoch + 1}
+        history.append(record)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        ckpt = {"format": CHECKPOINT_FORMAT, "model_config": model_cfg.to_dict(), "finetune_config": asdict(cfg),
+                "train_config": {**origin.get("train_config", {}), "finetune": asdict(cfg)},
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "best": best, "history": history}
+        _save(ckpt, out / "last.pt")
+        if improved:
+            _save(ckpt, out / "best.pt")
+        log.info("epoch %d/%d (step %d): train loss %.4f%s, %.0f s", epoch + 1, epochs, record["step"],
+                 record["train_loss"], f", val accuracy {record['val_accuracy']:.4f}" if val_set is not None else "",
+                 record["seconds"])
+    log.info("fine-tuning took %.0f s", time.time() - t_start)
+    return out / "best.pt"
+
+
+def _save(obj: dict, path: Path) -> None:
+    with write_atomic(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
+    parser.add_argument("--from", dest="source", required=True,
+                        help="zoo name, Hub repo (org/name[@revision]), model folder or checkpoint (.pt)")
+    parser.add_argument("--resume", help="continue from this run's last.pt")
+    defaults = FinetuneConfig()
+    for f in fields(FinetuneConfig):
+        if f.name == "source":
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            continue
+        kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, default=default, required=f.name == "data", help=f"default {default!r}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    try:
+        best = finetune(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    print(best)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
