@@ -177,6 +177,10 @@ def render(results: dict) -> str:
         from benchmarks.realdata_curve import render_curve
 
         lines += render_curve(curve)
+    if results.get("ablation"):
+        from benchmarks.realdata_curve import render_ablation
+
+        lines += render_ablation(results["ablation"])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -197,7 +201,17 @@ def card_summary(entry: dict, *, k: int) -> dict:
                     groups[g.name] = {"accepted": " or ".join(g.accepted), "mosaics": frac(m),
                                       "called": _called(m["called"], top=2), "cells": frac(c)}
             sets[set_name][mode] = {"mosaics": frac(r["mosaics"]), "cells": frac(r["cells"]), "groups": groups}
-    return {"command": "python -m benchmarks.realdata --update-zoo", "k": k,
+    wrong = []
+    for set_name, modes in entry["sets"].items():
+        r = modes["as is"]
+        for g in REAL_SETS[set_name].groups:
+            m = r["mosaics"]["groups"].get(g.name)
+            if m is not None and m["accuracy"] < 0.5:
+                top = next(iter(m["called"]))
+                wrong.append(f"{g.name} ({g.description}) is called {top} in {m['called'][top]} of {m['n']} mosaics")
+    note = ("**Wrong on real images**, as the images come: " + "; ".join(wrong) + ". Fine-tune on a few labelled "
+            "fields of your screen before use (README, *Your own screen*).") if wrong else ""
+    return {"command": "python -m benchmarks.realdata --update-zoo", "k": k, "note": note,
             "data": ", ".join(f"`{s}`" for s in entry["sets"]) + " of `../shared/realdata-labelled`, described in "
                     "benchmarks/results/realdata.md; none of these cells was used to train or choose this model",
             "sets": sets}
@@ -220,7 +234,7 @@ def load(out_dir: Path = RESULTS) -> dict:
 def _run_names() -> list[str]:
     from benchmarks.realdata_curve import EXPERIMENTS
 
-    return [f"{e}-{fold.replace(' ', '-')}-{n or 'half'}" for e, _, _, folds, sizes in EXPERIMENTS
+    return [f"{e}-{fold.replace(' ', '-')}-{n or 'half'}" for e, _, _, folds, sizes, _ in EXPERIMENTS
             for fold, *_ in folds for n in sizes]
 
 
@@ -254,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="RUN",
                         help="with --learning-curve: only this run (e.g. yeast-A-1; repeatable), merged into the "
                              "results of the others")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="with --learning-curve: change a fine-tuning setting (training.finetune.FinetuneConfig)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="with --learning-curve: file the runs under the ablation table (named by --set) "
+                             "instead of the learning curve")
     parser.add_argument("--quick", action="store_true", help="with --learning-curve: a few steps, for tests")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -269,7 +288,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.learning_curve:
             from benchmarks.realdata_curve import learning_curve
 
-            curve = learning_curve(args.data, k=args.k, quick=args.quick, work=args.work, only=args.only)
+            from benchmarks.realdata_curve import parse_overrides
+
+            try:
+                overrides = parse_overrides(args.overrides)
+            except ValueError as exc:
+                parser.error(str(exc))
+            curve = learning_curve(args.data, k=args.k, quick=args.quick, work=args.work, only=args.only,
+                                   overrides=overrides)
+            if args.ablation:
+                results.setdefault("ablation", {})[", ".join(args.overrides) or "defaults"] = curve
+                save(results, args.out)
+                print(args.out / "realdata.md")
+                return 0
             if args.only and results.get("learning_curve"):  # replace those runs, keep the others
                 kept = [r for r in results["learning_curve"]["runs"] if r.get("name") not in args.only]
                 curve["runs"] = sorted(kept + curve["runs"], key=lambda r: _RUN_ORDER.index(r["name"]))

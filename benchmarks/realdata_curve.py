@@ -6,7 +6,9 @@ few labelled real fields (``training/finetune.py``) and score fields it never sa
   all 4 fields of each training protein. Images are resized to the model's scale (the set's
   cell diameter, 42 px, against the model's 27 px) in fine-tuning and scoring alike.
 - MCF-7 (``mcf7-moa``): fine-tune on the first 4 DMSO and 6 protein-synthesis fields, score the
-  other 4 + 6, and the reverse.
+  other 4 + 6, and the reverse. A validation run inside the first half (2 + 3 fields to train,
+  2 + 3 to score) chooses MCF-7 settings without touching the second half. Fields are resized
+  by the set's cell diameter where it has one.
 
 A training field is shown as mosaics of its own cells in new random orders; the scored fields'
 cells are never seen. Each fine-tuned model is also scored on the simulated test set of all
@@ -30,14 +32,18 @@ __all__ = ["learning_curve", "render_curve", "EXPERIMENTS"]
 
 log = logging.getLogger(__name__)
 
-#: (experiment, zoo model, real set, folds: (name, training groups, scored groups, field split), sizes)
+#: (experiment, zoo model, real set, folds: (name, training groups, scored groups, field split), sizes,
+#: fine-tuning settings changed from FinetuneConfig's defaults, chosen on the validation runs)
 EXPERIMENTS = (
     ("yeast", "yeast-loc", "yeast-chong", (
         ("A", ("AAC1", "AAP1", "AAH1"), ("AAC3", "AAR2"), None),
-        ("B", ("AAC3", "AAP1", "AAR2"), ("AAC1", "AAH1"), None)), (1, 2, 4)),
+        ("B", ("AAC3", "AAP1", "AAR2"), ("AAC1", "AAH1"), None)), (1, 2, 4), {}),
     ("mcf7", "mcf7-moa", "bbbc021-cells", (
+        ("validation", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "inner"),
         ("first half", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "first"),
-        ("second half", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "second")), (None,)),
+        ("second half", ("DMSO", "Protein_synthesis"), ("DMSO", "Protein_synthesis"), "second")), (None,),
+     # real MCF-7 is far from the simulator: more steps to adapt, more rehearsal to keep the other classes
+     {"steps": 480, "steps_per_epoch": 80, "rehearsal": 96, "rehearsal_fraction": 0.8}),
 )
 
 #: the release scripts' simulated test sets (seed 3), re-simulated under work/ when data/ lacks them
@@ -53,6 +59,9 @@ def _split(fields, how: str | None, n: int | None):
     if how == "second":
         half = len(fields) // 2
         return fields[half:], fields[:half]
+    if how == "inner":  # within the first half only: for choosing settings without the second half
+        first = fields[:len(fields) // 2]
+        return first[:len(first) // 2], first[len(first) // 2:]
     return fields[:n], fields
 
 
@@ -89,9 +98,10 @@ def _simulated_accuracy(clf, manifest: str) -> float:
 
 
 def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Path,
-                   only: list[str] | None = None) -> dict:
-    """Run every experiment (or the runs named in ``only``, e.g. ``yeast-A-1``); returns the
-    ``learning_curve`` block of ``realdata.json``."""
+                   only: list[str] | None = None, overrides: dict | None = None) -> dict:
+    """Run every experiment (or the runs named in ``only``, e.g. ``yeast-A-1``), fine-tuning with
+    ``FinetuneConfig``'s defaults changed by ``overrides``; returns the ``learning_curve`` block
+    of ``realdata.json``."""
     from benchmarks.realdata import score_model
     from milcnn import Classifier
     from training.export import export_folder
@@ -100,10 +110,13 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
     work = Path(work)
     runs = []
     rng = np.random.default_rng(0)
-    settings = FinetuneConfig()
-    if quick:
-        settings = FinetuneConfig(steps=4, steps_per_epoch=2, batch_size=4, rehearsal=0)
-    for experiment, model, set_name, folds, sizes in EXPERIMENTS:
+    chosen = {}
+    for experiment, model, set_name, folds, sizes, experiment_settings in EXPERIMENTS:
+        changed = {**experiment_settings, **(overrides or {})}
+        if quick:
+            changed = {"steps": 4, "steps_per_epoch": 2, "batch_size": 4, "rehearsal": 0}
+        settings = FinetuneConfig(**changed)
+        chosen[experiment] = changed
         rs = REAL_SETS[set_name]
         clf0 = Classifier.from_hub(model, device="cpu", precision="fp32")
         diameter = rs.cell_diameter if clf0.info.cell_diameter else None
@@ -130,10 +143,11 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                 manifest = _write_manifest(rows, run_dir / "train")
                 cfg = FinetuneConfig(**{**settings.__dict__, "source": model, "data": str(manifest),
                                         "out": str(run_dir / "run"), "cell_diameter": diameter,
-                                        "rehearsal_data": str(work / f"rehearsal-{experiment}" / "manifest.csv")
-                                        if not quick else None})
-                if cfg.rehearsal_data and not Path(cfg.rehearsal_data).is_file():
-                    _simulate_rehearsal(model, clf0, Path(cfg.rehearsal_data).parent)
+                                        "rehearsal_data": None})
+                if cfg.rehearsal > 0:  # simulated once per experiment and size, shared by its runs
+                    cfg.rehearsal_data = str(work / f"rehearsal-{experiment}-{cfg.rehearsal}" / "manifest.csv")
+                    if not Path(cfg.rehearsal_data).is_file():
+                        _simulate_rehearsal(model, clf0, Path(cfg.rehearsal_data).parent, cfg.rehearsal)
                 t0 = time.perf_counter()
                 best = finetune(cfg)
                 seconds = time.perf_counter() - t0
@@ -146,7 +160,7 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                     "train_fields": [f.path.name for f in train_fields],
                     "scored_fields": [f.path.name for f in test_fields],
                     "train_mosaics": len(rows), "cell_diameter": diameter, "finetune_seconds": round(seconds, 1),
-                    "steps": cfg.steps, "mosaics": scored["mosaics"], "cells": scored["cells"],
+                    "steps": cfg.steps, "settings": changed, "mosaics": scored["mosaics"], "cells": scored["cells"],
                     "before": {"mosaics": before["mosaics"]["accuracy"], "cells": before["cells"]["accuracy"]},
                     "simulated_test": {"manifest": test_manifest, "n_images": n_test,
                                        "accuracy": _simulated_accuracy(clf, test_manifest),
@@ -157,17 +171,57 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                          name, 100 * r["mosaics"]["accuracy"], 100 * r["before"]["mosaics"],
                          100 * r["cells"]["accuracy"], 100 * r["simulated_test"]["accuracy"], seconds)
     return {"command": "python -m benchmarks.realdata --learning-curve" + (" --quick" if quick else ""), "k": k,
-            "settings": {key: v for key, v in settings.__dict__.items() if key not in ("source", "data", "out")},
+            "defaults": {key: v for key, v in FinetuneConfig().__dict__.items() if key not in ("source", "data", "out")},
+            "settings": chosen,
             "runs": runs}
 
 
-def _simulate_rehearsal(model: str, clf, folder: Path) -> None:
+def _simulate_rehearsal(model: str, clf, folder: Path, n: int) -> None:
     from training.finetune import _simulator_of
     from training.simulate import SIMULATORS, simulate_dataset
 
     kind = _simulator_of({"source": model}, clf.classes)
-    n = 4 * len(SIMULATORS[kind][0])
     simulate_dataset(kind, n=n, seed=1000, out=folder, params=SIMULATORS[kind][1](channels=clf.channels), workers=2)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["steps=240", "photometric=false"]`` -> FinetuneConfig fields of the right types."""
+    from dataclasses import fields
+
+    from training.finetune import FinetuneConfig
+
+    types = {f.name: str(f.type) for f in fields(FinetuneConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types or key in ("source", "data", "out"):
+            raise ValueError(f"--set expects a FinetuneConfig setting KEY=VALUE, got {item!r}")
+        kind = types[key]
+        if kind == "bool":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set {key} takes true or false, got {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = {"int": int, "float": float}.get(kind.split(" ")[0], str)(value)
+    return out
+
+
+def render_ablation(ablation: dict) -> list[str]:
+    lines = ["## Fine-tuning settings and how they were chosen", "",
+             "Settings were chosen on validation runs only: yeast fold A (its scored proteins AAC3 and AAR2 "
+             "were the validation set, so fold A's figures above are not test figures) and the MCF-7 "
+             "`validation` run (2 DMSO + 3 protein-synthesis fields of the first half to train, the other "
+             "2 + 3 to score). Yeast fold B and the MCF-7 `first half` run, whose scored fields no choice "
+             "looked at, are the test figures; the MCF-7 `second half` run scores first-half fields, which "
+             "the validation run used. Each row below is the same command with `--only RUN ... --set "
+             "KEY=VALUE ... --ablation`; the chosen settings are the curve above.", "",
+             "| settings changed | run | scored mosaics right | scored cells right | simulated test |",
+             "|---|---|---|---|---|"]
+    for label, curve in ablation.items():
+        for r in curve["runs"]:
+            lines.append(f"| {label} | {r['name']} | {_pct(r['mosaics']['accuracy'])} | {_pct(r['cells']['accuracy'])} "
+                         f"| {_pct(r['simulated_test']['accuracy'])} |")
+    return lines + [""]
 
 
 def _pct(x) -> str:
@@ -180,7 +234,11 @@ def render_curve(curve: dict) -> list[str]:
              "with `training/finetune.py` on the training fields (shown as mosaics of their own cells in new random "
              "orders) and scores *only fields of proteins or wells it did not see*; \"before\" is the released model "
              "on the same fields. Simulated: accuracy on the simulated test set of all the model's classes "
-             "(forgetting), before -> after.", "",
+             "(forgetting), before -> after. Fine-tuning settings: the defaults of `training/finetune.py` ("
+             + ", ".join(f"{k} {v}" for k, v in curve.get("defaults", {}).items()
+                         if k in ("steps", "batch_size", "crop", "lr", "rehearsal", "rehearsal_fraction", "photometric"))
+             + ")" + "".join(f"; {e}: " + ", ".join(f"{k}={v}" for k, v in s.items())
+                             for e, s in curve.get("settings", {}).items() if s) + ".", "",
              "| experiment | fold | fields per training protein | training fields | scored mosaics right | before "
              "| per protein (mosaics) | scored cells right | simulated test | fine-tuning |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -280,3 +280,22 @@ def test_photometric_augmentation_is_seeded_and_range_checked():
     for bad in ({"noise": -0.1}, {"blur": 6.0}, {"field": 1.5}):
         with pytest.raises(ValueError, match="out of range"):
             Photometric(**bad)
+
+
+def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--learning-curve", "--quick",
+                           "--only", "yeast-B-1", "--only", "mcf7-validation-half", "--out", str(tmp_path),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {r["name"]: r for r in json.loads((tmp_path / "realdata.json").read_text())["learning_curve"]["runs"]}
+    assert set(runs) == {"yeast-B-1", "mcf7-validation-half"}
+    yeast = runs["yeast-B-1"]
+    assert yeast["train_fields"] == ["AAC3_1.tif", "AAP1_1.tif", "AAR2_1.tif"]
+    assert sorted(yeast["scored_fields"]) == sorted(f"{g}_{i}.tif" for g in ("AAC1", "AAH1") for i in range(1, 5))
+    mcf7 = runs["mcf7-validation-half"]
+    assert len(mcf7["train_fields"]) == 2 + 3 and len(mcf7["scored_fields"]) == 2 + 3
+    assert not set(mcf7["train_fields"]) & set(mcf7["scored_fields"])
+    for r in runs.values():
+        assert r["mosaics"]["n"] > 0 and 0 <= r["simulated_test"]["accuracy"] <= 1
+    assert "yeast-B-1" not in (tmp_path / "realdata.md").read_text()  # rendered by fold and size
+    assert "| yeast | B | 1 |" in (tmp_path / "realdata.md").read_text()

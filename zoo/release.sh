@@ -19,6 +19,7 @@ for name in ${models[@]}; do
   [ -f "runs/$name/best.pt" ] || python -m training.train --data "data/$prefix-train/manifest.csv" --val "data/$prefix-val/manifest.csv" \
     --channels "$channels" --out "runs/$name" --epochs "$epochs"
   python -m training.export "runs/$name/best.pt" --out "zoo/$name" --name "$name" --version 1.0.0 \
+    --pixel-size 0.17 --cell-diameter 27 \
     --eval-data "data/$prefix-test/manifest.csv" --register "milcnn/$name@v1.0.0" \
     --summary "Yeast GFP protein localization, 11 DeepLoc classes, channels $channels (trained on simulated images)." \
     --training-data "$(python - "$name" "$channels" "$prefix" <<'PY'
@@ -33,7 +34,8 @@ print(json.dumps({
         "(dead cells, out-of-focus cells, debris). See docs/simulator.png."),
     "intended_use": ("Research use: a worked, measured example of MIL-CNN classification and weakly supervised "
                      "segmentation of yeast localization screens, and a starting point for retraining on a real "
-                     "screen. Its accuracy on real images is unknown: it was never trained or tested on any."),
+"screen. On real images it fails (its card's Real images, from python -m benchmarks.realdata); "
+                     "fine-tune it on a few labelled fields of your screen first (python -m training.finetune)."),
     "limitations": [
         "Trained and tested only on simulated images; expect to retrain on your own screen.",
         "Single-label: one localization per image; proteins with several localizations get the dominant one.",
@@ -51,4 +53,5 @@ PY
   python -m training.quantize "zoo/$name" --calibration "data/$prefix-train/manifest.csv" \
     --eval-data "data/$prefix-test/manifest.csv"
   python -m training.quantize "zoo/$name" --precision fp16 --eval-data "data/$prefix-test/manifest.csv"
+  python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)
 done

@@ -11,7 +11,7 @@ done
 [ -f "runs/$name/best.pt" ] || python -m training.train --data data/mcf7-train/manifest.csv \
   --val data/mcf7-val/manifest.csv --channels dna,tubulin,actin --out "runs/$name" --epochs 15 --crop 192 --batch-size 8
 python -m training.export "runs/$name/best.pt" --out "zoo/$name" --name "$name" --version 1.0.0 \
-  --eval-data data/mcf7-test/manifest.csv --register "milcnn/$name@v1.0.0" \
+  --eval-data data/mcf7-test/manifest.csv --register "milcnn/$name@v1.0.0" --pixel-size 0.65 --cell-diameter 47 \
   --summary "MCF-7 mechanism of action, 8 BBBC021 classes (7 MOAs and DMSO), channels dna,tubulin,actin (trained on simulated images)." \
   --training-data "$(python - <<'PY'
 import json
@@ -24,8 +24,9 @@ print(json.dumps({
         "of treated cells look untreated, 5 % outliers. Not simulated: Cholesterol-lowering, DNA replication, "
         "Epithelial, Kinase inhibitors."),
     "intended_use": ("Research use: a worked example of MIL-CNN mechanism-of-action classification from image "
-                     "labels, and a starting point for retraining on BBBC021 or your own plates. Its accuracy on "
-                     "real images is unknown: it was never trained or tested on any."),
+                     "labels, and a starting point for retraining on BBBC021 or your own plates. On real images it "
+                     "fails (its card's Real images, from python -m benchmarks.realdata); fine-tune it on a few "
+                     "labelled fields of your plates first (python -m training.finetune)."),
     "limitations": [
         "Trained and tested only on simulated images; retrain on real plates (command below).",
         "Knows 8 of BBBC021's 13 classes; compounds of other mechanisms will be forced into one of these.",
@@ -51,3 +52,4 @@ python -m training.quantize "zoo/$name" --calibration data/mcf7-train/manifest.c
   || echo "int8 variant not added (it must keep accuracy within 1 point)" >&2
 python -m training.quantize "zoo/$name" --precision fp16 --eval-data data/mcf7-test/manifest.csv \
   || echo "fp16 variant not added (it must keep accuracy within 1 point)" >&2
+python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)

@@ -130,7 +130,7 @@ class Classifier:
         self.precision = precision
         self.origin = None  # a milcnn.hub.ResolvedModel: where the model came from
         self._pooling: OnnxModel | None = None
-        self._scale_reported = False
+        self._scale_checks_left = constants.SCALE_CHECKS  # images measured for the scale notice
 
     # ------------------------------------------------------------------ loading
 
@@ -288,14 +288,18 @@ class Classifier:
                              resized=resized if tile_size is not None else None)
 
     def _check_scale(self, x: np.ndarray, source: str | None) -> None:
-        """One notice per Classifier when an image's cells measure far from the training images'."""
+        """One notice per Classifier when an image's cells measure far from the training images'.
+
+        Only the first ``constants.SCALE_CHECKS`` images are measured (about 3 ms per 512 x 512
+        image): a screen is imaged at one scale, and a plate need not pay for it 10^5 times."""
         expected = self.info.measured_cell_diameter
-        if self._scale_reported or not expected or not self.info.cell_diameter:
+        if self._scale_checks_left <= 0 or not expected or not self.info.cell_diameter:
             return
+        self._scale_checks_left -= 1
         measured = estimate_cell_diameter(x)
         if measured is None or 1 / SCALE_TOLERANCE <= measured / expected <= SCALE_TOLERANCE:
             return
-        self._scale_reported = True
+        self._scale_checks_left = 0
         diameter = self.info.cell_diameter * measured / expected
         pixel = f" or the pixel size in um (model: {self.info.pixel_size:g})" if self.info.pixel_size else ""
         notice(f"{source or 'image'}: cells look about {measured / expected:.1f}x the size {self.name} was trained "

@@ -22,6 +22,7 @@ SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
 # already take about 1 GB); a tile is DEFAULT_TILE_SIZE square plus a receptive-field margin.
 TILE_THRESHOLD_PIXELS = int(os.environ.get("MILCNN_TILE_THRESHOLD_PIXELS", str(2048 * 2048)))
 DEFAULT_TILE_SIZE = 1024
+SCALE_CHECKS = 8  # images per Classifier whose cell size is measured for the scale notice
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 
 #: threads that read, decode and write images beside inference in ``milzoo predict``

@@ -98,11 +98,13 @@ BBBC021_CELLS = RealSet(
     name="bbbc021-cells",
     channels=("dna", "tubulin", "actin"),
     groups=(
-        RealGroup("DMSO", ("DMSO",), "untreated (DMSO)"),
+        RealGroup("DMSO", ("DMSO",), "untreated, solvent only"),
         RealGroup("Protein_synthesis", ("Protein synthesis",), "protein synthesis inhibitors"),
     ),
     field_glob="{group}/*.tif",
-    cell_diameter=None,  # not stated by the source
+    # not stated by the source; the SDK's cell-size reading of these fields against mcf7-moa's
+    # training images (median over all 172 mosaics, no labels used): 1.82x its 47 px
+    cell_diameter=85.0,
     simulator="mcf7",
 )
 
