@@ -198,6 +198,7 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     out = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1", eval_data=str(tiny_yeast))
     info = ModelInfo.from_file(out / "config.json")
     assert (info.pixel_size, info.cell_diameter) == (0.2, 23.0) and info.measured_cell_diameter > 0
+    assert info.measured_tolerance >= 1.5
     assert "0.2 um per pixel" in (out / "README.md").read_text()
     assert Classifier.from_dir(out).zoom_for(pixel_size=0.1) == pytest.approx(0.5)
     out2 = export_folder(best, tmp_path / "model2", name="tiny", version="0.0.1", pixel_size=0.3)

@@ -211,23 +211,31 @@ def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
 
 
 def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normalization, *,
-                max_images: int = 32) -> dict:
+                max_images: int = 256) -> dict:
     """``config.json``'s ``scale``: the training scale and the cell-size reading of ``manifest``'s images.
 
     ``measured_cell_diameter_px`` is the median of ``milcnn.scale.estimate_cell_diameter`` over
     up to ``max_images`` images: the yardstick the SDK compares users' images with.
+    ``measured_tolerance`` is the factor around it that holds 98 % of those readings (at least
+    ``milcnn.scale.SCALE_TOLERANCE``), so the model's own kind of image is not reported as off-scale.
     """
+    from milcnn.scale import SCALE_TOLERANCE
+
     from milcnn.preprocess import normalize
     from milcnn.scale import estimate_cell_diameter
 
-    measured = None
+    measured = tolerance = None
     if manifest:
         samples, _, _ = read_manifest(manifest, channels=channels, classes=classes)
         readings = [estimate_cell_diameter(normalize(load_image(s, len(channels)), normalization))
                     for s in samples[:: max(1, len(samples) // max_images)][:max_images]]
-        readings = [r for r in readings if r is not None]
-        measured = round(float(np.median(readings)), 2) if readings else None
-    return {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured}
+        readings = np.array([r for r in readings if r is not None])
+        if readings.size:
+            measured = round(float(np.median(readings)), 2)
+            spread = np.maximum(readings / measured, measured / readings)
+            tolerance = round(max(SCALE_TOLERANCE, float(np.percentile(spread, 98))), 2)
+    return {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured,
+            "measured_tolerance": tolerance}
 
 
 def _round(v):

@@ -297,7 +297,8 @@ class Classifier:
             return
         self._scale_checks_left -= 1
         measured = estimate_cell_diameter(x)
-        if measured is None or 1 / SCALE_TOLERANCE <= measured / expected <= SCALE_TOLERANCE:
+        tolerance = self.info.measured_tolerance or SCALE_TOLERANCE
+        if measured is None or 1 / tolerance <= measured / expected <= tolerance:
             return
         self._scale_checks_left = 0
         diameter = self.info.cell_diameter * measured / expected

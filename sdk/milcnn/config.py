@@ -20,7 +20,8 @@ class ModelInfo:
     Identity: name, version. Input: channels, normalization, min_size. Scale (``scale``):
     pixel_size (um per pixel of the training images), cell_diameter (their typical cell
     diameter in px) and measured_cell_diameter (``milcnn.scale.estimate_cell_diameter`` on
-    them, the yardstick for the scale warning); each None where unknown. Head: classes,
+    them, the yardstick for the scale warning) and measured_tolerance (the factor around it that
+    holds the training images' readings); each None where unknown. Head: classes,
     multi_label, pooling, output_stride. Provenance: training_data, metrics.
     """
 
@@ -39,6 +40,7 @@ class ModelInfo:
     pixel_size: float | None = None
     cell_diameter: float | None = None
     measured_cell_diameter: float | None = None
+    measured_tolerance: float | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     def file_sha256(self, name: str) -> str | None:
@@ -69,7 +71,7 @@ class ModelInfo:
     def scale_dict(self) -> dict:
         """The ``scale`` block of ``config.json`` (None for what is unknown)."""
         return {"pixel_size_um": self.pixel_size, "cell_diameter_px": self.cell_diameter,
-                "measured_cell_diameter_px": self.measured_cell_diameter}
+                "measured_cell_diameter_px": self.measured_cell_diameter, "measured_tolerance": self.measured_tolerance}
 
     @classmethod
     def from_file(cls, path) -> "ModelInfo":
@@ -83,7 +85,7 @@ class ModelInfo:
 
 
 SCALE_KEYS = {"pixel_size_um": "pixel_size", "cell_diameter_px": "cell_diameter",
-              "measured_cell_diameter_px": "measured_cell_diameter"}
+              "measured_cell_diameter_px": "measured_cell_diameter", "measured_tolerance": "measured_tolerance"}
 
 
 def _scale_fields(block: dict) -> dict:

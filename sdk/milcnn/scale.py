@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["zoom_factor", "resize_chw", "resize_labels", "estimate_cell_diameter", "SCALE_TOLERANCE"]
+__all__ = ["zoom_factor", "zoomed_shape", "resize_chw", "resize_labels", "estimate_cell_diameter",
+           "SCALE_TOLERANCE"]
 
-#: an image whose cells measure more than this factor from the model's gets a warning
+#: an image whose cells measure more than this factor from the model's gets a warning; a model whose
+#: own training images read more widely records a larger factor (``config.json`` scale.measured_tolerance)
 SCALE_TOLERANCE = 1.5
 
 
