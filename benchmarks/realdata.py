@@ -34,6 +34,7 @@ __all__ = ["score_units", "score_model", "main"]
 log = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_VIEWS = "4x8"  # how the learning curve shows a training field: 8 mosaics of 4 x 4 of its cells
 
 
 def score_units(units: list[tuple[str, str, tuple[str, ...]]], group_order: list[str]) -> dict:
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                              "results of the others")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="with --learning-curve: change a fine-tuning setting (training.finetune.FinetuneConfig)")
+    parser.add_argument("--views", default=None, metavar="SIDExN,...",
+                        help="with --learning-curve: how a training field is shown, e.g. 4x8,1x8 (8 mosaics of "
+                             "4 x 4 cells and 8 single cells); default " + DEFAULT_VIEWS)
     parser.add_argument("--ablation", action="store_true",
                         help="with --learning-curve: file the runs under the ablation table (named by --set) "
                              "instead of the learning curve")
@@ -294,10 +298,16 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = parse_overrides(args.overrides)
             except ValueError as exc:
                 parser.error(str(exc))
+            try:
+                views = tuple(tuple(int(v) for v in item.split("x")) for item in (args.views or DEFAULT_VIEWS).split(","))
+                assert views and all(len(v) == 2 and v[0] >= 1 and v[1] >= 1 for v in views)
+            except (ValueError, AssertionError):
+                parser.error(f"--views expects SIDExN[,SIDExN...], e.g. 4x8,1x8; got {args.views!r}")
             curve = learning_curve(args.data, k=args.k, quick=args.quick, work=args.work, only=args.only,
-                                   overrides=overrides)
+                                   overrides=overrides, views=views)
             if args.ablation:
-                results.setdefault("ablation", {})[", ".join(args.overrides) or "defaults"] = curve
+                label = ", ".join(args.overrides + ([f"views {args.views}"] if args.views else [])) or "defaults"
+                results.setdefault("ablation", {})[label] = curve
                 save(results, args.out)
                 print(args.out / "realdata.md")
                 return 0

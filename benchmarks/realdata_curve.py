@@ -98,10 +98,12 @@ def _simulated_accuracy(clf, manifest: str) -> float:
 
 
 def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Path,
-                   only: list[str] | None = None, overrides: dict | None = None) -> dict:
+                   only: list[str] | None = None, overrides: dict | None = None,
+                   views: tuple[tuple[int, int], ...] = ((4, 8),)) -> dict:
     """Run every experiment (or the runs named in ``only``, e.g. ``yeast-A-1``), fine-tuning with
-    ``FinetuneConfig``'s defaults changed by ``overrides``; returns the ``learning_curve`` block
-    of ``realdata.json``."""
+    ``FinetuneConfig``'s defaults changed by ``overrides``; each training field is shown as
+    ``views``: ``(side, n)`` pairs, n mosaics of side x side of its cells in new random orders
+    (side 1: single cells). Returns the ``learning_curve`` block of ``realdata.json``."""
     from benchmarks.realdata import score_model
     from milcnn import Classifier
     from training.export import export_folder
@@ -133,8 +135,9 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                     train_fields += tr if g.name in train_groups else []
                     if g.name in test_groups:  # a field it trained on is never scored
                         test_fields += [f for f in te if g.name not in train_groups or f not in tr]
-                views = 8 if not quick else 1
-                rows = [(m, f.group.label) for f in train_fields for m in shuffled_mosaics(f.cells, k, views, rng)]
+                rows = [(m, f.group.label) for f in train_fields
+                        for side, n_views in (((k, 1),) if quick else views)
+                        for m in shuffled_mosaics(f.cells, side, n_views, rng)]
                 name = f"{experiment}-{fold.replace(' ', '-')}-{n or 'half'}"
                 if only and name not in only:
                     continue
@@ -171,6 +174,7 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                          name, 100 * r["mosaics"]["accuracy"], 100 * r["before"]["mosaics"],
                          100 * r["cells"]["accuracy"], 100 * r["simulated_test"]["accuracy"], seconds)
     return {"command": "python -m benchmarks.realdata --learning-curve" + (" --quick" if quick else ""), "k": k,
+            "views": [list(v) for v in views],
             "defaults": {key: v for key, v in FinetuneConfig().__dict__.items() if key not in ("source", "data", "out")},
             "settings": chosen,
             "runs": runs}

@@ -249,6 +249,7 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
     assert after.config.cell_diameter == 27.0  # the model keeps its scale; the images were resized to it
     out = export_folder(best, tmp_path / "model", name="my-screen", version="0.1.0")
     clf = Classifier.from_dir(out)
+    assert str(manifest) in clf.info.training_data["real_images"]  # the card says which real images it saw
     pred = clf.predict(rows[0][0], cell_diameter=42)
     assert pred.label in clf.classes and pred.mask.shape == rows[0][0].shape[1:]
 

@@ -110,6 +110,8 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
 
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.config
+    if training_data is None and "finetune_config" in ckpt:  # say which images a fine-tuned model saw
+        training_data = finetuned_training_data(ckpt["finetune_config"])
     last = Path(checkpoint).with_name("last.pt")  # best.pt's history stops at the best epoch
     history = torch.load(last, weights_only=True)["history"] if last.is_file() else ckpt["history"]
     out = Path(out)
@@ -208,6 +210,16 @@ def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
             "treatment_accuracy": round(metrics["treatments"]["treatment_accuracy"], 4)}
            if "treatments" in metrics else {}),
     }
+
+
+def finetuned_training_data(fc: dict) -> dict:
+    """The ``training_data`` record of a model fine-tuned with ``training/finetune.py``."""
+    rehearsal = (f"{fc['rehearsal_data']}" if fc.get("rehearsal_data") else
+                 f"{fc['rehearsal']} simulated images" if fc.get("rehearsal") else "none")
+    return {"name": f"{fc['source']} fine-tuned on {fc['data']}", "simulated": False,
+            "real_images": f"fine-tuned on the images of {fc['data']}",
+            "description": f"Started from {fc['source']}; fine-tuned for {fc['steps']} steps on the images of "
+                           f"`{fc['data']}`, rehearsing {rehearsal} ({fc['rehearsal_fraction']:.0%} of each batch)."}
 
 
 def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normalization, *,
