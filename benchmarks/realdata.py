@@ -110,6 +110,9 @@ def run_scores(models: list[str], data_root: Path, *, k: int) -> dict:
         if not sets:
             log.warning("%s: no real set has its channels and classes; skipped", spec)
         for rs in sets:
+            if not (data_root / rs.name).is_dir():
+                log.warning("%s: no %s in %s; skipped", clf.name, rs.name, data_root)
+                continue
             fields = load_fields(rs, data_root, channels=clf.channels)
             modes = {"as is": None}
             if rs.cell_diameter and clf.info.cell_diameter:
@@ -254,8 +257,8 @@ def _update_zoo(scores: dict, *, k: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.realdata", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", help="zoo name, Hub repo or model folder (repeatable; "
-                        "default: every zoo model)")
+    parser.add_argument("--model", action="extend", nargs="+", metavar="NAME_OR_FOLDER",
+                        help="zoo names, Hub repos or model folders (default: every zoo model)")
     parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA, help="the real labelled data folder "
                         "(default ../shared/realdata-labelled)")
     parser.add_argument("--k", type=int, default=4, help="mosaic side in cells (default 4)")

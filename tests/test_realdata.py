@@ -103,10 +103,14 @@ def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
 
 
 def test_benchmark_command_writes_json_and_markdown(real_labelled, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--model", "yeast-loc-gfp", "--k", "8",
-                           "--out", str(tmp_path)], capture_output=True, text=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "yeast-chong").symlink_to(real_labelled / "yeast-chong")  # one set only: the other skipped
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--model", "yeast-loc-gfp", "mcf7-moa",
+                           "--k", "8", "--data", str(tmp_path / "data"), "--out", str(tmp_path)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "realdata.json").read_text())
+    assert results["scores"]["mcf7-moa"]["sets"] == {} and "no bbbc021-cells" in proc.stderr
     modes = results["scores"]["yeast-loc-gfp"]["sets"]["yeast-chong"]
     assert set(modes) == {"as is", "cell_diameter=42"}  # the set states its size, the model records its own
     assert modes["as is"]["mosaics"]["n"] == sum(len(f.cells) // 64 for f in load_fields("yeast-chong", real_labelled))
