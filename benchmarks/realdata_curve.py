@@ -181,10 +181,10 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
 
 
 def _simulate_rehearsal(model: str, clf, folder: Path, n: int) -> None:
-    from training.finetune import _simulator_of
+    from training.finetune import simulator_of
     from training.simulate import SIMULATORS, simulate_dataset
 
-    kind = _simulator_of({"source": model}, clf.classes)
+    kind = simulator_of({"source": model}, clf.classes)
     simulate_dataset(kind, n=n, seed=1000, out=folder, params=SIMULATORS[kind][1](channels=clf.channels), workers=2)
 
 

@@ -46,7 +46,7 @@ from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
 from training.train import CHECKPOINT_FORMAT, bag_loss, evaluate_loss_accuracy, load_checkpoint
 
-__all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx"]
+__all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "simulator_of"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ def load_source(spec: str) -> tuple[MILCNN, dict]:
                    "train_config": config.get("training", {}).get("train_config", {})}
 
 
-def _simulator_of(origin: dict, classes: tuple[str, ...]) -> str:
+def simulator_of(origin: dict, classes: tuple[str, ...]) -> str:
+    """The simulator (``training.simulate`` name) that draws exactly ``classes``, for rehearsal."""
     from training.simulate import SIMULATORS
 
     for kind, (sim_classes, _, _) in SIMULATORS.items():
@@ -191,7 +192,7 @@ def _rehearsal_manifest(cfg: FinetuneConfig, origin: dict, model_cfg: ModelConfi
         return None
     from training.simulate import SIMULATORS, simulate_dataset
 
-    kind = _simulator_of(origin, model_cfg.classes)
+    kind = simulator_of(origin, model_cfg.classes)
     folder = Path(cfg.out) / "rehearsal"
     manifest = folder / "manifest.csv"
     stamp = folder / "settings.json"
@@ -214,14 +215,12 @@ def _freeze_batch_norm(model: MILCNN) -> None:
             m.eval()
 
 
-def finetune(cfg: FinetuneConfig, *, resume: str | None = None, progress: bool = False,
-             stop_after: int | None = None) -> Path:
+def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int | None = None) -> Path:
     """Fine-tune ``cfg.source`` on ``cfg.data``; returns the path of the best checkpoint.
 
     Args:
         cfg: the settings.
         resume: a ``last.pt`` of this run to continue from.
-        progress: log every epoch at INFO (always) and show nothing else.
         stop_after: stop after this many epochs in total, as if interrupted.
 
     Raises:
