@@ -202,7 +202,9 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     out = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1", eval_data=str(tiny_yeast))
     info = ModelInfo.from_file(out / "config.json")
     assert (info.pixel_size, info.cell_diameter) == (0.2, 23.0) and info.measured_cell_diameter > 0
-    assert info.measured_tolerance >= 1.5
+    from milcnn.scale import SCALE_TOLERANCE
+
+    assert info.measured_tolerance >= SCALE_TOLERANCE
     assert "0.2 um per pixel" in (out / "README.md").read_text()
     assert Classifier.from_dir(out).zoom_for(pixel_size=0.1) == pytest.approx(0.5)
     out2 = export_folder(best, tmp_path / "model2", name="tiny", version="0.0.1", pixel_size=0.3)
@@ -305,3 +307,14 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
         assert r["mosaics"]["n"] > 0 and 0 <= r["simulated_test"]["accuracy"] <= 1
     assert "yeast-B-1" not in (tmp_path / "realdata.md").read_text()  # rendered by fold and size
     assert "| yeast | B | 1 |" in (tmp_path / "realdata.md").read_text()
+
+
+def test_real_yeast_at_its_own_scale_gets_the_scale_notice(real_labelled, capsys):
+    """The real yeast cells are about 42 px across against yeast-loc's 27: the notice says so."""
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    field = load_fields("yeast-chong", real_labelled, groups=("AAP1",))[0]
+    clf.predict(mosaics(field.cells, 4)[0])
+    err = capsys.readouterr().err
+    assert "cells look about" in err
+    suggested = float(err.split("--cell-diameter ")[1].split(")")[0])
+    assert 34 <= suggested <= 50  # the source says 35-50 px

@@ -16,7 +16,7 @@ __all__ = ["zoom_factor", "zoomed_shape", "resize_chw", "resize_labels", "estima
 
 #: an image whose cells measure more than this factor from the model's gets a warning; a model whose
 #: own training images read more widely records a larger factor (``config.json`` scale.measured_tolerance)
-SCALE_TOLERANCE = 1.5
+SCALE_TOLERANCE = 1.3
 
 
 def zoom_factor(*, pixel_size: float | None = None, cell_diameter: float | None = None,
