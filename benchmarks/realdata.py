@@ -130,7 +130,8 @@ def run_scores(models: list[str], data_root: Path, *, k: int) -> dict:
 
 # ---------------------------------------------------------------------------------------- report
 
-def _pct(x) -> str:
+def pct(x) -> str:
+    """A fraction as a percentage with one decimal, ``-`` for None."""
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
@@ -157,10 +158,10 @@ def render(results: dict) -> str:
             for set_name, modes in entry["sets"].items():
                 for mode, r in modes.items():
                     lines.append(f"| `{name}` | {entry['model']['trained_on']} | {set_name} | {mode} "
-                                 f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({_pct(r['mosaics']['accuracy'])}) "
-                                 f"| {_pct(r['mosaics']['balanced_accuracy'])} "
-                                 f"| {r['cells']['correct']}/{r['cells']['n']} ({_pct(r['cells']['accuracy'])}) "
-                                 f"| {_pct(r['cells']['balanced_accuracy'])} |")
+                                 f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({pct(r['mosaics']['accuracy'])}) "
+                                 f"| {pct(r['mosaics']['balanced_accuracy'])} "
+                                 f"| {r['cells']['correct']}/{r['cells']['n']} ({pct(r['cells']['accuracy'])}) "
+                                 f"| {pct(r['cells']['balanced_accuracy'])} |")
         lines.append("")
         for name, entry in scores.items():
             for set_name, modes in entry["sets"].items():
@@ -191,7 +192,7 @@ def render(results: dict) -> str:
 def card_summary(entry: dict, *, k: int) -> dict:
     """A model's scores in the compact form its card shows (``config.json`` -> ``real_images``)."""
     def frac(s: dict) -> str:
-        return f"{s['correct']}/{s['n']} ({_pct(s['accuracy'])})"
+        return f"{s['correct']}/{s['n']} ({pct(s['accuracy'])})"
 
     sets = {}
     for set_name, modes in entry["sets"].items():
@@ -233,16 +234,6 @@ def save(results: dict, out_dir: Path = RESULTS) -> None:
 def load(out_dir: Path = RESULTS) -> dict:
     path = out_dir / "realdata.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _run_names() -> list[str]:
-    from benchmarks.realdata_curve import EXPERIMENTS
-
-    return [f"{e}-{fold.replace(' ', '-')}-{n or 'half'}" for e, _, _, folds, sizes, _ in EXPERIMENTS
-            for fold, *_ in folds for n in sizes]
-
-
-_RUN_ORDER = _run_names()
 
 
 def _update_zoo(scores: dict, *, k: int) -> None:
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.learning_curve:
             from benchmarks.realdata_curve import learning_curve
 
-            from benchmarks.realdata_curve import parse_overrides
+            from benchmarks.realdata_curve import parse_overrides, run_names
 
             try:
                 overrides = parse_overrides(args.overrides)
@@ -316,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.only and results.get("learning_curve"):  # replace those runs, keep the others
                 kept = [r for r in results["learning_curve"]["runs"] if r.get("name") not in args.only]
-                curve["runs"] = sorted(kept + curve["runs"], key=lambda r: _RUN_ORDER.index(r["name"]))
+                order = run_names()
+                curve["runs"] = sorted(kept + curve["runs"], key=lambda r: order.index(r["name"]))
             results["learning_curve"] = curve
         else:
             from milcnn.registry import zoo

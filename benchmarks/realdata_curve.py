@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.realdata import pct as _pct
 from milcnn.io import write_tiff
 from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
 
-__all__ = ["learning_curve", "render_curve", "EXPERIMENTS"]
+__all__ = ["learning_curve", "render_curve", "run_names", "write_manifest", "EXPERIMENTS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ EXPERIMENTS = (
      # real MCF-7 is far from the simulator: more steps to adapt, more rehearsal to keep the other classes
      {"steps": 480, "steps_per_epoch": 80, "rehearsal": 96, "rehearsal_fraction": 0.8}),
 )
+
+def run_name(experiment: str, fold: str, n: int | None) -> str:
+    """``yeast-A-1``, ``mcf7-first-half-half``: what ``--only`` takes."""
+    return f"{experiment}-{fold.replace(' ', '-')}-{n or 'half'}"
+
+
+def run_names() -> list[str]:
+    """Every run of the curve, in order."""
+    return [run_name(e, fold, n) for e, _, _, folds, sizes, _ in EXPERIMENTS for fold, *_ in folds for n in sizes]
+
 
 #: the release scripts' simulated test sets (seed 3), re-simulated under work/ when data/ lacks them
 SIMULATED_TEST = {"yeast-loc": ("yeast", 220, "data/yeast-test/manifest.csv"),
@@ -65,7 +76,7 @@ def _split(fields, how: str | None, n: int | None):
     return fields[:n], fields
 
 
-def _write_manifest(rows: list[tuple[np.ndarray, str]], folder: Path) -> Path:
+def write_manifest(rows: list[tuple[np.ndarray, str]], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "manifest.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -124,6 +135,8 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
         diameter = rs.cell_diameter if clf0.info.cell_diameter else None
         fields = load_fields(rs, data_root, channels=clf0.channels)
         test_manifest, n_test = _simulated_test(model, work, quick)
+        before_by_fields: dict[tuple[str, ...], dict] = {}  # the released model on the same scored fields
+        simulated_before = None
         for fold, train_groups, test_groups, how in folds:
             for n in sizes:
                 if quick and n not in (None, 1):
@@ -138,12 +151,12 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                 rows = [(m, f.group.label) for f in train_fields
                         for side, n_views in (((k, 1),) if quick else views)
                         for m in shuffled_mosaics(f.cells, side, n_views, rng)]
-                name = f"{experiment}-{fold.replace(' ', '-')}-{n or 'half'}"
-                if only and name not in only:
+                name = run_name(experiment, fold, n)
+                if only and name not in only:  # skipped after drawing its views: --only runs see the same ones
                     continue
                 run_dir = work / name
                 shutil.rmtree(run_dir, ignore_errors=True)
-                manifest = _write_manifest(rows, run_dir / "train")
+                manifest = write_manifest(rows, run_dir / "train")
                 cfg = FinetuneConfig(**{**settings.__dict__, "source": model, "data": str(manifest),
                                         "out": str(run_dir / "run"), "cell_diameter": diameter,
                                         "rehearsal_data": None})
@@ -157,7 +170,12 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                 folder = export_folder(best, run_dir / "model", name=f"{model}-{name}", version="0.0.0")
                 clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
                 scored = score_model(clf, test_fields, k=k, cell_diameter=diameter)
-                before = score_model(clf0, test_fields, k=k, cell_diameter=diameter)
+                key = tuple(f.path.name for f in test_fields)
+                if key not in before_by_fields:
+                    before_by_fields[key] = score_model(clf0, test_fields, k=k, cell_diameter=diameter)
+                before = before_by_fields[key]
+                if simulated_before is None:
+                    simulated_before = _simulated_accuracy(clf0, test_manifest)
                 runs.append({
                     "name": name, "experiment": experiment, "model": model, "fold": fold, "fields_per_protein": n or "half",
                     "train_fields": [f.path.name for f in train_fields],
@@ -167,7 +185,7 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                     "before": {"mosaics": before["mosaics"]["accuracy"], "cells": before["cells"]["accuracy"]},
                     "simulated_test": {"manifest": test_manifest, "n_images": n_test,
                                        "accuracy": _simulated_accuracy(clf, test_manifest),
-                                       "accuracy_before": _simulated_accuracy(clf0, test_manifest)},
+                                       "accuracy_before": simulated_before},
                 })
                 r = runs[-1]
                 log.info("%s: held-out mosaics %.1f %% (before %.1f %%), cells %.1f %%, simulated %.1f %%, %.0f s",
@@ -226,10 +244,6 @@ def render_ablation(ablation: dict) -> list[str]:
             lines.append(f"| {label} | {r['name']} | {_pct(r['mosaics']['accuracy'])} | {_pct(r['cells']['accuracy'])} "
                          f"| {_pct(r['simulated_test']['accuracy'])} |")
     return lines + [""]
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f} %"
 
 
 def render_curve(curve: dict) -> list[str]:

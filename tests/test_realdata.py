@@ -230,7 +230,7 @@ def test_zoo_models_rebuild_from_onnx(name):
 
 
 def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, tmp_path):
-    from benchmarks.realdata_curve import _write_manifest
+    from benchmarks.realdata_curve import write_manifest
     from training.data.dataset import ImageSet
     from training.data.manifest import read_manifest
     from training.export import export_folder
@@ -239,7 +239,7 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
 
     fields = [f for f in load_fields("yeast-chong", real_labelled) if f.name in ("AAC1_1", "AAP1_1")]
     rows = [(m, f.group.label) for f in fields for m in mosaics(f.cells, 4)]
-    manifest = _write_manifest(rows, tmp_path / "train")
+    manifest = write_manifest(rows, tmp_path / "train")
     cfg = FinetuneConfig(source="yeast-loc", data=str(manifest), out=str(tmp_path / "run"), cell_diameter=42,
                          steps=12, steps_per_epoch=6, batch_size=8, lr=1e-3, rehearsal=0, threads=2)
     before, _ = load_source("yeast-loc")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -43,8 +42,8 @@ from milcnn.io import write_atomic
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
-from training.regularizers import edge_aware_smoothness
-from training.train import CHECKPOINT_FORMAT, bag_loss, evaluate_loss_accuracy, load_checkpoint
+from training.train import (CHECKPOINT_FORMAT, evaluate_loss_accuracy, flag_type, load_checkpoint, save_checkpoint,
+                            train_step, warmup_cosine)
 
 __all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "simulator_of"]
 
@@ -273,8 +272,7 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(20, cfg.steps // 10)
-    schedule = lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, cfg.steps, warmup)
     epochs = -(-cfg.steps // cfg.steps_per_epoch)
     start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
     if resume:
@@ -304,16 +302,8 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
         _freeze_batch_norm(model)
         running = 0.0
         for x, y in loader:
-            output = model(x)
-            loss = bag_loss(output.probabilities, y)
-            if cfg.smoothness:
-                loss = loss + cfg.smoothness * edge_aware_smoothness(
-                    output.class_maps, x, stride=model_cfg.output_stride, sigma=cfg.smoothness_sigma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += loss.item()
+            running += train_step(model, x, y, optimizer, scheduler, smoothness=cfg.smoothness,
+                                  smoothness_sigma=cfg.smoothness_sigma)
         model.eval()
         record = {"epoch": epoch + 1, "step": epoch * cfg.steps_per_epoch + n_steps,
                   "train_loss": running / n_steps, "lr": scheduler.get_last_lr()[0],
@@ -333,19 +323,14 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
                 "train_config": {**origin.get("train_config", {}), "finetune": asdict(cfg)},
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "best": best, "history": history}
-        _save(ckpt, out / "last.pt")
+        save_checkpoint(ckpt, out / "last.pt")
         if improved:
-            _save(ckpt, out / "best.pt")
+            save_checkpoint(ckpt, out / "best.pt")
         log.info("epoch %d/%d (step %d): train loss %.4f%s, %.0f s", epoch + 1, epochs, record["step"],
                  record["train_loss"], f", val accuracy {record['val_accuracy']:.4f}" if val_set is not None else "",
                  record["seconds"])
     log.info("fine-tuning took %.0f s", time.time() - t_start)
     return out / "best.pt"
-
-
-def _save(obj: dict, path: Path) -> None:
-    with write_atomic(path, "wb") as fh:
-        torch.save(obj, fh)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
             continue
-        kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, default=default, required=f.name == "data", help=f"default {default!r}")
+        parser.add_argument(flag, type=flag_type(f), default=default, required=f.name == "data", help=f"default {default!r}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})

@@ -39,7 +39,8 @@ from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
 from training.metrics import image_accuracy
 
-__all__ = ["TrainConfig", "train", "load_checkpoint", "bag_loss"]
+__all__ = ["TrainConfig", "train", "load_checkpoint", "bag_loss", "warmup_cosine", "train_step", "save_checkpoint",
+           "flag_type"]
 
 CHECKPOINT_FORMAT = "milcnn-checkpoint/1"
 
@@ -76,6 +77,32 @@ class TrainConfig:
 def bag_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy between bag probabilities and (multi-)hot targets, as in the paper."""
     return F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), targets)
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total_steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup))
+                                             * 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+
+
+def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *, smoothness: float,
+               smoothness_sigma: float) -> float:
+    """One optimiser step on a batch: bag loss plus the edge-aware smoothness term; returns the loss."""
+    output = model(x)
+    loss = bag_loss(output.probabilities, y)
+    if smoothness:
+        loss = loss + smoothness * edge_aware_smoothness(output.class_maps, x, stride=model.config.output_stride,
+                                                         sigma=smoothness_sigma)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+def flag_type(f) -> type:
+    """The argparse type of a settings dataclass field (``int``, ``float``, optional ``float``, else ``str``)."""
+    return {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
 
 
 def load_checkpoint(path) -> tuple[MILCNN, dict]:
@@ -155,8 +182,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     warmup = min(100, total_steps // 10)
-    schedule = lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / total_steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, total_steps, warmup)
     start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
     if resume:
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
@@ -196,17 +222,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         running = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(device), y.to(device)
-            output = model(x)
-            loss = bag_loss(output.probabilities, y)
-            if cfg.smoothness:
-                loss = loss + cfg.smoothness * edge_aware_smoothness(
-                    output.class_maps, x, stride=model_cfg.output_stride, sigma=cfg.smoothness_sigma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += loss.item()
+            running += train_step(model, x.to(device), y.to(device), optimizer, scheduler,
+                                  smoothness=cfg.smoothness, smoothness_sigma=cfg.smoothness_sigma)
             bar.set_postfix(loss=f"{running / (step + 1):.4f}")
         model.eval()
         val_loss, val_acc = evaluate_loss_accuracy(model, val_set, device)
@@ -223,15 +240,15 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best": best, "history": history,
         }
-        _save(ckpt, out / "last.pt")
+        save_checkpoint(ckpt, out / "last.pt")
         if improved:
-            _save(ckpt, out / "best.pt")
+            save_checkpoint(ckpt, out / "best.pt")
         print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
               f"val accuracy {val_acc:.4f}{' (best)' if improved else ''}, {record['seconds']:.0f} s", file=sys.stderr)
     return out / "best.pt"
 
 
-def _save(obj: dict, path: Path) -> None:
+def save_checkpoint(obj: dict, path: Path) -> None:
     with write_atomic(path, "wb") as fh:
         torch.save(obj, fh)
 
@@ -261,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=None)
         else:
-            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"default {getattr(defaults, f.name)!r}")
+            parser.add_argument(flag, type=flag_type(f), default=None, help=f"default {getattr(defaults, f.name)!r}")
     args = parser.parse_args(argv)
     settings = json.loads(args.config.read_text()) if args.config else {}
     for f in fields(TrainConfig):

@@ -328,8 +328,7 @@ class Classifier:
                 if item.resized is None:
                     p, m = self._run_tiled(item.chw, item.tile_size)
                 else:  # already normalised with the whole input's statistics
-                    ones = np.ones(item.resized.shape[0], dtype=np.float32)
-                    p, m = self._run_tiled(item.resized, item.tile_size, ranges=(ones * 0, ones))
+                    p, m = self._run_tiled(item.resized, item.tile_size, normalized=True)
             else:
                 p, m = probs[batch_index], maps[batch_index]
                 batch_index += 1
@@ -412,19 +411,21 @@ class Classifier:
         return x
 
     def _run_tiled(self, chw: np.ndarray, tile_size: int, *,
-                   ranges: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and class maps of a whole image, computed tile by tile.
 
         Each tile is run with a margin of at least the receptive field on every side, and only
         its core is kept, so each map pixel sees exactly what it would in the whole image. The
         stitched maps then go through the model's own pooling layer (``pooling.onnx``).
+        ``normalized``: ``chw`` is already normalised (a rescaled image), so tiles go in as they are.
         """
         s = self.info.output_stride
         if tile_size < s or tile_size % s:
             raise ValueError(f"tile size {tile_size} must be a positive multiple of the output stride {s}")
         pooling = self._pooling_model()
         _, h, w = chw.shape
-        low, scale = ranges or channel_ranges(chw, self.info.normalization)  # whole-image statistics
+        if not normalized:
+            low, scale = channel_ranges(chw, self.info.normalization)  # whole-image statistics
         margin = -(-self.info.receptive_field // s) * s
         mh, mw = -(-h // s), -(-w // s)
         maps = np.empty((len(self.classes), mh, mw), dtype=np.float32)
@@ -432,7 +433,8 @@ class Classifier:
             for x0 in range(0, w, tile_size):
                 ya, xa = max(0, y0 - margin), max(0, x0 - margin)  # multiples of s
                 yb, xb = min(h, y0 + tile_size + margin), min(w, x0 + tile_size + margin)
-                x = apply_ranges(chw[:, ya:yb, xa:xb], low, scale)
+                tile = chw[:, ya:yb, xa:xb]
+                x = np.ascontiguousarray(tile) if normalized else apply_ranges(tile, low, scale)
                 m = self.info.min_size
                 if x.shape[1] < m or x.shape[2] < m:
                     x = np.pad(x, ((0, 0), (0, max(0, m - x.shape[1])), (0, max(0, m - x.shape[2]))))

@@ -9,6 +9,8 @@ measures the cells so that a far-off scale can be reported.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["zoom_factor", "zoomed_shape", "resize_chw", "resize_labels", "estimate_cell_diameter",
@@ -40,7 +42,8 @@ def zoom_factor(*, pixel_size: float | None = None, cell_diameter: float | None 
     if pixel_size is not None and cell_diameter is not None:
         raise ValueError("give pixel_size or cell_diameter, not both")
     for name, value in (("pixel_size", pixel_size), ("cell_diameter", cell_diameter)):
-        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+        if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                      and np.isfinite(value) and value > 0):  # numpy scalars welcome
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if pixel_size is not None:
         if not model_pixel_size:
