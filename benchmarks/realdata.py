@@ -71,22 +71,27 @@ def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, 
             (None: as they are).
 
     Returns:
-        ``{"cells": score_units(...), "mosaics": score_units(...), "fields": [{"field", "group",
-        "n_mosaics", "mosaics_correct", "called": {...}}], "seconds"}``.
+        ``{"cells": score_units(...), "mosaics": score_units(...), "halves": {"validation" | "test":
+        {"cells", "mosaics"}}, "fields": [{"field", "group", "half", "n_mosaics", "mosaics_correct",
+        "called": {...}}], "seconds"}``; the halves are the set's (``RealSet.half``).
     """
     t0 = time.perf_counter()
     order = [g.name for g in fields[0].set.groups] if fields else []
     cell_units, mosaic_units, per_field = [], [], []
     for f in fields:
-        accepted = f.group.accepted
+        accepted, half = f.group.accepted, f.set.half(f)
         for pred in clf.predict_batch(list(f.cells), batch_size=batch_size, cell_diameter=cell_diameter):
-            cell_units.append((f.group.name, pred.label, accepted))
+            cell_units.append((f.group.name, pred.label, accepted, half))
         labels = [p.label for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
-        mosaic_units += [(f.group.name, label, accepted) for label in labels]
-        per_field.append({"field": f.path.name, "group": f.group.name, "n_cells": len(f.cells),
+        mosaic_units += [(f.group.name, label, accepted, half) for label in labels]
+        per_field.append({"field": f.path.name, "group": f.group.name, "half": half, "n_cells": len(f.cells),
                           "n_mosaics": len(labels), "mosaics_correct": sum(lab in accepted for lab in labels),
                           "called": dict(Counter(labels).most_common())})
-    return {"cells": score_units(cell_units, order), "mosaics": score_units(mosaic_units, order),
+    halves = {h: {kind: score_units([u[:3] for u in units if u[3] == h], order)
+                  for kind, units in (("cells", cell_units), ("mosaics", mosaic_units))}
+              for h in ("validation", "test") if any(u[3] == h for u in mosaic_units)}
+    return {"cells": score_units([u[:3] for u in cell_units], order),
+            "mosaics": score_units([u[:3] for u in mosaic_units], order), "halves": halves,
             "fields": per_field, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -152,17 +157,23 @@ def render(results: dict) -> str:
     scores = results.get("scores", {})
     if scores:
         lines += ["## Zoo models as released", "",
-                  "| model | trained on | real set | scale | mosaics right | balanced | cells right | balanced |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | trained on | real set | scale | mosaics right | balanced | cells right | balanced "
+                  "| validation half: mosaics, cells | test half: mosaics, cells |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, entry in scores.items():
             for set_name, modes in entry["sets"].items():
                 for mode, r in modes.items():
+                    halves = [", ".join(f"{h[u]['correct']}/{h[u]['n']} ({pct(h[u]['accuracy'])})"
+                                        for u in ("mosaics", "cells")) if h else "-"
+                              for h in (r.get("halves", {}).get(x) for x in ("validation", "test"))]
                     lines.append(f"| `{name}` | {entry['model']['trained_on']} | {set_name} | {mode} "
                                  f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({pct(r['mosaics']['accuracy'])}) "
                                  f"| {pct(r['mosaics']['balanced_accuracy'])} "
                                  f"| {r['cells']['correct']}/{r['cells']['n']} ({pct(r['cells']['accuracy'])}) "
-                                 f"| {pct(r['cells']['balanced_accuracy'])} |")
-        lines.append("")
+                                 f"| {pct(r['cells']['balanced_accuracy'])} | {halves[0]} | {halves[1]} |")
+        lines += ["", "The halves are `RealSet.validation` in `training/data/real.py`: AAC1, AAP1 and AAH1, and the "
+                  "first 4 DMSO and 6 protein-synthesis fields, for choosing the settings of models trained without "
+                  "real labels; the test half is every other field.", ""]
         for name, entry in scores.items():
             for set_name, modes in entry["sets"].items():
                 for mode, r in modes.items():
@@ -205,7 +216,9 @@ def card_summary(entry: dict, *, k: int) -> dict:
                 if m is not None:
                     groups[g.name] = {"accepted": " or ".join(g.accepted), "mosaics": frac(m),
                                       "called": _called(m["called"], top=2), "cells": frac(c)}
-            sets[set_name][mode] = {"mosaics": frac(r["mosaics"]), "cells": frac(r["cells"]), "groups": groups}
+            sets[set_name][mode] = {"mosaics": frac(r["mosaics"]), "cells": frac(r["cells"]), "groups": groups,
+                                    "halves": {h: {u: frac(v[u]) for u in ("mosaics", "cells")}
+                                               for h, v in r.get("halves", {}).items()}}
     wrong = []
     for set_name, modes in entry["sets"].items():
         r = modes["as is"]

@@ -100,6 +100,25 @@ def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
     for f in r["fields"]:
         accepted = REAL_SETS[set_name].group(f["group"]).accepted
         assert f["mosaics_correct"] == sum(n for label, n in f["called"].items() if label in accepted)
+    # each field is in one half, and the halves add up to the whole
+    for unit in ("cells", "mosaics"):
+        assert sum(h[unit]["n"] for h in r["halves"].values()) == r[unit]["n"]
+        assert sum(h[unit]["correct"] for h in r["halves"].values()) == r[unit]["correct"]
+
+
+def test_validation_halves_are_the_issue_s(real_labelled):
+    """Settings of models trained without real labels are chosen on AAC1, AAP1, AAH1 and on the first
+    4 DMSO and 6 protein-synthesis fields; everything else is the test half."""
+    halves = {}
+    for set_name in REAL_SETS:
+        for f in load_fields(set_name, real_labelled):
+            halves.setdefault((f.group.name, f.set.half(f)), []).append(f.index)
+    assert {k: len(v) for k, v in halves.items()} == {
+        ("AAC1", "validation"): 4, ("AAP1", "validation"): 4, ("AAH1", "validation"): 4,
+        ("AAC3", "test"): 4, ("AAR2", "test"): 4,
+        ("DMSO", "validation"): 4, ("DMSO", "test"): 4,
+        ("Protein_synthesis", "validation"): 6, ("Protein_synthesis", "test"): 6}
+    assert halves[("DMSO", "validation")] == [1, 2, 3, 4]
 
 
 def test_benchmark_command_writes_json_and_markdown(real_labelled, tmp_path):
@@ -290,6 +309,32 @@ def test_photometric_augmentation_is_seeded_and_range_checked():
             Photometric(**bad)
 
 
+def test_scale_jitter_zooms_crops_within_its_range():
+    """A crop of a disk image under scale jitter keeps the crop size and shows the disk at a zoom
+    within [1/(1+j), 1+j]; without jitter the crop is an exact window."""
+    from types import SimpleNamespace
+
+    from training.data.dataset import CropDataset
+
+    yy, xx = np.mgrid[0:256, 0:256]
+    stripes = ((xx // 8) % 2).astype(np.float16)[None]  # period 16 px
+    images = SimpleNamespace(images=[stripes], targets=np.ones((1, 1), np.float32))
+    plain = CropDataset(images, 64, seed=0)
+    assert set(np.unique(plain[0][0].numpy())) <= {0.0, 1.0}
+    jittered = CropDataset(images, 64, seed=0, scale_jitter=0.5)
+    periods = []
+    for epoch in range(12):
+        jittered.reseed(epoch)
+        x = jittered[0][0].numpy()[0]
+        assert x.shape == (64, 64)
+        profile = x.mean(axis=0) if x.std(axis=0).mean() < x.std(axis=1).mean() else x.mean(axis=1)
+        crossings = np.flatnonzero(np.diff(np.sign(profile - profile.mean())))
+        periods.append(2 * np.median(np.diff(crossings)))
+    assert min(periods) >= 16 / 1.5 - 1.5 and max(periods) <= 16 * 1.5 + 1.5 and max(periods) > 1.15 * min(periods)
+    with pytest.raises(ValueError, match="scale_jitter"):
+        CropDataset(images, 64, seed=0, scale_jitter=2.0)
+
+
 def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--learning-curve", "--quick",
                            "--only", "yeast-B-1", "--only", "mcf7-validation-half", "--out", str(tmp_path),
@@ -318,3 +363,21 @@ def test_real_yeast_at_its_own_scale_gets_the_scale_notice(real_labelled, capsys
     assert "cells look about" in err
     suggested = float(err.split("--cell-diameter ")[1].split(")")[0])
     assert 34 <= suggested <= 50  # the source says 35-50 px
+
+
+def test_sim_vs_real_measures_a_known_cell():
+    """A disk of known diameter blurred by a known sigma, on a flat background, measures back."""
+    from scipy import ndimage
+
+    from benchmarks.sim_vs_real import measure_crop
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    disk = (np.hypot(yy - 32, xx - 32) < 15).astype(np.float32)
+    crop = np.stack([ndimage.gaussian_filter(disk, 2.0) * 100 + 10] * 2)
+    m = measure_crop(crop, 1)
+    assert abs(m["diameter"] - 30) < 2 and abs(m["blur"] - 2.0) < 0.5
+    assert m["peakiness"][0] < 1.3 and m["background"][0] < 0.05
+    spots = crop.copy()
+    spots[0, 28:31, 28:31] += 400  # a bright dot in one channel only
+    assert measure_crop(spots, 1)["peakiness"][0] > 2 * m["peakiness"][0]
+    assert measure_crop(np.zeros((2, 64, 64), np.float32) + 5, 1) is None

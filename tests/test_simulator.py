@@ -59,6 +59,28 @@ def test_gfp_only_channel_is_the_same_gfp(tmp_path):
     assert gfp.shape == (1, 96, 96) and np.array_equal(gfp[0], both[0])
 
 
+@pytest.mark.parametrize("name, bad", [
+    ("blur", (2.0, 1.0)), ("blur", (0.0, 1.0)), ("photons", (1.0, 10.0)), ("autofluorescence", (-0.1, 0.2)),
+    ("background", (0.1, 3.0)), ("vacuole_contrast", (0.5, 1.5)), ("mito_diffuse", (0.4, 0.1)),
+    ("cell_radius", (2.0, 10.0)), ("coverage", (0.5, 0.95)), ("blur", 1.5)])
+def test_randomised_settings_are_range_checked(name, bad):
+    with pytest.raises(ValueError, match=name):
+        YeastParams(**{name: bad})
+
+
+def test_randomised_settings_span_their_ranges():
+    """A setting pinned to one value changes the image; the defaults give blur and brightness that vary
+    from image to image (the point of randomising the microscope)."""
+    bright = dict(size=128, photons=(5000.0, 5000.0))  # so shot noise does not hide the edges
+    sharp, _ = simulate_yeast_image("cytosol", image_rng(4, 0), YeastParams(**bright, blur=(0.9, 0.9)))
+    soft, _ = simulate_yeast_image("cytosol", image_rng(4, 0), YeastParams(**bright, blur=(2.4, 2.4)))
+    edges = [np.abs(np.diff(x[1].astype(float), axis=1)).mean() for x in (sharp, soft)]
+    assert edges[0] > 1.3 * edges[1]
+    levels = [np.percentile(simulate_yeast_image("cytosol", image_rng(5, i), YeastParams(size=128))[0][0], 99) - 100
+              for i in range(8)]
+    assert max(levels) > 3 * min(levels)
+
+
 def test_bad_simulator_settings():
     with pytest.raises(ValueError, match="unknown yeast class 'golgi'"):
         simulate_yeast_image("golgi", image_rng(0, 0))

@@ -188,6 +188,8 @@ def _real_image_lines(real: dict | None) -> list[str]:
                 lines.append(f"| {set_name} | {mode} | {g} | {row['accepted']} | {row['mosaics']} | {row['called']} "
                              f"| {row['cells']} |")
             lines.append(f"| {set_name} | {mode} | **all** | | **{r['mosaics']}** | | **{r['cells']}** |")
+            for half, h in r.get("halves", {}).items():
+                lines.append(f"| {set_name} | {mode} | *{half} half* | | {h['mosaics']} | | {h['cells']} |")
     return lines + [""]
 
 

@@ -60,6 +60,7 @@ class TrainConfig:
     smoothness: float = 2.0  # weight of the edge-aware smoothness of class maps; 0: the paper's loss
     smoothness_sigma: float = 0.1
     photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
+    scale_jitter: float = 0.0  # crops resized by a zoom in [1/(1+j), 1+j] (training.data.dataset.CropDataset)
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 16
@@ -205,7 +206,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     t0 = time.time()
     train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
     val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
-    crops = CropDataset(train_set, cfg.crop, seed=cfg.seed, photometric=Photometric() if cfg.photometric else None)
+    crops = CropDataset(train_set, cfg.crop, seed=cfg.seed, photometric=Photometric() if cfg.photometric else None,
+                        scale_jitter=cfg.scale_jitter)
     weights = torch.from_numpy(balanced_weights(train_set.targets))
     print(f"{len(train_set)} training and {len(val_set)} validation images loaded in {time.time() - t0:.1f} s; "
           f"{len(classes)} classes, channels {', '.join(channels)}, device {device}", file=sys.stderr)

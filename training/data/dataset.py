@@ -87,13 +87,21 @@ class CropDataset(Dataset):
     """Random ``crop`` x ``crop`` windows with random flips and 90-degree rotations, and
     ``photometric`` intensity augmentations where given.
 
+    ``scale_jitter`` j > 0 also resizes each window by a zoom drawn log-uniformly from
+    ``[1 / (1 + j), 1 + j]`` (a window of ``crop / zoom`` px resized to ``crop``): cells of other
+    sizes and microscopes of other pixel sizes.
+
     Randomness comes from ``reseed(epoch)``, so an epoch's crops depend only on
     ``(seed, epoch)``: a resumed run sees the same crops as an uninterrupted one.
     """
 
-    def __init__(self, images: ImageSet, crop: int, *, seed: int, photometric: Photometric | None = None):
+    def __init__(self, images: ImageSet, crop: int, *, seed: int, photometric: Photometric | None = None,
+                 scale_jitter: float = 0.0):
+        if not 0.0 <= scale_jitter <= 1.0:
+            raise ValueError(f"scale_jitter must be in [0, 1], got {scale_jitter}")
         self.images = images
         self.crop = crop
+        self.scale_jitter = scale_jitter
         self.seed = seed
         self.photometric = photometric
         self.rng = np.random.default_rng(seed)
@@ -107,13 +115,18 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int):
         img = self.images.images[index]
         c, h, w = img.shape
-        s = self.crop
+        s = window = self.crop
+        if self.scale_jitter:
+            zoom = np.exp(self.rng.uniform(-1, 1) * np.log1p(self.scale_jitter))
+            s = max(8, int(round(window / zoom)))
         if h < s or w < s:  # small images: pad with background (zero after normalisation)
             img = np.pad(img, ((0, 0), (0, max(0, s - h)), (0, max(0, s - w))))
             h, w = img.shape[1:]
         y = self.rng.integers(0, h - s + 1)
         x = self.rng.integers(0, w - s + 1)
         patch = img[:, y : y + s, x : x + s]
+        if s != window:
+            patch = resize_chw(patch, (window, window))
         if self.rng.random() < 0.5:
             patch = patch[:, :, ::-1]
         patch = np.rot90(patch, k=int(self.rng.integers(4)), axes=(1, 2))

@@ -59,6 +59,9 @@ class RealSet:
         field_glob: how field files are found, ``{group}`` filled in.
         cell_diameter: typical cell diameter in px, from the source README (None: not stated).
         simulator: the project's simulator of this kind of cell (``training.simulate`` name).
+        validation: the validation half for choosing settings of models trained without real
+            labels: group -> how many of its first fields (in file-name order) belong to it;
+            every other field is the test half.
     """
 
     name: str
@@ -67,6 +70,11 @@ class RealSet:
     field_glob: str
     cell_diameter: float | None
     simulator: str
+    validation: tuple[tuple[str, int], ...] = ()
+
+    def half(self, f: "Field") -> str:
+        """``"validation"`` or ``"test"``: the half a field belongs to."""
+        return "validation" if f.index <= dict(self.validation).get(f.group.name, 0) else "test"
 
     def group(self, name: str) -> RealGroup:
         for g in self.groups:
@@ -92,6 +100,7 @@ YEAST_CHONG = RealSet(
     field_glob="{group}_*.tif",
     cell_diameter=42.0,  # README: "cells here are about 35-50 px across"
     simulator="yeast",
+    validation=(("AAC1", 4), ("AAP1", 4), ("AAH1", 4)),
 )
 
 BBBC021_CELLS = RealSet(
@@ -107,6 +116,7 @@ BBBC021_CELLS = RealSet(
     # 32 of its 160 test images when this was set; 16.5 over all 160), times its 47 px
     cell_diameter=85.0,
     simulator="mcf7",
+    validation=(("DMSO", 4), ("Protein_synthesis", 6)),
 )
 
 REAL_SETS: dict[str, RealSet] = {s.name: s for s in (YEAST_CHONG, BBBC021_CELLS)}

@@ -66,7 +66,8 @@ _MARGIN = 48  # px rendered around the field so cells cut by the border keep the
 
 @dataclass(frozen=True)
 class YeastParams:
-    """Levels of one simulated screen. Ranges are drawn uniformly per image.
+    """Levels of one simulated screen. Ranges are drawn uniformly per image (``photons``
+    log-uniformly), so one training set spans many microscopes and strains.
 
     Attributes:
         size: image height and width in pixels.
@@ -75,8 +76,18 @@ class YeastParams:
         outliers: expected fraction of cells replaced by outliers (dead or out of focus);
             debris particles are added at half this rate per cell.
         coverage: range of the fraction of the field covered by cells (density).
-        cell_radius: range of mother-cell radii in pixels.
+        cell_radius: range of mother-cell radii in pixels (pixel size and strain).
         budded: fraction of cells with a bud.
+        blur: range of the in-focus PSF's Gaussian sigma in pixels (objective, focus).
+        photons: range of the diffuse GFP level of a typical cell in photons per pixel
+            (expression and exposure: the lower, the noisier).
+        autofluorescence: range of the cells' own GFP-channel glow, even over the cell, as a
+            fraction of that level (it outshines a dim protein's pattern).
+        background: range of the medium's glow as a fraction of each channel's level.
+        vacuole_contrast: range of how much dimmer the vacuole is than the cytoplasm in
+            cytosolic signals (1: black, 0: not at all).
+        mito_diffuse: range of the diffuse fill under the mitochondrial tubules, as a fraction of
+            the tubules' cell-average level (out-of-focus network and unimported protein).
     """
 
     size: int = 512
@@ -84,11 +95,39 @@ class YeastParams:
     non_showing: tuple[float, float] = (0.2, 0.5)
     outliers: float = 0.05
     coverage: tuple[float, float] = (0.25, 0.55)
-    cell_radius: tuple[float, float] = (11.0, 16.0)
+    cell_radius: tuple[float, float] = (10.0, 19.0)
     budded: float = 0.55
+    blur: tuple[float, float] = (0.9, 2.4)
+    photons: tuple[float, float] = (15.0, 400.0)
+    autofluorescence: tuple[float, float] = (0.02, 0.2)
+    background: tuple[float, float] = (0.08, 0.4)
+    vacuole_contrast: tuple[float, float] = (0.3, 1.0)
+    mito_diffuse: tuple[float, float] = (0.05, 0.4)
 
     def __post_init__(self) -> None:
         check_screen_params(self, YEAST_CHANNELS)
+        check_ranges(self, {"coverage": (0.02, 0.9), "cell_radius": (4.0, 64.0), "blur": (0.3, 6.0),
+                            "photons": (5.0, 1e5), "autofluorescence": (0.0, 2.0), "background": (0.0, 2.0),
+                            "vacuole_contrast": (0.0, 1.0), "mito_diffuse": (0.0, 2.0)})
+        if not 0.0 <= self.budded <= 1.0:
+            raise ValueError(f"budded must be in [0, 1], got {self.budded}")
+
+
+def check_ranges(params, limits: dict[str, tuple[float, float]]) -> None:
+    """Check that each named setting is a (low, high) range with ``limit_lo <= low <= high <= limit_hi``.
+
+    Raises:
+        ValueError: naming the setting, its value and the allowed limits.
+    """
+    for name, (lo_limit, hi_limit) in limits.items():
+        value = getattr(params, name)
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a (low, high) range, got {value!r}") from None
+        if not lo_limit <= lo <= hi <= hi_limit:
+            raise ValueError(f"{name} must be a range within [{lo_limit:g}, {hi_limit:g}] with low <= high, "
+                             f"got {value!r}")
 
 
 def check_screen_params(params, known_channels: tuple[str, ...]) -> None:
@@ -125,6 +164,15 @@ class _Cell:
     def radius_along(self, phi: float) -> float:
         t = phi - self.theta
         return 1.0 / np.sqrt((np.cos(t) / self.a) ** 2 + (np.sin(t) / self.b) ** 2)
+
+
+@dataclass(frozen=True)
+class _Look:
+    """One image's draw of the per-image appearance settings of ``YeastParams``."""
+
+    autofluorescence: float
+    vacuole_contrast: float
+    mito_diffuse: float
 
 
 # --------------------------------------------------------------------------- layout
@@ -256,6 +304,7 @@ def _render_cell(
     gfp: np.ndarray,
     rfp: np.ndarray,
     points: list,
+    look: _Look,
 ) -> None:
     """Add cell ``i``'s GFP and RFP photon densities into ``gfp`` and ``rfp`` (in place)."""
     sy, sx = _bbox(cell, owner.shape[0])
@@ -297,12 +346,12 @@ def _render_cell(
     lobe_dists = [np.hypot(yy - ly, xx - lx) for ly, lx, _ in lobes]
     vac = np.max([_soft_disk(d, lr) for d, (_, _, lr) in zip(lobe_dists, lobes)], axis=0) * in_f
 
-    cytoplasm = in_f * (1 - vac) * (1 - 0.3 * nuc)
+    cytoplasm = in_f * (1 - look.vacuole_contrast * vac) * (1 - 0.3 * nuc)
     texture = 1.0 + 0.12 * ndimage.gaussian_filter(rng.normal(size=inside.shape), 1.5) / 0.19
     rfp[sy, sx] += cytoplasm * texture * cell.marker
 
-    # every cell autofluoresces a little in GFP, mostly in the vacuole
-    auto = 0.03 * in_f + 0.05 * vac
+    # every cell autofluoresces in GFP: evenly, a little more in the vacuole
+    auto = look.autofluorescence * in_f + 0.05 * vac
     if not cell.shows or cls is None:
         gfp[sy, sx] += auto * cell.expression
         return
@@ -341,9 +390,10 @@ def _render_cell(
     elif cls == "cell_periphery":
         pattern = 1.8 * membrane
     elif cls == "mitochondria":
-        pattern = 0.08 * cytoplasm
+        pattern = look.mito_diffuse * cytoplasm
         for _ in range(rng.integers(4, 10)):
-            rho = rng.uniform(0.55, 0.85) * r
+            # a widefield image projects the whole cortical network: tubules over the cell, most near the rim
+            rho = rng.uniform(0.15, 0.85) ** 0.6 * r
             a0 = rng.uniform(0, 2 * np.pi)
             turn = rng.choice([-1, 1])
             heading = a0 + turn * np.pi / 2
@@ -460,8 +510,11 @@ def simulate_yeast_image(cls: str, rng: np.random.Generator, params: YeastParams
     canvas = params.size + 2 * _MARGIN
     cells = _place_cells(rng, params, canvas)
     non_showing = rng.uniform(*params.non_showing)
-    expression = rng.lognormal(np.log(140.0), 0.35)  # photons per pixel of diffuse GFP in a typical cell
-    marker = rng.lognormal(np.log(110.0), 0.3)
+    expression = float(np.exp(rng.uniform(*np.log(params.photons))))  # photons per pixel of diffuse GFP
+    marker = float(np.exp(rng.uniform(*np.log(params.photons))))  # the RFP marker's, independently
+    look = _Look(autofluorescence=rng.uniform(*params.autofluorescence),
+                 vacuole_contrast=rng.uniform(*params.vacuole_contrast),
+                 mito_diffuse=rng.uniform(*params.mito_diffuse))
     for cell in cells:
         u = rng.random()
         if u < params.outliers / 2:
@@ -482,7 +535,7 @@ def simulate_yeast_image(cls: str, rng: np.random.Generator, params: YeastParams
         dest = blurred_points if cell.kind == "blurred" else points
         if cell.kind == "blurred":
             cell.expression *= 0.7
-        _render_cell(rng, i, cell, cls, owner, target["gfp"], target["rfp"], dest)
+        _render_cell(rng, i, cell, cls, owner, target["gfp"], target["rfp"], dest, look)
     for pts, wts in points:
         _splat(sharp["gfp"], pts, wts)
     for pts, wts in blurred_points:
@@ -495,12 +548,12 @@ def simulate_yeast_image(cls: str, rng: np.random.Generator, params: YeastParams
         _render_debris(rng, canvas, sharp["gfp"], sharp["rfp"], mask_canvas)
 
     illum = illumination_field((canvas, canvas), rng, strength=rng.uniform(0.15, 0.4))
-    blur = rng.uniform(0.9, 1.3)
+    blur = rng.uniform(*params.blur)
     camera = Camera()
     channels = []
     for name in YEAST_CHANNELS:
         photons = sharp[name] + ndimage.gaussian_filter(defocus[name], rng.uniform(3.0, 5.0))
-        background = (expression if name == "gfp" else marker) * rng.uniform(0.08, 0.16)
+        background = (expression if name == "gfp" else marker) * rng.uniform(*params.background)
         img = form_image(photons, rng, background=background, blur_sigma=blur, illumination=illum, camera=camera)
         if name in params.channels:
             channels.append((params.channels.index(name), img))

@@ -1,0 +1,268 @@
+"""Real cells against simulated cells of the same classes, side by side and measured.
+
+``python -m benchmarks.sim_vs_real [--kind yeast mcf7] [--data DIR] [--n 4] [--tag T]`` crops
+simulated cells of the classes a real set has (``training/data/real.py``) at the real set's scale,
+measures real and simulated crops with the same code and writes:
+
+- ``benchmarks/results/sim_vs_real[-T].{md,json}``: per class and channel, medians over cells of
+  cell diameter, blur, noise, peakiness and background (below);
+- ``docs/sim_vs_real_<kind>[-T].png``: rows of real cells above rows of simulated cells per class,
+  each crop shown as the model sees it (per-crop 1-99.8 percentile stretch).
+
+Every measure is invariant to an affine change of intensity (gain, offset), because the
+model normalises each image by its percentiles; only shapes and ratios are compared:
+
+- ``diameter``: equivalent diameter (px) of the object under the crop centre, thresholded
+  (Otsu) on the smoothed segmentation channel (yeast: the cytosolic marker, MCF-7: DNA);
+- ``blur``: edge width as a Gaussian sigma (px), ``1 / (sqrt(2 pi) * max |grad|)`` of the
+  0-1 stretched segmentation channel around that object, less 1 px of pre-smoothing in
+  quadrature;
+- ``noise``: the background's pixel-to-pixel noise (std of the image minus its 1 px Gaussian
+  smoothing, outside all objects) over the cell's signal (its median less the background's);
+- ``peakiness``: the cell's 99th percentile over its median, both less the background, per
+  channel: about 1-2 for a diffuse fill, high for dots, tubules and rims;
+- ``background``: the background's median less the camera offset estimate (the crop's 0.1th
+  percentile) over the cell's median less the same: how bright the space between cells is.
+
+For MCF-7 the crops centre on nuclei in a confluent layer with little empty space, so noise,
+peakiness and background are taken over the whole crop against its offset, and
+``background`` is the share of the crop darker than 15 % of its range (empty space).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, load_fields
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path("benchmarks/results")
+#: per kind: real set, the channel whose objects the crops centre on, their diameter in the simulator (px,
+#: for finding them), and where the other measures are taken: in that object (the whole cell) or the crop
+KINDS = {"yeast": ("yeast-chong", "rfp", 27.0, "object"), "mcf7": ("bbbc021-cells", "dna", 19.0, "crop")}
+#: the zoo models' cell diameter (their config.json scale), to bring simulated cells to a real set's size
+SIMULATED_CELL_DIAMETER = {"yeast": 27.0, "mcf7": 47.0}
+MEASURES = ("diameter", "blur", "noise", "peakiness", "background")
+
+
+def _otsu(x: np.ndarray) -> float:
+    hist, edges = np.histogram(x, bins=128)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def measure_crop(crop: np.ndarray, seg_channel: int, region: str = "object") -> dict | None:
+    """The measures of one (C, h, w) float crop centred on an object; None when none is at the centre.
+    ``region`` "crop" takes noise, peakiness and background over the whole crop against its offset
+    (for crops centred on nuclei in a confluent layer, where there is no empty background)."""
+    crop = crop.astype(np.float32)
+    seg = ndimage.gaussian_filter(crop[seg_channel], 1.5)
+    fg = seg > _otsu(seg)
+    labels, n = ndimage.label(fg)
+    h, w = fg.shape
+    centre = labels[h // 2 - 3:h // 2 + 4, w // 2 - 3:w // 2 + 4]
+    ids = centre[centre > 0]
+    if n == 0 or ids.size == 0:
+        return None
+    cell = labels == np.bincount(ids).argmax()
+    bg = ~ndimage.binary_dilation(fg, iterations=3)
+    if cell.sum() < 20 or bg.sum() < 50:
+        return None
+    out = {"diameter": float(2 * np.sqrt(cell.sum() / np.pi))}
+    lo, hi = np.percentile(crop[seg_channel], [1, 99.8])
+    stretched = ndimage.gaussian_filter((crop[seg_channel] - lo) / max(hi - lo, 1e-6), 1.0)
+    edge = ndimage.binary_dilation(cell, iterations=3) & ~ndimage.binary_erosion(cell, iterations=3)
+    grad = np.hypot(*np.gradient(stretched))[edge]
+    sigma = 1.0 / (np.sqrt(2 * np.pi) * max(float(grad.max()), 1e-6))
+    out["blur"] = float(np.sqrt(max(sigma**2 - 1.0, 0.0)))
+    noise, peak, back = [], [], []
+    inside = cell if region == "object" else np.ones_like(cell)
+    for c in range(crop.shape[0]):
+        x = crop[c]
+        offset = float(np.percentile(x, 0.1))
+        span = max(float(np.percentile(x, 99.8)) - offset, 1e-6)
+        m = float(np.median(x[inside]))
+        if region == "object":
+            b = float(np.median(x[bg]))
+            back.append(float((b - offset) / max(m - offset, 1e-3 * span)))
+            hp = (x - ndimage.gaussian_filter(x, 1.0))[bg]
+        else:  # no empty background: the share of the crop that is dark
+            b = offset
+            back.append(float(np.mean(x < offset + 0.15 * span)))
+            hp = (x - ndimage.gaussian_filter(x, 1.0)).ravel()
+        signal = max(m - b, 1e-3 * span)
+        noise.append(float(hp.std() / signal))
+        peak.append(float((np.percentile(x[inside], 99) - b) / signal))
+    out.update(noise=noise, peakiness=peak, background=back)
+    return out
+
+
+def simulated_crops(kind: str, classes: list[str], *, n_images: int, zoom: float, size: int,
+                    seed: int = 7) -> dict[str, list[np.ndarray]]:
+    """Cells of ``n_images`` simulated images per class, resized by ``zoom`` and cropped ``size`` px
+    around each object of the segmentation channel (as the real crops were cut around each cell)."""
+    from milcnn.scale import resize_chw
+    from training.simulate import SIMULATORS, image_rng
+
+    sim_classes, params_cls, simulate = SIMULATORS[kind]
+    params = params_cls()
+    seg_channel = list(params.channels).index(KINDS[kind][1])
+    out: dict[str, list[np.ndarray]] = {}
+    for cls in classes:
+        crops = []
+        for i in range(n_images):
+            image, _ = simulate(cls, image_rng(seed, sim_classes.index(cls) * 1000 + i), params)
+            x = image.astype(np.float32)
+            x = resize_chw(x, (round(x.shape[1] * zoom), round(x.shape[2] * zoom)))
+            seg = ndimage.gaussian_filter(x[seg_channel], 2.0)
+            fg = seg > _otsu(seg)
+            dist = ndimage.distance_transform_edt(fg)
+            radius = KINDS[kind][2] * zoom / 2
+            peaks = (dist == ndimage.maximum_filter(dist, size=int(radius))) & (dist > 0.5 * radius)
+            half = size // 2
+            for y, xx in np.argwhere(peaks):
+                if half <= y < x.shape[1] - half and half <= xx < x.shape[2] - half:
+                    crops.append(x[:, y - half:y - half + size, xx - half:xx - half + size])
+        out[cls] = crops
+    return out
+
+
+def _summary(values: list[dict], n_channels: int) -> dict:
+    s = {"cells": len(values)}
+    for key in MEASURES:
+        if key in ("diameter", "blur"):
+            s[key] = round(float(np.median([v[key] for v in values])), 2) if values else None
+        else:
+            s[key] = [round(float(np.median([v[key][c] for v in values])), 3) if values else None
+                      for c in range(n_channels)]
+    return s
+
+
+def compare(kind: str, data_root: Path, *, n_images: int = 4) -> tuple[dict, np.ndarray]:
+    """Measure the real set of ``kind`` and its simulated counterparts; return (results, montage)."""
+    set_name, seg_name, _, region = KINDS[kind]
+    rs = REAL_SETS[set_name]
+    fields = load_fields(rs, data_root)
+    seg_channel = list(rs.channels).index(seg_name)
+    size = fields[0].cells.shape[-1]
+    zoom = rs.cell_diameter / SIMULATED_CELL_DIAMETER[kind]
+    by_class: dict[str, list[np.ndarray]] = {}
+    for f in fields:
+        by_class.setdefault(f.group.label.split("|")[0], []).append(f.cells)
+    sim = simulated_crops(kind, list(by_class), n_images=n_images, zoom=zoom, size=size)
+    results = {"kind": kind, "real_set": set_name, "channels": list(rs.channels), "zoom": round(zoom, 3),
+               "simulated_images_per_class": n_images, "classes": {}}
+    rows = []
+    rng = np.random.default_rng(0)
+    for cls, stacks in by_class.items():
+        real = np.concatenate(stacks)
+        real_m = [m for m in (measure_crop(c, seg_channel, region) for c in real) if m]
+        sim_m = [m for m in (measure_crop(c, seg_channel, region) for c in sim[cls]) if m]
+        results["classes"][cls] = {"real": _summary(real_m, real.shape[1]), "simulated": _summary(sim_m, real.shape[1])}
+        for source in (real, np.array(sim[cls]) if sim[cls] else np.zeros((0,) + real.shape[1:])):
+            pick = source[rng.permutation(len(source))[:8]] if len(source) else source
+            rows.append((cls, _row(pick, size, kind)))
+    return results, _montage(rows, size)
+
+
+def _display(crop: np.ndarray, kind: str) -> np.ndarray:
+    """(C, h, w) -> (h, w, 3) in [0, 1]: yeast GFP green and RFP magenta; MCF-7 DNA blue, tubulin green,
+    actin red; each channel stretched 1-99.8 % within the crop."""
+    x = [np.clip((c - np.percentile(c, 1)) / max(np.percentile(c, 99.8) - np.percentile(c, 1), 1e-6), 0, 1)
+         for c in crop.astype(np.float32)]
+    if kind == "yeast":
+        g, m = x[0], x[1] * 0.6
+        return np.stack([m, g, m], -1)
+    return np.stack([x[2], x[1], x[0]], -1)
+
+
+def _row(crops: np.ndarray, size: int, kind: str) -> np.ndarray:
+    row = np.ones((size, 8 * (size + 2), 3), np.float32)
+    for i, c in enumerate(crops):
+        row[:, i * (size + 2):i * (size + 2) + size] = _display(c, kind)
+    return row
+
+
+def _montage(rows, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    label_w = 150
+    scale = 2
+    h = len(rows) * (size * scale + 4)
+    w = label_w + rows[0][1].shape[1] * scale
+    canvas = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (cls, row) in enumerate(rows):
+        y = i * (size * scale + 4)
+        img = Image.fromarray((row * 255).astype(np.uint8)).resize((row.shape[1] * scale, size * scale), Image.NEAREST)
+        canvas.paste(img, (label_w, y))
+        draw.text((4, y + size * scale // 2 - 12), cls, fill="black")
+        draw.text((4, y + size * scale // 2 + 2), "real" if i % 2 == 0 else "simulated", fill="black")
+    return np.asarray(canvas)
+
+
+def render(all_results: list[dict]) -> str:
+    lines = ["# Real cells against simulated cells", "",
+             "Made by `python -m benchmarks.sim_vs_real`. Medians over cells; every measure is "
+             "described in `benchmarks/sim_vs_real.py` and is invariant to gain and offset. Simulated cells "
+             "are resized to the real set's cell size first, so blur and diameter compare at the same scale.", ""]
+    for r in all_results:
+        ch = r["channels"]
+        lines += [f"## {r['kind']} ({r['real_set']}; simulated images zoomed {r['zoom']}x)", "",
+                  "| class | source | cells | diameter (px) | blur (px) | "
+                  + " | ".join(f"{m} {c}" for m in ("noise", "peakiness", "background") for c in ch) + " |",
+                  "|---|---|---|---|---|" + "---|" * (3 * len(ch))]
+        for cls, both in r["classes"].items():
+            for source in ("real", "simulated"):
+                s = both[source]
+                lines.append(f"| {cls} | {source} | {s['cells']} | {s['diameter']} | {s['blur']} | "
+                             + " | ".join(str(v) for m in ("noise", "peakiness", "background") for v in s[m]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from PIL import Image
+
+    from milcnn.io import write_atomic
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sim_vs_real", description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", nargs="+", choices=sorted(KINDS), default=sorted(KINDS, reverse=True))
+    parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA)
+    parser.add_argument("--n", type=int, default=4, help="simulated images per class (default 4)")
+    parser.add_argument("--tag", default="", help="suffix of the output names (e.g. 1.x for a run at an old commit)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    results = []
+    suffix = f"-{args.tag}" if args.tag else ""
+    for kind in args.kind:
+        r, montage = compare(kind, args.data, n_images=args.n)
+        results.append(r)
+        png = args.docs / f"sim_vs_real_{kind}{suffix}.png"
+        with write_atomic(png, "wb") as fh:
+            Image.fromarray(montage).save(fh, format="PNG")
+        log.info("%s", png)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with write_atomic(args.out / f"sim_vs_real{suffix}.json", "w") as fh:
+        json.dump(results, fh, indent=1)
+    with write_atomic(args.out / f"sim_vs_real{suffix}.md", "w") as fh:
+        fh.write(render(results))
+    log.info("%s", args.out / f"sim_vs_real{suffix}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
