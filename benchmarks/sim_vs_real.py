@@ -1,13 +1,17 @@
 """Real cells against simulated cells of the same classes, side by side and measured.
 
-``python -m benchmarks.sim_vs_real [--kind yeast mcf7] [--data DIR] [--n 4] [--tag T]`` crops
-simulated cells of the classes a real set has (``training/data/real.py``) at the real set's scale,
-measures real and simulated crops with the same code and writes:
+``python -m benchmarks.sim_vs_real [--kind yeast mcf7] [--data DIR] [--n 4] [--tag T] [--all-fields]``
+crops simulated cells of the classes a real set has (``training/data/real.py``) at the real set's
+scale, measures real and simulated crops with the same code and writes:
 
 - ``benchmarks/results/sim_vs_real[-T].{md,json}``: per class and channel, medians over cells of
   cell diameter, blur, noise, peakiness and background (below);
 - ``docs/sim_vs_real_<kind>[-T].png``: rows of real cells above rows of simulated cells per class,
   each crop shown as the model sees it (per-crop 1-99.8 percentile stretch).
+
+Only the real sets' validation halves are used (``RealSet.validation``: AAC1, AAP1, AAH1; the first
+4 DMSO and 6 protein-synthesis fields), because the simulator is tuned on what this shows and the
+test halves must stay unseen; ``--all-fields`` takes every field.
 
 Every measure is invariant to an affine change of intensity (gain, offset), because the
 model normalises each image by its percentiles; only shapes and ratios are compared:
@@ -149,11 +153,12 @@ def _summary(values: list[dict], n_channels: int) -> dict:
     return s
 
 
-def compare(kind: str, data_root: Path, *, n_images: int = 4) -> tuple[dict, np.ndarray]:
-    """Measure the real set of ``kind`` and its simulated counterparts; return (results, montage)."""
+def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool = False) -> tuple[dict, np.ndarray]:
+    """Measure the real set of ``kind`` (its validation half unless ``all_fields``) and its simulated
+    counterparts; return (results, montage)."""
     set_name, seg_name, _, region = KINDS[kind]
     rs = REAL_SETS[set_name]
-    fields = load_fields(rs, data_root)
+    fields = [f for f in load_fields(rs, data_root) if all_fields or rs.half(f) == "validation"]
     seg_channel = list(rs.channels).index(seg_name)
     size = fields[0].cells.shape[-1]
     zoom = rs.cell_diameter / SIMULATED_CELL_DIAMETER[kind]
@@ -162,6 +167,7 @@ def compare(kind: str, data_root: Path, *, n_images: int = 4) -> tuple[dict, np.
         by_class.setdefault(f.group.label.split("|")[0], []).append(f.cells)
     sim = simulated_crops(kind, list(by_class), n_images=n_images, zoom=zoom, size=size)
     results = {"kind": kind, "real_set": set_name, "channels": list(rs.channels), "zoom": round(zoom, 3),
+               "real_fields": [f.path.name for f in fields],
                "simulated_images_per_class": n_images, "classes": {}}
     rows = []
     rng = np.random.default_rng(0)
@@ -220,6 +226,7 @@ def render(all_results: list[dict]) -> str:
     for r in all_results:
         ch = r["channels"]
         lines += [f"## {r['kind']} ({r['real_set']}; simulated images zoomed {r['zoom']}x)", "",
+                  f"Real fields: {', '.join(r['real_fields'])}.", "",
                   "| class | source | cells | diameter (px) | blur (px) | "
                   + " | ".join(f"{m} {c}" for m in ("noise", "peakiness", "background") for c in ch) + " |",
                   "|---|---|---|---|---|" + "---|" * (3 * len(ch))]
@@ -242,6 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA)
     parser.add_argument("--n", type=int, default=4, help="simulated images per class (default 4)")
     parser.add_argument("--tag", default="", help="suffix of the output names (e.g. 1.x for a run at an old commit)")
+    parser.add_argument("--all-fields", action="store_true", help="every real field, not only the validation half")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
@@ -249,7 +257,7 @@ def main(argv=None) -> int:
     results = []
     suffix = f"-{args.tag}" if args.tag else ""
     for kind in args.kind:
-        r, montage = compare(kind, args.data, n_images=args.n)
+        r, montage = compare(kind, args.data, n_images=args.n, all_fields=args.all_fields)
         results.append(r)
         png = args.docs / f"sim_vs_real_{kind}{suffix}.png"
         with write_atomic(png, "wb") as fh:
