@@ -74,3 +74,22 @@ def test_treatments_label_images_and_are_scored_per_treatment(tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_images"] == 16 and report["n_treatments"] == 15  # the two DMSO wells are one treatment
     assert 0.0 <= report["treatment_accuracy"] <= 1.0 and len(report["treatment_confusion"]) == 8
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("blur", (1.8, 0.8)), ("photons", (1.0, 100.0)), ("background", (0.1, 2.5)), ("tubulin_fill", (-0.1, 1.0)),
+    ("centrosome", (0.2, 9.0)), ("actin_cortex", (1.2, 0.3)), ("density", (0.0, 4.0)), ("cell_radius", (20.0, 200.0)),
+    ("blur", "wide")])
+def test_randomised_settings_are_range_checked(name, bad):
+    with pytest.raises(ValueError, match=name):
+        MCF7Params(**{name: bad})
+
+
+def test_tubulin_fill_sets_how_diffuse_the_cytoplasm_is():
+    """With the filaments unchanged, more diffuse tubulin fills more of the cell (lower peak over median)."""
+    def peakiness(fill):
+        image, mask = simulate_mcf7_image("DMSO", image_rng(6, 0), MCF7Params(
+            size=160, outliers=0.0, tubulin_fill=(fill, fill), photons=(5000.0, 5000.0), background=(0.02, 0.02)))
+        tub = image[MCF7_CHANNELS.index("tubulin")].astype(float) - 100
+        return np.percentile(tub[mask > 0], 99) / np.median(tub[mask > 0])
+    assert peakiness(0.1) > 1.5 * peakiness(1.1)

@@ -135,6 +135,21 @@ def test_benchmark_command_writes_json_and_markdown(real_labelled, tmp_path):
     assert modes["as is"]["mosaics"]["n"] == sum(len(f.cells) // 64 for f in load_fields("yeast-chong", real_labelled))
     md = (tmp_path / "realdata.md").read_text()
     assert "| `yeast-loc-gfp` |" in md and "AAC1" in md
+    # a candidate scored on the validation half only, filed under the ablation table
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--model", "yeast-loc-gfp", "--k", "8",
+                           "--half", "validation", "--record", "candidate A", "--data", str(tmp_path / "data"),
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "realdata.json").read_text())
+    entry = results["zoo_ablation"]["candidate A"]
+    scored = entry["sets"]["yeast-chong"]["as is"]
+    assert entry["half"] == "validation" and set(scored["halves"]) == {"validation"}
+    assert set(scored["cells"]["groups"]) == {"AAC1", "AAP1", "AAH1"}
+    assert results["scores"]["yeast-loc-gfp"]["sets"]["yeast-chong"] == modes  # the released figures untouched
+    assert "| candidate A | yeast-chong | validation |" in (tmp_path / "realdata.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--half", "test", "--update-zoo",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--update-zoo" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------ scale

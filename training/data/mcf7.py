@@ -23,8 +23,8 @@ Microtubule destabilizers   (nocodazole, colchicine, vincristine) no filaments, 
                             tubulin; many round mitotic cells with scattered chromosomes
 Microtubule stabilizers     (taxol, docetaxel) thick bright microtubule bundles; multipolar
                             mitoses and micronucleated cells
-Protein synthesis           (cycloheximide, emetine, anisomycin) sparse, small cells with
-                            dimmer cytoskeleton
+Protein synthesis           (cycloheximide, emetine, anisomycin) sparse, compact cells with
+                            large nuclei and a bright cortical rim in tubulin and actin
 ==========================  ================================================================
 
 Not simulated, because in these three stains BBBC021 shows them only as subtle or
@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.data.optics import Camera, form_image, illumination_field
-from training.data.yeast import check_screen_params
+from training.data.yeast import check_ranges, check_screen_params
 
 __all__ = ["MCF7_CLASSES", "MCF7_CHANNELS", "MCF7Params", "simulate_mcf7_image", "NOT_SIMULATED", "MCF7_COMPOUNDS",
            "mcf7_treatment"]
@@ -96,13 +96,14 @@ def mcf7_treatment(index: int) -> tuple[str, float]:
 _LAYOUT = {
     "DMSO": (1.0, 1.0, 0.03), "Actin disruptors": (1.0, 0.8, 0.03), "Aurora kinase inhibitors": (0.5, 1.6, 0.0),
     "DNA damage": (0.7, 1.3, 0.0), "Eg5 inhibitors": (1.0, 1.0, 0.55), "Microtubule destabilizers": (0.9, 1.0, 0.45),
-    "Microtubule stabilizers": (0.9, 1.0, 0.3), "Protein synthesis": (0.35, 0.8, 0.0),
+    "Microtubule stabilizers": (0.9, 1.0, 0.3), "Protein synthesis": (0.45, 0.85, 0.0),
 }
 
 
 @dataclass(frozen=True)
 class MCF7Params:
-    """Levels of one simulated screen. Ranges are drawn uniformly per image.
+    """Levels of one simulated screen. Ranges are drawn uniformly per image (``photons``
+    log-uniformly, per channel), so one training set spans many microscopes and stainings.
 
     Attributes:
         size: image height and width in pixels.
@@ -112,17 +113,43 @@ class MCF7Params:
             half this rate.
         density: range of untreated cells per 100 x 100 px (BBBC021 wells are 2 to 5).
         cell_radius: range of untreated cell radii in pixels.
+        blur: range of the in-focus PSF's Gaussian sigma in pixels.
+        photons: range of photons per pixel of a unit of stain, each channel drawn on its own
+            (stain brightness and exposure, so the ratios between channels vary too).
+        background: range of the background glow as a fraction of a channel's unit.
+        tubulin_fill: range of the diffuse tubulin level in the cytoplasm, against filaments
+            of weight about 1 (BBBC021's 20x widefield resolves few single microtubules).
+        centrosome: range of the brightness of the centrosome beside the nucleus.
+        actin_cortex: range of the cortical actin rim's brightness (the diffuse actin is 0.5).
     """
 
     size: int = 512
     channels: tuple[str, ...] = MCF7_CHANNELS
     non_showing: tuple[float, float] = (0.2, 0.5)
     outliers: float = 0.05
-    density: tuple[float, float] = (2.5, 4.0)
-    cell_radius: tuple[float, float] = (20.0, 27.0)
+    density: tuple[float, float] = (2.0, 4.0)
+    cell_radius: tuple[float, float] = (20.0, 28.0)
+    blur: tuple[float, float] = (0.8, 1.8)
+    photons: tuple[float, float] = (50.0, 500.0)
+    background: tuple[float, float] = (0.02, 0.25)
+    tubulin_fill: tuple[float, float] = (0.5, 1.1)
+    centrosome: tuple[float, float] = (0.2, 1.0)
+    actin_cortex: tuple[float, float] = (0.3, 1.2)
 
     def __post_init__(self) -> None:
         check_screen_params(self, MCF7_CHANNELS)
+        check_ranges(self, {"density": (0.1, 20.0), "cell_radius": (5.0, 100.0), "blur": (0.3, 6.0),
+                            "photons": (5.0, 1e5), "background": (0.0, 2.0), "tubulin_fill": (0.0, 3.0),
+                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0)})
+
+
+@dataclass(frozen=True)
+class _Look:
+    """One image's draw of the per-image appearance settings of ``MCF7Params``."""
+
+    tubulin_fill: float
+    centrosome: float
+    actin_cortex: float
 
 
 @dataclass
@@ -206,7 +233,7 @@ def _segments(target: np.ndarray, starts: np.ndarray, ends: np.ndarray, weight: 
         np.add.at(target, (yi[keep], xi[keep]), weight)
 
 
-def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act) -> None:
+def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> None:
     reach = int(c.radius * 1.5) + 2
     canvas = owner.shape[0]
     y0, y1 = max(0, int(c.cy) - reach), min(canvas, int(c.cy) + reach)
@@ -260,6 +287,8 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act) -> None:
             n_nuclei, scale = int(rng.integers(2, 5)), 1.0
         elif ph == "DNA damage":
             scale = 1.35
+        elif ph == "Protein synthesis":
+            scale = 1.2
         for k in range(n_nuclei):
             off = rng.normal(0, c.radius * (0.12 if n_nuclei == 1 else 0.28), 2)
             ry, rx = rn * scale * rng.uniform(0.9, 1.15), rn * scale * rng.uniform(0.75, 1.0)
@@ -278,19 +307,22 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act) -> None:
         ang0 = rng.uniform(0, 2 * np.pi)
         cy_, cx_ = ly + np.sin(ang0) * rn * 1.1, lx + np.cos(ang0) * rn * 1.1
         if ph == "Microtubule destabilizers":
-            t += 1.1 * cyto
+            t += (look.tubulin_fill + 0.4) * cyto
         else:
             bundles = ph == "Microtubule stabilizers"
-            n_rays = int(rng.integers(8, 14) if bundles else rng.integers(30, 50))
+            n_rays = int(rng.integers(8, 14) if bundles else rng.integers(40, 80))
             angles = rng.uniform(0, 2 * np.pi, n_rays)
             lengths = c.radius * rng.uniform(0.8, 1.3, n_rays)
             ends = np.stack([cy_ + np.sin(angles) * lengths, cx_ + np.cos(angles) * lengths], axis=1)
-            starts = np.repeat([[cy_, cx_]], n_rays, axis=0)
+            # at 20x the aster's centre is a blur: filaments are resolved only away from it
+            start = 0.0 if bundles else rn * rng.uniform(0.3, 1.0, n_rays)
+            starts = np.stack([cy_ + np.sin(angles) * start, cx_ + np.cos(angles) * start], axis=-1) * np.ones((n_rays, 2))
             fil = np.zeros(shape, np.float32)
-            _segments(fil, starts, ends, 2.4 if bundles else 0.9, rng, wiggle=3.0 if bundles else 1.5)
+            _segments(fil, starts, ends, 2.4 if bundles else 0.5, rng, wiggle=3.0 if bundles else 1.5)
             fil = ndimage.gaussian_filter(fil, 1.2 if bundles else 0.7)
-            t += (fil * (3.0 if bundles else 1.0) + 0.35) * cyto
-            t += 1.5 * _blob(shape, cy_, cx_, 2.0, 2.0, 0)
+            # the diffuse part is densest around the nucleus and thins towards the edge
+            t += (fil * (3.0 if bundles else 1.0) + look.tubulin_fill * (1.2 - 0.5 * np.clip(r, 0, 1))) * cyto
+            t += look.centrosome * _blob(shape, cy_, cx_, 2.0, 2.0, 0)
         # actin: cortex and stress fibres, or aggregates
         if ph == "Actin disruptors":
             a += 0.35 * cyto
@@ -304,10 +336,11 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act) -> None:
             phase = (yy * np.cos(fib_angle) - xx * np.sin(fib_angle)) / rng.uniform(3.5, 5.0)
             fibres = np.clip(np.sin(phase + rng.uniform(0, 6.3)), 0, 1) ** 6
             fibres *= ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 4) > 0.5
-            a += (1.8 * cortex + 1.1 * fibres * (r < 0.85) + 0.3) * cyto
-        if ph == "Protein synthesis":
-            t *= 0.55
-            a *= 0.55
+            a += (look.actin_cortex * cortex + 0.8 * fibres * (r < 0.85) + 0.5) * cyto
+        if ph == "Protein synthesis":  # compact cells whose cortex is bright in tubulin and actin
+            rim = np.exp(-((r - 0.9) ** 2) / (2 * 0.05 ** 2)) * cyto * rng.uniform(0.4, 1.4)
+            t += rim
+            a += rim
     k = (slice(y0, y1), slice(x0, x1))
     dna[k] += d * b * mine
     tub[k] += t * b * mine
@@ -333,6 +366,8 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
     cells = _place(rng, params, cls, canvas)
     non_showing = 0.0 if cls == "DMSO" else rng.uniform(*params.non_showing)
     _, _, mitotic = _LAYOUT[cls]
+    look = _Look(tubulin_fill=rng.uniform(*params.tubulin_fill), centrosome=rng.uniform(*params.centrosome),
+                 actin_cortex=rng.uniform(*params.actin_cortex))
     for c in cells:
         u = rng.random()
         c.bright = rng.lognormal(0.0, 0.25)
@@ -359,7 +394,7 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
     defocus = {name: np.zeros((canvas, canvas), np.float32) for name in MCF7_CHANNELS}
     for i, c in enumerate(cells):
         target = defocus if c.state == "blurred" else sharp
-        _render_cell(rng, i, c, owner, rho, target["dna"], target["tubulin"], target["actin"])
+        _render_cell(rng, i, c, owner, rho, target["dna"], target["tubulin"], target["actin"], look)
     labels = np.array([k + 1 if c.shows else OTHER_OBJECT for c in cells] + [0], dtype=np.uint8)
     mask_canvas = labels[owner]
     for _ in range(rng.poisson(params.outliers / 2 * len(cells))):  # debris: bright in every channel
@@ -369,14 +404,13 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
             sharp[name] += blob * rng.uniform(2, 6)
         mask_canvas[(blob > 0.5) & (mask_canvas == 0)] = OTHER_OBJECT
 
-    photons_per_unit = {"dna": rng.lognormal(np.log(260), 0.3), "tubulin": rng.lognormal(np.log(120), 0.3),
-                        "actin": rng.lognormal(np.log(150), 0.3)}
+    photons_per_unit = {name: float(np.exp(rng.uniform(*np.log(params.photons)))) for name in MCF7_CHANNELS}
     illum = illumination_field((canvas, canvas), rng, strength=rng.uniform(0.1, 0.35))
-    blur = rng.uniform(0.8, 1.2)
+    blur = rng.uniform(*params.blur)
     formed = {}
     for name in MCF7_CHANNELS:  # every channel, so choosing channels does not change the noise drawn
         photons = photons_per_unit[name] * (sharp[name] + ndimage.gaussian_filter(defocus[name], rng.uniform(3, 5)))
-        formed[name] = form_image(photons, rng, background=photons_per_unit[name] * rng.uniform(0.04, 0.1),
+        formed[name] = form_image(photons, rng, background=photons_per_unit[name] * rng.uniform(*params.background),
                                   blur_sigma=blur, illumination=illum, camera=Camera())
     crop = (slice(_MARGIN, _MARGIN + params.size), slice(_MARGIN, _MARGIN + params.size))
     image = np.stack([formed[name][crop] for name in params.channels])
