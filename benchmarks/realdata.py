@@ -212,7 +212,7 @@ def _render_zoo_ablation(ablation: dict) -> list[str]:
              "given). Settings were chosen on the validation half only; test-half rows are the released "
              "settings' test figures.", "",
              "| change | real set | half | mosaics right | per protein / treatment (mosaics) | cells right "
-             "| simulated test |", "|---|---|---|---|---|---|---|"]
+             "| simulated test (its own simulator) |", "|---|---|---|---|---|---|---|"]
     for label, entry in ablation.items():
         for set_name, modes in entry["sets"].items():
             r = modes["as is"]

@@ -60,8 +60,8 @@ def run_names() -> list[str]:
 
 
 #: the release scripts' simulated test sets (seed 3), re-simulated under work/ when data/ lacks them
-SIMULATED_TEST = {"yeast-loc": ("yeast", 220, "data/yeast-test/manifest.csv"),
-                  "mcf7-moa": ("mcf7", 160, "data/mcf7-test/manifest.csv")}
+SIMULATED_TEST = {"yeast-loc": ("yeast", 220, "data/yeast2-test/manifest.csv"),
+                  "mcf7-moa": ("mcf7", 160, "data/mcf7v2-test/manifest.csv")}
 
 
 def _split(fields, how: str | None, n: int | None):

@@ -86,3 +86,20 @@ def test_bad_simulator_settings():
         simulate_yeast_image("golgi", image_rng(0, 0))
     with pytest.raises(ValueError, match="channels"):
         YeastParams(channels=("gfp", "dapi"))
+
+
+@pytest.mark.parametrize("kind, n_panels", [("yeast", len(YEAST_CLASSES) + 1), ("mcf7", 8)])
+def test_montage_renders_every_class(tmp_path, kind, n_panels):
+    """The montage command writes one labelled, non-blank panel per class (yeast: and a merge)."""
+    from PIL import Image
+
+    out = tmp_path / f"{kind}.png"
+    assert main(["montage", "--kind", kind, "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out).convert("L")).astype(float)
+    size, gap, label_h, cols = (200, 4, 16, 4) if kind == "yeast" else (320, 4, 16, 4)
+    for i in range(n_panels):
+        x = gap + (i % cols) * (size + gap)
+        y = gap + (i // cols) * (size + gap + label_h) + label_h
+        panel = sheet[y:y + size, x:x + size]
+        assert panel.std() > 5, f"{kind} panel {i} is blank"
+    assert sheet.shape[1] == cols * (size + gap) + gap
