@@ -32,23 +32,24 @@ MODEL_FILES = ("config.json", "model.onnx", "model.int8.onnx", "pooling.onnx", "
 def hub(tmp_path_factory):
     """A real Hub-compatible server (olah, offline) on loopback over git mirrors made from exported folders.
 
-    ``milcnn/yeast-loc``: v1.0.0 = the released zoo/yeast-loc folder, v2.0.0 (= main) = zoo/yeast-loc-gfp.
-    ``milcnn/tampered``: config.json pins the sha256 of yeast-loc's model.onnx, whose bytes were changed.
+    ``milcnn/yeast-loc``: tag ``PINNED`` (the registry's revision) = the released zoo/yeast-loc folder, then tag
+    ``OTHER`` (= main) = zoo/yeast-loc-gfp. ``milcnn/tampered``: config.json pins the sha256 of yeast-loc's
+    model.onnx, whose bytes were changed.
     ``milcnn/not-a-model``: a README only.
     """
-    from hub_server import HubMirror, OlahServer
+    from hub_server import OTHER, PINNED, HubMirror, OlahServer
 
     root = tmp_path_factory.mktemp("hub")
     mirror = HubMirror(root / "mirrors")
     v1 = mirror.commit("milcnn/yeast-loc", {f: ZOO / "yeast-loc" / f for f in MODEL_FILES},
-                       message="yeast-loc v1.0.0", tag="v1.0.0")
+                       message=f"yeast-loc {PINNED}", tag=PINNED)
     v2 = mirror.commit("milcnn/yeast-loc", {f: ZOO / "yeast-loc-gfp" / f for f in MODEL_FILES},
-                       message="yeast-loc v2.0.0 (one channel)", tag="v2.0.0")
+                       message=f"yeast-loc {OTHER} (one channel)", tag=OTHER)
     onnx = bytearray((ZOO / "yeast-loc" / "model.onnx").read_bytes())
     onnx[-100] ^= 0xFF
     mirror.commit("milcnn/tampered", {"config.json": ZOO / "yeast-loc" / "config.json", "model.onnx": bytes(onnx)},
                   message="tampered", tag="v1.0.0")
     mirror.commit("milcnn/not-a-model", {"README.md": b"# not a model\n"}, message="readme")
     server = OlahServer(mirror, root / "olah").start()
-    yield SimpleNamespace(endpoint=server.endpoint, mirror=mirror, server=server, commits={"v1.0.0": v1, "v2.0.0": v2})
+    yield SimpleNamespace(endpoint=server.endpoint, mirror=mirror, server=server, commits={PINNED: v1, OTHER: v2})
     server.stop()

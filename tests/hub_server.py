@@ -8,6 +8,7 @@ Clients reach it the way users reach the Hub: ``HF_ENDPOINT=http://127.0.0.1:POR
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import socket
@@ -16,6 +17,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+#: the hub fixture's tags of milcnn/yeast-loc: the registry's pinned revision (the released zoo folder), and
+#: a later one holding another model (so a pin can be checked against it)
+PINNED = json.loads((Path(__file__).resolve().parents[1] / "zoo" / "registry.json").read_text())[
+    "models"]["yeast-loc"]["revision"]
+OTHER = "v99.0.0-one-channel"
 from types import SimpleNamespace
 
 _GIT = ["git", "-c", "user.name=milcnn tests", "-c", "user.email=tests@milcnn.invalid", "-c", "commit.gpgsign=false",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub_server import OlahServer, sdk_env
+from hub_server import OTHER, PINNED, OlahServer, sdk_env
 from milcnn import Classifier
 from milcnn.registry import lookup
 
@@ -49,9 +49,9 @@ def notices(stderr: str) -> list[str]:
 
 def test_download_and_predict_matches_the_local_folder(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
-    rc, out, err = load_in_process(env, "milcnn/yeast-loc", image=SAMPLE, revision="v1.0.0")
+    rc, out, err = load_in_process(env, "milcnn/yeast-loc", image=SAMPLE, revision=PINNED)
     assert rc == 0, err
-    assert out["source"] == "hub" and out["commit"] == hub.commits["v1.0.0"]
+    assert out["source"] == "hub" and out["commit"] == hub.commits[PINNED]
     assert Path(out["folder"]).is_relative_to(tmp_path / "hf" / "hub")  # HF_HOME is honoured
     assert out["sha256"] == lookup("yeast-loc").sha256  # config.json's record, verified
     local = Classifier.from_dir(ZOO / "yeast-loc", device="cpu").predict(SAMPLE)
@@ -60,19 +60,19 @@ def test_download_and_predict_matches_the_local_folder(hub, tmp_path):
     assert notices(err) == []
 
 
-@pytest.mark.parametrize("revision, channels", [("v1.0.0", ["gfp", "rfp"]), ("v2.0.0", ["gfp"]), (None, ["gfp"]),
-                                                ("commit:v1.0.0", ["gfp", "rfp"]), ("commit:v2.0.0", ["gfp"])])
+@pytest.mark.parametrize("revision, channels", [(PINNED, ["gfp", "rfp"]), (OTHER, ["gfp"]), (None, ["gfp"]),
+                                                (f"commit:{PINNED}", ["gfp", "rfp"]), (f"commit:{OTHER}", ["gfp"])])
 def test_pinned_tags_and_commits(hub, tmp_path, revision, channels):
     if revision and revision.startswith("commit:"):
         revision = hub.commits[revision.split(":")[1]]
     rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision=revision)
     assert rc == 0, err
     assert out["channels"] == channels
-    assert out["commit"] == hub.commits["v1.0.0" if len(channels) == 2 else "v2.0.0"]
+    assert out["commit"] == hub.commits[PINNED if len(channels) == 2 else OTHER]
 
 
 def test_cache_dir_argument(hub, tmp_path):
-    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision="v1.0.0",
+    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision=PINNED,
                                    cache_dir=str(tmp_path / "elsewhere"))
     assert rc == 0, err
     assert Path(out["folder"]).is_relative_to(tmp_path / "elsewhere")
@@ -88,7 +88,7 @@ def test_zoo_name_uses_the_bundled_copy_without_network(tmp_path):
 
 
 def test_zoo_name_at_another_revision_downloads_its_repo(hub, tmp_path):
-    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "yeast-loc", revision="v2.0.0")
+    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "yeast-loc", revision=OTHER)
     assert rc == 0, err
     assert out["source"] == "hub" and out["repo_id"] == "milcnn/yeast-loc" and out["channels"] == ["gfp"]
 
@@ -113,17 +113,17 @@ def test_repo_without_a_model(hub, tmp_path):
 
 def test_tampered_model_raises_and_deletes_nothing(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
-    assert milzoo(env, "download", "milcnn/yeast-loc@v1.0.0").returncode == 0
+    assert milzoo(env, "download", f"milcnn/yeast-loc@{PINNED}").returncode == 0
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "hf").rglob("*"))
     rc, out, err = load_in_process(env, "milcnn/tampered")
-    assert rc != 0 and "ChecksumMismatchError" in err and "does not match the pinned 6260280c1877" in err
+    assert rc != 0 and "ChecksumMismatchError" in err and f"does not match the pinned {lookup('yeast-loc').sha256[:12]}" in err
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "hf").rglob("*"))
     assert set(before) <= set(after)  # the earlier download is all still there
     tampered = list((tmp_path / "hf").rglob("models--milcnn--tampered/snapshots/*/model.onnx"))
     assert len(tampered) == 1  # kept for inspection, not deleted
-    # a registry pin is checked too: v2.0.0's model is not the pinned v1.0.0 file
+    # a registry pin is checked too: OTHER's model is not the pinned file
     code = ("from milcnn.hub import download; from milcnn.registry import lookup; "
-            "download('milcnn/yeast-loc', revision='v2.0.0', expected_sha256=lookup('yeast-loc').sha256)")
+            f"download('milcnn/yeast-loc', revision='{OTHER}', expected_sha256=lookup('yeast-loc').sha256)")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "ChecksumMismatchError" in proc.stderr
 
@@ -131,14 +131,14 @@ def test_tampered_model_raises_and_deletes_nothing(hub, tmp_path):
 def test_stopped_server_uses_the_cache_with_a_notice(hub, tmp_path):
     server = OlahServer(hub.mirror, tmp_path / "olah").start()
     env = sdk_env(server.endpoint, tmp_path / "hf")
-    first = milzoo(env, "download", "milcnn/yeast-loc@v1.0.0")
+    first = milzoo(env, "download", f"milcnn/yeast-loc@{PINNED}")
     assert first.returncode == 0, first.stderr
     server.stop()
-    rc, out, err = load_in_process(env, "milcnn/yeast-loc", image=SAMPLE, revision="v1.0.0")
+    rc, out, err = load_in_process(env, "milcnn/yeast-loc", image=SAMPLE, revision=PINNED)
     assert rc == 0, err
-    assert out["source"] == "cache" and out["commit"] == hub.commits["v1.0.0"]
+    assert out["source"] == "cache" and out["commit"] == hub.commits[PINNED]
     assert len(notices(err)) == 1 and "unreachable" in notices(err)[0] and "using the cached" in notices(err)[0]
-    predicted = milzoo(env, "predict", SAMPLE, "--model", "milcnn/yeast-loc@v1.0.0", "--out", tmp_path / "out")
+    predicted = milzoo(env, "predict", SAMPLE, "--model", f"milcnn/yeast-loc@{PINNED}", "--out", tmp_path / "out")
     assert predicted.returncode == 0, predicted.stderr
     assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 2
 
@@ -156,20 +156,20 @@ def test_stopped_server_without_a_cache(hub, tmp_path):
 def test_hf_hub_offline(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
     offline = {**env, "HF_HUB_OFFLINE": "1"}
-    proc = milzoo(offline, "download", "milcnn/yeast-loc@v1.0.0")
+    proc = milzoo(offline, "download", f"milcnn/yeast-loc@{PINNED}")
     assert proc.returncode == 2 and "HF_HUB_OFFLINE is set" in proc.stderr
-    assert milzoo(env, "download", "milcnn/yeast-loc@v1.0.0").returncode == 0
-    rc, out, err = load_in_process(offline, "milcnn/yeast-loc", revision="v1.0.0")
+    assert milzoo(env, "download", f"milcnn/yeast-loc@{PINNED}").returncode == 0
+    rc, out, err = load_in_process(offline, "milcnn/yeast-loc", revision=PINNED)
     assert rc == 0, err
     assert out["source"] == "cache" and notices(err) == [
-        f"milcnn: HF_HUB_OFFLINE is set; using the cached milcnn/yeast-loc@v1.0.0 (commit {hub.commits['v1.0.0'][:12]})"]
-    rc, out, err = load_in_process(offline, "milcnn/yeast-loc", revision="v1.0.0", local_files_only=True)
+        f"milcnn: HF_HUB_OFFLINE is set; using the cached milcnn/yeast-loc@{PINNED} (commit {hub.commits[PINNED][:12]})"]
+    rc, out, err = load_in_process(offline, "milcnn/yeast-loc", revision=PINNED, local_files_only=True)
     assert rc == 0 and notices(err) == []  # asked for explicitly: no notice
 
 
 def test_predict_with_a_hub_model_equals_the_zoo_name(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
-    for model, out in (("milcnn/yeast-loc@v1.0.0", "hub"), ("yeast-loc", "zoo")):
+    for model, out in ((f"milcnn/yeast-loc@{PINNED}", "hub"), ("yeast-loc", "zoo")):
         proc = milzoo(env, "predict", SAMPLE, "--model", model, "--out", tmp_path / out)
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "hub" / "predictions.csv").read_text() == (tmp_path / "zoo" / "predictions.csv").read_text()
@@ -191,7 +191,7 @@ def test_model_names_with_path_tricks_are_refused(tmp_path, name):
 
 
 def test_hub_download_brings_the_int8_and_pooling_files(hub, tmp_path):
-    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision="v1.0.0",
+    rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision=PINNED,
                                    precision="int8")
     assert rc == 0, err
     folder = Path(out["folder"])
