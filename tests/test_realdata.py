@@ -177,8 +177,8 @@ def test_rescaled_input_gives_the_same_label_and_an_aligned_mask():
 
 def test_scale_notice_once_and_not_when_scale_given(capsys):
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
-    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
-    clf.predict(big, cell_diameter=54)
+    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 3)  # beyond its 1.8x own spread
+    clf.predict(big, cell_diameter=3 * clf.info.cell_diameter)
     assert "cells look" not in capsys.readouterr().err
     clf.predict(big)
     clf.predict(big)
@@ -219,7 +219,8 @@ def test_cli_rescales_and_refuses_bad_scale(tmp_path):
                           "--pixel-size", "0.1", "--cell-diameter", "30"], capture_output=True, text=True)
     assert bad.returncode == 2 and "not both" in bad.stderr
     info = subprocess.run([*milzoo, "info", "yeast-loc"], capture_output=True, text=True)
-    assert "0.17 um per pixel" in info.stdout and "27 px" in info.stdout
+    cell_diameter = Classifier.from_hub("yeast-loc").info.cell_diameter
+    assert "0.17 um per pixel" in info.stdout and f"{cell_diameter:g} px" in info.stdout
 
 
 def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
@@ -243,6 +244,42 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     assert Classifier.from_dir(out).zoom_for(pixel_size=0.1) == pytest.approx(0.5)
     out2 = export_folder(best, tmp_path / "model2", name="tiny", version="0.0.1", pixel_size=0.3)
     assert ModelInfo.from_file(out2 / "config.json").pixel_size == 0.3
+
+
+def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tmp_path, real_labelled):
+    """A model that records the cell size of the screen it is for resizes unscaled images by default: the same
+    as passing that cell_diameter, overridden by an explicit scale; --update-scale --input-from-real reads it
+    from a real set's validation half (images only) and the card says so."""
+    import shutil
+
+    from milcnn.config import ModelInfo
+    from training.data.real import cell_size_reading
+    from training.export import main as export_main
+
+    folder = tmp_path / "yeast-loc"
+    shutil.copytree(ZOO / "yeast-loc", folder)
+    manifest = tmp_path / "own" / "manifest.csv"
+    write_manifest = __import__("benchmarks.realdata_curve", fromlist=["write_manifest"]).write_manifest
+    write_manifest([(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), "cytosol")], manifest.parent)
+    assert export_main(["--update-scale", str(folder), "--eval-data", str(manifest), "--input-cell-diameter", "58"]) == 0
+    info = ModelInfo.from_file(folder / "config.json")
+    assert info.input_cell_diameter == 58 and info.scale_dict()["input_cell_diameter_px"] == 58
+    clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
+    assert clf.zoom_for() == pytest.approx(info.cell_diameter / 58)
+    assert clf.zoom_for(cell_diameter=info.cell_diameter) == 1.0  # an explicit scale wins
+    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
+    default, told = clf.predict(big), clf.predict(big, cell_diameter=58)
+    assert default.zoom == told.zoom and np.array_equal(default.mask, told.mask) and default.mask.shape == big.shape[1:]
+    assert "about 58 px" in (folder / "README.md").read_text()
+    # from the real yeast's validation half: cell diameter x (real reading / the model's own reading)
+    assert export_main(["--update-scale", str(folder), "--eval-data", str(manifest),
+                        "--input-from-real", "yeast-chong"]) == 0
+    block = json.loads((folder / "config.json").read_text())["scale"]
+    reading = cell_size_reading("yeast-chong", normalization=info.normalization, channels=info.channels)
+    assert block["input_cell_diameter_px"] == pytest.approx(
+        block["cell_diameter_px"] * reading / block["measured_cell_diameter_px"], abs=0.1)
+    assert "validation half of yeast-chong" in block["input_cell_diameter_from"]
+    assert export_main(["--update-scale", str(folder), "--input-from-real", "yeast-chong"]) == 1  # no own reading
 
 
 # ------------------------------------------------------------------------------------ fine-tuning
@@ -369,15 +406,19 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
     assert "| yeast | B | 1 |" in (tmp_path / "realdata.md").read_text()
 
 
-def test_real_yeast_at_its_own_scale_gets_the_scale_notice(real_labelled, capsys):
-    """The real yeast cells are about 42 px across against yeast-loc's 27: the notice says so."""
+def test_real_yeast_scale_notice(real_labelled, capsys):
+    """yeast-loc 2.0 was trained across cell sizes (its own images read within 1.8x), so the real yeast, about
+    42 px across, is inside and gets no notice; the same cells enlarged 2x do, with a suggestion near 84 px."""
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     field = load_fields("yeast-chong", real_labelled, groups=("AAP1",))[0]
     clf.predict(mosaics(field.cells, 4)[0])
+    assert "cells look" not in capsys.readouterr().err
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+    clf.predict(_enlarged(mosaics(field.cells, 4)[0], 2))
     err = capsys.readouterr().err
     assert "cells look about" in err
     suggested = float(err.split("--cell-diameter ")[1].split(")")[0])
-    assert 34 <= suggested <= 50  # the source says 35-50 px
+    assert 2 * 34 <= suggested <= 2 * 50  # the source says 35-50 px
 
 
 def test_sim_vs_real_measures_a_known_cell():

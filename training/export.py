@@ -98,11 +98,11 @@ def check_onnx(model: MILCNN, path: Path, *, sizes=((1, 96, 136), (2, 203, 157))
 def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | None = None,
                   sample_index: int = 0, training_data: dict | None = None, summary: str = "",
                   repo_id: str | None = None, pixel_size: float | None = None,
-                  cell_diameter: float | None = None) -> Path:
+                  cell_diameter: float | None = None, input_cell_diameter: float | None = None) -> Path:
     """Write the whole model folder to ``out`` (replacing it only when everything succeeded).
 
-    ``pixel_size`` and ``cell_diameter`` override the scale the checkpoint records (its
-    ``--pixel-size`` / ``--cell-diameter`` at training)."""
+    ``pixel_size``, ``cell_diameter`` and ``input_cell_diameter`` override the scale the checkpoint
+    records (its ``--pixel-size`` / ``--cell-diameter`` at training; a fine-tuned model's source's)."""
     from milcnn.classifier import Classifier
     from training.evaluate import evaluate
     from training.model_card import render_card
@@ -136,7 +136,8 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
             "scale": scale_block(pixel_size or cfg.pixel_size, cell_diameter or cfg.cell_diameter,
-                                 eval_data, cfg.channels, cfg.classes, cfg.normalization),
+                                 eval_data, cfg.channels, cfg.classes, cfg.normalization,
+                                 input_cell_diameter=input_cell_diameter or cfg.input_cell_diameter),
             "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
                              "parameters": sum(p.numel() for p in model.parameters())},
             "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
@@ -223,7 +224,7 @@ def finetuned_training_data(fc: dict) -> dict:
 
 
 def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normalization, *,
-                max_images: int = 256) -> dict:
+                input_cell_diameter: float | None = None, max_images: int = 256) -> dict:
     """``config.json``'s ``scale``: the training scale and the cell-size reading of ``manifest``'s images.
 
     ``measured_cell_diameter_px`` is the median of ``milcnn.scale.estimate_cell_diameter`` over
@@ -247,7 +248,7 @@ def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normaliz
             spread = np.maximum(readings / measured, measured / readings)
             tolerance = round(max(SCALE_TOLERANCE, float(np.percentile(spread, 98))), 2)
     return {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured,
-            "measured_tolerance": tolerance}
+            "measured_tolerance": tolerance, "input_cell_diameter_px": input_cell_diameter}
 
 
 def _round(v):
@@ -258,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="best.pt to export; with --update-scale, an exported model folder")
     parser.add_argument("--update-scale", action="store_true",
-                        help="only record --pixel-size, --cell-diameter and the cell-size reading of --eval-data "
-                             "in the model folder CHECKPOINT's config.json and card")
+                        help="only record --pixel-size, --cell-diameter, --input-cell-diameter (or "
+                             "--input-from-real) and the cell-size reading of --eval-data in the model folder "
+                             "CHECKPOINT's config.json and card")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--name", help="model name (default: the --out folder's name)")
     parser.add_argument("--version", default="1.0.0")
@@ -272,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                         "checkpoint's --pixel-size)")
     parser.add_argument("--cell-diameter", type=float, help="their typical cell diameter in px (default: the "
                         "checkpoint's)")
+    parser.add_argument("--input-cell-diameter", type=float,
+                        help="the cell diameter in px assumed of images given without a scale (the screen the model "
+                             "is for); the SDK then resizes them by --cell-diameter / this")
+    parser.add_argument("--input-from-real", metavar="REAL_SET",
+                        help="with --update-scale: set --input-cell-diameter from the cell-size reading of a real "
+                             "set's validation half (training/data/real.py; images only, no labels)")
     parser.add_argument("--register", metavar="ORG/NAME@REVISION",
                         help="add the model to the zoo registry, pinned to this Hub repo and revision")
     parser.add_argument("--registry", type=Path, default=Path("zoo/registry.json"))
@@ -280,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="with --push: create the repo as private")
     args = parser.parse_args(argv)
     if args.update_scale:
-        return _update_scale(args.checkpoint, args.pixel_size, args.cell_diameter, args.eval_data)
+        try:
+            return _update_scale(args.checkpoint, args.pixel_size, args.cell_diameter, args.eval_data,
+                                 input_cell_diameter=args.input_cell_diameter, input_from_real=args.input_from_real)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.input_from_real:
+        parser.error("--input-from-real goes with --update-scale")
     if args.out is None:
         parser.error("--out is required")
     if (args.revision or args.private) and not args.push:
@@ -290,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         out = export_folder(args.checkpoint, args.out, name=args.name or args.out.name, version=args.version,
                             eval_data=args.eval_data, sample_index=args.sample_index,
                             training_data=args.training_data, summary=args.summary, repo_id=args.push,
-                            pixel_size=args.pixel_size, cell_diameter=args.cell_diameter)
+                            pixel_size=args.pixel_size, cell_diameter=args.cell_diameter,
+                            input_cell_diameter=args.input_cell_diameter)
     except (ExportError, HubTokenError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -309,13 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _update_scale(folder, pixel_size, cell_diameter, eval_data) -> int:
+def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_diameter=None,
+                  input_from_real=None) -> int:
     from milcnn.config import ModelInfo
     from training.model_card import update_folder
 
     info = ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE)
     block = scale_block(pixel_size or info.pixel_size, cell_diameter or info.cell_diameter, eval_data,
-                        info.channels, info.classes, info.normalization)
+                        info.channels, info.classes, info.normalization,
+                        input_cell_diameter=input_cell_diameter or info.input_cell_diameter)
+    if input_from_real:
+        from training.data.real import cell_size_reading
+
+        if not (block["measured_cell_diameter_px"] and block["cell_diameter_px"]):
+            raise ValueError("--input-from-real needs the model's cell diameter and --eval-data to read its own images")
+        reading = cell_size_reading(input_from_real, normalization=info.normalization, channels=info.channels)
+        block["input_cell_diameter_px"] = round(block["cell_diameter_px"] * reading / block["measured_cell_diameter_px"], 1)
+        block["input_cell_diameter_from"] = (f"the SDK's cell-size reading of the validation half of {input_from_real} "
+                                             f"(median {reading:.2f}; images only, no labels)")
     update_folder(folder, scale=block)
     print(json.dumps(block))
     return 0

@@ -100,7 +100,8 @@ def model_from_onnx(folder) -> MILCNN:
                       pooling_params=dict(pooling.get("params", {})), multi_label=info.multi_label,
                       width=int(arch.get("width", 24)), output_stride=info.output_stride,
                       context=int(arch.get("context", 1)), normalization=info.normalization, min_size=info.min_size,
-                      pixel_size=info.pixel_size, cell_diameter=info.cell_diameter)
+                      pixel_size=info.pixel_size, cell_diameter=info.cell_diameter,
+                      input_cell_diameter=info.input_cell_diameter)
     model = MILCNN(cfg)
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
                for i in onnx.load(str(folder / "model.onnx")).graph.initializer}
@@ -239,7 +240,7 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     model_cfg = model.config
     zoom = zoom_factor(pixel_size=cfg.pixel_size, cell_diameter=cfg.cell_diameter,
                        model_pixel_size=model_cfg.pixel_size, model_cell_diameter=model_cfg.cell_diameter,
-                       model_name=cfg.source)
+                       model_input_cell_diameter=model_cfg.input_cell_diameter, model_name=cfg.source)
     if cfg.crop % model_cfg.output_stride or cfg.crop < model_cfg.min_size:
         raise ValueError(f"crop {cfg.crop} must be a multiple of {model_cfg.output_stride} and >= {model_cfg.min_size}")
     out = Path(cfg.out)

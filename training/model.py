@@ -49,6 +49,8 @@ class ModelConfig:
         pixel_size: um per pixel of the training images (None: unknown).
         cell_diameter: their typical cell diameter in px (None: unknown); the SDK resizes
             users' images to this scale when told theirs (``--pixel-size``, ``--cell-diameter``).
+        input_cell_diameter: the cell diameter in px assumed of an image given without a scale
+            (None: such images are used as they are).
     Head:
         classes: class names; maps and probabilities follow this order.
         multi_label: if True an image may carry several labels (``a|b`` in a manifest).
@@ -73,6 +75,7 @@ class ModelConfig:
     min_size: int = MIN_SIZE
     pixel_size: float | None = None
     cell_diameter: float | None = None
+    input_cell_diameter: float | None = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -91,7 +94,7 @@ class ModelConfig:
             raise ValueError(f"context must be 0 to 4 convolutions, got {self.context}")
         if self.width < 4:
             raise ValueError(f"width must be at least 4, got {self.width}")
-        for name in ("pixel_size", "cell_diameter"):
+        for name in ("pixel_size", "cell_diameter", "input_cell_diameter"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")

@@ -168,9 +168,14 @@ def _scale_lines(scale: dict) -> list[str]:
     parts = [p for p in parts if p]
     if not parts:
         return []
-    return [f"- Scale: trained at {' and '.join(parts)}. Images at another scale: pass `pixel_size=` or "
+    line = (f"- Scale: trained at {' and '.join(parts)}. Images at another scale: pass `pixel_size=` or "
             "`cell_diameter=` (`--pixel-size`, `--cell-diameter`) and the SDK resizes them to this scale; "
-            "masks and maps come back at the input's size."]
+            "masks and maps come back at the input's size.")
+    if scale.get("input_cell_diameter_px") and scale.get("cell_diameter_px"):
+        source = f" (from {scale['input_cell_diameter_from']})" if scale.get("input_cell_diameter_from") else ""
+        line += (f" Given no scale, an image is assumed to have cells about {scale['input_cell_diameter_px']:g} px "
+                 f"across{source} and is resized by {scale['cell_diameter_px'] / scale['input_cell_diameter_px']:.2f}.")
+    return [line]
 
 
 def _real_image_lines(real: dict | None) -> list[str]:

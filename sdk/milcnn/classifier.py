@@ -252,14 +252,15 @@ class Classifier:
         return chw, source
 
     def zoom_for(self, *, pixel_size: float | None = None, cell_diameter: float | None = None) -> float:
-        """The factor an image is resized by to match this model's scale (1.0 when neither is given).
+        """The factor an image is resized by to match this model's scale; when neither is given, the model's
+        default (``ModelInfo.input_cell_diameter``: 1.0 for a model that records none).
 
         Raises:
             ValueError: both given, a non-positive value, or the model does not record that quantity.
         """
         return zoom_factor(pixel_size=pixel_size, cell_diameter=cell_diameter,
                            model_pixel_size=self.info.pixel_size, model_cell_diameter=self.info.cell_diameter,
-                           model_name=self.name)
+                           model_input_cell_diameter=self.info.input_cell_diameter, model_name=self.name)
 
     def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None,
                       pixel_size: float | None = None, cell_diameter: float | None = None) -> PreparedInput:

@@ -223,6 +223,9 @@ def info(model: str) -> None:
         scale = [f"{cfg.pixel_size:g} um per pixel" if cfg.pixel_size else "",
                  f"cells about {cfg.cell_diameter:g} px across" if cfg.cell_diameter else ""]
         click.echo(f"scale      trained at {', '.join(x for x in scale if x)} (--pixel-size / --cell-diameter rescale)")
+        if cfg.input_cell_diameter and cfg.cell_diameter:
+            click.echo(f"           given no scale, images are taken to have cells about {cfg.input_cell_diameter:g} px "
+                       f"across and resized by {cfg.cell_diameter / cfg.input_cell_diameter:.2f}")
     click.echo(f"pooling    {cfg.pooling.get('name')} {cfg.pooling.get('params', {})}; maps at 1/{cfg.output_stride}")
     if data:
         click.echo(f"trained on {'SIMULATED data: ' if data.get('simulated') else ''}{data.get('name', '')}")

@@ -21,7 +21,9 @@ class ModelInfo:
     pixel_size (um per pixel of the training images), cell_diameter (their typical cell
     diameter in px) and measured_cell_diameter (``milcnn.scale.estimate_cell_diameter`` on
     them, the yardstick for the scale warning) and measured_tolerance (the factor around it that
-    holds the training images' readings); each None where unknown. Head: classes,
+    holds the training images' readings), and input_cell_diameter (the cell diameter in px the model
+    assumes of an image given without a scale: the SDK resizes such images by cell_diameter /
+    input_cell_diameter); each None where unknown. Head: classes,
     multi_label, pooling, output_stride. Provenance: training_data, metrics.
     """
 
@@ -41,6 +43,7 @@ class ModelInfo:
     cell_diameter: float | None = None
     measured_cell_diameter: float | None = None
     measured_tolerance: float | None = None
+    input_cell_diameter: float | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     def file_sha256(self, name: str) -> str | None:
@@ -71,7 +74,8 @@ class ModelInfo:
     def scale_dict(self) -> dict:
         """The ``scale`` block of ``config.json`` (None for what is unknown)."""
         return {"pixel_size_um": self.pixel_size, "cell_diameter_px": self.cell_diameter,
-                "measured_cell_diameter_px": self.measured_cell_diameter, "measured_tolerance": self.measured_tolerance}
+                "measured_cell_diameter_px": self.measured_cell_diameter, "measured_tolerance": self.measured_tolerance,
+                "input_cell_diameter_px": self.input_cell_diameter}
 
     @classmethod
     def from_file(cls, path) -> "ModelInfo":
@@ -85,7 +89,8 @@ class ModelInfo:
 
 
 SCALE_KEYS = {"pixel_size_um": "pixel_size", "cell_diameter_px": "cell_diameter",
-              "measured_cell_diameter_px": "measured_cell_diameter", "measured_tolerance": "measured_tolerance"}
+              "measured_cell_diameter_px": "measured_cell_diameter", "measured_tolerance": "measured_tolerance",
+              "input_cell_diameter_px": "input_cell_diameter"}
 
 
 def _scale_fields(block: dict) -> dict:

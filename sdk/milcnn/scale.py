@@ -23,17 +23,20 @@ SCALE_TOLERANCE = 1.3
 
 def zoom_factor(*, pixel_size: float | None = None, cell_diameter: float | None = None,
                 model_pixel_size: float | None = None, model_cell_diameter: float | None = None,
-                model_name: str = "the model") -> float:
+                model_input_cell_diameter: float | None = None, model_name: str = "the model") -> float:
     """The factor to resize an image by (``> 1`` enlarges) so it matches the model's scale.
 
     Args:
         pixel_size: the image's pixel size in um.
         cell_diameter: the typical cell diameter in the image, in px.
         model_pixel_size, model_cell_diameter: what the model was trained at (``ModelInfo``).
+        model_input_cell_diameter: the cell diameter the model assumes of an image given without
+            a scale (the screen it was made for; ``ModelInfo.input_cell_diameter``), if any.
         model_name: for messages.
 
     Returns:
-        1.0 when neither is given.
+        when neither is given: ``model_cell_diameter / model_input_cell_diameter`` where the model
+        records both, else 1.0.
 
     Raises:
         ValueError: both given, a value that is not a positive finite number, or the model does
@@ -55,6 +58,8 @@ def zoom_factor(*, pixel_size: float | None = None, cell_diameter: float | None 
             raise ValueError(f"{model_name} does not record the cell diameter it was trained at; "
                              "pass pixel_size instead")
         return float(model_cell_diameter) / float(cell_diameter)
+    if model_input_cell_diameter and model_cell_diameter:
+        return float(model_cell_diameter) / float(model_input_cell_diameter)
     return 1.0
 
 
