@@ -176,6 +176,9 @@ def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool =
         real_m = [m for m in (measure_crop(c, seg_channel, region) for c in real) if m]
         sim_m = [m for m in (measure_crop(c, seg_channel, region) for c in sim[cls]) if m]
         results["classes"][cls] = {"real": _summary(real_m, real.shape[1]), "simulated": _summary(sim_m, real.shape[1])}
+        real_d, sim_d = results["classes"][cls]["real"]["diameter"], results["classes"][cls]["simulated"]["diameter"]
+        # how many times the simulator's own size the real objects are (simulated crops were zoomed by `zoom`)
+        results["classes"][cls]["size_ratio"] = round(real_d / (sim_d / zoom), 3) if real_d and sim_d else None
         for source in (real, np.array(sim[cls]) if sim[cls] else np.zeros((0,) + real.shape[1:])):
             pick = source[rng.permutation(len(source))[:8]] if len(source) else source
             rows.append((cls, _row(pick, size, kind)))
@@ -235,7 +238,9 @@ def render(all_results: list[dict]) -> str:
                 s = both[source]
                 lines.append(f"| {cls} | {source} | {s['cells']} | {s['diameter']} | {s['blur']} | "
                              + " | ".join(str(v) for m in ("noise", "peakiness", "background") for v in s[m]) + " |")
-        lines.append("")
+        lines += ["", "Real objects (" + KINDS[r["kind"]][1] + " channel) are "
+                  + ", ".join(f"{both['size_ratio']}x in {cls}" for cls, both in r["classes"].items())
+                  + " the simulator's own size (the diameters above, the simulated ones divided by the zoom).", ""]
     return "\n".join(lines)
 
 

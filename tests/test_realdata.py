@@ -246,14 +246,12 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     assert ModelInfo.from_file(out2 / "config.json").pixel_size == 0.3
 
 
-def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tmp_path, real_labelled):
+def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tmp_path):
     """A model that records the cell size of the screen it is for resizes unscaled images by default: the same
-    as passing that cell_diameter, overridden by an explicit scale; --update-scale --input-from-real reads it
-    from a real set's validation half (images only) and the card says so."""
+    as passing that cell_diameter, overridden by an explicit scale; the card says so and where it came from."""
     import shutil
 
     from milcnn.config import ModelInfo
-    from training.data.real import cell_size_reading
     from training.export import main as export_main
 
     folder = tmp_path / "yeast-loc"
@@ -271,15 +269,16 @@ def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tmp_path, real_
     default, told = clf.predict(big), clf.predict(big, cell_diameter=58)
     assert default.zoom == told.zoom and np.array_equal(default.mask, told.mask) and default.mask.shape == big.shape[1:]
     assert "about 58 px" in (folder / "README.md").read_text()
-    # from the real yeast's validation half: cell diameter x (real reading / the model's own reading)
-    assert export_main(["--update-scale", str(folder), "--eval-data", str(manifest),
-                        "--input-from-real", "yeast-chong"]) == 0
+    # where the value comes from is kept for the card, and a note without a value is refused
+    assert export_main(["--update-scale", str(folder), "--input-cell-diameter", "60", "--input-cell-diameter-from",
+                        "the real screen's nuclei"]) == 0
     block = json.loads((folder / "config.json").read_text())["scale"]
-    reading = cell_size_reading("yeast-chong", normalization=info.normalization, channels=info.channels)
-    assert block["input_cell_diameter_px"] == pytest.approx(
-        block["cell_diameter_px"] * reading / block["measured_cell_diameter_px"], abs=0.1)
-    assert "validation half of yeast-chong" in block["input_cell_diameter_from"]
-    assert export_main(["--update-scale", str(folder), "--input-from-real", "yeast-chong"]) == 1  # no own reading
+    assert block["input_cell_diameter_px"] == 60 and "(from the real screen's nuclei)" in (folder / "README.md").read_text()
+    assert export_main(["--update-scale", str(folder)]) == 0  # updating again keeps value and note
+    assert json.loads((folder / "config.json").read_text())["scale"]["input_cell_diameter_from"] == "the real screen's nuclei"
+    bare = tmp_path / "bare"
+    shutil.copytree(ZOO / "yeast-loc", bare)
+    assert export_main(["--update-scale", str(bare), "--input-cell-diameter-from", "somewhere"]) == 1
 
 
 # ------------------------------------------------------------------------------------ fine-tuning

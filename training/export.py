@@ -259,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="best.pt to export; with --update-scale, an exported model folder")
     parser.add_argument("--update-scale", action="store_true",
-                        help="only record --pixel-size, --cell-diameter, --input-cell-diameter (or "
-                             "--input-from-real) and the cell-size reading of --eval-data in the model folder "
-                             "CHECKPOINT's config.json and card")
+                        help="only record --pixel-size, --cell-diameter, --input-cell-diameter and the cell-size "
+                             "reading of --eval-data in the model folder CHECKPOINT's config.json and card")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--name", help="model name (default: the --out folder's name)")
     parser.add_argument("--version", default="1.0.0")
@@ -277,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-cell-diameter", type=float,
                         help="the cell diameter in px assumed of images given without a scale (the screen the model "
                              "is for); the SDK then resizes them by --cell-diameter / this")
-    parser.add_argument("--input-from-real", metavar="REAL_SET",
-                        help="with --update-scale: set --input-cell-diameter from the cell-size reading of a real "
-                             "set's validation half (training/data/real.py; images only, no labels)")
+    parser.add_argument("--input-cell-diameter-from", metavar="TEXT",
+                        help="where --input-cell-diameter comes from, for the card")
     parser.add_argument("--register", metavar="ORG/NAME@REVISION",
                         help="add the model to the zoo registry, pinned to this Hub repo and revision")
     parser.add_argument("--registry", type=Path, default=Path("zoo/registry.json"))
@@ -290,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_scale:
         try:
             return _update_scale(args.checkpoint, args.pixel_size, args.cell_diameter, args.eval_data,
-                                 input_cell_diameter=args.input_cell_diameter, input_from_real=args.input_from_real)
+                                 input_cell_diameter=args.input_cell_diameter, source=args.input_cell_diameter_from)
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    if args.input_from_real:
-        parser.error("--input-from-real goes with --update-scale")
+    if args.input_cell_diameter_from:
+        parser.error("--input-cell-diameter-from goes with --update-scale")
     if args.out is None:
         parser.error("--out is required")
     if (args.revision or args.private) and not args.push:
@@ -325,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_diameter=None,
-                  input_from_real=None) -> int:
+def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_diameter=None, source=None) -> int:
     from milcnn.config import ModelInfo
     from training.model_card import update_folder
 
@@ -334,15 +331,12 @@ def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_di
     block = scale_block(pixel_size or info.pixel_size, cell_diameter or info.cell_diameter, eval_data,
                         info.channels, info.classes, info.normalization,
                         input_cell_diameter=input_cell_diameter or info.input_cell_diameter)
-    if input_from_real:
-        from training.data.real import cell_size_reading
-
-        if not (block["measured_cell_diameter_px"] and block["cell_diameter_px"]):
-            raise ValueError("--input-from-real needs the model's cell diameter and --eval-data to read its own images")
-        reading = cell_size_reading(input_from_real, normalization=info.normalization, channels=info.channels)
-        block["input_cell_diameter_px"] = round(block["cell_diameter_px"] * reading / block["measured_cell_diameter_px"], 1)
-        block["input_cell_diameter_from"] = (f"the SDK's cell-size reading of the validation half of {input_from_real} "
-                                             f"(median {reading:.2f}; images only, no labels)")
+    if source:
+        if not block["input_cell_diameter_px"]:
+            raise ValueError("--input-cell-diameter-from describes --input-cell-diameter; give that too")
+        block["input_cell_diameter_from"] = source
+    elif input_cell_diameter is None and info.raw.get("scale", {}).get("input_cell_diameter_from"):
+        block["input_cell_diameter_from"] = info.raw["scale"]["input_cell_diameter_from"]
     update_folder(folder, scale=block)
     print(json.dumps(block))
     return 0

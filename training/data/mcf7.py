@@ -287,8 +287,8 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             n_nuclei, scale = int(rng.integers(2, 5)), 1.0
         elif ph == "DNA damage":
             scale = 1.35
-        elif ph == "Protein synthesis":
-            scale = 1.2
+        elif ph == "Protein synthesis":  # real treated nuclei are 1.2x the controls' in a smaller cell
+            scale = 1.45
         for k in range(n_nuclei):
             off = rng.normal(0, c.radius * (0.12 if n_nuclei == 1 else 0.28), 2)
             ry, rx = rn * scale * rng.uniform(0.9, 1.15), rn * scale * rng.uniform(0.75, 1.0)
@@ -337,6 +337,12 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             fibres = np.clip(np.sin(phase + rng.uniform(0, 6.3)), 0, 1) ** 6
             fibres *= ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 4) > 0.5
             a += (look.actin_cortex * cortex + 0.8 * fibres * (r < 0.85) + 0.5) * cyto
+            # lamellipodia: bright ruffles along a stretch of the edge, in untreated cells too
+            angle = np.arctan2(yy - ly, xx - lx)
+            for _ in range(rng.poisson(1.0)):
+                off = np.angle(np.exp(1j * (angle - rng.uniform(0, 2 * np.pi))))
+                a += (rng.uniform(0.8, 2.0) * np.exp(-0.5 * (off / 0.35) ** 2)
+                      * np.exp(-((r - 0.9) ** 2) / (2 * 0.06 ** 2)) * cyto)
         if ph == "Protein synthesis":  # compact cells whose cortex is bright in tubulin and actin
             rim = np.exp(-((r - 0.9) ** 2) / (2 * 0.05 ** 2)) * cyto * rng.uniform(0.4, 1.4)
             t += rim
