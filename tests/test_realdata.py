@@ -246,39 +246,40 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     assert ModelInfo.from_file(out2 / "config.json").pixel_size == 0.3
 
 
-def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tmp_path):
-    """A model that records the cell size of the screen it is for resizes unscaled images by default: the same
-    as passing that cell_diameter, overridden by an explicit scale; the card says so and where it came from."""
-    import shutil
-
+def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tiny_yeast, tmp_path):
+    """A model that records the cell size of the screen it is for resizes unscaled images by default (as if
+    that cell_diameter were passed; an explicit scale wins); its sample input is drawn at that scale and
+    passes the self-test; the card says where the value comes from; --update-scale keeps it and will not
+    change it under a sample drawn at the old scale."""
     from milcnn.config import ModelInfo
+    from training.export import export_folder
     from training.export import main as export_main
+    from training.train import TrainConfig, train
 
-    folder = tmp_path / "yeast-loc"
-    shutil.copytree(ZOO / "yeast-loc", folder)
-    manifest = tmp_path / "own" / "manifest.csv"
-    write_manifest = __import__("benchmarks.realdata_curve", fromlist=["write_manifest"]).write_manifest
-    write_manifest([(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), "cytosol")], manifest.parent)
-    assert export_main(["--update-scale", str(folder), "--eval-data", str(manifest), "--input-cell-diameter", "58"]) == 0
-    info = ModelInfo.from_file(folder / "config.json")
-    assert info.input_cell_diameter == 58 and info.scale_dict()["input_cell_diameter_px"] == 58
-    clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
-    assert clf.zoom_for() == pytest.approx(info.cell_diameter / 58)
-    assert clf.zoom_for(cell_diameter=info.cell_diameter) == 1.0  # an explicit scale wins
-    big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
-    default, told = clf.predict(big), clf.predict(big, cell_diameter=58)
-    assert default.zoom == told.zoom and np.array_equal(default.mask, told.mask) and default.mask.shape == big.shape[1:]
-    assert "about 58 px" in (folder / "README.md").read_text()
-    # where the value comes from is kept for the card, and a note without a value is refused
-    assert export_main(["--update-scale", str(folder), "--input-cell-diameter", "60", "--input-cell-diameter-from",
-                        "the real screen's nuclei"]) == 0
-    block = json.loads((folder / "config.json").read_text())["scale"]
-    assert block["input_cell_diameter_px"] == 60 and "(from the real screen's nuclei)" in (folder / "README.md").read_text()
-    assert export_main(["--update-scale", str(folder)]) == 0  # updating again keeps value and note
-    assert json.loads((folder / "config.json").read_text())["scale"]["input_cell_diameter_from"] == "the real screen's nuclei"
-    bare = tmp_path / "bare"
-    shutil.copytree(ZOO / "yeast-loc", bare)
-    assert export_main(["--update-scale", str(bare), "--input-cell-diameter-from", "somewhere"]) == 1
+    best = train(TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), out=str(tmp_path / "run"), channels="gfp,rfp",
+                             epochs=1, steps_per_epoch=2, batch_size=4, crop=64, width=4, threads=2,
+                             cell_diameter=20.0), progress=False)
+    out = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1", eval_data=str(tiny_yeast),
+                        input_cell_diameter=40.0, input_cell_diameter_from="the screen's nuclei")
+    info = ModelInfo.from_file(out / "config.json")
+    assert info.input_cell_diameter == 40 and info.scale_dict()["input_cell_diameter_px"] == 40
+    assert tifffile.imread(out / "sample_input.tif").shape[1:] == (256, 256)  # 128 px drawn at 2x
+    clf = Classifier.from_dir(out, device="cpu", precision="fp32")
+    clf.self_test()
+    assert clf.zoom_for() == pytest.approx(0.5) and clf.zoom_for(cell_diameter=20) == 1.0
+    big = tifffile.imread(out / "sample_input.tif")
+    default, told = clf.predict(big), clf.predict(big, cell_diameter=40)
+    assert default.zoom == told.zoom == 0.5 and np.array_equal(default.mask, told.mask)
+    assert default.mask.shape == big.shape[1:]
+    card = (out / "README.md").read_text()
+    assert "about 40 px across (from the screen's nuclei)" in card and "resized by 0.50" in card
+    assert export_main(["--update-scale", str(out), "--eval-data", str(tiny_yeast)]) == 0  # kept, with its note
+    assert json.loads((out / "config.json").read_text())["scale"]["input_cell_diameter_from"] == "the screen's nuclei"
+    assert export_main(["--update-scale", str(out), "--input-cell-diameter", "60"]) == 1  # the sample would be wrong
+    from training.export import scale_block
+
+    with pytest.raises(ValueError, match="give that too"):  # a note needs a value
+        scale_block(0.2, 20.0, None, info.channels, info.classes, info.normalization, input_cell_diameter_from="x")
 
 
 # ------------------------------------------------------------------------------------ fine-tuning

@@ -98,11 +98,14 @@ def check_onnx(model: MILCNN, path: Path, *, sizes=((1, 96, 136), (2, 203, 157))
 def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | None = None,
                   sample_index: int = 0, training_data: dict | None = None, summary: str = "",
                   repo_id: str | None = None, pixel_size: float | None = None,
-                  cell_diameter: float | None = None, input_cell_diameter: float | None = None) -> Path:
+                  cell_diameter: float | None = None, input_cell_diameter: float | None = None,
+                  input_cell_diameter_from: str | None = None) -> Path:
     """Write the whole model folder to ``out`` (replacing it only when everything succeeded).
 
     ``pixel_size``, ``cell_diameter`` and ``input_cell_diameter`` override the scale the checkpoint
-    records (its ``--pixel-size`` / ``--cell-diameter`` at training; a fine-tuned model's source's)."""
+    records (its ``--pixel-size`` / ``--cell-diameter`` at training; a fine-tuned model's source's);
+    ``input_cell_diameter_from`` says where the last comes from (for the card). With an input cell
+    diameter, ``sample_input.tif`` is the test image resized to that scale, as users' images come."""
     from milcnn.classifier import Classifier
     from training.evaluate import evaluate
     from training.model_card import render_card
@@ -137,7 +140,8 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
             "scale": scale_block(pixel_size or cfg.pixel_size, cell_diameter or cfg.cell_diameter,
                                  eval_data, cfg.channels, cfg.classes, cfg.normalization,
-                                 input_cell_diameter=input_cell_diameter or cfg.input_cell_diameter),
+                                 input_cell_diameter=input_cell_diameter or cfg.input_cell_diameter,
+                                 input_cell_diameter_from=input_cell_diameter_from),
             "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
                              "parameters": sum(p.numel() for p in model.parameters())},
             "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
@@ -152,7 +156,16 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
         (staging / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if eval_data:
             samples, _, _ = read_manifest(eval_data, channels=cfg.channels, classes=cfg.classes)
-            write_tiff(staging / constants.SAMPLE_INPUT_FILE, load_image(samples[sample_index], len(cfg.channels)))
+            sample = load_image(samples[sample_index], len(cfg.channels))
+            scale = config["scale"]
+            if scale["input_cell_diameter_px"] and scale["cell_diameter_px"]:  # the sample at the input scale
+                from milcnn.scale import resize_chw, zoomed_shape
+
+                zoom = scale["input_cell_diameter_px"] / scale["cell_diameter_px"]
+                resized = resize_chw(sample.astype(np.float32), zoomed_shape(sample.shape[1:], zoom))
+                sample = np.clip(np.rint(resized), 0, np.iinfo(sample.dtype).max if sample.dtype.kind in "ui"
+                                 else None).astype(sample.dtype)
+            write_tiff(staging / constants.SAMPLE_INPUT_FILE, sample)
             prediction = Classifier.from_dir(staging, device="cpu").predict(staging / constants.SAMPLE_INPUT_FILE)
             sample_out = prediction.to_dict()
             sample_out["image"] = constants.SAMPLE_INPUT_FILE
@@ -224,7 +237,8 @@ def finetuned_training_data(fc: dict) -> dict:
 
 
 def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normalization, *,
-                input_cell_diameter: float | None = None, max_images: int = 256) -> dict:
+                input_cell_diameter: float | None = None, input_cell_diameter_from: str | None = None,
+                max_images: int = 256) -> dict:
     """``config.json``'s ``scale``: the training scale and the cell-size reading of ``manifest``'s images.
 
     ``measured_cell_diameter_px`` is the median of ``milcnn.scale.estimate_cell_diameter`` over
@@ -247,8 +261,13 @@ def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normaliz
             measured = round(float(np.median(readings)), 2)
             spread = np.maximum(readings / measured, measured / readings)
             tolerance = round(max(SCALE_TOLERANCE, float(np.percentile(spread, 98))), 2)
-    return {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured,
-            "measured_tolerance": tolerance, "input_cell_diameter_px": input_cell_diameter}
+    if input_cell_diameter_from and not input_cell_diameter:
+        raise ValueError("--input-cell-diameter-from describes --input-cell-diameter; give that too")
+    block = {"pixel_size_um": pixel_size, "cell_diameter_px": cell_diameter, "measured_cell_diameter_px": measured,
+             "measured_tolerance": tolerance, "input_cell_diameter_px": input_cell_diameter}
+    if input_cell_diameter_from:
+        block["input_cell_diameter_from"] = input_cell_diameter_from
+    return block
 
 
 def _round(v):
@@ -292,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    if args.input_cell_diameter_from:
-        parser.error("--input-cell-diameter-from goes with --update-scale")
     if args.out is None:
         parser.error("--out is required")
     if (args.revision or args.private) and not args.push:
@@ -304,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                             eval_data=args.eval_data, sample_index=args.sample_index,
                             training_data=args.training_data, summary=args.summary, repo_id=args.push,
                             pixel_size=args.pixel_size, cell_diameter=args.cell_diameter,
-                            input_cell_diameter=args.input_cell_diameter)
+                            input_cell_diameter=args.input_cell_diameter,
+                            input_cell_diameter_from=args.input_cell_diameter_from)
     except (ExportError, HubTokenError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -330,12 +348,12 @@ def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_di
     info = ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE)
     block = scale_block(pixel_size or info.pixel_size, cell_diameter or info.cell_diameter, eval_data,
                         info.channels, info.classes, info.normalization,
-                        input_cell_diameter=input_cell_diameter or info.input_cell_diameter)
-    if source:
-        if not block["input_cell_diameter_px"]:
-            raise ValueError("--input-cell-diameter-from describes --input-cell-diameter; give that too")
-        block["input_cell_diameter_from"] = source
-    elif input_cell_diameter is None and info.raw.get("scale", {}).get("input_cell_diameter_from"):
+                        input_cell_diameter=input_cell_diameter or info.input_cell_diameter,
+                        input_cell_diameter_from=source)
+    if block["input_cell_diameter_px"] != info.input_cell_diameter and (Path(folder) / constants.SAMPLE_INPUT_FILE).is_file():
+        raise ValueError(f"{folder}: its sample_input.tif is drawn at the input scale; export again with "
+                         "--input-cell-diameter to change it")
+    if not source and input_cell_diameter is None and info.raw.get("scale", {}).get("input_cell_diameter_from"):
         block["input_cell_diameter_from"] = info.raw["scale"]["input_cell_diameter_from"]
     update_folder(folder, scale=block)
     print(json.dumps(block))
