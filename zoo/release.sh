@@ -35,8 +35,9 @@ print(json.dumps({
         "110 images, seed 2; test 220 images, seed 3), channels " + channels + ". Budding yeast rendered through a "
         "widefield optics and sCMOS camera model whose blur, brightness, noise, background, autofluorescence and "
         "cell size are drawn anew for every image (docs/simulator.md); per image 20-50 % of cells show no "
-        "pattern, 5 % outliers (dead cells, out-of-focus cells, debris). Trained with intensity and scale "
-        "augmentations. No real image was used in training."),
+        "pattern, 5 % outliers (dead cells, out-of-focus cells, debris); the ranges were set by measuring real "
+        "cells of the validation half (AAC1, AAP1, AAH1) against simulated ones (python -m benchmarks.sim_vs_real). "
+        "Trained with intensity and scale augmentations. No real image was used in training."),
     "settings_chosen_on": ("the validation half of the real yeast cells in ../shared/realdata-labelled/yeast-chong "
                            "(the fields of AAC1, AAP1 and AAH1); AAC3 and AAR2 are the test half"),
     "intended_use": ("Research use: yeast GFP localization screens (MIL-CNN classification and weakly supervised "

@@ -2,7 +2,9 @@
 # Re-create the zoo's mcf7-moa model from scratch: simulate, train, evaluate, export, register, int8 variant.
 # Usage: bash zoo/release_mcf7.sh   (about 25 min on 2 CPU cores; a finished runs/mcf7-moa/best.pt is exported, not retrained)
 # 2.0.0: the simulator randomises microscope and stains and draws cells after real BBBC021 (docs/mcf7.md); training
-# adds intensity and scale augmentations; settings were chosen on the validation half of the real BBBC021 cells.
+# adds intensity augmentations and a small scale jitter (1/1.1-1.1x: absolute size is the phenotype of several MOAs,
+# and the input scale is fixed by --input-cell-diameter); settings were chosen on the validation half of the real
+# BBBC021 cells.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=mcf7-moa
@@ -12,9 +14,12 @@ for spec in "train 400 1" "val 80 2" "test 160 3"; do
 done
 [ -f "runs/$name/best.pt" ] || python -m training.train --data data/mcf7v2-train/manifest.csv \
   --val data/mcf7v2-val/manifest.csv --channels dna,tubulin,actin --out "runs/$name" --epochs 15 --crop 192 --batch-size 8 \
-  --photometric --scale-jitter 0.4 --pixel-size 0.65 --cell-diameter 47
+  --photometric --scale-jitter 0.1 --pixel-size 0.65 --cell-diameter 47
+# BBBC021's cells are 1.9x the simulator's (real DMSO nuclei of the validation half: benchmarks/results/sim_vs_real.md)
 python -m training.export "runs/$name/best.pt" --out "zoo/$name" --name "$name" --version 2.0.0 \
   --eval-data data/mcf7v2-test/manifest.csv --register "milcnn/$name@v2.0.0" --pixel-size 0.65 --cell-diameter 47 \
+  --input-cell-diameter 89 --input-cell-diameter-from "BBBC021 at 20x: real DMSO nuclei of the validation half \
+of ../shared/realdata-labelled/bbbc021-cells measure 1.9x the simulator's (python -m benchmarks.sim_vs_real)" \
   --summary "MCF-7 mechanism of action, 8 BBBC021 classes (7 MOAs and DMSO), channels dna,tubulin,actin (trained on simulated images)." \
   --training-data "$(python - <<'PY'
 import json
@@ -25,8 +30,8 @@ print(json.dumps({
         "images, seed 2; test 160 images, seed 3), channels dna, tubulin, actin. MCF-7 cells drawn after BBBC021's "
         "phenotypes and the validation half of real BBBC021 cells (docs/mcf7.md) through a widefield optics and "
         "camera model whose blur, brightness per stain, background and cytoskeleton look are drawn anew for every "
-        "image; per image 20-50 % of treated cells look untreated, 5 % outliers. Trained with intensity and scale "
-        "augmentations. No real image was used in training. Not simulated: Cholesterol-lowering, DNA "
+        "image; per image 20-50 % of treated cells look untreated, 5 % outliers. Trained with intensity "
+        "augmentations and a 1.1x scale jitter. No real image was used in training. Not simulated: Cholesterol-lowering, DNA "
         "replication, Epithelial, Kinase inhibitors."),
     "settings_chosen_on": ("the validation half of the real BBBC021 cells in ../shared/realdata-labelled/"
                            "bbbc021-cells (the first 4 DMSO and 6 protein-synthesis fields); the others are the "
@@ -39,7 +44,9 @@ print(json.dumps({
         "Trained on simulated images only; of its 8 classes only DMSO and protein synthesis have been measured on "
         "real cells. Retrain on real plates for the others (command below).",
         "Knows 8 of BBBC021's 13 classes; compounds of other mechanisms will be forced into one of these.",
-        "Expects about 0.65 um per pixel (20x), channels DAPI, beta-tubulin, F-actin in that order.",
+        "Made for BBBC021-like 20x images: given no scale it takes cells to be about 89 px across and resizes by "
+        "47/89 (the simulator draws them at 47 px); for other scales pass pixel_size= or cell_diameter=. Channels "
+        "DAPI, beta-tubulin, F-actin in that order.",
         "Wells where many treated cells do not respond lean towards DMSO: Noisy-AND weighs classes by the fraction "
         "of cells behind each, and unresponsive cells look like DMSO (measured on the 1.x simulator: "
         "benchmarks/results/pooling.md).",
