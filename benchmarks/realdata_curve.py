@@ -179,7 +179,8 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
                 if simulated_before is None:
                     simulated_before = _simulated_accuracy(clf0, test_manifest)
                 runs.append({
-                    "name": name, "experiment": experiment, "model": model, "fold": fold, "fields_per_protein": n or "half",
+                    "name": name, "experiment": experiment, "model": model, "model_version": clf0.info.version,
+                    "fold": fold, "fields_per_protein": n or "half",
                     "train_fields": [f.path.name for f in train_fields],
                     "scored_fields": [f.path.name for f in test_fields],
                     "train_mosaics": len(rows), "cell_diameter": diameter, "finetune_seconds": round(seconds, 1),
@@ -261,13 +262,14 @@ def render_curve(curve: dict) -> list[str]:
                          if k in ("steps", "batch_size", "crop", "lr", "rehearsal", "rehearsal_fraction", "photometric"))
              + ")" + "".join(f"; {e}: " + ", ".join(f"{k}={v}" for k, v in s.items())
                              for e, s in curve.get("settings", {}).items() if s) + ".", "",
-             "| experiment | fold | fields per training protein | training fields | scored mosaics right | before "
+             "| experiment (from) | fold | fields per training protein | training fields | scored mosaics right | before "
              "| per protein (mosaics) | scored cells right | simulated test | fine-tuning |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in curve["runs"]:
         per = ", ".join(f"{g} {v['correct']}/{v['n']}" for g, v in r["mosaics"]["groups"].items())
         sim = r["simulated_test"]
-        lines.append(f"| {r['experiment']} | {r['fold']} | {r['fields_per_protein']} | {len(r['train_fields'])} "
+        base = f" ({r['model']} {r['model_version']})" if r.get("model_version") else f" ({r['model']} 1.0.0)"
+        lines.append(f"| {r['experiment']}{base} | {r['fold']} | {r['fields_per_protein']} | {len(r['train_fields'])} "
                      f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({_pct(r['mosaics']['accuracy'])}) "
                      f"| {_pct(r['before']['mosaics'])} | {per} "
                      f"| {r['cells']['correct']}/{r['cells']['n']} ({_pct(r['cells']['accuracy'])}) "

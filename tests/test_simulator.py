@@ -32,7 +32,8 @@ def test_layout_dtypes_and_manifest(tiny_yeast):
 def test_masks_align_with_the_images(cls):
     """Cells marked as showing the class are brighter in GFP than background, and every
     object pixel (any mask value) is brighter in the cytosolic RFP than background."""
-    params = YeastParams(size=192, non_showing=(0.3, 0.3), outliers=0.0)
+    params = YeastParams(size=192, non_showing=(0.3, 0.3), outliers=0.0, cell_radius=(11.0, 16.0),
+                         photons=(150.0, 150.0))  # enough cells in 192 px for both kinds, at a typical exposure
     image, mask = simulate_yeast_image(cls, image_rng(3, YEAST_CLASSES.index(cls)), params)
     k = YEAST_CLASSES.index(cls) + 1
     gfp, rfp = image.astype(float)
