@@ -326,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"error: real data not found: {args.data} is not a folder (pass --data DIR)", file=sys.stderr)
         return 2
-    results = load(args.out)
     try:
         if args.learning_curve:
             from benchmarks.realdata_curve import learning_curve
@@ -344,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--views expects SIDExN[,SIDExN...], e.g. 4x8,1x8; got {args.views!r}")
             curve = learning_curve(args.data, k=args.k, quick=args.quick, work=args.work, only=args.only,
                                    overrides=overrides, views=views)
+            results = load(args.out)  # read after the long run: another run may have written meanwhile
             if args.ablation:
                 label = ", ".join(args.overrides + ([f"views {args.views}"] if args.views else [])) or "defaults"
                 results.setdefault("ablation", {})[label] = curve
@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.update_zoo and (args.half != "all" or args.record):
                 parser.error("--update-zoo writes the released models' cards: it takes neither --half nor --record")
             scores = run_scores(models, args.data, k=args.k, half=args.half)
+            results = load(args.out)  # read after the long run: another run may have written meanwhile
             if args.record:
                 for entry in scores.values():
                     results.setdefault("zoo_ablation", {})[args.record] = {"half": args.half, **entry}

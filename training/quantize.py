@@ -49,12 +49,15 @@ class QuantizationError(RuntimeError):
 def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_THRESHOLD) -> dict:
     """Image accuracy and mean segmentation IoU of an SDK ``Classifier`` on a manifest's images.
 
-    IoU is pooled per class over the images of that class, as in ``training.evaluate``.
+    IoU is pooled per class over the images of that class, as in ``training.evaluate``. The images are
+    taken to be at the model's training scale (a simulated test set), so a model's default input scale
+    (``input_cell_diameter``) is not applied to them.
     """
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
     correct, iou = 0, IoU(len(clf.classes))
+    at_training_scale = clf.info.cell_diameter if clf.info.input_cell_diameter else None
     for sample in samples:
-        pred = clf.predict(load_image(sample, len(clf.channels)), threshold=threshold)
+        pred = clf.predict(load_image(sample, len(clf.channels)), threshold=threshold, cell_diameter=at_training_scale)
         correct += pred.label == "|".join(sample.labels)
         truth = load_mask(sample)
         if truth is not None:

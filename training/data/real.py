@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["RealGroup", "RealSet", "Field", "REAL_SETS", "DEFAULT_REAL_DATA", "RealDataMissingError",
-           "load_fields", "mosaics", "shuffled_mosaics", "applicable_sets", "cell_size_reading"]
+           "load_fields", "mosaics", "shuffled_mosaics", "applicable_sets"]
 
 DEFAULT_REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata-labelled"
 
@@ -182,27 +182,6 @@ def load_fields(real_set: RealSet | str, root=None, *, channels: tuple[str, ...]
                 raise ValueError(f"{p}: expected (cells, {len(rs.channels)}, h, w), got shape {cells.shape}")
             fields.append(Field(rs, g, p, cells[:, take], channels, i))
     return fields
-
-
-def cell_size_reading(real_set: RealSet | str, root=None, *, normalization, channels: tuple[str, ...],
-                      half: str = "validation", k: int = 4) -> float:
-    """The median ``milcnn.scale.estimate_cell_diameter`` over the ``k x k`` mosaics of one half of a real
-    set, normalised as a model would: the real screen's cell size as the SDK reads it. Uses the images
-    only, never the labels.
-
-    Raises:
-        ValueError: no mosaic gave a reading.
-    """
-    from milcnn.preprocess import normalize
-    from milcnn.scale import estimate_cell_diameter
-
-    rs = REAL_SETS[real_set] if isinstance(real_set, str) else real_set
-    fields = [f for f in load_fields(rs, root, channels=channels) if half == "all" or rs.half(f) == half]
-    readings = [r for f in fields for m in mosaics(f.cells, k)
-                if (r := estimate_cell_diameter(normalize(m, normalization))) is not None]
-    if not readings:
-        raise ValueError(f"no cell-size reading from the {half} half of {rs.name}")
-    return float(np.median(readings))
 
 
 def mosaics(cells: np.ndarray, k: int) -> list[np.ndarray]:
