@@ -316,14 +316,14 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
     before, _ = load_source("yeast-loc")
     samples, _, _ = read_manifest(manifest, channels=before.config.channels, classes=before.config.classes)
     images = ImageSet(samples, before.config.channels, before.config.classes, before.config.normalization,
-                      zoom=27 / 42)
+                      zoom=before.config.cell_diameter / 42)
     loss_before, _ = evaluate_loss_accuracy(before, images, torch.device("cpu"))
     best = finetune(cfg)
     after, ckpt = load_checkpoint(best)
     loss_after, _ = evaluate_loss_accuracy(after, images, torch.device("cpu"))
     assert loss_after < loss_before
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
-    assert after.config.cell_diameter == 27.0  # the model keeps its scale; the images were resized to it
+    assert after.config.cell_diameter == before.config.cell_diameter  # the model keeps its scale; images resized to it
     out = export_folder(best, tmp_path / "model", name="my-screen", version="0.1.0")
     clf = Classifier.from_dir(out)
     assert str(manifest) in clf.info.training_data["real_images"]  # the card says which real images it saw
@@ -403,7 +403,8 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
     for r in runs.values():
         assert r["mosaics"]["n"] > 0 and 0 <= r["simulated_test"]["accuracy"] <= 1
     assert "yeast-B-1" not in (tmp_path / "realdata.md").read_text()  # rendered by fold and size
-    assert "| yeast | B | 1 |" in (tmp_path / "realdata.md").read_text()
+    version = Classifier.from_hub("yeast-loc").info.version
+    assert f"| yeast (yeast-loc {version}) | B | 1 |" in (tmp_path / "realdata.md").read_text()
 
 
 def test_real_yeast_scale_notice(real_labelled, capsys):
