@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             models = args.model or sorted(zoo())
             if args.update_zoo and (args.half != "all" or args.record):
                 parser.error("--update-zoo writes the released models' cards: it takes neither --half nor --record")
+            if args.record and len(models) != 1:
+                parser.error(f"--record files one model under its label; got {len(models)} models")
             scores = run_scores(models, args.data, k=args.k, half=args.half)
             results = load(args.out)  # read after the long run: another run may have written meanwhile
             if args.record:

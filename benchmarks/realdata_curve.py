@@ -104,10 +104,9 @@ def _simulated_test(model: str, work: Path, quick: bool) -> tuple[str, int]:
 
 
 def _simulated_accuracy(clf, manifest: str) -> float:
-    rows = list(csv.DictReader(open(manifest, newline="")))
-    root = Path(manifest).parent
-    preds = clf.predict_batch([root / r["path"] for r in rows])
-    return round(sum(p.label == r["label"] for p, r in zip(preds, rows)) / len(rows), 4)
+    from training.quantize import evaluate_classifier  # at the training scale, whatever the model's input scale
+
+    return round(evaluate_classifier(clf, manifest)["accuracy"], 4)
 
 
 def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Path,

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, load_fields
+from training.metrics import otsu_threshold
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,10 @@ RESULTS = Path("benchmarks/results")
 #: per kind: real set, the channel whose objects the crops centre on, their diameter in the simulator (px,
 #: for finding them), and where the other measures are taken: in that object (the whole cell) or the crop
 KINDS = {"yeast": ("yeast-chong", "rfp", 27.0, "object"), "mcf7": ("bbbc021-cells", "dna", 19.0, "crop")}
-#: the zoo models' cell diameter (their config.json scale), to bring simulated cells to a real set's size
+#: a fixed reference size of the simulators' cells (the 1.x zoo models' recorded cell diameters): simulated
+#: crops are zoomed by a real set's cell diameter over it; ``size_ratio`` divides the zoom back out
 SIMULATED_CELL_DIAMETER = {"yeast": 27.0, "mcf7": 47.0}
 MEASURES = ("diameter", "blur", "noise", "peakiness", "background")
-
-
-def _otsu(x: np.ndarray) -> float:
-    hist, edges = np.histogram(x, bins=128)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def measure_crop(crop: np.ndarray, seg_channel: int, region: str = "object") -> dict | None:
@@ -72,7 +64,7 @@ def measure_crop(crop: np.ndarray, seg_channel: int, region: str = "object") -> 
     (for crops centred on nuclei in a confluent layer, where there is no empty background)."""
     crop = crop.astype(np.float32)
     seg = ndimage.gaussian_filter(crop[seg_channel], 1.5)
-    fg = seg > _otsu(seg)
+    fg = seg > otsu_threshold(seg, bins=128)
     labels, n = ndimage.label(fg)
     h, w = fg.shape
     centre = labels[h // 2 - 3:h // 2 + 4, w // 2 - 3:w // 2 + 4]
@@ -130,7 +122,7 @@ def simulated_crops(kind: str, classes: list[str], *, n_images: int, zoom: float
             x = image.astype(np.float32)
             x = resize_chw(x, (round(x.shape[1] * zoom), round(x.shape[2] * zoom)))
             seg = ndimage.gaussian_filter(x[seg_channel], 2.0)
-            fg = seg > _otsu(seg)
+            fg = seg > otsu_threshold(seg, bins=128)
             dist = ndimage.distance_transform_edt(fg)
             radius = KINDS[kind][2] * zoom / 2
             peaks = (dist == ndimage.maximum_filter(dist, size=int(radius))) & (dist > 0.5 * radius)

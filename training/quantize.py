@@ -55,9 +55,9 @@ def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_T
     """
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
     correct, iou = 0, IoU(len(clf.classes))
-    at_training_scale = clf.info.cell_diameter if clf.info.input_cell_diameter else None
-    for sample in samples:
-        pred = clf.predict(load_image(sample, len(clf.channels)), threshold=threshold, cell_diameter=at_training_scale)
+    for sample in samples:  # cell_diameter = the model's own: zoom 1 (None where it records none: zoom 1 too)
+        pred = clf.predict(load_image(sample, len(clf.channels)), threshold=threshold,
+                           cell_diameter=clf.info.cell_diameter)
         correct += pred.label == "|".join(sample.labels)
         truth = load_mask(sample)
         if truth is not None:
