@@ -387,6 +387,36 @@ def test_scale_jitter_zooms_crops_within_its_range():
         CropDataset(images, 64, seed=0, scale_jitter=2.0)
 
 
+def test_cell_mosaic_tiles_come_from_the_images_objects():
+    """Every tile of a cell mosaic is centred on one of the image's objects: an image of bright disks with
+    distinct values gives mosaics whose tiles each hold exactly one disk's value, at the tile centre."""
+    from types import SimpleNamespace
+
+    from training.data.dataset import CellMosaic, CropDataset, object_centres
+
+    img = np.zeros((1, 200, 200), np.float16)
+    yy, xx = np.mgrid[0:200, 0:200]
+    centres = [(40, 50), (100, 150), (160, 60), (60, 160)]
+    for i, (cy, cx) in enumerate(centres):
+        img[0][(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 0.7 + 0.1 * i
+    assert sorted(map(tuple, object_centres(img[0]))) == sorted(centres)
+    images = SimpleNamespace(images=[img], targets=np.ones((1, 1), np.float32))
+    ds = CropDataset(images, 64, seed=0, mosaic=CellMosaic(p=1.0, tile=(1.0, 1.0), cell_diameter=32))
+    for epoch in range(4):
+        ds.reseed(epoch)
+        x = ds[0][0].numpy()[0]
+        assert x.shape == (64, 64)
+        for ty in range(2):
+            for tx in range(2):
+                tile = x[32 * ty:32 * ty + 32, 32 * tx:32 * tx + 32]
+                values = set(np.unique(tile)) - {0.0}
+                assert len(values) == 1 and tile[15:17, 15:17].min() > 0
+    assert CropDataset(images, 64, seed=0, mosaic=CellMosaic(p=0.0)).centres is None
+    for bad in ({"p": 1.5}, {"tile": (0.9, 0.5)}, {"cell_diameter": 0}):
+        with pytest.raises(ValueError, match="cell mosaic"):
+            CellMosaic(**bad)
+
+
 def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--learning-curve", "--quick",
                            "--only", "yeast-B-1", "--only", "mcf7-validation-half", "--out", str(tmp_path),

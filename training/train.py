@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from milcnn.io import write_atomic
 from milcnn.preprocess import NormalizationConfig
-from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
+from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
@@ -61,6 +61,8 @@ class TrainConfig:
     smoothness_sigma: float = 0.1
     photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
     scale_jitter: float = 0.0  # crops resized by a zoom in [1/(1+j), 1+j] (training.data.dataset.CropDataset)
+    cell_mosaic: float = 0.0  # share of crops made of single-cell tiles (training.data.dataset.CellMosaic)
+    mosaic_channel: str | None = None  # the channel whose objects centre those tiles (default: the first)
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 16
@@ -207,7 +209,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
     val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
     crops = CropDataset(train_set, cfg.crop, seed=cfg.seed, photometric=Photometric() if cfg.photometric else None,
-                        scale_jitter=cfg.scale_jitter)
+                        scale_jitter=cfg.scale_jitter, mosaic=_cell_mosaic(cfg, channels))
     weights = torch.from_numpy(balanced_weights(train_set.targets))
     print(f"{len(train_set)} training and {len(val_set)} validation images loaded in {time.time() - t0:.1f} s; "
           f"{len(classes)} classes, channels {', '.join(channels)}, device {device}", file=sys.stderr)
@@ -263,6 +265,17 @@ def _parse_params(items: list[str]) -> dict:
             raise argparse.ArgumentTypeError(f"--pooling-param expects KEY=VALUE, got {item!r}")
         params[key] = float(value)
     return params
+
+
+def _cell_mosaic(cfg: TrainConfig, channels: tuple[str, ...]) -> CellMosaic | None:
+    if not cfg.cell_mosaic:
+        return None
+    if cfg.cell_diameter is None:
+        raise ValueError("cell_mosaic needs cell_diameter (the training images' cell diameter in px)")
+    name = cfg.mosaic_channel or channels[0]
+    if name not in channels:
+        raise ValueError(f"mosaic_channel {name!r} is not one of the channels {', '.join(channels)}")
+    return CellMosaic(p=cfg.cell_mosaic, channel=channels.index(name), cell_diameter=cfg.cell_diameter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ from milcnn.preprocess import NormalizationConfig, normalize
 from milcnn.scale import resize_chw, zoomed_shape
 from training.data.manifest import Sample, load_image
 
-__all__ = ["ImageSet", "CropDataset", "Photometric", "label_vector", "balanced_weights"]
+__all__ = ["ImageSet", "CropDataset", "CellMosaic", "Photometric", "label_vector", "balanced_weights",
+           "object_centres"]
 
 
 def label_vector(labels: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray:
@@ -83,20 +84,84 @@ class Photometric:
         return x
 
 
+def object_centres(channel: np.ndarray, *, min_area: int = 20) -> np.ndarray:
+    """Centres (y, x) of the bright objects of one normalised channel (nuclei in a DNA stain): Otsu
+    threshold of the lightly smoothed channel, connected components of at least ``min_area`` px.
+    Returns an (n, 2) int array (n may be 0)."""
+    from scipy import ndimage as ndi
+
+    from training.metrics import otsu_threshold
+
+    smooth = ndi.gaussian_filter(channel.astype(np.float32), 1.5)
+    labels, n = ndi.label(smooth > otsu_threshold(smooth))
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    index = np.arange(1, n + 1)
+    keep = index[ndi.sum_labels(np.ones_like(smooth), labels, index) >= min_area]
+    if len(keep) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.rint(np.array(ndi.center_of_mass(smooth, labels, keep))).astype(np.int64).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class CellMosaic:
+    """Training views made of single-cell tiles: with probability ``p`` a crop is replaced by a grid of
+    square tiles, each cut around a random object (nucleus) of the same image, as screens that only
+    keep per-cell crops and ``benchmarks.realdata``'s mosaics show them. It takes density and the
+    arrangement of cells away as cues, so the model calls a bag by what its cells look like.
+
+    Args:
+        p: the share of crops made into mosaics.
+        channel: the channel whose bright objects centre the tiles (index in the model's channels).
+        tile: tile side as a fraction of the cell diameter, drawn uniformly from this range.
+        cell_diameter: the cell diameter of the training images in px.
+    """
+
+    p: float = 0.5
+    channel: int = 0
+    tile: tuple[float, float] = (0.6, 1.0)
+    cell_diameter: float = 47.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"cell mosaic p must be in [0, 1], got {self.p}")
+        lo, hi = self.tile
+        if not 0.1 <= lo <= hi <= 3.0:
+            raise ValueError(f"cell mosaic tile must be 0.1 <= lo <= hi <= 3 (fractions of the cell diameter), "
+                             f"got {self.tile}")
+        if self.cell_diameter <= 0:
+            raise ValueError(f"cell mosaic cell_diameter must be positive, got {self.cell_diameter}")
+
+    def __call__(self, img: np.ndarray, centres: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """A ``size`` x ``size`` mosaic of tiles of ``img`` (C, H, W) around ``centres`` (n >= 1, 2)."""
+        t = max(4, int(round(rng.uniform(*self.tile) * self.cell_diameter)))
+        k = -(-size // t)
+        padded = np.pad(img, ((0, 0), (t, t), (t, t)))
+        rows = []
+        for _ in range(k):
+            row = []
+            for y, x in centres[rng.integers(0, len(centres), k)]:
+                y0, x0 = y + t - t // 2, x + t - t // 2
+                row.append(padded[:, y0:y0 + t, x0:x0 + t])
+            rows.append(np.concatenate(row, axis=2))
+        return np.concatenate(rows, axis=1)[:, :size, :size]
+
+
 class CropDataset(Dataset):
     """Random ``crop`` x ``crop`` windows with random flips and 90-degree rotations, and
     ``photometric`` intensity augmentations where given.
 
     ``scale_jitter`` j > 0 also resizes each window by a zoom drawn log-uniformly from
     ``[1 / (1 + j), 1 + j]`` (a window of ``crop / zoom`` px resized to ``crop``): cells of other
-    sizes and microscopes of other pixel sizes.
+    sizes and microscopes of other pixel sizes. ``mosaic`` (a ``CellMosaic``) makes some windows
+    grids of single-cell tiles of the same image instead.
 
     Randomness comes from ``reseed(epoch)``, so an epoch's crops depend only on
     ``(seed, epoch)``: a resumed run sees the same crops as an uninterrupted one.
     """
 
     def __init__(self, images: ImageSet, crop: int, *, seed: int, photometric: Photometric | None = None,
-                 scale_jitter: float = 0.0):
+                 scale_jitter: float = 0.0, mosaic: CellMosaic | None = None):
         if not 0.0 <= scale_jitter <= 1.0:
             raise ValueError(f"scale_jitter must be in [0, 1], got {scale_jitter}")
         self.images = images
@@ -104,6 +169,9 @@ class CropDataset(Dataset):
         self.scale_jitter = scale_jitter
         self.seed = seed
         self.photometric = photometric
+        self.mosaic = mosaic
+        self.centres = ([object_centres(im[mosaic.channel]) for im in images.images] if mosaic and mosaic.p
+                        else None)
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, epoch: int) -> None:
@@ -114,17 +182,14 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int):
         img = self.images.images[index]
-        c, h, w = img.shape
         s = window = self.crop
         if self.scale_jitter:
             zoom = np.exp(self.rng.uniform(-1, 1) * np.log1p(self.scale_jitter))
             s = max(8, int(round(window / zoom)))
-        if h < s or w < s:  # small images: pad with background (zero after normalisation)
-            img = np.pad(img, ((0, 0), (0, max(0, s - h)), (0, max(0, s - w))))
-            h, w = img.shape[1:]
-        y = self.rng.integers(0, h - s + 1)
-        x = self.rng.integers(0, w - s + 1)
-        patch = img[:, y : y + s, x : x + s]
+        if self.centres is not None and len(self.centres[index]) and self.rng.random() < self.mosaic.p:
+            patch = self.mosaic(img, self.centres[index], s, self.rng)
+        else:
+            patch = self._window(img, s)
         if s != window:
             patch = resize_chw(patch, (window, window))
         if self.rng.random() < 0.5:
@@ -133,6 +198,15 @@ class CropDataset(Dataset):
         if self.photometric is not None:
             patch = self.photometric(patch, self.rng)
         return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)), torch.from_numpy(self.images.targets[index])
+
+    def _window(self, img: np.ndarray, s: int) -> np.ndarray:
+        c, h, w = img.shape
+        if h < s or w < s:  # small images: pad with background (zero after normalisation)
+            img = np.pad(img, ((0, 0), (0, max(0, s - h)), (0, max(0, s - w))))
+            h, w = img.shape[1:]
+        y = self.rng.integers(0, h - s + 1)
+        x = self.rng.integers(0, w - s + 1)
+        return img[:, y : y + s, x : x + s]
 
 
 def _prepared(chw: np.ndarray, normalization: NormalizationConfig, zoom: float) -> np.ndarray:
