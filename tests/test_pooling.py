@@ -101,3 +101,42 @@ def test_unknown_pooling_and_bad_parameters_are_errors():
         build_pooling("median", n_classes=2, in_features=2)
     with pytest.raises(ValueError, match="bad parameters"):
         build_pooling("max", n_classes=2, in_features=2, params={"r": 2})
+
+
+@pytest.mark.parametrize("name", POOLINGS)
+def test_mask_pools_only_the_valid_instances(name):
+    """A masked bag pools exactly as its valid part alone; padding values do not matter."""
+    torch.manual_seed(2)
+    pool = make(name)
+    maps = torch.rand(B, C, H, W)
+    mask = torch.zeros(B, H, W, dtype=torch.bool)
+    mask[:, :3, :4] = True
+    padded = maps.clone()
+    padded[~mask[:, None].expand_as(maps)] = 0.9  # padding that would pull every pooling up
+    assert torch.allclose(pool(padded, mask=mask), pool(maps[:, :, :3, :4]), atol=1e-6)
+    assert not torch.allclose(pool(padded), pool(maps[:, :, :3, :4]), atol=1e-3)
+    with pytest.raises(ValueError, match="does not fit"):
+        pool(maps, mask=mask[:, :2])
+
+
+def test_model_pools_padded_images_over_their_own_instances():
+    """MILCNN.forward(x, sizes): an image padded with background to share a batch gets the pooling
+    of its valid map pixels only (ceil(size / stride) of them)."""
+    from training.model import MILCNN, ModelConfig, valid_instances
+
+    torch.manual_seed(3)
+    model = MILCNN(ModelConfig(channels=("a",), classes=("x", "y"), pooling="noisy_and")).eval()
+    with torch.no_grad():  # maps that differ between image and background
+        model.head.weight.mul_(20.0)
+        model.head.bias.zero_()
+    x = torch.zeros(2, 1, 96, 96)
+    x[0, :, :70, :66] = torch.rand(1, 70, 66)
+    x[1] = torch.rand(1, 96, 96)
+    with torch.no_grad():
+        out = model(x, sizes=torch.tensor([[70, 66], [96, 96]]))
+        plain = model(x)
+        alone = model.pooling(out.class_maps[:1, :, :18, :17])
+    assert valid_instances(torch.tensor([[70, 66]]), (24, 24), 4).sum() == 18 * 17
+    assert torch.allclose(out.probabilities[0], alone[0], atol=1e-6)
+    assert torch.allclose(out.probabilities[1], plain.probabilities[1], atol=1e-6)
+    assert not torch.allclose(out.probabilities[0], plain.probabilities[0], atol=1e-4)

@@ -105,16 +105,27 @@ def test_wrong_channels_and_bad_files_are_clear_errors(clf, sample, tmp_path):
         clf.predict(tmp_path / "text.tif")
 
 
-def test_small_images_are_padded(clf, sample):
-    pred = clf.predict(sample[:, :40, :50])
+def test_small_images_are_padded_and_pooled_over_their_own_instances(clf, sample):
+    """An image below min_size is padded for the network, but its probabilities are the model's
+    pooling of the maps it returns (the padding is not an instance); the whole-image path agrees."""
+    from milcnn.session import OnnxModel
+
+    small = sample[:, :40, :50]
+    pred = clf.predict(small)
     assert pred.class_maps.shape == (11, 40, 50) and pred.mask.shape == (40, 50)
+    assert pred.maps.shape == (11, 10, 13)
+    pooling = OnnxModel(clf.folder / "pooling.onnx", device="cpu", outputs=("probabilities",))
+    (pooled,) = pooling.run(pred.maps[None])
+    np.testing.assert_allclose([pred.probabilities[c] for c in clf.classes], pooled[0], atol=1e-6)
+    padded_probs, _ = clf.model.run(clf.prepare_input(small).x[None])  # what pooling the padding gives
+    assert np.abs(padded_probs[0] - pooled[0]).max() > 1e-3
 
 
 def test_real_images_give_finite_sane_output(clf, realdata):
     field = np.stack([tifffile.imread(realdata / "W00001_P00001_cherry.tif")] * 2)  # 1024 x 1344 uint16
     pred = clf.predict(field)
     assert np.isfinite(pred.class_maps).all() and pred.mask.shape == (1024, 1344)
-    assert abs(sum(pred.probabilities.values())) < 11
+    assert all(0.0 <= p <= 1.0 for p in pred.probabilities.values())
 
 
 def test_masks_are_computed_once_and_in_parallel_across_predictions(clf, sample, monkeypatch):

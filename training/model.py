@@ -33,7 +33,7 @@ from torch import nn
 from milcnn.preprocess import NormalizationConfig
 from training.pooling import POOLINGS, build_pooling
 
-__all__ = ["ModelConfig", "MILCNN", "MILOutput", "count_flops"]
+__all__ = ["ModelConfig", "MILCNN", "MILOutput", "count_flops", "valid_instances"]
 
 MIN_SIZE = 64
 
@@ -155,7 +155,13 @@ class MILCNN(nn.Module):
         )
         self.feature_channels = c
 
-    def forward(self, x: torch.Tensor) -> MILOutput:
+    def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> MILOutput:
+        """Class maps and bag probabilities of normalised images ``x`` (B, C, H, W).
+
+        ``sizes`` (B, 2) int: each image's own (height, width) when it was padded with background
+        to share the batch or reach ``min_size``; only the map pixels that cover the image are
+        pooled (``valid_instances``). None: every pixel of ``x`` is the image.
+        """
         s = self.config.output_stride
         if not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             if x.shape[-1] < self.config.min_size or x.shape[-2] < self.config.min_size:
@@ -166,7 +172,19 @@ class MILCNN(nn.Module):
         x = F.pad(x, (0, pad_w, 0, pad_h))  # (B, C, H', W'), multiples of the stride
         features = self.backbone(x)  # (B, D, H'/s, W'/s)
         maps = torch.sigmoid(self.head(features))  # (B, K, H'/s, W'/s)
-        return MILOutput(self.pooling(maps, features), maps)
+        mask = None if sizes is None else valid_instances(sizes, maps.shape[-2:], s)  # (B, H'/s, W'/s)
+        return MILOutput(self.pooling(maps, features, mask=mask), maps)
+
+
+def valid_instances(sizes: torch.Tensor, map_shape, stride: int) -> torch.Tensor:
+    """(B, h, w) bool: the class-map pixels that cover some of each image, for images of
+    ``sizes`` (B, 2) (height, width) padded at the bottom and right to a map of ``map_shape``."""
+    sizes = torch.as_tensor(sizes)
+    rows = torch.arange(map_shape[0], device=sizes.device)[None, :, None]  # (1, h, 1)
+    cols = torch.arange(map_shape[1], device=sizes.device)[None, None, :]  # (1, 1, w)
+    h = (sizes[:, 0] + stride - 1) // stride  # (B,) ceil: a partly covered pixel holds image
+    w = (sizes[:, 1] + stride - 1) // stride
+    return (rows < h[:, None, None]) & (cols < w[:, None, None])
 
 
 def count_flops(model: MILCNN, height: int, width: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, r
 from milcnn.session import OnnxModel, gpu_usable
 
 __all__ = ["Classifier", "Prediction", "PreparedInput"]
+
+log = logging.getLogger(__name__)
 
 
 class _computed_once:
@@ -130,6 +133,7 @@ class Classifier:
         self.precision = precision
         self.origin = None  # a milcnn.hub.ResolvedModel: where the model came from
         self._pooling: OnnxModel | None = None
+        self._warned_pooling = False
         self._scale_checks_left = constants.SCALE_CHECKS  # images measured for the scale notice
 
     # ------------------------------------------------------------------ loading
@@ -456,11 +460,26 @@ class Classifier:
             self._pooling = OnnxModel(path, device="cpu", outputs=("probabilities",))
         return self._pooling
 
+    def _pool(self, maps: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """The model's pooling layer on ``maps`` (K, h, w) alone; ``fallback`` where the folder has no
+        pooling layer (attention pooling, which needs the network's features: logged once)."""
+        if not (self.folder / constants.POOLING_FILE).is_file():
+            if not self._warned_pooling:
+                self._warned_pooling = True
+                log.warning("%s: no %s, so images below %d px are pooled with their padding (re-export the model "
+                            "with training/export.py)", self.name, constants.POOLING_FILE, self.info.min_size)
+            return fallback
+        (probs,) = self._pooling_model().run(np.ascontiguousarray(maps[None], dtype=np.float32))
+        return probs[0]
+
     def _prediction(self, probs: np.ndarray, maps: np.ndarray, shape: tuple[int, int], *, source,
                     threshold, zoom: float = 1.0) -> Prediction:
         stride = self.info.output_stride
         h, w = zoomed_shape(shape, zoom) if zoom != 1.0 else shape
-        maps = maps[:, : -(-h // stride), : -(-w // stride)]  # drop the min_size padding, if any
+        valid = maps[:, : -(-h // stride), : -(-w // stride)]
+        if valid.shape != maps.shape:  # padded to min_size: pool the image's own instances only
+            probs = self._pool(valid, probs)
+        maps = valid
         if self.info.multi_label:
             label = "|".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
         else:

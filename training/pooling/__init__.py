@@ -1,7 +1,9 @@
 """MIL pooling: class maps of instance probabilities (B, C, h, w) -> bag probabilities (B, C).
 
-Every operator has ``forward(maps, features=None)``; ``build_pooling`` makes one from the
-name and parameters stored in a model's config.
+Every operator has ``forward(maps, features=None, mask=None)``: ``mask`` (B, h, w) bool marks the
+instances that come from the image (False: padding added to reach the model's minimum size), and
+only those are pooled. ``build_pooling`` makes one from the name and parameters stored in a
+model's config.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from training.pooling._mask import expand_mask
+
 
 class GatedAttentionPool(nn.Module):
     r"""Gated attention MIL pooling (Ilse, Tomczak & Welling, ICML 2018), one head per class.
@@ -29,14 +31,19 @@ class GatedAttentionPool(nn.Module):
         self.w = nn.Conv2d(hidden, n_classes, 1)
         self.last_weights: torch.Tensor | None = None
 
-    def weights(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention weights (B, C, h, w), summing to 1 over each map."""
+    def weights(self, maps: torch.Tensor, features: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights (B, C, h, w), summing to 1 over each map's valid instances (0 on padding)."""
         h = maps if features is None else features  # (B, D, h, w)
         gated = torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))  # (B, hidden, h, w)
         scores = self.w(gated)  # (B, C, h, w)
+        mask = expand_mask(mask, maps)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores.flatten(2), dim=2).view_as(scores)  # (B, C, h, w)
 
-    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        alpha = self.weights(maps, features)  # (B, C, h, w)
+    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        alpha = self.weights(maps, features, mask)  # (B, C, h, w)
         self.last_weights = alpha.detach()
         return (alpha * maps).sum(dim=(2, 3)).clamp(0.0, 1.0)  # (B, C)

@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from training.pooling._mask import expand_mask, masked_mean
+
 
 class GeneralizedMeanPool(nn.Module):
     r"""Generalized-mean pooling: :math:`P_i = \left(\frac{1}{N} \sum_j p_{ij}^r\right)^{1/r}`.
@@ -19,6 +21,7 @@ class GeneralizedMeanPool(nn.Module):
         self.r = float(r)
         self.eps = float(eps)
 
-    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         powered = maps.clamp(min=self.eps).pow(self.r)  # (B, C, h, w)
-        return powered.mean(dim=(2, 3)).pow(1.0 / self.r).clamp(0.0, 1.0)  # (B, C)
+        return masked_mean(powered, expand_mask(mask, maps)).pow(1.0 / self.r).clamp(0.0, 1.0)  # (B, C)

@@ -3,6 +3,8 @@ import math
 import torch
 from torch import nn
 
+from training.pooling._mask import expand_mask
+
 
 class LogSumExpPool(nn.Module):
     r"""Log-sum-exp pooling (Ramon & De Raedt 2000):
@@ -21,6 +23,13 @@ class LogSumExpPool(nn.Module):
             raise ValueError(f"log-sum-exp sharpness r must be positive, got {r}")
         self.r = float(r)
 
-    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        flat = maps.flatten(2)  # (B, C, N)
-        return (torch.logsumexp(self.r * flat, dim=2) - math.log(flat.shape[2])) / self.r  # (B, C)
+    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = expand_mask(mask, maps)
+        flat = self.r * maps.flatten(2)  # (B, C, N)
+        if mask is None:
+            return (torch.logsumexp(flat, dim=2) - math.log(flat.shape[2])) / self.r  # (B, C)
+        valid = mask.flatten(2)  # (B, 1, N)
+        flat = flat.masked_fill(~valid, float("-inf"))
+        count = valid.sum(dim=2).clamp(min=1).to(maps.dtype)  # (B, 1)
+        return (torch.logsumexp(flat, dim=2) - torch.log(count)) / self.r  # (B, C)

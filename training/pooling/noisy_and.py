@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from training.pooling._mask import expand_mask, masked_mean
+
 
 class NoisyAndPool(nn.Module):
     r"""Noisy-AND pooling (Kraus, Ba & Frey, Bioinformatics 2016, eq. 3).
@@ -32,8 +34,9 @@ class NoisyAndPool(nn.Module):
     def b(self) -> torch.Tensor:
         return torch.sigmoid(self.b_logit)  # (C,)
 
-    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        mean = maps.mean(dim=(2, 3))  # (B, C)
+    def forward(self, maps: torch.Tensor, features: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        mean = masked_mean(maps, expand_mask(mask, maps))  # (B, C), over the image's instances only
         b = self.b  # (C,)
         low = torch.sigmoid(-self.a * b)  # (C,)
         high = torch.sigmoid(self.a * (1 - b))  # (C,)
