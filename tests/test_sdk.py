@@ -9,7 +9,8 @@ import tifffile
 from milcnn import Classifier
 from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelConfigError, ModelNotFoundError
 from milcnn.preprocess import label_mask
-from milcnn.registry import lookup, sha256_of, zoo
+from milcnn.checksums import sha256_of
+from milcnn.registry import lookup, zoo
 
 ZOO = sorted(zoo())
 
@@ -153,3 +154,63 @@ def test_masks_are_computed_once_and_in_parallel_across_predictions(clf, sample,
     monkeypatch.setattr(classifier, "mask_from_maps", real)
     assert first.mask is first.mask and len(calls) == 2  # cached on the prediction
     np.testing.assert_array_equal(first.mask, label_mask(first.class_maps, first.threshold))
+
+
+def _copy_zoo_model(tmp_path, name="yeast-loc"):
+    copy = tmp_path / name
+    shutil.copytree(lookup(name).bundled_dir, copy)
+    return copy
+
+
+def _edit_config(folder, edit):
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(classes=c["classes"][:3]), "lists 3 classes but model.onnx outputs 11"),
+    (lambda c: c.update(output_stride=0), "output_stride must be a positive power of two, got 0"),
+    (lambda c: c.update(output_stride=-4), "output_stride must be a positive power of two, got -4"),
+    (lambda c: c["variants"]["int8"].update(file="../model.int8.onnx"),
+     "variants.int8.file must be a file name inside the model folder, got '../model.int8.onnx'"),
+    (lambda c: c.update(format_version=99), "format_version 99 is newer than this milcnn-sdk reads"),
+    (lambda c: c.update(classes=["a", "a"]), "classes must be distinct"),
+])
+def test_a_config_that_does_not_fit_its_model_is_refused_at_load(tmp_path, edit, message):
+    folder = _copy_zoo_model(tmp_path)
+    _edit_config(folder, edit)
+    with pytest.raises(ModelConfigError, match=message) as err:
+        Classifier.from_dir(folder, device="cpu")
+    assert "config.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
+    """A 1.x config.json (no format_version, scale, files or variants records) still loads, as format 2,
+    with an unknown scale; write_config stamps the current format."""
+    import json
+
+    from milcnn.config import CONFIG_FORMAT, ModelInfo, migrate_config, read_config, write_config
+
+    folder = _copy_zoo_model(tmp_path)
+
+    def old(c):
+        for key in ("format_version", "scale", "files", "variants"):
+            c.pop(key, None)
+        c["architecture"].pop("receptive_field")
+    _edit_config(folder, old)
+    raw = json.loads((folder / "config.json").read_text())
+    migrated = migrate_config(raw)
+    assert migrated["format_version"] == CONFIG_FORMAT == 2 and "format_version" not in raw
+    info = ModelInfo.from_file(folder / "config.json")
+    assert info.format_version == 2 and info.cell_diameter is None and info.variants == {} and info.receptive_field == 64
+    clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
+    assert clf.predict(tifffile.imread(folder / "sample_input.tif")).label in clf.classes
+    written = write_config(folder, read_config(folder))
+    assert json.loads((folder / "config.json").read_text()) == written and written["format_version"] == 2
+    with pytest.raises(ModelConfigError, match="output_stride"):
+        write_config(folder, {**written, "output_stride": 3})
+    assert json.loads((folder / "config.json").read_text()) == written  # nothing written

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from milcnn import constants
+from milcnn.checksums import sha256_of
+from milcnn.config import read_config, write_config
 from milcnn.errors import HubTokenError
 from milcnn.io import write_tiff
-from milcnn.registry import sha256_of
 from training.data.manifest import load_image, read_manifest
 from training.model import MILCNN, receptive_field
 
@@ -153,7 +154,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
             "files": file_records(onnx_file, pooling_file),
         }
-        (staging / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        config = write_config(staging, config)
         if eval_data:
             samples, _, _ = read_manifest(eval_data, channels=cfg.channels, classes=cfg.classes)
             sample = load_image(samples[sample_index], len(cfg.channels))
@@ -412,7 +413,7 @@ def push_to_hub(folder, repo_id: str, *, revision: str | None = None, private: b
     """
     folder = Path(folder)
     api = api if api is not None else check_push(repo_id, revision=revision)
-    config = json.loads((folder / constants.CONFIG_FILE).read_text())
+    config = read_config(folder)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                              commit_message=f"{config['name']} v{config['version']}")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
+from milcnn.config import read_config
 from milcnn.io import write_atomic
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
@@ -168,7 +169,7 @@ def load_source(spec: str) -> tuple[MILCNN, dict]:
     name, _, revision = spec.partition("@")
     folder = resolve(name, revision=revision or None).folder
     model = model_from_onnx(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_config(folder)
     return model, {"source": spec, "kind": "model folder", "folder": str(folder), "name": config.get("name"),
                    "version": config.get("version"), "training_data": config.get("training_data", {}),
                    "train_config": config.get("training", {}).get("train_config", {})}

@@ -216,13 +216,11 @@ def update_folder(folder, **changes) -> dict:
     """
     from pathlib import Path
 
+    from milcnn.config import read_config, write_config
     from milcnn.io import write_atomic
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config.update(changes)
-    with write_atomic(folder / "config.json", "w") as fh:
-        fh.write(json.dumps(config, indent=2) + "\n")
+    config = write_config(folder, {**read_config(folder), **changes})
     with write_atomic(folder / "README.md", "w") as fh:
         fh.write(render_card(config))
     return config

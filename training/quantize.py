@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from milcnn import constants
+from milcnn.config import read_config, write_config
 from milcnn.io import write_atomic
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.metrics import IoU
@@ -72,7 +73,7 @@ def ensure_derived_files(folder: Path) -> dict:
     from training.export import export_pooling, file_records
     from training.model import ModelConfig, receptive_field
 
-    config = json.loads((folder / constants.CONFIG_FILE).read_text())
+    config = read_config(folder)
     if config["pooling"]["name"] != "attention" and not (folder / constants.POOLING_FILE).is_file():
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             export_pooling(folder / constants.MODEL_FILE, Path(tmp) / constants.POOLING_FILE)
@@ -113,8 +114,7 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
     calibrate_method = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
                         "entropy": CalibrationMethod.Entropy}[method]
     folder = Path(folder)
-    config = ensure_derived_files(folder)
-    (folder / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    config = write_config(folder, ensure_derived_files(folder))
     samples, _, _ = read_manifest(calibration, channels=config["channels"], classes=config["classes"])
     rng = np.random.default_rng(seed)
     chosen = [samples[i] for i in sorted(rng.choice(len(samples), min(n_calibration, len(samples)), replace=False))]
@@ -169,8 +169,7 @@ def half_folder(folder, *, eval_data, max_drop: float = 1.0) -> dict:
     from milcnn import Classifier
 
     folder = Path(folder)
-    config = ensure_derived_files(folder)
-    (folder / constants.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    config = write_config(folder, ensure_derived_files(folder))
     fp32_clf = Classifier.from_dir(folder, device="cpu")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         out = Path(tmp) / constants.FP16_MODEL_FILE
@@ -210,8 +209,7 @@ def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precisio
     candidate.replace(folder / candidate.name)
     config.setdefault("variants", {})[precision] = record
     config["files"].update(file_records(folder / candidate.name))
-    with write_atomic(folder / constants.CONFIG_FILE, "w") as fh:
-        fh.write(json.dumps(config, indent=2) + "\n")
+    config = write_config(folder, config)
     with write_atomic(folder / constants.CARD_FILE, "w") as fh:
         fh.write(render_card(config))
     return record

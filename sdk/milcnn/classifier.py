@@ -11,11 +11,11 @@ import numpy as np
 
 from milcnn import constants
 from milcnn.config import ModelInfo
-from milcnn.errors import ChecksumMismatchError, ModelConfigError, SelfTestError
+from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.io import read_image
 from milcnn.notices import notice
 from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, normalize, to_chw, upsample_maps
-from milcnn.registry import sha256_of
+from milcnn.checksums import verify_sha256
 from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
                           zoomed_shape)
 from milcnn.session import OnnxModel, gpu_usable
@@ -38,13 +38,6 @@ class _computed_once:
             return self
         value = instance.__dict__[self.name] = self.func(instance)  # found there from now on
         return value
-
-
-def _verify(path: Path, sha256: str | None) -> None:
-    if sha256 is not None:
-        actual = sha256_of(path)
-        if actual != sha256:
-            raise ChecksumMismatchError(path, sha256, actual)
 
 
 @dataclass
@@ -200,8 +193,8 @@ class Classifier:
             raise ModelConfigError(f"{folder}: no {constants.MODEL_FILE} in this folder")
         info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
         if origin.sha256 is not None:
-            _verify(onnx_path, origin.sha256)
-        variants = info.raw.get("variants", {})
+            verify_sha256(onnx_path, origin.sha256)
+        variants = info.variants
         chosen = precision
         if precision == "auto":  # fp16 is in variants only if it kept accuracy (training/quantize.py)
             chosen = "fp16" if "fp16" in variants and gpu_usable(device) else "fp32"
@@ -210,8 +203,12 @@ class Classifier:
                 raise ModelConfigError(f"{info.name} has no {chosen!r} variant; it offers "
                                        f"{', '.join(['fp32', *variants])}")
             onnx_path = folder / variants[chosen]["file"]
-            _verify(onnx_path, info.file_sha256(onnx_path.name))
+            verify_sha256(onnx_path, info.file_sha256(onnx_path.name))
         model = OnnxModel(onnx_path, device=device)
+        outputs = model.session.get_outputs()[0].shape  # (batch, classes)
+        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(info.classes):
+            raise ModelConfigError(f"{folder / constants.CONFIG_FILE}: lists {len(info.classes)} classes but "
+                                   f"{onnx_path.name} outputs {outputs[1]}; the config belongs to another model")
         if chosen == "fp16" and model.providers[0] == "CPUExecutionProvider":
             if precision == "auto":  # the GPU did not start (its notice said so): fp32 on the CPU
                 chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu")
@@ -224,7 +221,7 @@ class Classifier:
 
     @property
     def available_precisions(self) -> tuple[str, ...]:
-        return ("fp32", *self.info.raw.get("variants", {}))
+        return ("fp32", *self.info.variants)
 
     # ------------------------------------------------------------------ properties
 
@@ -456,7 +453,7 @@ class Classifier:
             if not path.is_file():
                 raise ModelConfigError(f"{self.folder}: tiled inference needs {constants.POOLING_FILE} (the model's "
                                        "pooling layer alone); re-export the model with training/export.py")
-            _verify(path, self.info.file_sha256(path.name))
+            verify_sha256(path, self.info.file_sha256(path.name))
             self._pooling = OnnxModel(path, device="cpu", outputs=("probabilities",))
         return self._pooling
 

@@ -235,7 +235,7 @@ def info(model: str) -> None:
         if m.get("treatment_accuracy") is not None:
             click.echo(f"treatments accuracy {m['treatment_accuracy']} on {m.get('n_treatments')} treatments "
                        "(compound, concentration)")
-    for precision, variant in cfg.raw.get("variants", {}).items():
+    for precision, variant in cfg.variants.items():
         vm = variant.get("metrics", {})
         click.echo(f"precision  {precision} (--precision {precision}): accuracy {vm.get('accuracy')}, mean IoU "
                    f"{vm.get('mean_iou')} (fp32 {vm.get('fp32_accuracy_sdk')}, {vm.get('fp32_mean_iou_sdk')})")

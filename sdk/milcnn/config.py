@@ -1,4 +1,10 @@
-"""A released model's ``config.json``: what the SDK needs to feed it and read its outputs."""
+"""A released model's ``config.json``: the one definition of its schema.
+
+``ModelInfo`` is what the SDK needs to feed a model and read its outputs; ``read_config`` and
+``write_config`` are the only readers and writers of the file (``training/export.py``,
+``training/quantize.py``, ``training/model_card.py`` and ``training/finetune.py`` go through them);
+``migrate_config`` is the one place that brings older files up to ``CONFIG_FORMAT``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ from milcnn import constants
 from milcnn.errors import ModelConfigError
 from milcnn.preprocess import NormalizationConfig
 
-__all__ = ["ModelInfo"]
+__all__ = ["ModelInfo", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config"]
+
+#: the ``format_version`` that ``write_config`` stamps; 1 is every file written before it existed
+CONFIG_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,9 @@ class ModelInfo:
     holds the training images' readings), and input_cell_diameter (the cell diameter in px the model
     assumes of an image given without a scale: the SDK resizes such images by cell_diameter /
     input_cell_diameter); each None where unknown. Head: classes,
-    multi_label, pooling, output_stride. Provenance: training_data, metrics.
+    multi_label, pooling, output_stride. Provenance: training_data, metrics. Files: files (name ->
+    sha256 and bytes), variants (precision -> record with its ``file``). ``format_version``: the
+    schema's version (``CONFIG_FORMAT``).
     """
 
     name: str
@@ -44,21 +55,34 @@ class ModelInfo:
     measured_cell_diameter: float | None = None
     measured_tolerance: float | None = None
     input_cell_diameter: float | None = None
+    format_version: int = CONFIG_FORMAT
+    variants: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     def file_sha256(self, name: str) -> str | None:
         """The sha256 that ``config.json`` records for one of the folder's files, if any."""
-        entry = self.raw.get("files", {}).get(name)
+        entry = self.files.get(name)
         return entry.get("sha256") if isinstance(entry, dict) else None
+
+    def to_dict(self) -> dict:
+        """The whole ``config.json`` (migrated to ``CONFIG_FORMAT``), as ``write_config`` writes it."""
+        return json.loads(json.dumps(self.raw))
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "ModelInfo":
+        """Validate and read a ``config.json`` dict (migrated first: ``migrate_config``).
+
+        Raises:
+            ModelConfigError: a missing field or a value that cannot be right (one line, naming ``source``).
+        """
+        d = migrate_config(d, source=source)
         missing = [k for k in ("name", "version", "classes", "channels", "normalization", "output_stride", "min_size")
                    if k not in d]
         if missing:
             raise ModelConfigError(f"{source}: missing field(s) {', '.join(missing)}")
         try:
-            return cls(
+            info = cls(
                 name=str(d["name"]), version=str(d["version"]), classes=tuple(d["classes"]),
                 channels=tuple(d["channels"]), normalization=NormalizationConfig.from_dict(d["normalization"]),
                 output_stride=int(d["output_stride"]), min_size=int(d["min_size"]),
@@ -66,10 +90,34 @@ class ModelInfo:
                 training_data=dict(d.get("training_data", {})), metrics=dict(d.get("metrics", {})),
                 receptive_field=int(d.get("architecture", {}).get("receptive_field",
                                                                   constants.DEFAULT_RECEPTIVE_FIELD)),
-                **_scale_fields(d.get("scale") or {}), raw=d,
+                **_scale_fields(d.get("scale") or {}), format_version=int(d["format_version"]),
+                variants=dict(d.get("variants") or {}), files=dict(d.get("files") or {}), raw=d,
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
+        problem = info._problem()
+        if problem:
+            raise ModelConfigError(f"{source}: {problem}")
+        return info
+
+    def _problem(self) -> str | None:
+        """What makes this config unusable, in words (None when nothing does)."""
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            return f"classes must be distinct and at least one, got {list(self.classes)}"
+        if not self.channels:
+            return "channels must name at least one channel"
+        if self.output_stride <= 0 or self.output_stride & (self.output_stride - 1):
+            return f"output_stride must be a positive power of two, got {self.output_stride}"
+        if self.min_size <= 0:
+            return f"min_size must be positive, got {self.min_size}"
+        for precision, variant in self.variants.items():
+            name = variant.get("file") if isinstance(variant, dict) else None
+            if not _plain_file_name(name):
+                return f"variants.{precision}.file must be a file name inside the model folder, got {name!r}"
+        for name in self.files:
+            if not _plain_file_name(name):
+                return f"files must name files inside the model folder, got {name!r}"
+        return None
 
     def scale_dict(self) -> dict:
         """The ``scale`` block of ``config.json`` (None for what is unknown)."""
@@ -79,13 +127,80 @@ class ModelInfo:
 
     @classmethod
     def from_file(cls, path) -> "ModelInfo":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
-        except FileNotFoundError:
-            raise ModelConfigError(f"{path}: not found") from None
-        except json.JSONDecodeError as exc:
-            raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
+        """Read, migrate and validate ``config.json``.
+
+        Raises:
+            ModelConfigError: the file is missing, not JSON, or not a valid config (one line).
+        """
+        return cls.from_dict(_read_json(Path(path)), source=str(path))
+
+
+def _plain_file_name(name) -> bool:
+    return isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelConfigError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise ModelConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def migrate_config(d: dict, *, source: str = "config") -> dict:
+    """A copy of a ``config.json`` dict brought up to ``CONFIG_FORMAT``; the one place old files are read.
+
+    Format 1 (no ``format_version``; milcnn 1.x exports): ``scale``, ``files`` and ``variants`` may
+    be missing and ``architecture`` may lack ``receptive_field``; they become an all-null scale,
+    empty records and the SDK's default receptive field (``constants.DEFAULT_RECEPTIVE_FIELD``).
+
+    Raises:
+        ModelConfigError: a ``format_version`` newer than this SDK knows (upgrade milcnn-sdk).
+    """
+    d = json.loads(json.dumps(d))
+    version = d.get("format_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise ModelConfigError(f"{source}: format_version must be a positive integer, got {version!r}")
+    if version > CONFIG_FORMAT:
+        raise ModelConfigError(f"{source}: format_version {version} is newer than this milcnn-sdk reads "
+                               f"({CONFIG_FORMAT}); upgrade milcnn-sdk")
+    if version == 1:
+        d["scale"] = {key: (d.get("scale") or {}).get(key) for key in SCALE_KEYS} | (d.get("scale") or {})
+        d.setdefault("files", {})
+        d.setdefault("variants", {})
+        arch = d.setdefault("architecture", {})
+        if isinstance(arch, dict):
+            arch.setdefault("receptive_field", constants.DEFAULT_RECEPTIVE_FIELD)
+        d["format_version"] = CONFIG_FORMAT
+    return d
+
+
+def read_config(folder) -> dict:
+    """``folder/config.json`` as a dict, migrated and validated (``ModelInfo.from_file``)."""
+    return ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE).to_dict()
+
+
+def write_config(folder, config: dict) -> dict:
+    """Validate ``config``, stamp ``format_version`` and write ``folder/config.json`` atomically.
+
+    Returns:
+        the dict written.
+
+    Raises:
+        ModelConfigError: the config is not valid (nothing is written).
+    """
+    from milcnn.io import write_atomic
+
+    path = Path(folder) / constants.CONFIG_FILE
+    config = ModelInfo.from_dict({**config, "format_version": config.get("format_version", CONFIG_FORMAT)},
+                                 source=str(path)).to_dict()
+    with write_atomic(path, "w") as fh:
+        fh.write(json.dumps(config, indent=2) + "\n")
+    return config
 
 
 SCALE_KEYS = {"pixel_size_um": "pixel_size", "cell_diameter_px": "cell_diameter",

@@ -11,16 +11,16 @@ deletes nothing.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from milcnn import constants
+from milcnn.checksums import verify_sha256
 from milcnn.errors import (ChecksumMismatchError, HubOfflineError, ModelConfigError, ModelNotFoundError,
                            RepositoryNotFoundError, RevisionNotFoundError)
 from milcnn.notices import notice
-from milcnn.registry import lookup, sha256_of, zoo
+from milcnn.registry import lookup, zoo
 
 __all__ = ["ResolvedModel", "resolve", "download", "parse_model_spec", "model_sha256", "is_repo_id"]
 
@@ -67,10 +67,11 @@ def is_repo_id(text: str) -> bool:
 
 def model_sha256(folder) -> str | None:
     """The sha256 of ``model.onnx`` that the folder's ``config.json`` records, if it records one."""
+    from milcnn.config import ModelInfo
+
     try:
-        config = json.loads((Path(folder) / constants.CONFIG_FILE).read_text(encoding="utf-8"))
-        return config["files"][constants.MODEL_FILE]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE).file_sha256(constants.MODEL_FILE)
+    except ModelConfigError:
         return None
 
 
@@ -103,8 +104,11 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
         if revision in (None, entry.revision):
             bundled = entry.bundled_dir
             if bundled is not None:
-                if sha256_of(bundled / constants.MODEL_FILE) == entry.sha256:
+                try:
+                    verify_sha256(bundled / constants.MODEL_FILE, entry.sha256)
                     return ResolvedModel(bundled, entry.sha256, "bundled", entry.repo_id, entry.revision)
+                except ChecksumMismatchError:
+                    pass
                 notice(f"the bundled copy of {entry.name} ({bundled}) does not match the registry's sha256; "
                        f"fetching {entry.repo_id}@{entry.revision} from the Hub instead")
             return download(entry.repo_id, revision=entry.revision, cache_dir=cache_dir,
@@ -168,10 +172,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
                                    f"({commit[:12]} -> {folder.name[:12]}); run it again")
         source = "hub"
     sha256 = expected_sha256 or model_sha256(folder)
-    if sha256 is not None:
-        actual = sha256_of(folder / constants.MODEL_FILE)
-        if actual != sha256:
-            raise ChecksumMismatchError(folder / constants.MODEL_FILE, sha256, actual)
+    verify_sha256(folder / constants.MODEL_FILE, sha256)
     return ResolvedModel(folder, sha256, source, repo_id, revision, folder.name)
 
 

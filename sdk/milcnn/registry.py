@@ -6,7 +6,6 @@ The registry (``registry.json``) and the released folders ship inside the wheel,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from milcnn.errors import ModelNotFoundError
 
-__all__ = ["ZooEntry", "zoo", "lookup", "sha256_of"]
+__all__ = ["ZooEntry", "zoo", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,3 @@ def lookup(name: str) -> ZooEntry:
     if name not in models:
         raise ModelNotFoundError(name, sorted(models))
     return models[name]
-
-
-def sha256_of(path, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -1,0 +1,32 @@
+"""File checksums: the one place a model file is hashed and checked against its pin."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from milcnn.errors import ChecksumMismatchError
+
+__all__ = ["sha256_of", "verify_sha256"]
+
+
+def sha256_of(path, *, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in ``chunk``-byte blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path, expected: str | None) -> None:
+    """Check ``path`` against ``expected`` (nothing to check when None).
+
+    Raises:
+        ChecksumMismatchError: the file's sha256 differs (names the file and both checksums).
+    """
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumMismatchError(Path(path), expected, actual)
