@@ -326,7 +326,7 @@ def pipeline_stage_costs(n: int = 60, reps: int = 5) -> dict:
     from milcnn import Classifier
     from milcnn.io import read_image, write_tiff
     from milcnn.overlay import save_overlay
-    from milcnn.preprocess import mask_from_maps
+    from milcnn.postprocess import mask_from_maps
 
     paths = sorted(TEST_IMAGES.glob("*.tif"))[:n]
     clf = Classifier.from_hub("yeast-loc", device="cpu")

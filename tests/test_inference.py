@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from milcnn import Classifier, constants
 from milcnn.cli import main
 from milcnn.errors import ChecksumMismatchError, ModelConfigError
-from milcnn.preprocess import label_mask, mask_from_maps, percentiles, upsample_maps
+from milcnn.postprocess import label_mask, mask_from_maps, upsample_maps
+from milcnn.preprocess import percentiles
 from milcnn.session import gpu_providers
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -209,7 +210,7 @@ def test_png_encoder_round_trips():
 
     from PIL import Image
 
-    from milcnn.overlay import encode_png
+    from milcnn.png import encode_png
 
     rng = np.random.default_rng(0)
     for shape in ((1, 1, 3), (7, 13, 3), (64, 90, 3)):

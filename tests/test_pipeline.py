@@ -13,7 +13,8 @@ from PIL import Image
 
 from milcnn import Classifier
 from milcnn.io import write_atomic
-from milcnn.overlay import PALETTE, _overlay_array, composite, encode_png, outlines, save_overlay
+from milcnn.overlay import PALETTE, _overlay_array, composite, outlines, save_overlay
+from milcnn.png import encode_png
 from milcnn.pipeline import default_streams, run_pipeline
 from milcnn.results import ResultsFolder
 from milcnn.session import physical_cores

@@ -4,7 +4,8 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from milcnn.preprocess import NormalizationConfig, label_mask, normalize, to_chw, upsample_maps
+from milcnn.postprocess import label_mask, upsample_maps
+from milcnn.preprocess import NormalizationConfig, normalize, to_chw
 
 
 def test_to_chw_layouts():

@@ -8,7 +8,7 @@ import tifffile
 
 from milcnn import Classifier
 from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelConfigError, ModelNotFoundError
-from milcnn.preprocess import label_mask
+from milcnn.postprocess import label_mask
 from milcnn.checksums import sha256_of
 from milcnn.registry import lookup, zoo
 

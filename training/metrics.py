@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from milcnn import constants
+
 __all__ = ["predicted_labels", "image_accuracy", "confusion_matrix", "precision_recall_f1", "otsu_threshold", "IoU"]
 
 
-def predicted_labels(probs: np.ndarray, *, multi_label: bool, threshold: float = 0.5) -> np.ndarray:
+def predicted_labels(probs: np.ndarray, *, multi_label: bool, threshold: float = constants.LABEL_THRESHOLD) -> np.ndarray:
     """(N, C) 0/1 predictions: the arg-max class, or every class >= threshold for multi-label."""
     probs = np.asarray(probs)
     if multi_label:

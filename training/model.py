@@ -12,7 +12,7 @@ Architecture (``width = w``, ``output_stride = 2**k``)::
 Downsampling uses 2x2 stride-2 convolutions, so map pixel ``i`` covers exactly input
 pixels ``[i * stride, (i + 1) * stride)``; inputs whose size is not a multiple of the
 stride are zero-padded at the bottom and right (zero is the background after percentile
-normalisation). ``milcnn.preprocess.upsample_maps`` inverts that geometry.
+normalisation). ``milcnn.postprocess.upsample_maps`` inverts that geometry.
 
 With the defaults (``width=24``, ``output_stride=4``, ``context=1``) a class-map pixel
 covers 4 x 4 input pixels and sees 26 px, about one yeast cell; see docs/model.md for the

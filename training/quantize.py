@@ -37,8 +37,7 @@ import numpy as np
 from milcnn import constants
 from milcnn.config import read_config, write_config
 from milcnn.io import write_atomic
-from training.data.manifest import load_image, load_mask, read_manifest
-from training.metrics import IoU
+from training.data.manifest import load_image, read_manifest
 
 __all__ = ["quantize_folder", "half_folder", "evaluate_classifier", "QuantizationError"]
 
@@ -54,18 +53,13 @@ def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_T
     taken to be at the model's training scale (a simulated test set), so a model's default input scale
     (``input_cell_diameter``) is not applied to them.
     """
-    samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
-    correct, iou = 0, IoU(len(clf.classes))
-    for sample in samples:  # cell_diameter = the model's own: zoom 1 (None where it records none: zoom 1 too)
-        pred = clf.predict(load_image(sample, len(clf.channels)), threshold=threshold,
-                           cell_diameter=clf.info.cell_diameter)
-        correct += pred.label == "|".join(sample.labels)
-        truth = load_mask(sample)
-        if truth is not None:
-            for label in sample.labels:
-                k = clf.classes.index(label)
-                iou.add(k, pred.mask == k + 1, truth == k + 1)
-    return {"n_images": len(samples), "accuracy": correct / len(samples), "mean_iou": iou.mean()}
+    from training.evaluate import score_manifest, sdk_predictor
+
+    metrics, _ = score_manifest(sdk_predictor(clf, threshold=threshold), manifest, channels=clf.channels,
+                                classes=clf.classes, multi_label=clf.info.multi_label, threshold=threshold,
+                                baseline=False)
+    return {"n_images": metrics["n_images"], "accuracy": metrics["accuracy"],
+            "mean_iou": metrics.get("segmentation", {}).get("mean_iou", float("nan"))}
 
 
 def ensure_derived_files(folder: Path) -> dict:

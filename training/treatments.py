@@ -152,15 +152,16 @@ def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
     """Run an SDK model over a manifest with ``compound`` and ``concentration`` columns and
     score it per image and per treatment (``treatment_metrics``)."""
     from milcnn import Classifier
-    from training.data.manifest import load_image, read_manifest
+    from training.data.manifest import read_manifest
+    from training.evaluate import score_manifest, sdk_predictor
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device=device)
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
     treatments = read_treatments(manifest)
     if treatments is None:
         raise ValueError(f"{manifest}: needs 'compound' and 'concentration' columns for treatment-level evaluation")
-    probs = np.array([[clf.predict(load_image(s, len(clf.channels))).probabilities[c] for c in clf.classes]
-                      for s in samples])
+    _, probs = score_manifest(sdk_predictor(clf, training_scale=False), manifest, channels=clf.channels,
+                              classes=clf.classes, baseline=False)  # images as users' come (default input scale)
     labels = ["|".join(s.labels) for s in samples]
     return {"model": clf.name, "manifest": str(manifest), **treatment_metrics(probs, treatments, labels, clf.classes)}
 

@@ -14,11 +14,13 @@ from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.io import read_image
 from milcnn.notices import notice
-from milcnn.preprocess import apply_ranges, channel_ranges, mask_from_maps, normalize, to_chw, upsample_maps
+from milcnn.postprocess import mask_from_maps, upsample_maps
+from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
 from milcnn.checksums import verify_sha256
 from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
                           zoomed_shape)
 from milcnn.session import OnnxModel, gpu_usable
+from milcnn.tiling import stitch_maps
 
 __all__ = ["Classifier", "Prediction", "PreparedInput"]
 
@@ -414,36 +416,21 @@ class Classifier:
 
     def _run_tiled(self, chw: np.ndarray, tile_size: int, *,
                    normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and class maps of a whole image, computed tile by tile.
-
-        Each tile is run with a margin of at least the receptive field on every side, and only
-        its core is kept, so each map pixel sees exactly what it would in the whole image. The
-        stitched maps then go through the model's own pooling layer (``pooling.onnx``).
-        ``normalized``: ``chw`` is already normalised (a rescaled image), so tiles go in as they are.
-        """
-        s = self.info.output_stride
-        if tile_size < s or tile_size % s:
-            raise ValueError(f"tile size {tile_size} must be a positive multiple of the output stride {s}")
+        """Probabilities and class maps of a whole image, computed tile by tile (``milcnn.tiling``),
+        then pooled by the model's own pooling layer (``pooling.onnx``) on the stitched maps.
+        ``normalized``: ``chw`` is already normalised (a rescaled image), so tiles go in as they are;
+        otherwise each tile is normalised with the whole image's statistics."""
         pooling = self._pooling_model()
-        _, h, w = chw.shape
         if not normalized:
             low, scale = channel_ranges(chw, self.info.normalization)  # whole-image statistics
-        margin = -(-self.info.receptive_field // s) * s
-        mh, mw = -(-h // s), -(-w // s)
-        maps = np.empty((len(self.classes), mh, mw), dtype=np.float32)
-        for y0 in range(0, h, tile_size):
-            for x0 in range(0, w, tile_size):
-                ya, xa = max(0, y0 - margin), max(0, x0 - margin)  # multiples of s
-                yb, xb = min(h, y0 + tile_size + margin), min(w, x0 + tile_size + margin)
-                tile = chw[:, ya:yb, xa:xb]
-                x = np.ascontiguousarray(tile) if normalized else apply_ranges(tile, low, scale)
-                m = self.info.min_size
-                if x.shape[1] < m or x.shape[2] < m:
-                    x = np.pad(x, ((0, 0), (0, max(0, m - x.shape[1])), (0, max(0, m - x.shape[2]))))
-                _, tile_maps = self.model.run(x[None])
-                cy0, cx0 = y0 // s, x0 // s
-                cy1, cx1 = min(mh, (y0 + tile_size) // s), min(mw, (x0 + tile_size) // s)
-                maps[:, cy0:cy1, cx0:cx1] = tile_maps[0, :, cy0 - ya // s:cy1 - ya // s, cx0 - xa // s:cx1 - xa // s]
+
+        def run(window: np.ndarray) -> np.ndarray:
+            x = np.ascontiguousarray(window) if normalized else apply_ranges(window, low, scale)
+            _, maps = self.model.run(self._padded(x)[None])
+            return maps[0]
+
+        maps = stitch_maps(chw, run, n_classes=len(self.classes), tile_size=tile_size,
+                           stride=self.info.output_stride, receptive_field=self.info.receptive_field)
         (probs,) = pooling.run(maps[None])
         return probs[0], maps
 
@@ -478,7 +465,7 @@ class Classifier:
             probs = self._pool(valid, probs)
         maps = valid
         if self.info.multi_label:
-            label = "|".join(c for c, p in zip(self.classes, probs) if p >= 0.5)
+            label = "|".join(c for c, p in zip(self.classes, probs) if p >= constants.LABEL_THRESHOLD)
         else:
             label = self.classes[int(np.argmax(probs))]
         return Prediction(

@@ -16,6 +16,7 @@ FP16_MODEL_FILE = "model.fp16.onnx"  # float16 weights and activations, float32 
 
 DEFAULT_MODEL = "yeast-loc"
 DEFAULT_THRESHOLD = 0.5  # class-map probability for a pixel to join the mask
+LABEL_THRESHOLD = 0.5  # image probability for a multi-label model to call a class
 SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
 
 # Images with more pixels than this run in tiles (whole-image activations of a 2048 x 2048 image

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from milcnn import constants
 from milcnn.errors import ImageReadError, MilcnnError
 from milcnn.io import write_tiff
 
@@ -65,7 +66,7 @@ class _Slot:
         return self.error is not None or (self.write is not None and self.write.done())
 
 
-def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = 0.5,
+def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = constants.DEFAULT_THRESHOLD,
                  tile_size: int | None = None, workers: int = 2, streams: int | None = None,
                  batch_size: int = 1, overlays: bool = True, on_error: Callable[..., None] | None = None,
                  stems: dict[Path, str] | None = None, pixel_size: float | None = None,

@@ -13,7 +13,7 @@ from milcnn.scale import resize_chw, zoomed_shape
 from training.data.manifest import Sample, load_image
 
 __all__ = ["ImageSet", "CropDataset", "CellMosaic", "Photometric", "label_vector", "balanced_weights",
-           "object_centres"]
+           "object_centres", "prepared_image"]
 
 
 def label_vector(labels: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray:
@@ -32,7 +32,7 @@ class ImageSet:
     def __init__(self, samples: list[Sample], channels: tuple[str, ...], classes: tuple[str, ...],
                  normalization: NormalizationConfig, *, zoom: float = 1.0):
         self.samples = samples
-        self.images = [_prepared(load_image(s, len(channels)), normalization, zoom) for s in samples]
+        self.images = [prepared_image(load_image(s, len(channels)), normalization, zoom) for s in samples]
         self.targets = np.stack([label_vector(s.labels, classes) for s in samples])
 
     def __len__(self) -> int:
@@ -209,7 +209,8 @@ class CropDataset(Dataset):
         return img[:, y : y + s, x : x + s]
 
 
-def _prepared(chw: np.ndarray, normalization: NormalizationConfig, zoom: float) -> np.ndarray:
+def prepared_image(chw: np.ndarray, normalization: NormalizationConfig, zoom: float = 1.0) -> np.ndarray:
+    """An image as training and PyTorch evaluation feed it: normalised, resized by ``zoom``, float16."""
     x = normalize(chw, normalization)
     if zoom != 1.0:
         x = resize_chw(x, zoomed_shape(x.shape[1:], zoom))
