@@ -226,72 +226,13 @@ def run(data_dir: Path, *, dataset: str = "yeast", workers: int, seed: int = 0) 
 
 def add_to_report(results: dict, argv: list[str]) -> None:
     """Add (or replace) this dataset's baseline in pooling.json, and re-render pooling.md."""
-    from benchmarks.pooling import write_report
+    from benchmarks.pooling_report import write_report
 
     json_path = RESULTS / "pooling.json"
     report = json.loads(json_path.read_text()) if json_path.is_file() else {}
     report.setdefault("baseline_pipeline", {})[results["dataset"]] = {
         "command": "python -m benchmarks.baseline_pipeline " + " ".join(argv), **results}
     write_report(report, RESULTS)
-
-
-def render_baseline(name: str, base: dict, section: dict) -> list[str]:
-    """The baseline's section of pooling.md: its rows beside the default MIL-CNN's (the benchmark's
-    Noisy-AND a = 10 row, and any released reference model), and what they show."""
-    lv = base["levels"]
-    cnn = section["results"].get("noisy_and (a=10)", {}).get("levels", {})
-    treatments = all("treatment_accuracy" in lv[l] for l in LEVELS)
-    seconds = np.mean([lv[l]["predict_seconds_per_image"] for l in LEVELS])
-    lines = [
-        f"### Baseline: the classical pipeline ({name})",
-        "",
-        f"`{base['command'].strip()}` (see its docstring): cells segmented from {base['segmented_from']}; "
-        f"{base['n_features']} intensity, texture, radial-distribution and shape features per cell; a random forest "
-        f"on {base['train_cells']:,} training cells that inherit their image's label, aggregated per image"
-        + (" and per treatment" if treatments else "") + ". Same train and test images as the rows above. "
-        f"Training (segmentation, features, forest): {base['train_seconds']:.0f} s.",
-        "",
-        "| method | acc 0 % | acc 25 % | acc 50 % |" + (" treat. 0 % | treat. 25 % | treat. 50 % |" if treatments else "")
-        + " IoU 0 % | IoU 25 % | IoU 50 % | s / test image |",
-        "|---" * (11 if treatments else 8) + "|",
-    ]
-    for label, key in (("pipeline, mean cell probability", "accuracy_mean_probability"),
-                       ("pipeline, majority vote", "accuracy_majority_vote")):
-        cells = [label] + [f"{100 * lv[l][key]:.1f}" for l in LEVELS]
-        if treatments:  # treatments aggregate the mean cell probability of their images
-            cells += [f"{100 * lv[l]['treatment_accuracy']:.1f}" if key == "accuracy_mean_probability" else ""
-                      for l in LEVELS]
-        cells += [f"{lv[l]['mean_iou']:.3f}" for l in LEVELS] + [f"{seconds:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    models = {"MIL-CNN Noisy-AND a=10 (row above)": cnn} if cnn else {}
-    for ref_name, ref in section.get("references", {}).items():
-        models[f"{ref_name} as released ({ref['epochs']} epochs; reference row above)"] = ref["levels"]
-    for label, levels in models.items():
-        cells = [label] + [f"{100 * levels[l]['accuracy']:.1f}" for l in LEVELS]
-        if treatments:
-            cells += [f"{100 * levels[l]['treatment_accuracy']:.1f}" if "treatment_accuracy" in levels[l] else ""
-                      for l in LEVELS]
-        cells += [f"{levels[l]['mean_iou']:.3f}" for l in LEVELS] + [""]
-        lines.append("| " + " | ".join(cells) + " |")
-    best = {l: max(lv[l]["accuracy_mean_probability"], lv[l]["accuracy_majority_vote"]) for l in LEVELS}
-    pct = lambda ls: ", ".join(f"{float(l):.0%}" for l in ls)  # noqa: E731
-    verdicts = []
-    for label, levels in models.items():
-        wins = [l for l in LEVELS if levels[l]["accuracy"] > best[l]]
-        ties = [l for l in LEVELS if levels[l]["accuracy"] == best[l]]
-        below = [l for l in LEVELS if l not in wins + ties]
-        seg = [l for l in LEVELS if levels[l]["mean_iou"] > lv[l]["mean_iou"]]
-        verdicts.append(f"{label.split(' (')[0]}: image accuracy above the pipeline's better aggregation at "
-                        f"{len(wins)} of 3 heterogeneity levels" + (f", tied at {pct(ties)}" if ties else "")
-                        + (f", **below at {pct(below)}**" if below else "")
-                        + f"; segmentation IoU above the pipeline at {len(seg)} of 3.")
-    if verdicts:
-        lines += ["", "Measured: " + " ".join(verdicts)
-                  + f" Majority vote at 50 % non-showing cells: {100 * lv['0.5']['accuracy_majority_vote']:.1f} % "
-                  f"(mean probability {100 * lv['0.5']['accuracy_mean_probability']:.1f} %). The pipeline takes "
-                  f"{seconds:.2f} s per test image (segmentation and per-cell measurement, 2 processes). Why: see "
-                  "the discussion below."]
-    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

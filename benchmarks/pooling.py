@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from milcnn.io import write_atomic
 from training.data.mcf7 import MCF7Params
 from training.data.yeast import YeastParams
 from training.evaluate import evaluate
 from training.simulate import simulate_dataset
-from training.train import TrainConfig, load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.train import TrainConfig, train
+from benchmarks.pooling_report import write_report
 
 POOLINGS = {  # label: (pooling, its parameters, other training settings)
     "max": ("max", {}, {}),
@@ -207,78 +208,6 @@ def describe(bench: Benchmark, section: dict, command: str, epochs: int, steps_p
                      "test": {str(lv): {"n": n_test, "seed": bench.test_seeds[lv], "non_showing": lv} for lv in LEVELS}},
             "budget": {k: budget[k] for k in ("epochs", "steps_per_epoch", "batch_size", "crop", "lr", "width",
                                               "output_stride", "context", "smoothness")}}
-
-
-def write_report(report: dict, results_dir: Path = RESULTS) -> None:
-    """Write pooling.json and re-render pooling.md from it, keeping the hand-written discussion."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with write_atomic(results_dir / "pooling.json", "w") as fh:
-        fh.write(json.dumps(report, indent=2) + "\n")
-    md_path = results_dir / "pooling.md"
-    kept = md_path.read_text().partition("\n## Discussion")[1:] if md_path.is_file() else ("", "")
-    with write_atomic(md_path, "w") as fh:
-        fh.write(render_markdown(report) + "".join(kept))
-
-
-def render_markdown(report: dict) -> str:
-    from benchmarks.baseline_pipeline import render_baseline
-
-    lines = ["# MIL pooling comparison on the simulators", ""]
-    for name in BENCHMARKS:
-        if name in report:
-            lines += render_dataset(report[name])
-            if name in report.get("baseline_pipeline", {}):
-                lines += render_baseline(name, report["baseline_pipeline"][name], report[name])
-    return "\n".join(lines)
-
-
-def render_dataset(section: dict) -> list[str]:
-    b, data = section["budget"], section["data"]
-    lo, hi = (round(100 * v) for v in data["train"]["non_showing"])
-    treatments = any("treatment_accuracy" in lv for row in section["results"].values() for lv in row["levels"].values())
-    lines = [
-        f"## {section['title'][0].upper() + section['title'][1:]}",
-        "",
-        f"Made by `{section['command'].strip()}` ({section['machine']['threads']} CPU threads, "
-        f"torch {section['machine']['torch']}). Every pooling trains the same CNN "
-        f"(width {b['width']}, output stride {b['output_stride']}, context {b['context']}, edge-aware smoothness "
-        f"weight {b['smoothness']} unless the row says otherwise; channels {section['channels']}) on the same "
-        f"{data['train']['n']} simulated images (seed {data['train']['seed']}, {lo}-{hi} % of "
-        f"cells not showing the pattern) for the same budget: {b['epochs']} epochs x {b['steps_per_epoch']} "
-        f"steps of {b['batch_size']} crops of {b['crop']} px, learning rate {b['lr']}, seed 0; the checkpoint "
-        f"with the best validation accuracy ({data['val']['n']} images, seed {data['val']['seed']}) is kept. "
-        "Test sets are simulated from other seeds "
-        f"({data['test']['0.0']['n']} images each) with 0 %, 25 % and 50 % of cells showing no "
-        "pattern. IoU: pixels the model assigns to the image's class (class map largest and >= 0.5) against "
-        "the pixels of cells showing it, pooled per class, averaged over classes.",
-    ]
-    if treatments:
-        lines += ["", "Treatment accuracy: the class of the mean image probability of each (compound, "
-                      "concentration) in a test set, against its MOA (`training/treatments.py`)."]
-    for name, ref in section.get("references", {}).items():
-        lines += ["", f"`{ref['command'].strip()}` adds {name} as released ({ref['checkpoint']}: Noisy-AND a = 10, "
-                      f"{ref['epochs']} epochs on its own simulated training set) on the same test sets, to separate "
-                      "the pooling from the short budget of the rows above."]
-    head = "| pooling | acc 0 % | acc 25 % | acc 50 % |" + (" treat. 0 % | treat. 25 % | treat. 50 % |" if treatments else "")
-    lines += ["", head + " IoU 0 % | IoU 25 % | IoU 50 % | train s |",
-              "|---" * (head.count("|") + 3) + "|"]
-    otsu = None
-    keys = ("0.0", "0.25", "0.5")
-    rows = dict(section["results"])
-    for name, ref in section.get("references", {}).items():
-        rows[f"{name}: released model ({ref['epochs']} epochs, its own training set; reference)"] = ref
-    for label, row in rows.items():
-        lv = row["levels"]
-        cells = [f"{lv[k]['accuracy'] * 100:.1f}" for k in keys]
-        if treatments:
-            cells += [f"{lv[k]['treatment_accuracy'] * 100:.1f}" for k in keys]
-        cells += [f"{lv[k]['mean_iou']:.3f}" for k in keys]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} |")
-        otsu = [f"{lv[k]['otsu_mean_iou']:.3f}" for k in keys]
-    if otsu:
-        cells = [f"Otsu on the {section['marker']} channel (baseline)"] + [""] * (6 if treatments else 3) + otsu + [""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
 
 
 if __name__ == "__main__":

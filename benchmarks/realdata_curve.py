@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.realdata import pct as _pct
+from benchmarks.realdata_scoring import pct as _pct
 from milcnn.io import write_tiff
 from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
 
@@ -116,7 +116,7 @@ def learning_curve(data_root: Path, *, k: int = 4, quick: bool = False, work: Pa
     ``FinetuneConfig``'s defaults changed by ``overrides``; each training field is shown as
     ``views``: ``(side, n)`` pairs, n mosaics of side x side of its cells in new random orders
     (side 1: single cells). Returns the ``learning_curve`` block of ``realdata.json``."""
-    from benchmarks.realdata import score_model
+    from benchmarks.realdata_scoring import score_model
     from milcnn import Classifier
     from training.export import export_folder
     from training.finetune import FinetuneConfig, finetune

@@ -78,7 +78,7 @@ def accuracy() -> dict:
     from milcnn import Classifier
     from training.data.manifest import read_manifest
     from training.evaluate import evaluate
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     results = {}
     for name, manifest in TEST_SETS.items():

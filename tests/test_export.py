@@ -12,7 +12,8 @@ from milcnn import Classifier
 from training.data.dataset import ImageSet
 from training.data.manifest import read_manifest
 from training.export import ExportError, check_onnx, export_folder
-from training.train import TrainConfig, load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

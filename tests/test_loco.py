@@ -59,7 +59,7 @@ def test_loco_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
 
     # evaluate() scores treatments too when the manifest has compound and concentration columns
     from training.evaluate import evaluate
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(next((out / "folds").iterdir()) / "run" / "best.pt")
     metrics = evaluate(model, data / "manifest.csv", tmp_path / "eval")

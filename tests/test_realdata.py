@@ -226,7 +226,8 @@ def test_cli_rescales_and_refuses_bad_scale(tmp_path):
 def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     from milcnn.config import ModelInfo
     from training.export import export_folder
-    from training.train import TrainConfig, load_checkpoint, train
+    from training.checkpoint import load_checkpoint
+    from training.train import TrainConfig, train
 
     cfg = TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), out=str(tmp_path / "run"), channels="gfp,rfp",
                       epochs=1, steps_per_epoch=2, batch_size=4, crop=64, width=4, threads=2,
@@ -306,7 +307,8 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
     from training.data.manifest import read_manifest
     from training.export import export_folder
     from training.finetune import FinetuneConfig, finetune, load_source
-    from training.train import evaluate_loss_accuracy, load_checkpoint
+    from training.checkpoint import load_checkpoint
+    from training.train import evaluate_loss_accuracy
 
     fields = [f for f in load_fields("yeast-chong", real_labelled) if f.name in ("AAC1_1", "AAP1_1")]
     rows = [(m, f.group.label) for f in fields for m in mosaics(f.cells, 4)]

@@ -5,7 +5,8 @@ import torch
 
 from training.evaluate import evaluate
 from training.evaluate import main as evaluate_main
-from training.train import TrainConfig, load_checkpoint, train
+from training.checkpoint import load_checkpoint
+from training.train import TrainConfig, train
 from training.train import main as train_main
 
 

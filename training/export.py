@@ -110,7 +110,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
     from milcnn.classifier import Classifier
     from training.evaluate import evaluate
     from training.model_card import render_card
-    from training.train import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.config

@@ -43,8 +43,8 @@ from milcnn.io import write_atomic
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
-from training.train import (CHECKPOINT_FORMAT, evaluate_loss_accuracy, flag_type, load_checkpoint, save_checkpoint,
-                            train_step, warmup_cosine)
+from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from training.train import evaluate_loss_accuracy, flag_type, train_step, warmup_cosine
 
 __all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "simulator_of"]
 

@@ -97,8 +97,9 @@ def run_loco(manifests: list[Path], out: Path, cfg, *, scheme: str = "compound",
 
     from training.data.dataset import ImageSet
     from training.data.manifest import read_manifest
-    from training.evaluate import predict_set
-    from training.train import load_checkpoint, train
+    from training.scoring import predict_set
+    from training.checkpoint import load_checkpoint
+    from training.train import train
 
     header, rows = pool_manifests(manifests)
     compounds = [r["compound"] for r in rows]

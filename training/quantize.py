@@ -53,7 +53,7 @@ def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_T
     taken to be at the model's training scale (a simulated test set), so a model's default input scale
     (``input_cell_diameter``) is not applied to them.
     """
-    from training.evaluate import score_manifest, sdk_predictor
+    from training.scoring import score_manifest, sdk_predictor
 
     metrics, _ = score_manifest(sdk_predictor(clf, threshold=threshold), manifest, channels=clf.channels,
                                 classes=clf.classes, multi_label=clf.info.multi_label, threshold=threshold,

@@ -33,16 +33,15 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from milcnn.io import write_atomic
 from milcnn.preprocess import NormalizationConfig
+from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
 from training.metrics import image_accuracy
 
-__all__ = ["TrainConfig", "train", "load_checkpoint", "bag_loss", "warmup_cosine", "train_step", "save_checkpoint",
+__all__ = ["TrainConfig", "train", "bag_loss", "warmup_cosine", "train_step",
            "flag_type"]
-
-CHECKPOINT_FORMAT = "milcnn-checkpoint/1"
 
 
 @dataclass
@@ -108,17 +107,6 @@ def flag_type(f) -> type:
     return {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
 
 
-def load_checkpoint(path) -> tuple[MILCNN, dict]:
-    """Rebuild the model saved in ``path`` (weights only, no pickled code)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a milcnn checkpoint (format {ckpt.get('format')!r})")
-    model = MILCNN(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,7 +127,7 @@ def _split(samples, cfg: TrainConfig):
 
 
 def evaluate_loss_accuracy(model: MILCNN, images: ImageSet, device: torch.device) -> tuple[float, float]:
-    from training.evaluate import predict_set
+    from training.scoring import predict_set
 
     probs, _ = predict_set(model, images, device=device)
     loss = float(bag_loss(torch.from_numpy(probs), torch.from_numpy(images.targets)))
@@ -188,9 +176,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     scheduler = warmup_cosine(optimizer, total_steps, warmup)
     start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{resume}: not a milcnn checkpoint")
+        ckpt = read_checkpoint(resume)
         if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
             raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
         model.load_state_dict(ckpt["model"])
@@ -250,11 +236,6 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
               f"val accuracy {val_acc:.4f}{' (best)' if improved else ''}, {record['seconds']:.0f} s", file=sys.stderr)
     return out / "best.pt"
-
-
-def save_checkpoint(obj: dict, path: Path) -> None:
-    with write_atomic(path, "wb") as fh:
-        torch.save(obj, fh)
 
 
 def _parse_params(items: list[str]) -> dict:

@@ -153,7 +153,7 @@ def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
     score it per image and per treatment (``treatment_metrics``)."""
     from milcnn import Classifier
     from training.data.manifest import read_manifest
-    from training.evaluate import score_manifest, sdk_predictor
+    from training.scoring import score_manifest, sdk_predictor
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device=device)
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
