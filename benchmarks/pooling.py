@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from milcnn.logs import log_to_stderr
 from training.data.mcf7 import MCF7Params
 from training.data.yeast import YeastParams
 from training.evaluate import evaluate
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", metavar="NAME=CHECKPOINT",
                         help="also evaluate this trained checkpoint (e.g. a released model's) on the test sets")
     args = parser.parse_args(argv)
+    log_to_stderr()
     bench = BENCHMARKS[args.dataset]
     epochs, n_test = args.epochs or bench.epochs, args.n_test or bench.n_test
     command = "python -m benchmarks.pooling " + " ".join(argv if argv is not None else sys.argv[1:])

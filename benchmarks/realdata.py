@@ -24,7 +24,8 @@ from pathlib import Path
 
 
 from milcnn.io import write_atomic
-from benchmarks.realdata_scoring import pct, score_model, score_units
+from milcnn.logs import log_to_stderr
+from benchmarks.realdata_scoring import pct, score_model
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, RealDataMissingError, applicable_sets, load_fields
 
 __all__ = ["main", "run_scores", "render"]
@@ -253,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="file the scores under the zoo-model ablation table as LABEL (a candidate model, "
                              "not the released one), with the simulated test accuracy from its config.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("benchmarks", "training"):  # our progress, not the ONNX exporter's
-        logging.getLogger(name).setLevel(logging.INFO)
+    log_to_stderr()  # our progress (the ONNX exporter's notices stay at warnings)
     if args.k < 1:
         parser.error(f"--k must be at least 1, got {args.k}")
     if not args.data.is_dir():

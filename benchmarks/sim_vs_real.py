@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from milcnn.logs import log_to_stderr
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, load_fields
 from training.metrics import otsu_threshold
 
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr()
     results = []
     suffix = f"-{args.tag}" if args.tag else ""
     for kind in args.kind:

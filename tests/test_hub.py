@@ -22,6 +22,8 @@ SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
 LOAD_AND_PREDICT = """
 import json, sys
 from milcnn import Classifier
+from milcnn.logs import log_to_stderr
+log_to_stderr()  # an application that shows milcnn's messages (a library user sees none by default)
 kwargs = json.loads(sys.argv[2])
 clf = Classifier.from_hub(sys.argv[1], **kwargs)
 image = sys.argv[3] if len(sys.argv) > 3 else str(clf.folder / "sample_input.tif")

@@ -118,22 +118,22 @@ def test_int8_variant(clf, field):
         Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
 
 
-def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, capsys):
+def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, caplog):
     fp16 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp16")
     assert fp16.precision == "fp16" and fp16.model.path.name == "model.fp16.onnx"
-    assert "running the fp16 variant on the CPU; it is meant for GPUs" in capsys.readouterr().err
+    assert "running the fp16 variant on the CPU; it is meant for GPUs" in caplog.text
     a, b = clf.predict(field), fp16.predict(field)
     assert a.label == b.label
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 1e-2
     assert (a.mask == b.mask).mean() > 0.99
 
 
-def test_auto_precision_is_fp32_on_a_cpu_and_fp16_only_where_a_gpu_starts(field, monkeypatch, capsys):
+def test_auto_precision_is_fp32_on_a_cpu_and_fp16_only_where_a_gpu_starts(field, monkeypatch, caplog):
     import onnxruntime
 
     assert Classifier.from_hub("yeast-loc").precision == "fp32"  # no GPU provider in this onnxruntime
     assert Classifier.from_hub("yeast-loc", device="cuda").precision == "fp32"
-    capsys.readouterr()
+    caplog.clear()
     # onnxruntime claims a CUDA provider: auto picks fp16, the session cannot start CUDA and runs
     # on the CPU, so the classifier goes back to fp32 rather than run float16 on a CPU
     real = onnxruntime.get_available_providers()
@@ -141,7 +141,7 @@ def test_auto_precision_is_fp32_on_a_cpu_and_fp16_only_where_a_gpu_starts(field,
     clf = Classifier.from_hub("yeast-loc", device="cuda")
     assert clf.precision == "fp32" and clf.model.path.name == "model.onnx"
     assert clf.model.providers == ["CPUExecutionProvider"]
-    assert "running on the CPU" in capsys.readouterr().err
+    assert "running on the CPU" in caplog.text
     with pytest.raises(ModelConfigError, match="yeast-loc-gfp has no 'fp8' variant"):
         Classifier.from_hub("yeast-loc-gfp", precision="fp8")
 
@@ -219,3 +219,21 @@ def test_png_encoder_round_trips():
             assert im.mode == "RGB" and np.array_equal(np.asarray(im), rgb)
     with pytest.raises(ValueError, match="expects"):
         encode_png(np.zeros((4, 4), np.uint8))
+
+
+def test_providers_and_session_options_pass_through_with_a_cpu_fallback(clf, field, caplog):
+    """Any onnxruntime execution provider can be asked for; one this onnxruntime lacks is dropped with a
+    logged notice and the model runs on the CPU with the same result; session options are the caller's."""
+    import onnxruntime
+
+    ref = clf.predict(field).probabilities
+    other = Classifier.from_hub("yeast-loc", providers=[("OpenVINOExecutionProvider", {"device_type": "CPU"})])
+    assert other.model.providers == ["CPUExecutionProvider"]
+    assert "OpenVINOExecutionProvider not in this onnxruntime" in caplog.text and "running without" in caplog.text
+    assert other.predict(field).probabilities == pytest.approx(ref, abs=1e-6)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    mine = Classifier.from_hub("yeast-loc", providers=["CPUExecutionProvider"], session_options=options)
+    assert mine.model.session.get_session_options().intra_op_num_threads == 1
+    assert mine.model.with_threads(2) is mine.model  # the caller's options are kept
+    assert mine.predict(field).probabilities == pytest.approx(ref, abs=1e-6)

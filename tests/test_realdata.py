@@ -70,7 +70,7 @@ def test_missing_real_data_names_the_path(tmp_path):
 # ------------------------------------------------------------------------------------ the scorer
 
 def test_score_units_counts_accuracy_and_balance():
-    from benchmarks.realdata import score_units
+    from benchmarks.realdata_scoring import score_units
 
     units = [("A", "x", ("x",)), ("A", "x", ("x",)), ("A", "y", ("x",)), ("A", "x", ("x",)),
              ("B", "y", ("y", "z")), ("B", "x", ("y", "z"))]
@@ -82,7 +82,7 @@ def test_score_units_counts_accuracy_and_balance():
 
 @pytest.mark.parametrize("model,set_name", [("yeast-loc", "yeast-chong"), ("mcf7-moa", "bbbc021-cells")])
 def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
-    from benchmarks.realdata import score_model
+    from benchmarks.realdata_scoring import score_model
 
     clf = Classifier.from_hub(model, device="cpu", precision="fp32")
     fields = load_fields(set_name, real_labelled, channels=clf.channels)
@@ -175,18 +175,19 @@ def test_rescaled_input_gives_the_same_label_and_an_aligned_mask():
     assert clf.zoom_for() == 1.0
 
 
-def test_scale_notice_once_and_not_when_scale_given(capsys):
+def test_scale_notice_once_and_not_when_scale_given(caplog):
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     big = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 3)  # beyond its 1.8x own spread
     clf.predict(big, cell_diameter=3 * clf.info.cell_diameter)
-    assert "cells look" not in capsys.readouterr().err
+    assert "cells look" not in caplog.text
     clf.predict(big)
     clf.predict(big)
-    err = capsys.readouterr().err
-    assert err.count("cells look about") == 1 and "--cell-diameter" in err
+    assert caplog.text.count("cells look about") == 1 and "--cell-diameter" in caplog.text
+    assert [r.name for r in caplog.records if "cells look" in r.getMessage()] == ["milcnn.classifier"]
+    caplog.clear()
     clf2 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     clf2.predict(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"))
-    assert "cells look" not in capsys.readouterr().err  # the model's own scale: nothing to say
+    assert "cells look" not in caplog.text  # the model's own scale: nothing to say
 
 
 def test_scale_arguments_are_checked():
@@ -439,16 +440,16 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
     assert f"| yeast (yeast-loc {version}) | B | 1 |" in (tmp_path / "realdata.md").read_text()
 
 
-def test_real_yeast_scale_notice(real_labelled, capsys):
+def test_real_yeast_scale_notice(real_labelled, caplog):
     """yeast-loc 2.0 was trained across cell sizes (its own images read within 1.8x), so the real yeast, about
     42 px across, is inside and gets no notice; the same cells enlarged 2x do, with a suggestion near 84 px."""
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     field = load_fields("yeast-chong", real_labelled, groups=("AAP1",))[0]
     clf.predict(mosaics(field.cells, 4)[0])
-    assert "cells look" not in capsys.readouterr().err
+    assert "cells look" not in caplog.text
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     clf.predict(_enlarged(mosaics(field.cells, 4)[0], 2))
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "cells look about" in err
     suggested = float(err.split("--cell-diameter ")[1].split(")")[0])
     assert 2 * 34 <= suggested <= 2 * 50  # the source says 35-50 px

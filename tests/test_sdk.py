@@ -214,3 +214,19 @@ def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
     with pytest.raises(ModelConfigError, match="output_stride"):
         write_config(folder, {**written, "output_stride": 3})
     assert json.loads((folder / "config.json").read_text()) == written  # nothing written
+
+
+def test_library_messages_go_to_the_milcnn_logger_and_are_silent_by_default(tmp_path):
+    """A script that uses the SDK prints nothing of its own on stderr unless it asks (log_to_stderr)."""
+    big = tmp_path / "big.tif"
+    sample = tifffile.imread(lookup("yeast-loc").bundled_dir / "sample_input.tif")
+    tifffile.imwrite(big, np.repeat(np.repeat(sample, 3, axis=1), 3, axis=2), photometric="minisblack")
+    script = ("import sys; from milcnn import Classifier\n"
+              "if sys.argv[2] == 'show':\n    from milcnn.logs import log_to_stderr; log_to_stderr()\n"
+              "Classifier.from_hub('yeast-loc', device='cpu').predict(sys.argv[1])\n")
+    quiet = subprocess.run([sys.executable, "-c", script, str(big), "quiet"], capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-c", script, str(big), "show"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and shown.returncode == 0, quiet.stderr + shown.stderr
+    assert "cells look" not in quiet.stderr
+    lines = [line for line in shown.stderr.splitlines() if "cells look" in line]
+    assert len(lines) == 1 and lines[0].startswith("milcnn: ")

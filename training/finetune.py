@@ -40,6 +40,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from milcnn.config import read_config
 from milcnn.io import write_atomic
+from milcnn.logs import log_to_stderr
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         parser.add_argument(flag, type=flag_type(f), default=default, required=f.name == "data", help=f"default {default!r}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr()
     cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
     try:
         best = finetune(cfg, resume=args.resume)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, replace
@@ -34,10 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.io import write_atomic
+from milcnn.logs import log_to_stderr
 from training.metrics import confusion_matrix
 from training.treatments import CONTROLS, compound_folds, read_treatments, treatment_metrics
 
 __all__ = ["pool_manifests", "run_loco", "render_report"]
+
+log = logging.getLogger(__name__)
 
 
 def pool_manifests(manifests: list[Path]) -> tuple[list[str], list[dict]]:
@@ -117,8 +121,7 @@ def run_loco(manifests: list[Path], out: Path, cfg, *, scheme: str = "compound",
         if not predictions.is_file():
             _write_manifest(fold_dir / "train.csv", header, [rows[j] for j in train_idx])
             _write_manifest(fold_dir / "test.csv", header, [rows[j] for j in test_idx])
-            print(f"[{i + 1}/{len(folds)}] {name}: train {len(train_idx)} images, test {len(test_idx)}",
-                  file=sys.stderr)
+            log.info("[%d/%d] %s: train %d images, test %d", i + 1, len(folds), name, len(train_idx), len(test_idx))
             fold_cfg = replace(cfg, data=str(fold_dir / "train.csv"), val=None, out=str(fold_dir / "run"))
             t0 = time.time()
             last = fold_dir / "run" / "last.pt"
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
+    log_to_stderr()
     cfg = TrainConfig(channels=args.channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, crop=args.crop, pooling=args.pooling, seed=args.seed,
                       pooling_params={"a": 10.0} if args.pooling == "noisy_and" else {})

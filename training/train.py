@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from milcnn.io import write_atomic
+from milcnn.logs import log_to_stderr
 from milcnn.preprocess import NormalizationConfig
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
@@ -42,6 +44,8 @@ from training.metrics import image_accuracy
 
 __all__ = ["TrainConfig", "train", "bag_loss", "warmup_cosine", "train_step",
            "flag_type"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -197,8 +201,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     crops = CropDataset(train_set, cfg.crop, seed=cfg.seed, photometric=Photometric() if cfg.photometric else None,
                         scale_jitter=cfg.scale_jitter, mosaic=_cell_mosaic(cfg, channels))
     weights = torch.from_numpy(balanced_weights(train_set.targets))
-    print(f"{len(train_set)} training and {len(val_set)} validation images loaded in {time.time() - t0:.1f} s; "
-          f"{len(classes)} classes, channels {', '.join(channels)}, device {device}", file=sys.stderr)
+    log.info("%d training and %d validation images loaded in %.1f s; %d classes, channels %s, device %s",
+             len(train_set), len(val_set), time.time() - t0, len(classes), ", ".join(channels), device)
 
     from tqdm import tqdm
 
@@ -233,8 +237,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         save_checkpoint(ckpt, out / "last.pt")
         if improved:
             save_checkpoint(ckpt, out / "best.pt")
-        print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, "
-              f"val accuracy {val_acc:.4f}{' (best)' if improved else ''}, {record['seconds']:.0f} s", file=sys.stderr)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f%s, %.0f s", epoch + 1,
+                 record["train_loss"], val_loss, val_acc, " (best)" if improved else "", record["seconds"])
     return out / "best.pt"
 
 
@@ -276,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(flag, type=flag_type(f), default=None, help=f"default {getattr(defaults, f.name)!r}")
     args = parser.parse_args(argv)
+    log_to_stderr()
     settings = json.loads(args.config.read_text()) if args.config else {}
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import logging
+
+logging.getLogger("milcnn").addHandler(logging.NullHandler())  # silent unless the application says otherwise
+
 __version__ = "0.1.0"
 __all__ = ["Classifier", "Prediction", "__version__"]
 

@@ -13,7 +13,6 @@ from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.io import read_image
-from milcnn.notices import notice
 from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
 from milcnn.checksums import verify_sha256
@@ -134,8 +133,8 @@ class Classifier:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_dir(cls, path, *, device: str = "auto", precision: str = "auto",
-                 sha256: str | None = None) -> "Classifier":
+    def from_dir(cls, path, *, device: str = "auto", precision: str = "auto", sha256: str | None = None,
+                 providers: list | None = None, session_options=None) -> "Classifier":
         """Load a model folder (``model.onnx`` + ``config.json``).
 
         Args:
@@ -145,6 +144,10 @@ class Classifier:
                 ``fp32``, or a variant the model ships (``int8``, ``fp16``; see ``available_precisions``).
             sha256: the checksum ``model.onnx`` must have; defaults to the one ``config.json``
                 records (folders exported before that record existed are not checked).
+            providers: onnxruntime execution providers to use instead of ``device``'s, best first
+                (names or ``(name, options)``, e.g. ``["OpenVINOExecutionProvider"]``); ones onnxruntime
+                lacks or cannot start are dropped with a logged notice, and the CPU is always the last.
+            session_options: an ``onnxruntime.SessionOptions`` for the session.
 
         Raises:
             ModelConfigError: the folder lacks ``model.onnx`` or a valid ``config.json``, or the
@@ -155,11 +158,12 @@ class Classifier:
 
         folder = Path(path)
         return cls._load(ResolvedModel(folder, sha256 or model_sha256(folder), "folder"), device=device,
-                         precision=precision)
+                         precision=precision, providers=providers, session_options=session_options)
 
     @classmethod
     def from_hub(cls, name_or_repo: str, *, revision: str | None = None, cache_dir=None,
-                 local_files_only: bool = False, device: str = "auto", precision: str = "auto") -> "Classifier":
+                 local_files_only: bool = False, device: str = "auto", precision: str = "auto",
+                 providers: list | None = None, session_options=None) -> "Classifier":
         """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
 
         Zoo models ship inside the package and load with no network when their sha256
@@ -175,6 +179,7 @@ class Classifier:
             device: ``auto``, ``cpu`` or ``cuda``.
             precision: ``auto`` (fp16 on a GPU where the model ships it, else fp32), ``fp32``,
                 or a variant the model ships (``int8``, ``fp16``).
+            providers, session_options: passed to onnxruntime, as in ``from_dir``.
 
         Raises:
             ModelNotFoundError: an unknown zoo name (the message lists the zoo).
@@ -185,10 +190,12 @@ class Classifier:
         from milcnn.hub import resolve
 
         origin = resolve(name_or_repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        return cls._load(origin, device=device, precision=precision)
+        return cls._load(origin, device=device, precision=precision, providers=providers,
+                         session_options=session_options)
 
     @classmethod
-    def _load(cls, origin, *, device: str, precision: str = "auto") -> "Classifier":
+    def _load(cls, origin, *, device: str, precision: str = "auto", providers: list | None = None,
+              session_options=None) -> "Classifier":
         folder = origin.folder
         onnx_path = folder / constants.MODEL_FILE
         if not onnx_path.is_file():
@@ -206,16 +213,17 @@ class Classifier:
                                        f"{', '.join(['fp32', *variants])}")
             onnx_path = folder / variants[chosen]["file"]
             verify_sha256(onnx_path, info.file_sha256(onnx_path.name))
-        model = OnnxModel(onnx_path, device=device)
+        model = OnnxModel(onnx_path, device=device, providers=providers, session_options=session_options)
         outputs = model.session.get_outputs()[0].shape  # (batch, classes)
         if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(info.classes):
             raise ModelConfigError(f"{folder / constants.CONFIG_FILE}: lists {len(info.classes)} classes but "
                                    f"{onnx_path.name} outputs {outputs[1]}; the config belongs to another model")
         if chosen == "fp16" and model.providers[0] == "CPUExecutionProvider":
             if precision == "auto":  # the GPU did not start (its notice said so): fp32 on the CPU
-                chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu")
+                chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu",
+                                                  session_options=session_options)
             else:
-                notice(f"{info.name}: running the fp16 variant on the CPU; it is meant for GPUs "
+                log.warning(f"{info.name}: running the fp16 variant on the CPU; it is meant for GPUs "
                        "(--precision auto keeps fp32 here)")
         clf = cls(folder, info, model, precision=chosen)
         clf.origin = origin
@@ -307,7 +315,7 @@ class Classifier:
         self._scale_checks_left = 0
         diameter = self.info.cell_diameter * measured / expected
         pixel = f" or the pixel size in um (model: {self.info.pixel_size:g})" if self.info.pixel_size else ""
-        notice(f"{source or 'image'}: cells look about {measured / expected:.1f}x the size {self.name} was trained "
+        log.warning(f"{source or 'image'}: cells look about {measured / expected:.1f}x the size {self.name} was trained "
                f"at (about {diameter:.0f} px across, the model expects {self.info.cell_diameter:.0f} px); results "
                f"may be wrong. Pass cell_diameter={diameter:.0f} (--cell-diameter {diameter:.0f}){pixel} to rescale. "
                "Not reported again for this model.")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import click
 
 from milcnn import constants
 from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES
+from milcnn.logs import log_to_stderr
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 
@@ -75,6 +77,7 @@ def _one_line(exc: BaseException) -> str:
 @click.version_option(package_name="milcnn-sdk")
 def main() -> None:
     """Classify and segment high-content-screening images with MIL-CNN models."""
+    log_to_stderr(logging.INFO)
 
 
 @main.command()

@@ -10,6 +10,7 @@ deletes nothing.
 
 from __future__ import annotations
 
+import logging
 import importlib
 import re
 from dataclasses import asdict, dataclass
@@ -19,10 +20,11 @@ from milcnn import constants
 from milcnn.checksums import verify_sha256
 from milcnn.errors import (ChecksumMismatchError, HubOfflineError, ModelConfigError, ModelNotFoundError,
                            RepositoryNotFoundError, RevisionNotFoundError)
-from milcnn.notices import notice
 from milcnn.registry import lookup, zoo
 
 __all__ = ["ResolvedModel", "resolve", "download", "parse_model_spec", "model_sha256", "is_repo_id"]
+
+log = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REQUIRED_FILES = (constants.CONFIG_FILE, constants.MODEL_FILE)
@@ -109,7 +111,7 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
                     return ResolvedModel(bundled, entry.sha256, "bundled", entry.repo_id, entry.revision)
                 except ChecksumMismatchError:
                     pass
-                notice(f"the bundled copy of {entry.name} ({bundled}) does not match the registry's sha256; "
+                log.warning(f"the bundled copy of {entry.name} ({bundled}) does not match the registry's sha256; "
                        f"fetching {entry.repo_id}@{entry.revision} from the Hub instead")
             return download(entry.repo_id, revision=entry.revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, force_download=force_download,
@@ -163,7 +165,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
     if offline_reason is not None:
         folder = _fetch(repo_id, **kwargs, local_files_only=True, offline_reason=offline_reason)
         if not local_files_only:
-            notice(f"{offline_reason}; using the cached {repo_id}@{revision or 'main'} (commit {folder.name[:12]})")
+            log.warning(f"{offline_reason}; using the cached {repo_id}@{revision or 'main'} (commit {folder.name[:12]})")
         source = "cache"
     else:
         folder = _fetch(repo_id, **kwargs, force_download=force_download)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from milcnn import constants
-from milcnn.notices import notice
 
 __all__ = ["OnnxModel", "DEVICES", "gpu_usable", "physical_cores"]
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -53,6 +55,23 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else str(provider)
+
+
+def _default_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    # Idle onnxruntime threads sleep instead of spinning, so milzoo predict's reader and writer
+    # threads (SCHED_IDLE) get those cycles; the network alone is as fast
+    # (pipeline rows of benchmarks/results/inference.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxModel:
     """An ONNX MIL-CNN: ``run(batch)`` -> (probabilities (B, K), class_maps (B, K, h, w)).
 
@@ -62,34 +81,49 @@ class OnnxModel:
             or ``cuda`` (falls back to CPU with one notice on stderr when no GPU is usable).
             ``providers`` says which providers onnxruntime actually uses.
         threads: intra-op threads; 0 lets onnxruntime choose (one per physical core).
+        providers: onnxruntime execution providers to ask for instead of ``device``'s, best first,
+            as names or ``(name, options)`` pairs (OpenVINO, DirectML, ROCm, ...). Those this
+            onnxruntime lacks or cannot start are dropped with a logged notice; the CPU is always last.
+        session_options: an ``onnxruntime.SessionOptions`` to use instead of milcnn's (``threads``
+            is then ignored).
     """
 
     def __init__(self, path, *, device: str = "auto", threads: int = constants.NUM_THREADS,
-                 outputs: tuple[str, ...] = ("probabilities", "class_maps")):
+                 outputs: tuple[str, ...] = ("probabilities", "class_maps"), providers: list | None = None,
+                 session_options=None):
         import onnxruntime as ort
 
         if device not in DEVICES:
             raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-        providers = gpu_providers(ort.get_available_providers()) if device in ("auto", "cuda") else []
-        if device == "cuda" and not providers:
-            notice("--device cuda asked for, but onnxruntime has no CUDA provider here "
-                   "(install onnxruntime-gpu instead of onnxruntime); running on the CPU")
+        available = ort.get_available_providers()
+        self._provider_request, self._session_options = providers, session_options
+        if providers is not None:
+            asked = [p for p in providers if _provider_name(p) != "CPUExecutionProvider"]
+            missing = [_provider_name(p) for p in asked if _provider_name(p) not in available]
+            if missing:
+                log.warning(f"{', '.join(missing)} not in this onnxruntime (it has {', '.join(available)}); "
+                            "running without")
+            providers = [p for p in asked if _provider_name(p) in available]
+        else:
+            providers = gpu_providers(available) if device in ("auto", "cuda") else []
+            if device == "cuda" and not providers:
+                log.warning("--device cuda asked for, but onnxruntime has no CUDA provider here "
+                            "(install onnxruntime-gpu instead of onnxruntime); running on the CPU")
+        requested = [_provider_name(p) for p in providers]
         providers.append("CPUExecutionProvider")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        # Idle onnxruntime threads sleep instead of spinning, so milzoo predict's reader and writer
-        # threads (SCHED_IDLE) get those cycles; the network alone is as fast
-        # (pipeline rows of benchmarks/results/inference.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options if session_options is not None else _default_options(threads)
         self.path = Path(path)
         self.device, self.threads, self.outputs = device, threads, outputs
         self._siblings: dict[int, OnnxModel] = {}
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()  # what onnxruntime actually uses, in priority order
-        if device == "cuda" and len(providers) > 1 and self.providers == ["CPUExecutionProvider"]:
-            notice("--device cuda asked for, but onnxruntime could not start its CUDA provider (see its warnings "
-                   "above: CUDA or cuDNN libraries); running on the CPU")
+        failed = [name for name in requested if name not in self.providers]
+        if failed and device == "cuda" and self.providers == ["CPUExecutionProvider"]:
+            log.warning("--device cuda asked for, but onnxruntime could not start its CUDA provider (see its warnings "
+                        "above: CUDA or cuDNN libraries); running on the CPU")
+        elif failed:
+            log.warning(f"onnxruntime could not start {', '.join(failed)} (see its warnings above); running on "
+                        f"{', '.join(self.providers)}")
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         if names[:len(outputs)] != list(outputs):
@@ -98,10 +132,11 @@ class OnnxModel:
 
     def with_threads(self, threads: int) -> "OnnxModel":
         """A session on the same file with ``threads`` intra-op threads (made once, then kept)."""
-        if threads == self.threads:
+        if threads == self.threads or self._session_options is not None:  # the caller's options rule
             return self
         if threads not in self._siblings:
-            self._siblings[threads] = OnnxModel(self.path, device=self.device, threads=threads, outputs=self.outputs)
+            self._siblings[threads] = OnnxModel(self.path, device=self.device, threads=threads, outputs=self.outputs,
+                                                providers=self._provider_request)
         return self._siblings[threads]
 
     def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
