@@ -53,3 +53,23 @@ def hub(tmp_path_factory):
     server = OlahServer(mirror, root / "olah").start()
     yield SimpleNamespace(endpoint=server.endpoint, mirror=mirror, server=server, commits={PINNED: v1, OTHER: v2})
     server.stop()
+
+
+# ``-m "not slow"`` gives a quick run while editing; CI (.ci/run) runs every test.
+SLOW_FIXTURES = {"hub", "trained", "exported", "real_labelled"}  # a server, a training run, the real sets
+SLOW_CALLS = ("subprocess.run(", "subprocess.Popen(", "train(", "train_main(", "finetune(", "loco.main(",
+              "learning_curve(", "simulate([")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark as ``slow`` the tests that start a subprocess or a server, or train a model."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

@@ -73,7 +73,11 @@ def test_treatments_label_images_and_are_scored_per_treatment(tmp_path, capsys):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_images"] == 16 and report["n_treatments"] == 15  # the two DMSO wells are one treatment
-    assert 0.0 <= report["treatment_accuracy"] <= 1.0 and len(report["treatment_confusion"]) == 8
+    confusion = np.array(report["treatment_confusion"])
+    assert confusion.shape == (8, 8) and confusion.sum() == 15
+    assert report["treatment_accuracy"] == pytest.approx(np.trace(confusion) / 15)
+    right = sum(t["label"] == t["predicted"] for t in report["treatments"])
+    assert report["treatment_accuracy"] == pytest.approx(right / 15)
 
 
 @pytest.mark.parametrize("name, bad", [

@@ -67,8 +67,19 @@ def test_streams_give_the_same_results_in_input_order(clf, folder, tmp_path, str
             assert im.size[1] >= mask.shape[0] and im.size[0] > mask.shape[1]
 
 
+def test_physical_cores_follow_the_affinity_mask():
+    import os
+
+    allowed = os.sched_getaffinity(0)
+    assert 1 <= physical_cores() <= len(allowed)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # one logical CPU: one core, whatever the machine
+        assert physical_cores() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def test_stream_sessions_are_made_once(clf):
-    assert physical_cores() >= 1
     assert default_streams(clf) == (2 if physical_cores() >= 2 else 1)
     one_thread = Classifier.from_hub("yeast-loc", device="cpu")
     one_thread.model = one_thread.model.with_threads(1)  # as with MILCNN_NUM_THREADS=1

