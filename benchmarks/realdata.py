@@ -146,7 +146,10 @@ def _render_zoo_ablation(ablation: dict) -> list[str]:
              "Each row is a candidate model trained on simulated images only, scored with `python -m "
              "benchmarks.realdata --model FOLDER --half HALF --record LABEL` (4 x 4 mosaics, as is: no scale "
              "given). Settings were chosen on the validation half only; test-half rows are the released "
-             "settings' test figures.", "",
+             "settings' test figures. Single BBBC021 cells (36 px at mcf7-moa's scale) are padded to the "
+             "model's 64 px minimum; rows recorded before the padding fix (all rows above the first cell-mosaic "
+             "row) pooled that padding too, the later ones pool only the cell's own map pixels, so their "
+             "cell figures are not comparable.", "",
              "| change | real set | half | mosaics right | per protein / treatment (mosaics) | cells right "
              "| simulated test (its own simulator) |", "|---|---|---|---|---|---|---|"]
     for label, entry in ablation.items():
