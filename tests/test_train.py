@@ -112,8 +112,8 @@ def test_multi_label_manifest_trains_a_multi_label_model(tiny_yeast, tmp_path):
     from training.data.dataset import ImageSet
     from training.scoring import predict_set
 
-    images = ImageSet(read_manifest(manifest)[0], model.config.channels, model.config.classes,
-                      model.config.normalization)
+    cfg = model.config
+    images = ImageSet(read_manifest(manifest, channels=cfg.channels)[0], cfg.channels, cfg.classes, cfg.normalization)
     probs, _ = predict_set(model, images)
     exact = np.mean([set(np.flatnonzero(p >= 0.5)) == set(np.flatnonzero(t)) for p, t in zip(probs, images.targets)])
     assert metrics["accuracy"] == pytest.approx(exact)  # exact label sets, not per class

@@ -13,8 +13,9 @@ import sys
 
 __all__ = ["LOGGER_NAMES", "log_to_stderr"]
 
-#: the loggers whose messages ``log_to_stderr`` shows: the SDK's and the training package's
-LOGGER_NAMES = ("milcnn", "training", "benchmarks")
+#: the loggers whose messages ``log_to_stderr`` shows: the SDK's, the training package's, the benchmarks',
+#: and the module run as a command (``python -m training.train`` logs as ``__main__``)
+LOGGER_NAMES = ("milcnn", "training", "benchmarks", "__main__")
 
 
 class _OneLine(logging.Formatter):
