@@ -76,6 +76,86 @@ def _rgb(dtype=np.uint8) -> np.ndarray:
     return np.stack([s[1], s[0], s[1]], axis=-1).astype(np.float64).__truediv__(s.max() / 255).astype(dtype)
 
 
+def _png_bomb(folder: Path) -> Path:
+    """A 27-byte-body PNG whose header declares 15000 x 15000 pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path = folder / "image.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 15000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 15001 * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def _sparse_tiff(folder: Path) -> Path:
+    """A 100000 x 100000 uncompressed TIFF stored sparsely (10 GB declared, a few KB on disk)."""
+    import tifffile
+
+    path = folder / "image.tif"
+    tifffile.imwrite(path, shape=(100000, 100000), dtype="uint8")
+    return path
+
+
+def _zlib_bomb(folder: Path) -> Path:
+    """A zlib-tiled TIFF of zeros that decompresses to 2 x 12000 x 12000 uint16 (576 MB) from about 1 MB."""
+    import tifffile
+
+    tile = np.zeros((1024, 1024), np.uint16)
+    n = 2 * 12 * 12  # tiles per plane x planes (12000 px in 1024 px tiles)
+    path = folder / "image.tif"
+    tifffile.imwrite(path, (tile for _ in range(n)), shape=(2, 12000, 12000), dtype="uint16", tile=(1024, 1024),
+                     compression="zlib", photometric="minisblack")
+    return path
+
+
+def _pillow_tiff(compression: str) -> Callable[[Path], Path]:
+    """A two-page (gfp, rfp) TIFF compressed by Pillow's libtiff, as microscope software writes them."""
+    def make(folder: Path) -> Path:
+        from PIL import Image
+
+        s = _sample()
+        pages = [Image.fromarray(p if compression != "jpeg" else (p // 257).astype(np.uint8)) for p in s]
+        path = folder / "image.tif"
+        pages[0].save(path, compression=compression, save_all=True, append_images=pages[1:])
+        return path
+    return make
+
+
+def _non_latin_name(folder: Path) -> Path:
+    import tifffile
+
+    path = folder / "細胞_клетка_خلية.tif"
+    tifffile.imwrite(path, _sample(), photometric="minisblack")
+    return path
+
+
+def _fifo(folder: Path) -> Path:
+    import os
+
+    path = folder / "image.tif"
+    os.mkfifo(path)
+    return path
+
+
+def _symlink_loop(folder: Path) -> Path:
+    path = folder / "image.tif"
+    path.symlink_to(folder / "other.tif")
+    (folder / "other.tif").symlink_to(path)
+    return path
+
+
+def _folder_with_a_folder_named_tif(folder: Path) -> Path:
+    import tifffile
+
+    inputs = folder / "plate"
+    (inputs / "image.tif").mkdir(parents=True)
+    tifffile.imwrite(inputs / "good.tif", _sample(), photometric="minisblack")
+    return inputs
+
+
 @dataclass
 class Case:
     name: str
@@ -84,6 +164,7 @@ class Case:
     model: str = "yeast-loc"
     args: list[str] = field(default_factory=list)
     note: str = ""
+    others_predicted: bool = False  # the input is a folder whose other, good image must be predicted
 
 
 CASES = [
@@ -130,6 +211,22 @@ CASES = [
     Case("OME-TIFF with channel names", _tif(_sample, ome=True, photometric="minisblack",
                                              metadata={"axes": "CYX", "Channel": {"Name": ["gfp", "rfp"]}}),
          "predicted", note="read in its stored channel order"),
+    Case("PNG declaring 15000 x 15000 pixels (a 27 KB decompression bomb)", _png_bomb, "over the budget"),
+    Case("sparse TIFF declaring 100000 x 100000 pixels (10 GB)", _sparse_tiff, "over the budget",
+         note="refused from its header, before any pixel is read"),
+    Case("zlib-tiled TIFF of 1 MB that decompresses to 576 MB", _zlib_bomb, "over the budget"),
+    Case("LZW-compressed TIFF (Pillow / libtiff)", _pillow_tiff("tiff_lzw"), "predicted",
+         note="read through Pillow when tifffile lacks the codec"),
+    Case("zstd-compressed TIFF", _pillow_tiff("zstd"), "predicted"),
+    Case("deflate-compressed TIFF", _pillow_tiff("tiff_adobe_deflate"), "predicted"),
+    Case("PackBits-compressed TIFF", _pillow_tiff("packbits"), "predicted"),
+    Case("JPEG-compressed 8-bit TIFF", _pillow_tiff("jpeg"), "predicted"),
+    Case("non-Latin file name, overlays on", _non_latin_name, "predicted",
+         note="the overlay's title shows other scripts as \\\\uXXXX escapes"),
+    Case("a FIFO named image.tif", _fifo, "not a regular file (a FIFO)"),
+    Case("a symbolic link loop named image.tif", _symlink_loop, "a symbolic link that leads nowhere"),
+    Case("a folder named image.tif inside an input folder (beside a good image)", _folder_with_a_folder_named_tif,
+         "not a regular file (a folder)", note="the good image is predicted; exit 1", others_predicted=True),
     Case("model name with '..'", _tif(_sample, photometric="minisblack"), "unknown model '../yeast-loc'",
          model="../yeast-loc"),
     Case("model name with path separators", _tif(_sample, photometric="minisblack"), "unknown model 'a/b/c'",
@@ -159,19 +256,62 @@ def run_case(case: Case, folder: Path) -> dict:
             "exception": repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2) else None}
 
 
+def run_batch(folder: Path) -> dict:
+    """``milzoo predict`` on good images mixed with one of each bad input for the default model, in a
+    child process whose peak memory (max RSS) is measured. Returns the counts, exit code and peak."""
+    import csv
+    import json
+    import subprocess
+
+    import tifffile
+
+    bad = [c for c in CASES if c.expect != "predicted" and c.model == "yeast-loc" and not c.args]
+    inputs, good = [], []
+    for i, case in enumerate(bad):
+        (folder / f"bad{i:02d}").mkdir()
+        path = case.make(folder / f"bad{i:02d}")
+        inputs.append(path)
+        if case.others_predicted:
+            good.append(path / "good.tif")
+    for i in range(3):
+        path = folder / f"good{i}.tif"
+        tifffile.imwrite(path, np.roll(_sample(), 50 * i, axis=2), photometric="minisblack")
+        good.append(path)
+    out = folder / "out"
+    runner = ("import json, resource, subprocess, sys\n"
+              "p = subprocess.run([sys.executable, '-m', 'milcnn.cli', 'predict', *sys.argv[1:]], capture_output=True, "
+              "text=True)\n"
+              "print(json.dumps({'rc': p.returncode, 'err': p.stderr, "
+              "'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", runner, *map(str, inputs + good[-3:]), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
+        predicted = {row["image"] for row in csv.DictReader(fh)}
+    with open(out / "errors.csv", newline="", encoding="utf-8") as fh:
+        errors = list(csv.DictReader(fh))
+    return {"exit_code": report["rc"], "traceback": "Traceback" in report["err"], "stderr_tail": report["err"][-3000:],
+            "good": len(good), "bad": len(bad), "predicted": len(predicted & {str(p) for p in good}),
+            "error_rows": len(errors), "one_line_errors": all("\n" not in row["error"] for row in errors),
+            "peak_mb": report["peak_kb"] / 1024}
+
+
 def outcome_matches(case: Case, r: dict) -> bool:
     if case.expect == "predicted":
         return r["exit_code"] == 0 and r["predicted"]
+    if case.others_predicted:
+        return r["exit_code"] == 1 and r["predicted"] and case.expect in r["message"] and not r["traceback"]
     return r["exit_code"] in (1, 2) and not r["predicted"] and case.expect in r["message"] and not r["traceback"]
 
 
-def render(results: list[tuple[Case, dict]]) -> str:
+def render(results: list[tuple[Case, dict]], batch: dict | None = None) -> str:
     lines = ["# Robustness: what milzoo does with awkward input", "",
              "Made by `python -m benchmarks.robustness`; `tests/test_robustness.py` checks every row. Each input",
              "is one file given to `milzoo predict FILE --out DIR` (model `yeast-loc`, channels gfp, rfp, unless",
              "the row says otherwise). A failed file gets this one line on stderr (no traceback unless `--debug`)",
              "and a row in `DIR/errors.csv`; in a batch the other files are still predicted. Exit code 0: all",
-             "predicted; 1: some files failed; 2: usage error (bad model, nothing to do).", "",
+             "predicted; 1: some files failed; 2: usage error (bad model, nothing to do) or the output folder",
+             "itself failed (see *What is promised under faults*).", "",
              "| input | model | what happens | exit | message |", "|---|---|---|---|---|"]
     for case, r in results:
         what = "predicted" if r["predicted"] else "refused"
@@ -179,6 +319,37 @@ def render(results: list[tuple[Case, dict]]) -> str:
             what += f": {case.note}"
         message = r["message"].replace("|", "\\|")
         lines.append(f"| {case.name} | `{case.model}` {' '.join(case.args)} | {what} | {r['exit_code']} | {message} |")
+    if batch is not None:
+        lines += ["", "## A batch with one of each bad input", "",
+                  f"`run_batch`: {batch['good']} good images and the {batch['bad']} bad inputs above that fail "
+                  f"with the default model, in one `milzoo predict` call: {batch['predicted']} of {batch['good']} "
+                  f"good images predicted, {batch['error_rows']} rows in `errors.csv` (one per bad input, one line "
+                  f"each), exit {batch['exit_code']}, {'a traceback' if batch['traceback'] else 'no traceback'}, "
+                  f"peak memory {batch['peak_mb']:.0f} MB (max RSS of the process; target < 1.5 GB). Images are "
+                  "refused from their header when they declare more than `MILCNN_MAX_IMAGE_VALUES` values "
+                  "(default 2^27, an 8192 x 8192 two-channel image, which peaks near 1.9 GB, see BENCHMARKS.md): "
+                  "the bound on what one image may cost."]
+    lines += ["", "## What is promised under faults", "",
+              "- **Kill (SIGKILL, SIGINT, SIGTERM).** Every file is written to a temporary name and renamed; a row "
+              "goes to `predictions.csv` only after its mask and overlay are in place. `--resume` deletes the "
+              "temporary files, predicts every image without a prediction, those in `errors.csv` included, and "
+              "ends with byte-identical outputs to an uninterrupted run (`tests/test_resume.py`).",
+              "- **A failure that goes away** (a corrupt file replaced, a disk freed): `--resume` tries the "
+              "image again; `errors.csv` keeps only what still fails (and is gone when nothing does).",
+              "- **Full disk.** An image whose mask or overlay cannot be written gets its row in `errors.csv`; "
+              "when `errors.csv` or `predictions.csv` themselves cannot be written, the run stops with one "
+              "line and exit 2, keeping the complete rows before it. Free space and `--resume`.",
+              "- **Output folder unusable** (a file, read-only, cannot be created): one line, exit 2, before any "
+              "image is read.",
+              "- **Concurrent runs.** `milzoo predict` holds an exclusive lock on `--out` (`OUT/.milzoo.lock`, "
+              "released when the process ends, killed or not); a second run into the same folder is refused "
+              "with one line naming the holder's PID, and touches nothing.",
+              "- **Power cut.** Not promised: masks, overlays and rows are not fsynced one by one (an fsync per "
+              "image costs more than writing it), so the last seconds of results may be missing or empty "
+              "after a power cut. Re-run with `--overwrite` if the machine lost power mid-run.",
+              "- **Hostile model folders.** `config.json` over 1 MB, with a class count that differs from the "
+              "model's outputs, an output stride that is not a positive power of two, or a variant file outside "
+              "the folder is refused at load in one line; every model file with a recorded sha256 is checked."]
     lines += ["", "Also tested elsewhere: tiled and whole-image results agree (`tests/test_inference.py`);",
               "a batch mixing good and bad files, interrupted with SIGINT or SIGKILL and resumed, ends with",
               "exactly the outputs of an uninterrupted run (`tests/test_resume.py`); random bytes and random",
@@ -197,10 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             results.append((case, run_case(case, Path(tmp))))
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = run_batch(Path(tmp))
     bad = [case.name for case, r in results if not outcome_matches(case, r)]
+    if batch["exit_code"] != 1 or batch["traceback"] or batch["predicted"] != batch["good"]:
+        bad.append("batch")
+    text = render(results, batch)
     with write_atomic(args.out, "w") as fh:
-        fh.write(render(results))
-    print(render(results))
+        fh.write(text)
+    print(text)
     if bad:
         print(f"unexpected outcome: {', '.join(bad)}", file=sys.stderr)
         return 1

@@ -118,3 +118,87 @@ def test_debug_prints_tracebacks(plate, tmp_path):
     proc = milzoo(plate / "a" / "f05.tif", "--out", tmp_path / "out", "--debug")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" in err and "not a readable TIFF" in err
+
+
+def test_resume_retries_images_that_failed_for_a_reason_that_went_away(plate, tmp_path):
+    """A corrupt file is replaced by a good one: --resume predicts it, errors.csv loses its row (and goes,
+    as in a run without failures), and the outputs equal an uninterrupted run's on the good files."""
+    good, mixed = tmp_path / "good", tmp_path / "mixed"
+    for folder in (good, mixed):
+        folder.mkdir()
+        for i in (0, 1, 2, 3):
+            (folder / f"f{i:02d}.tif").write_bytes((plate / "b" / f"f{i:02d}.tif").read_bytes())
+    (mixed / "f01.tif").write_bytes(b"II*\x00broken")
+    reference = tmp_path / "reference"
+    assert milzoo(good, "--out", reference).wait(timeout=300) == 0
+    out = tmp_path / "out"
+    first = milzoo(mixed, "--out", out)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 1 and (out / "errors.csv").read_text().count("\n") == 2
+    (mixed / "f01.tif").write_bytes((good / "f01.tif").read_bytes())  # the cause went away
+    resumed = milzoo(mixed, "--out", out, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    got, want = snapshot(out), snapshot(reference)
+    got = {k.replace(str(mixed), str(good)): v for k, v in got.items()}
+    got["predictions.csv"] = got["predictions.csv"].replace(str(mixed).encode(), str(good).encode())
+    assert sorted(got) == sorted(want) and "errors.csv" not in got
+    for name in want:
+        assert got[name] == want[name], name
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(plate, reference, tmp_path):
+    out = tmp_path / "out"
+    first = milzoo(plate / "a", plate / "b", "--out", out, "--workers", "2")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out / "predictions.csv").exists():
+        time.sleep(0.02)
+    second = milzoo(plate / "a", plate / "b", "--out", out, "--resume")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and f"is in use by another milzoo run (PID {first.pid})" in err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.strip()]) == 1
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 1, err
+    assert snapshot(out) == reference  # the first run's outputs are whole and as an uninterrupted run's
+    again = milzoo(plate / "a", "--out", out, "--resume")  # the lock went with the first run
+    assert again.wait(timeout=300) == 1
+
+
+@pytest.mark.parametrize("where", ["a file", "cannot be created"])
+def test_an_unusable_output_folder_is_one_line_and_exit_2(plate, tmp_path, where):
+    out = tmp_path / "taken"
+    if where == "a file":
+        out.write_text("not a folder")
+    else:
+        out = Path("/proc/self/milzoo-out")  # no one may create folders there, root included
+    proc = milzoo(plate / "a" / "f00.tif", "--out", out)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"milzoo: {out}") and ("not a folder" in lines[0] or "cannot create" in lines[0])
+
+
+def test_a_full_disk_at_the_first_error_stops_with_one_line_and_keeps_what_was_written(plate, tmp_path, monkeypatch):
+    """errors.csv cannot be written (ENOSPC): the run stops with exit 2 and one line; predictions.csv keeps
+    the rows of the images finished before."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from milcnn import results as results_module
+    from milcnn.cli import main
+
+    real_open = results_module.ResultsFolder._open
+
+    def full(self, name, header):
+        if name == results_module.ERRORS:
+            raise results_module.OutputFolderError(f"{self.out / name}: cannot write "
+                                                   f"({os.strerror(errno.ENOSPC)})")
+        return real_open(self, name, header)
+
+    monkeypatch.setattr(results_module.ResultsFolder, "_open", full)
+    files = [plate / "a" / "f00.tif", plate / "a" / "f05.tif", plate / "a" / "f06.tif"]  # f05 is broken
+    result = CliRunner().invoke(main, ["predict", *map(str, files), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 2 and "No space left on device" in result.output and "Traceback" not in result.output
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert rows[1].startswith(str(files[0])) and all(line.count(",") == rows[0].count(",") for line in rows)

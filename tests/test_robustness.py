@@ -15,3 +15,14 @@ def test_bad_input_matrix(case, tmp_path):
 def test_nan_pixels_warn(tmp_path):
     case = next(c for c in CASES if c.name == "NaN and Inf pixels")
     assert any("NaN or Inf" in w for w in run_case(case, tmp_path)["warnings"])
+
+
+def test_a_batch_with_every_bad_input_predicts_every_good_image(tmp_path):
+    """Good images mixed with one of each bad input of the matrix (for the default model): every good one is
+    predicted, each bad one gets one errors.csv row, no traceback, exit 1, and the run peaks below 1.5 GB."""
+    from benchmarks.robustness import run_batch
+
+    r = run_batch(tmp_path)
+    assert r["exit_code"] == 1 and not r["traceback"], r["stderr_tail"]
+    assert r["predicted"] == r["good"] and r["error_rows"] == r["bad"] and r["one_line_errors"]
+    assert r["peak_mb"] < 1536, f"peak {r['peak_mb']:.0f} MB"

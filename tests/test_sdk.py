@@ -230,3 +230,16 @@ def test_library_messages_go_to_the_milcnn_logger_and_are_silent_by_default(tmp_
     assert "cells look" not in quiet.stderr
     lines = [line for line in shown.stderr.splitlines() if "cells look" in line]
     assert len(lines) == 1 and lines[0].startswith("milcnn: ")
+
+
+def test_a_huge_config_is_refused_before_parsing(tmp_path):
+    """A config.json listing 3 million classes (about 40 MB) is refused from its size, in one line."""
+    import json
+
+    folder = _copy_zoo_model(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["classes"] = [f"class {i}" for i in range(3_000_000)]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelConfigError, match=r"bytes, over the 1,048,576 a model config may take") as err:
+        Classifier.from_dir(folder, device="cpu")
+    assert "\n" not in str(err.value)

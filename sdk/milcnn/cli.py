@@ -23,28 +23,39 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing)."""
+    """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing).
+
+    Entries of a folder or a glob with an image suffix that are not regular files (a folder named
+    ``x.tif``, a FIFO, a broken or looping link) are kept, so that each is reported as a failed image
+    instead of being skipped without a word."""
     found, missing = [], []
     for item in inputs:
         if any(ch in item for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            files = [p for p in matches if p.is_file()]
+            files = [p for p in matches if p.is_file() or _looks_like_image(p)]
             found += files
             if not files:
                 missing.append(item)
         elif Path(item).is_dir():
-            found += sorted(p for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif Path(item).exists():
+            found += sorted(p for p in Path(item).iterdir() if _looks_like_image(p))
+        elif Path(item).exists() or Path(item).is_symlink():
             found.append(Path(item))
         else:
             missing.append(item)
     seen, unique = set(), []
     for p in found:
-        key = p.resolve()
+        try:
+            key = p.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: keep it, reading it will say what it is
+            key = p.absolute()
         if key not in seen:
             seen.add(key)
             unique.append(p)
     return unique, missing
+
+
+def _looks_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _load(model: str, device: str, precision: str = "auto"):
@@ -123,12 +134,12 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
     import traceback
 
     from milcnn.pipeline import run_pipeline
-    from milcnn.results import ResultsFolder, ResultsFolderError, output_stems
+    from milcnn.results import OutputFolderError, ResultsFolder, ResultsFolderError, output_stems
 
     paths, missing = expand_inputs(inputs)
-    for item in missing:
-        click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
     if not paths:
+        for item in missing:
+            click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
         raise click.UsageError("no input images found")
     clf = _load(model_name, device, precision)
     try:
@@ -140,18 +151,15 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
         results = ResultsFolder(out_dir, header, resume=resume, overwrite=overwrite)
     except ResultsFolderError as exc:
         raise click.UsageError(str(exc)) from None
+    except OutputFolderError as exc:
+        _output_failed(exc)
     stems = output_stems(paths)
     done = results.done
     todo = [p for p in paths if str(p) not in done]
-    failed = sum(1 for row in results.done_errors if row[0] in {str(p) for p in paths})
-    predicted = len(paths) - len(todo) - failed
+    predicted, failed = len(paths) - len(todo), 0
     if resume and len(todo) < len(paths):
-        click.echo(f"milzoo: resuming: {len(paths) - len(todo)} of {len(paths)} images already done in {out_dir}",
-                   err=True)
-    for item in missing:
-        if item not in done:
-            results.add_error(item, "no such file, folder or matching files")
-            failed += 1
+        click.echo(f"milzoo: resuming: {len(paths) - len(todo)} of {len(paths)} images already predicted in "
+                   f"{out_dir}; {len(todo)} to do", err=True)
 
     def on_error(path, message, exc=None):
         nonlocal failed
@@ -163,26 +171,39 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
 
     interrupted = False
     try:
-        with results, click.progressbar(length=len(todo), label=f"{clf.name}", file=sys.stderr,
-                                        show_pos=True) as bar:
-            for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis, threshold=threshold,
-                                           tile_size=tile_size, workers=workers, streams=streams,
-                                           batch_size=batch_size, pixel_size=pixel_size,
-                                           cell_diameter=cell_diameter,
-                                           overlays=overlays, on_error=on_error, stems=stems):
-                if pred is not None:
-                    results.add_prediction([str(path), pred.label,
-                                            *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
-                    predicted += 1
-                bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
+        with results:
+            results.retry({str(p) for p in todo} | set(missing))  # errors.csv keeps only what still fails
+            for item in missing:
+                on_error(item, "no such file, folder or matching files")
+            with click.progressbar(length=len(todo), label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
+                try:
+                    for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis,
+                                                   threshold=threshold, tile_size=tile_size, workers=workers,
+                                                   streams=streams, batch_size=batch_size, pixel_size=pixel_size,
+                                                   cell_diameter=cell_diameter, overlays=overlays,
+                                                   on_error=on_error, stems=stems):
+                        if pred is not None:
+                            results.add_prediction([str(path), pred.label,
+                                                    *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
+                            predicted += 1
+                        bar.update(1)
+                except KeyboardInterrupt:
+                    interrupted = True
+            results.finish(list(missing) + [str(p) for p in paths])  # an uninterrupted run's row order
+    except OutputFolderError as exc:
+        _output_failed(exc)
     click.echo(f"{predicted} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
                f"{', '.join(clf.model.providers)}); results in {out_dir}", err=True)
     if interrupted:
         click.echo("milzoo: interrupted; the results so far are complete: continue with --resume", err=True)
         sys.exit(130)
     sys.exit(1 if failed else 0)
+
+
+def _output_failed(exc: BaseException):
+    """The output folder itself failed: one line, exit 2 (results written so far stay whole)."""
+    click.echo(f"milzoo: {_one_line(exc)}", err=True)
+    sys.exit(2)
 
 
 @main.command()

@@ -141,6 +141,10 @@ def _plain_file_name(name) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size > constants.MAX_CONFIG_BYTES:  # before parsing: a huge file would take the memory first
+            raise ModelConfigError(f"{path}: {size:,} bytes, over the {constants.MAX_CONFIG_BYTES:,} a model config "
+                                   "may take; not a milcnn config")
         d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelConfigError(f"{path}: not found") from None

@@ -17,12 +17,16 @@ FP16_MODEL_FILE = "model.fp16.onnx"  # float16 weights and activations, float32 
 DEFAULT_MODEL = "yeast-loc"
 DEFAULT_THRESHOLD = 0.5  # class-map probability for a pixel to join the mask
 LABEL_THRESHOLD = 0.5  # image probability for a multi-label model to call a class
+MAX_CONFIG_BYTES = 1 << 20  # a config.json larger than this is refused before parsing (released ones: ~10 KB)
 SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
 
 # Images with more pixels than this run in tiles (whole-image activations of a 2048 x 2048 image
 # already take about 1 GB); a tile is DEFAULT_TILE_SIZE square plus a receptive-field margin.
 TILE_THRESHOLD_PIXELS = int(os.environ.get("MILCNN_TILE_THRESHOLD_PIXELS", str(2048 * 2048)))
 DEFAULT_TILE_SIZE = 1024
+# The most values (pixels x channels x pages) an input may declare: checked from the file's header,
+# before any pixel is read. 2**27 is an 8192 x 8192 two-channel image (which peaks near 1.9 GB).
+MAX_IMAGE_VALUES = int(os.environ.get("MILCNN_MAX_IMAGE_VALUES", str(2**27)))
 SCALE_CHECKS = 8  # images per Classifier whose cell size is measured for the scale notice
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 

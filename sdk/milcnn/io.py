@@ -51,47 +51,123 @@ def _quiet_tifffile():
         _ReadingFilter.active.on = False
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, max_values: int | None = None) -> np.ndarray:
     """Read a TIFF, PNG or JPEG image into a numpy array, keeping its dtype and axes.
+
+    The size the file declares is checked against ``max_values`` (pixels x channels x pages) from its
+    header, before any pixel is read, so a small file that would decompress to gigabytes is refused
+    at once. TIFFs that tifffile cannot decode without an optional codec (LZW, JPEG, zstd) are read
+    through Pillow's libtiff.
 
     Args:
         path: the file.
+        max_values: the budget (default ``constants.MAX_IMAGE_VALUES``, env ``MILCNN_MAX_IMAGE_VALUES``).
 
     Returns:
         the pixel array as stored (H x W, C x H x W, H x W x C, ...).
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, or not a supported image.
+        ImageReadError: the file is missing, not a regular file, empty, over the budget, truncated, or not
+            a supported image.
     """
+    from milcnn import constants
+
     path = Path(path)
-    if not path.is_file():
+    budget = constants.MAX_IMAGE_VALUES if max_values is None else max_values
+    if not path.exists():
+        if path.is_symlink():
+            raise ImageReadError(path, "not a regular file (a symbolic link that leads nowhere: broken or looping)")
         raise ImageReadError(path, "file not found")
+    if not path.is_file():
+        raise ImageReadError(path, f"not a regular file ({_kind(path)})")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            with _quiet_tifffile():
-                array = tifffile.imread(path)
-        except Exception as exc:  # tifffile raises many types for corrupt files
-            raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
-        if array.size == 0 or array.ndim < 2:
-            raise ImageReadError(path, f"not a readable TIFF (no image data: shape {array.shape})")
-        return array
+        return _read_tiff(path, budget)
     if suffix in PIL_SUFFIXES:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageReadError(path, f"not a readable {suffix[1:].upper()} ({exc})") from None
+        return _read_pil(path, budget)
     raise ImageReadError(
         path, f"unsupported file type {suffix or '(no extension)'!r}; use {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}"
     )
+
+
+def _kind(path: Path) -> str:
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # a symlink loop, a dangling link
+        return f"cannot be opened: {exc.strerror or exc}"
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _over_budget(path: Path, shape, budget: int) -> None:
+    n = int(np.prod([int(v) for v in shape], dtype=np.float64))
+    if n > budget:
+        raise ImageReadError(path, f"declares {' x '.join(map(str, shape))} = {n:,} values, over the budget of "
+                                   f"{budget:,} (set MILCNN_MAX_IMAGE_VALUES to raise it, if the memory is there)")
+
+
+def _read_tiff(path: Path, budget: int) -> np.ndarray:
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else None
+            if series is None:
+                raise ImageReadError(path, "not a readable TIFF (no image data)")
+            _over_budget(path, series.shape, budget)  # from the header: no pixel read yet
+            try:
+                array = series.asarray()
+            except (ValueError, ImportError) as exc:
+                if "imagecodecs" not in str(exc) and not isinstance(exc, ImportError):
+                    raise
+                array = _read_tiff_with_pillow(path, exc)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    if array.size == 0 or array.ndim < 2:
+        raise ImageReadError(path, f"not a readable TIFF (no image data: shape {array.shape})")
+    return array
+
+
+def _read_tiff_with_pillow(path: Path, cause: Exception) -> np.ndarray:
+    """The pages of a TIFF whose compression tifffile cannot decode here, through Pillow's libtiff."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            frames = []
+            for i in range(getattr(im, "n_frames", 1)):
+                im.seek(i)
+                frames.append(np.asarray(im))
+    except Exception as exc:
+        raise ImageReadError(path, f"its compression needs a codec this install lacks ({cause}); Pillow could not "
+                                   f"read it either ({exc}); pip install imagecodecs") from None
+    return frames[0] if len(frames) == 1 else np.stack(frames)
+
+
+def _read_pil(path: Path, budget: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            _over_budget(path, (im.height, im.width, len(im.getbands())), budget)
+            im.load()
+            return np.asarray(im)
+    except Image.DecompressionBombError as exc:  # Pillow's own check, in open() for the largest
+        size = str(exc).split("(")[1].split(" ")[0] if "(" in str(exc) else "?"
+        raise ImageReadError(path, f"declares {size} pixels, over the budget of {budget:,} values") from None
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"not a readable {path.suffix[1:].upper()} ({exc})") from None
 
 
 @contextlib.contextmanager

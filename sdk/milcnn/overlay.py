@@ -137,8 +137,14 @@ def _legend(classes: tuple[str, ...], present: tuple[bool, ...], title: str) -> 
     head = Image.new("RGB", (_PANEL_WIDTH, 6 + _LINE * len(lines) + 6), (_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(head)
     for i, line in enumerate(lines):
-        draw.text((8, 6 + _LINE * i), line, fill=(255, 255, 255), font=_font())
+        draw.text((8, 6 + _LINE * i), _drawable(line), fill=(255, 255, 255), font=_font())
     return np.concatenate([np.asarray(head), _class_list(classes, present)])
+
+
+def _drawable(text: str) -> str:
+    """``text`` in what the bitmap font can draw (Latin-1): other characters as ``\\uXXXX`` escapes,
+    so a file or class name in any script still reads unambiguously."""
+    return text.encode("latin-1", "backslashreplace").decode("latin-1")
 
 
 @functools.lru_cache(maxsize=1)
@@ -156,7 +162,7 @@ def _class_list(classes: tuple[str, ...], present: tuple[bool, ...]) -> np.ndarr
         colour = tuple(int(v) for v in PALETTE[k % len(PALETTE)])
         y = 16 * k
         draw.rectangle((8, y + 2, 18, y + 12), fill=colour if present[k] else None, outline=colour)
-        draw.text((24, y), name, fill=(255, 255, 255) if present[k] else (130, 130, 130), font=_font())
+        draw.text((24, y), _drawable(name), fill=(255, 255, 255) if present[k] else (130, 130, 130), font=_font())
     out = np.asarray(panel)
     out.setflags(write=False)  # shared between calls
     return out

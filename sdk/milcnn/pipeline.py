@@ -21,8 +21,22 @@ from milcnn.io import write_tiff
 
 __all__ = ["run_pipeline", "default_streams", "FAILURES"]
 
-#: what a bad image may raise; anything else is a bug and propagates
-FAILURES = (MilcnnError, ValueError, OSError, MemoryError)
+#: what reading, preparing, predicting or writing one image may raise: each becomes that image's row in
+#: errors.csv (a bug in milcnn included: one image must not abort a batch); KeyboardInterrupt and
+#: SystemExit are not Exceptions and stop the run
+FAILURES = (Exception,)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an image's failure (its path is said beside it): milcnn's own errors as they are
+    worded, anything else with its type, e.g. ``DecompressionBombError: Image size ...``."""
+    if isinstance(exc, ImageReadError):
+        text = exc.reason
+    elif isinstance(exc, (MilcnnError, ValueError, OSError)):
+        text = str(exc).strip()
+    else:
+        text = f"{type(exc).__name__}: {exc}".strip()
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _yield_to_inference() -> None:
@@ -116,8 +130,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
     def fail(slot: _Slot) -> tuple[Path, None]:
         exc = slot.error
         if on_error is not None:
-            text = exc.reason if isinstance(exc, ImageReadError) else str(exc).strip()  # the path is said once
-            on_error(slot.path, (text.splitlines() or [type(exc).__name__])[0], exc)
+            on_error(slot.path, error_line(exc), exc)
         return slot.path, None
 
     background = {"initializer": _yield_to_inference}

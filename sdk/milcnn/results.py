@@ -16,7 +16,7 @@ from pathlib import Path
 
 from milcnn.errors import MilcnnError
 
-__all__ = ["ResultsFolder", "ResultsFolderError", "output_stems", "PREDICTIONS", "ERRORS"]
+__all__ = ["ResultsFolder", "ResultsFolderError", "OutputFolderError", "output_stems", "PREDICTIONS", "ERRORS"]
 
 PREDICTIONS = "predictions.csv"
 ERRORS = "errors.csv"
@@ -28,19 +28,30 @@ class ResultsFolderError(MilcnnError, FileExistsError):
     or what it holds cannot be resumed."""
 
 
+class OutputFolderError(MilcnnError, OSError):
+    """The output folder itself fails (not a folder, read-only, full, locked by another run): the
+    run stops, as no result could be kept."""
+
+
 def output_stems(paths: list[Path]) -> dict[Path, str]:
-    """The output file stem of each input: its own stem, or, where several inputs share a stem,
-    its path relative to their common folder with ``__`` for the separators (``plate1__A01``)."""
+    """The output file stem of each input, unique among ``paths``: its own stem; where several inputs
+    share a stem, its path relative to their common folder with ``__`` for the separators
+    (``plate1__A01``); where that still clashes (``a.tif`` and ``a.tiff`` in one folder), the file
+    name with its extension (``a.tif``, ``a.tiff``)."""
     counts = Counter(p.stem for p in paths)
-    clashing = [p.resolve() for p in paths if counts[p.stem] > 1]
+    clashing = [p.absolute() for p in paths if counts[p.stem] > 1]
     root = Path(*_common_parts([p.parent.parts for p in clashing])) if clashing else None
     stems = {}
     for p in paths:
         if counts[p.stem] == 1:
             stems[p] = p.stem
         else:
-            relative = p.resolve().relative_to(root) if root is not None else p
+            relative = p.absolute().relative_to(root) if root is not None else p
             stems[p] = "__".join((*relative.parent.parts, p.stem)) or p.stem
+    taken = Counter(stems.values())
+    for p in paths:
+        if taken[stems[p]] > 1:
+            stems[p] = stems[p][: len(stems[p]) - len(p.stem)] + p.name
     return stems
 
 
@@ -57,38 +68,58 @@ def _common_parts(parts: list[tuple[str, ...]]) -> tuple[str, ...]:
 class ResultsFolder:
     """``OUT/predictions.csv``, ``OUT/errors.csv``, ``OUT/masks/``, ``OUT/overlays/``.
 
+    The folder is locked for the object's life (``OUT/.milzoo.lock``, an exclusive ``flock`` the
+    kernel releases when the process ends, killed or not), so two runs never write into one folder.
+
     Args:
         out: the folder.
         header: the predictions.csv header (``image, label, p_<class>...``).
-        resume: keep what is there and report its images as done.
+        resume: keep the predictions there and report their images as done; images in ``errors.csv``
+            are tried again (``retry``).
         overwrite: delete milcnn's outputs in ``out`` first (other files are left alone).
 
     Raises:
         ResultsFolderError: results exist and neither flag was given; both flags; or a
             ``predictions.csv`` whose header is another model's.
+        OutputFolderError: ``out`` is not a folder, cannot be written, or another run holds it.
     """
 
     def __init__(self, out: Path, header: list[str], *, resume: bool = False, overwrite: bool = False):
         self.out = Path(out)
         self.header = header
+        self._predictions = self._errors = self._lock = None
         if resume and overwrite:
             raise ResultsFolderError(f"{self.out}: give --resume or --overwrite, not both")
-        existing = self.has_results()
-        if existing and not (resume or overwrite):
-            raise ResultsFolderError(f"{self.out} already holds results; pass --resume to finish them or "
-                                     "--overwrite to replace them")
-        if overwrite:
-            for name in (PREDICTIONS, ERRORS):
-                (self.out / name).unlink(missing_ok=True)
-            for name in _OUTPUT_DIRS:
-                shutil.rmtree(self.out / name, ignore_errors=True)
-        if resume:
-            self._remove_partial_files()
-        self.done_predictions = self._read(PREDICTIONS, header) if resume else []
-        self.done_errors = self._read(ERRORS, ["image", "error"]) if resume else []
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._predictions = self._open(PREDICTIONS, header)
-        self._errors = None
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputFolderError(f"{self.out}: not a folder")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputFolderError(f"{self.out}: cannot create the output folder ({exc.strerror or exc})") from None
+        self._lock = _lock_folder(self.out)
+        try:
+            existing = self.has_results()
+            if existing and not (resume or overwrite):
+                raise ResultsFolderError(f"{self.out} already holds results; pass --resume to finish them or "
+                                         "--overwrite to replace them")
+            if overwrite:
+                for name in (PREDICTIONS, ERRORS):
+                    (self.out / name).unlink(missing_ok=True)
+                for name in _OUTPUT_DIRS:
+                    shutil.rmtree(self.out / name, ignore_errors=True)
+            if resume:
+                self._remove_partial_files()
+            self.done_predictions = self._read(PREDICTIONS, header) if resume else []
+            self.done_errors = self._read(ERRORS, ["image", "error"]) if resume else []
+            self._predictions = self._open(PREDICTIONS, header)
+        except OSError as exc:
+            self.close()
+            if isinstance(exc, MilcnnError):
+                raise
+            raise OutputFolderError(f"{self.out}: cannot write results ({exc.strerror or exc})") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _remove_partial_files(self) -> None:
         """Delete the temporary files of a killed run (``.<name>.<random>.part``, see
@@ -105,8 +136,39 @@ class ResultsFolder:
 
     @property
     def done(self) -> set[str]:
-        """Images (as written in the ``image`` column) that already have a row."""
-        return {row[0] for row in self.done_predictions + self.done_errors}
+        """Images (as written in the ``image`` column) that already have a prediction."""
+        return {row[0] for row in self.done_predictions}
+
+    def retry(self, images: set[str]) -> None:
+        """Forget the errors of ``images`` (they are about to be tried again): ``errors.csv`` is
+        rewritten without their rows, so it ends up holding only what still fails."""
+        keep = [row for row in self.done_errors if row[0] not in images]
+        if len(keep) == len(self.done_errors):
+            return
+        if keep:
+            self._rewrite(ERRORS, ["image", "error"], keep)
+        else:  # as a run without failures leaves it: no errors.csv
+            if self._errors is not None:
+                self._errors.close()
+                self._errors = None
+            try:
+                (self.out / ERRORS).unlink(missing_ok=True)
+            except OSError as exc:
+                raise OutputFolderError(f"{self.out / ERRORS}: cannot remove ({exc.strerror or exc})") from None
+        self.done_errors = keep
+
+    def finish(self, order: list[str]) -> None:
+        """Put the rows of both files in ``order`` (the inputs, as an uninterrupted run writes them:
+        a resumed run appends retried images last). Rows of images not in ``order`` go last, as they were."""
+        rank = {image: i for i, image in enumerate(order)}
+        for name, header in ((PREDICTIONS, self.header), (ERRORS, ["image", "error"])):
+            path = self.out / name
+            if not path.exists():
+                continue
+            rows = self._read(name, header)
+            ordered = sorted(rows, key=lambda row: rank.get(row[0], len(rank)))
+            if ordered != rows:
+                self._rewrite(name, header, ordered)
 
     def add_prediction(self, row: list) -> None:
         self._append(self._predictions, row)
@@ -120,6 +182,15 @@ class ResultsFolder:
         for fh in (self._predictions, self._errors):
             if fh is not None:
                 fh.close()
+        self._predictions = self._errors = None
+        if self._lock is not None:
+            try:  # the holder's PID is only news while it holds the folder
+                self._lock.seek(0)
+                self._lock.truncate()
+            except OSError:
+                pass
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     def __enter__(self) -> "ResultsFolder":
         return self
@@ -129,18 +200,42 @@ class ResultsFolder:
 
     def _open(self, name: str, header: list[str]):
         path = self.out / name
-        fresh = not path.exists() or path.stat().st_size == 0
-        fh = open(path, "a", newline="", encoding="utf-8")
-        if fresh:
-            self._append(fh, header)
+        try:
+            fresh = not path.exists() or path.stat().st_size == 0
+            fh = open(path, "a", newline="", encoding="utf-8")
+            if fresh:
+                self._append(fh, header)
+        except OutputFolderError:
+            raise
+        except OSError as exc:
+            raise OutputFolderError(f"{path}: cannot write ({exc.strerror or exc})") from None
         return fh
+
+    def _rewrite(self, name: str, header: list[str], rows: list[list[str]]) -> None:
+        """Replace a file's rows atomically (an open append handle is reopened on the new file)."""
+        from milcnn.io import write_atomic
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+        try:
+            with write_atomic(self.out / name, "w", encoding="utf-8", newline="") as fh:
+                fh.write(buffer.getvalue())
+        except OSError as exc:
+            raise OutputFolderError(f"{self.out / name}: cannot write ({exc.strerror or exc})") from None
+        attr = {PREDICTIONS: "_predictions", ERRORS: "_errors"}[name]
+        if getattr(self, attr) is not None:
+            getattr(self, attr).close()
+            setattr(self, attr, self._open(name, header))
 
     @staticmethod
     def _append(fh, row: list) -> None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(row)
-        fh.write(buffer.getvalue())  # one write per row: a kill cannot split it
-        fh.flush()
+        try:
+            fh.write(buffer.getvalue())  # one write per row: a kill cannot split it
+            fh.flush()
+        except OSError as exc:
+            raise OutputFolderError(f"{fh.name}: cannot write ({exc.strerror or exc})") from None
 
     def _read(self, name: str, header: list[str]) -> list[list[str]]:
         """The complete rows of an existing file; a torn last line (no newline) is cut off."""
@@ -157,3 +252,40 @@ class ResultsFolder:
             raise ResultsFolderError(f"{path}: its columns {rows[0][:4]}... are not this model's {header[:4]}...; "
                                      "resume with the model that made it, or use --overwrite")
         return rows[1:]
+
+
+LOCK_FILE = ".milzoo.lock"
+
+
+def _lock_folder(out: Path):
+    """Hold an exclusive lock on ``out`` (``OUT/.milzoo.lock`` with the holder's PID); the open file is
+    returned and closing it (or the process ending) releases the lock. Where ``fcntl`` is missing
+    (Windows) no lock is taken."""
+    import os
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path = out / LOCK_FILE
+    try:
+        fh = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise OutputFolderError(f"{out}: cannot write in the output folder ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise OutputFolderError(f"{out} is in use by another milzoo run (PID {holder}); wait for it to end or "
+                                "choose another --out") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+    except OSError as exc:
+        fh.close()
+        raise OutputFolderError(f"{out}: cannot write in the output folder ({exc.strerror or exc})") from None
+    return fh
