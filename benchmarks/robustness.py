@@ -314,7 +314,7 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None) -> str:
              "itself failed (see *What is promised under faults*).", "",
              "| input | model | what happens | exit | message |", "|---|---|---|---|---|"]
     for case, r in results:
-        what = "predicted" if r["predicted"] else "refused"
+        what = "predicted" if r["predicted"] and not case.others_predicted else "refused"
         if case.note:
             what += f": {case.note}"
         message = r["message"].replace("|", "\\|")

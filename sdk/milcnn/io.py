@@ -162,8 +162,10 @@ def _read_pil(path: Path, budget: int) -> np.ndarray:
             im.load()
             return np.asarray(im)
     except Image.DecompressionBombError as exc:  # Pillow's own check, in open() for the largest
-        size = str(exc).split("(")[1].split(" ")[0] if "(" in str(exc) else "?"
-        raise ImageReadError(path, f"declares {size} pixels, over the budget of {budget:,} values") from None
+        size = str(exc).split("(")[1].split(" ")[0] if "(" in str(exc) else ""
+        size = f"{int(size):,}" if size.isdigit() else "too many"
+        raise ImageReadError(path, f"declares {size} pixels, over the budget of {budget:,} values (Pillow's "
+                                   "decompression-bomb check)") from None
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
