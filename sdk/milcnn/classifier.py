@@ -12,7 +12,8 @@ import numpy as np
 from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
-from milcnn.io import read_image
+from milcnn.io import open_image
+from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
 from milcnn.checksums import verify_sha256
@@ -258,7 +259,13 @@ class Classifier:
         source = None
         if isinstance(image, (str, Path)):
             source = str(image)
-            image = read_image(image)
+            image = open_image(image)
+        if isinstance(image, LazyTiff):  # too large to read whole: one page per channel, in file order
+            if image.shape[0] != len(self.channels):
+                raise ValueError(f"image of shape {image.shape} (read a tile at a time: one page per channel) has "
+                                 f"{image.shape[0]} channels but the model needs {len(self.channels)} "
+                                 f"({', '.join(self.channels)}, in that order)")
+            return image, source
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
         return chw, source
 
@@ -284,6 +291,12 @@ class Classifier:
         """
         zoom = self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
         chw, source = self.prepare(image, channel_axis=channel_axis)
+        if isinstance(chw, LazyTiff):
+            if zoom != 1.0:
+                raise ValueError(f"{chw.shape[1]} x {chw.shape[2]} px, read a tile at a time, cannot be resized by "
+                                 f"{zoom:.3g} to {self.name}'s scale; resize it first, or pass the model's own "
+                                 f"cell_diameter={self.info.cell_diameter:g} if it is at that scale")
+            return PreparedInput(chw=chw, x=None, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE)
         _, h, w = chw.shape
         resized = None
         if zoom != 1.0:  # normalise with the input's own statistics, then resize (NaN already 0)
@@ -429,7 +442,9 @@ class Classifier:
         ``normalized``: ``chw`` is already normalised (a rescaled image), so tiles go in as they are;
         otherwise each tile is normalised with the whole image's statistics."""
         pooling = self._pooling_model()
-        if not normalized:
+        if isinstance(chw, LazyTiff):  # whole-image statistics, a segment at a time
+            low, scale = chw.channel_ranges(self.info.normalization)
+        elif not normalized:
             low, scale = channel_ranges(chw, self.info.normalization)  # whole-image statistics
 
         def run(window: np.ndarray) -> np.ndarray:

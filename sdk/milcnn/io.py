@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.errors import ImageReadError
 
-__all__ = ["read_image", "write_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+__all__ = ["read_image", "open_image", "write_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
@@ -90,6 +90,43 @@ def read_image(path, *, max_values: int | None = None) -> np.ndarray:
     raise ImageReadError(
         path, f"unsupported file type {suffix or '(no extension)'!r}; use {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}"
     )
+
+
+def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | None = None):
+    """``read_image``, except that a TIFF over the budget is opened to be read a window at a time
+    (``milcnn.lazy.LazyTiff``) when its layout allows and each plane holds at most
+    ``max_lazy_pixels`` (default ``constants.MAX_LAZY_PIXELS``, env ``MILCNN_MAX_LAZY_PIXELS``).
+
+    Returns:
+        a numpy array, or a ``LazyTiff`` (C, H, W).
+
+    Raises:
+        ImageReadError: as ``read_image``; over the budget and not readable lazily (says why).
+    """
+    from milcnn import constants
+
+    budget = constants.MAX_IMAGE_VALUES if max_values is None else max_values
+    try:
+        return read_image(path, max_values=budget)
+    except ImageReadError as exc:
+        path = Path(path)
+        if "over the budget" not in exc.reason or path.suffix.lower() not in TIFF_SUFFIXES:
+            raise
+        from milcnn.lazy import LazyTiff, NotLazy
+
+        lazy_budget = constants.MAX_LAZY_PIXELS if max_lazy_pixels is None else max_lazy_pixels
+        try:
+            with _quiet_tifffile():
+                image = LazyTiff(path)
+        except NotLazy as why:
+            raise ImageReadError(path, f"{exc.reason}; it cannot be read a tile at a time either ({why})") from None
+        plane = image.shape[1] * image.shape[2]
+        if plane > lazy_budget:
+            image.close()
+            raise ImageReadError(path, f"{exc.reason}; read a tile at a time, its {image.shape[1]} x {image.shape[2]} "
+                                       f"px planes are over the {lazy_budget:,} px its outputs may take (set "
+                                       "MILCNN_MAX_LAZY_PIXELS to raise it)") from None
+        return image
 
 
 def _kind(path: Path) -> str:

@@ -177,9 +177,13 @@ def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str
     Images over ``OVERLAY_MAX_PIXELS`` are drawn at a reduced scale (every f-th pixel), so an
     overlay never costs more memory than the prediction itself.
     """
-    if mask.size > OVERLAY_MAX_PIXELS:
-        f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS)))
-        chw, mask, normalized = np.asarray(chw)[:, ::f, ::f], mask[::f, ::f], None
+    f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))) if mask.size > OVERLAY_MAX_PIXELS else 1
+    if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.lazy): read every f-th pixel only
+        chw, normalized = chw.strided(f), None
+    elif f > 1:
+        chw, normalized = np.asarray(chw)[:, ::f, ::f], None
+    if f > 1:
+        mask = mask[::f, ::f]
         title = f"{title}\n(shown at 1/{f} scale)"
     bands = _overlay_bands(chw, mask, classes, title=title, normalized=normalized)
     with write_atomic(path, "wb", durable=durable) as fh:

@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "NormalizationConfig",
     "percentiles",
+    "percentiles_from_counts",
     "to_chw",
     "normalize",
     "channel_ranges",
@@ -144,11 +145,20 @@ def percentiles(values, q) -> np.ndarray:
         if highest - lowest >= _HISTOGRAM_MAX_RANGE:
             return np.percentile(values, q)
         counts = np.bincount(flat.astype(np.int64) - lowest, minlength=highest - lowest + 1)
+    return percentiles_from_counts(counts, lowest, q)
+
+
+def percentiles_from_counts(counts: np.ndarray, lowest: int, q) -> np.ndarray:
+    """``np.percentile`` (linear interpolation) of integer values given as a histogram: ``counts[i]``
+    values equal ``lowest + i``. Used by ``percentiles`` and by images read a tile at a time
+    (``milcnn.lazy``), whose histograms add up segment by segment."""
+    q = np.asarray(q, dtype=np.float64)
     cumulative = np.cumsum(counts)
-    rank = q / 100.0 * (flat.size - 1)  # the (fractional) position in the sorted values
+    n = int(cumulative[-1])
+    rank = q / 100.0 * (n - 1)  # the (fractional) position in the sorted values
     below = np.floor(rank)
     frac = rank - below
-    order = np.stack([below, np.minimum(below + 1, flat.size - 1)]).astype(np.int64)
+    order = np.stack([below, np.minimum(below + 1, n - 1)]).astype(np.int64)
     v = np.searchsorted(cumulative, order, side="right").astype(np.float64) + lowest  # sorted[order]
     return v[0] + frac * (v[1] - v[0])
 
