@@ -196,9 +196,27 @@ def test_a_full_disk_at_the_first_error_stops_with_one_line_and_keeps_what_was_w
                                                    f"({os.strerror(errno.ENOSPC)})")
         return real_open(self, name, header)
 
-    monkeypatch.setattr(results_module.ResultsFolder, "_open", full)
     files = [plate / "a" / "f00.tif", plate / "a" / "f05.tif", plate / "a" / "f06.tif"]  # f05 is broken
+    reference = tmp_path / "reference"
+    assert CliRunner().invoke(main, ["predict", *map(str, files), "--out", str(reference)]).exit_code == 1
+    monkeypatch.setattr(results_module.ResultsFolder, "_open", full)
     result = CliRunner().invoke(main, ["predict", *map(str, files), "--out", str(tmp_path / "out"), "--workers", "1"])
     assert result.exit_code == 2 and "No space left on device" in result.output and "Traceback" not in result.output
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert rows[1].startswith(str(files[0])) and all(line.count(",") == rows[0].count(",") for line in rows)
+    monkeypatch.setattr(results_module.ResultsFolder, "_open", real_open)  # space freed
+    resumed = CliRunner().invoke(main, ["predict", *map(str, files), "--out", str(tmp_path / "out"), "--resume"])
+    assert resumed.exit_code == 1, resumed.output
+    assert snapshot(tmp_path / "out") == snapshot(reference)
+
+
+def test_files_that_differ_only_in_extension_get_their_own_outputs(plate, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.tif", "a.tiff"):
+        (folder / name).write_bytes((plate / "b" / "f00.tif").read_bytes())
+    proc = milzoo(folder, "--out", tmp_path / "out")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.tif.tif", "a.tiff.tif"]
+    assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["a.tif.png", "a.tiff.png"]
