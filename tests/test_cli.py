@@ -26,7 +26,7 @@ def test_predict_folder_writes_csv_masks_and_overlays(tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.tif", "b.tif"]
-    assert list(rows[0])[:3] == ["image", "label", "p_ER"] and len(rows[0]) == 13
+    assert list(rows[0])[:4] == ["image", "label", "max_probability", "p_ER"] and len(rows[0]) == 14
     mask = tifffile.imread(tmp_path / "out" / "masks" / "b.tif")
     assert mask.shape == (200, 300) and mask.dtype == np.uint8
     overlay = Image.open(tmp_path / "out" / "overlays" / "a.png")
@@ -63,3 +63,71 @@ def test_gfp_model_and_models_and_info():
     treatments = Classifier.from_hub("mcf7-moa").info.metrics
     assert moa.exit_code == 0
     assert f"treatments accuracy {treatments['treatment_accuracy']} on {treatments['n_treatments']} treatments" in moa.output
+
+
+def test_labels_below_the_threshold_are_unassigned_unless_argmax(tmp_path):
+    """No class reaches --threshold: label 'unassigned' (max_probability says how close), or the arg-max
+    with --argmax; the mask threshold is the same number."""
+    shutil.copy(SAMPLE, tmp_path / "a.tif")
+    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "out", "--threshold", "0.99")
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    top = max(float(v) for k, v in row.items() if k.startswith("p_"))
+    assert float(row["max_probability"]) == top < 0.99 and row["label"] == "unassigned"
+    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "argmax", "--threshold", "0.99", "--argmax")
+    row = next(csv.DictReader(open(tmp_path / "argmax" / "predictions.csv")))
+    assert row["label"] == Classifier.from_hub("yeast-loc").predict(SAMPLE).label
+
+
+def test_run_json_records_the_run_and_resume_refuses_other_settings(tmp_path):
+    import json
+
+    shutil.copy(SAMPLE, tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert run("predict", tmp_path / "a.tif", "--out", out).exit_code == 0
+    record = json.loads((out / "run.json").read_text())
+    clf = Classifier.from_hub("yeast-loc")
+    assert record["model"]["name"] == "yeast-loc" and record["model"]["version"] == clf.info.version
+    assert record["model"]["sha256"] == clf.info.file_sha256("model.onnx") and record["precision"] == "fp32"
+    assert record["threshold"] == 0.5 and record["finished"] and record["counts"]["predicted"] == 1
+    for args, says in ((["--threshold", "0.6"], "threshold 0.5, not 0.6"), (["--precision", "int8"],
+                       "precision fp32, not int8"), (["--model", "yeast-loc-gfp"], "model yeast-loc")):
+        result = run("predict", tmp_path / "a.tif", "--out", out, "--resume", *args)
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+    assert run("predict", tmp_path / "a.tif", "--out", out, "--resume").exit_code == 0
+
+
+def test_subfolders_are_walked_with_recursive_and_counted_without(tmp_path):
+    plate = tmp_path / "plate"
+    for well in ("A01", "A02"):
+        (plate / well).mkdir(parents=True)
+        shutil.copy(SAMPLE, plate / well / "f1.tif")
+    shutil.copy(SAMPLE, plate / "top.tif")
+    result = run("predict", plate, "--out", tmp_path / "flat")
+    assert result.exit_code == 0 and "2 images in subfolders were skipped; pass --recursive" in result.output
+    result = run("predict", plate, "--out", tmp_path / "all", "--recursive")
+    assert result.exit_code == 0 and "skipped" not in result.output
+    rows = list(csv.DictReader(open(tmp_path / "all" / "predictions.csv")))
+    assert len(rows) == 3
+    assert sorted(p.name for p in (tmp_path / "all" / "masks").iterdir()) == ["A01__f1.tif", "A02__f1.tif", "top.tif"]
+
+
+def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeypatch):
+    """Not on a terminal: a progress line every PROGRESS_SECONDS (0 here); a message repeated for many
+    files is shown three times, then counted in the summary."""
+    import subprocess
+    import sys
+
+    for i in range(5):
+        (tmp_path / f"bad{i}.tif").write_bytes(b"")
+    shutil.copy(SAMPLE, tmp_path / "good.tif")
+    code = ("import sys; import milcnn.batch as b; b.PROGRESS_SECONDS = 0.0; from milcnn.cli import main; "
+            "sys.argv = ['milzoo', 'predict', *sys.argv[1:]]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert sum("file is empty (0 bytes)" in line and "bad" in line for line in lines) == 3
+    assert "milzoo: 5 files: file is empty (0 bytes)" in lines
+    assert any(line.startswith("milzoo: yeast-loc: ") and " of 6 images, " in line and "left" in line
+               for line in lines), proc.stderr

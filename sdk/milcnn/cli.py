@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import sys
 from pathlib import Path
@@ -16,47 +15,7 @@ from pathlib import Path
 import click
 
 from milcnn import constants
-from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES
 from milcnn.logs import log_to_stderr
-
-IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
-
-
-def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing).
-
-    Entries of a folder or a glob with an image suffix that are not regular files (a folder named
-    ``x.tif``, a FIFO, a broken or looping link) are kept, so that each is reported as a failed image
-    instead of being skipped without a word."""
-    found, missing = [], []
-    for item in inputs:
-        if any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            files = [p for p in matches if p.is_file() or _looks_like_image(p)]
-            found += files
-            if not files:
-                missing.append(item)
-        elif Path(item).is_dir():
-            found += sorted(p for p in Path(item).iterdir() if _looks_like_image(p))
-        elif Path(item).exists() or Path(item).is_symlink():
-            found.append(Path(item))
-        else:
-            missing.append(item)
-    seen, unique = set(), []
-    for p in found:
-        try:
-            key = p.resolve()
-        except (OSError, RuntimeError):  # a symlink loop: keep it, reading it will say what it is
-            key = p.absolute()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique, missing
-
-
-def _looks_like_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
 
 def _load(model: str, device: str, precision: str = "auto"):
     from milcnn.classifier import Classifier
@@ -103,7 +62,9 @@ def main() -> None:
               help="auto: fp16 on a GPU where the model ships that variant, else fp32; int8: the quantised variant "
                    "(faster on CPUs with VNNI); see the model card")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=constants.DEFAULT_THRESHOLD, show_default=True,
-              help="class-map probability for a pixel to join the mask")
+              help="class-map probability for a pixel to join the mask, and the image probability a class needs "
+                   "to be the label (else 'unassigned')")
+@click.option("--argmax", is_flag=True, help="label every image with its most probable class, even below --threshold")
 @click.option("--tile-size", type=click.IntRange(4), default=None,
               help=f"run every image in overlapping tiles of this size (default: only images over "
                    f"{constants.TILE_THRESHOLD_PIXELS:,} pixels, in {constants.DEFAULT_TILE_SIZE} px tiles)")
@@ -118,86 +79,43 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="same-size images per network call (for GPUs)")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="write OUT/overlays/<stem>.png")
+@click.option("--recursive", "-r", is_flag=True, help="walk folders: images in subfolders too")
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
-def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, tile_size, pixel_size,
-            cell_diameter, workers, streams, batch_size, overlays, resume, overwrite, debug) -> None:
+def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
+            cell_diameter, workers, streams, batch_size, overlays, recursive, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
-    Writes OUT/predictions.csv (image, label, p_<class>...), OUT/masks/<stem>.tif (0 background,
-    k+1 class k) and OUT/overlays/<stem>.png; inputs sharing a file name in different folders get
-    <folder>__<stem>. Rows are added as images finish, so an interrupted run continues with
-    --resume. Exit code 0 when every image succeeded, 1 when some failed (listed in
-    OUT/errors.csv), 2 for usage errors, 130 when interrupted.
+    Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
+    class reaches --threshold), OUT/masks/<stem>.tif (0 background, k+1 class k), OUT/overlays/<stem>.png
+    and OUT/run.json (model, weights' sha256, settings, times, counts); inputs sharing a file name in
+    different folders get <folder>__<stem>. Rows are added as images finish, so an interrupted run
+    continues with --resume, which also retries the images in OUT/errors.csv. Exit code 0 when every
+    image succeeded, 1 when some failed (listed in OUT/errors.csv), 2 for usage errors or an unusable
+    output folder, 130 when interrupted.
     """
-    import traceback
+    from milcnn.batch import BatchOptions, run_batch
+    from milcnn.results import OutputFolderError, ResultsFolderError
 
-    from milcnn.pipeline import run_pipeline
-    from milcnn.results import OutputFolderError, ResultsFolder, ResultsFolderError, output_stems
-
-    paths, missing = expand_inputs(inputs)
-    if not paths:
-        for item in missing:
-            click.echo(f"milzoo: {item}: no such file, folder or matching files", err=True)
-        raise click.UsageError("no input images found")
     clf = _load(model_name, device, precision)
     try:
         clf.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
     except ValueError as exc:
         raise click.UsageError(_one_line(exc)) from None
-    header = ["image", "label", *[f"p_{c}" for c in clf.classes]]
+    opts = BatchOptions(channel_axis=channel_axis, threshold=threshold, argmax=argmax, tile_size=tile_size,
+                        pixel_size=pixel_size, cell_diameter=cell_diameter, workers=workers, streams=streams,
+                        batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
+                        recursive=recursive, command=["milzoo", *sys.argv[1:]])
     try:
-        results = ResultsFolder(out_dir, header, resume=resume, overwrite=overwrite)
+        code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True))
     except ResultsFolderError as exc:
         raise click.UsageError(str(exc)) from None
     except OutputFolderError as exc:
         _output_failed(exc)
-    stems = output_stems(paths)
-    done = results.done
-    todo = [p for p in paths if str(p) not in done]
-    predicted, failed = len(paths) - len(todo), 0
-    if resume and len(todo) < len(paths):
-        click.echo(f"milzoo: resuming: {len(paths) - len(todo)} of {len(paths)} images already predicted in "
-                   f"{out_dir}; {len(todo)} to do", err=True)
-
-    def on_error(path, message, exc=None):
-        nonlocal failed
-        failed += 1
-        results.add_error(str(path), message)
-        click.echo(f"\nmilzoo: {path}: {message}", err=True)
-        if debug and exc is not None:
-            traceback.print_exception(exc, file=sys.stderr)
-
-    interrupted = False
-    try:
-        with results:
-            results.retry({str(p) for p in todo} | set(missing))  # errors.csv keeps only what still fails
-            for item in missing:
-                on_error(item, "no such file, folder or matching files")
-            with click.progressbar(length=len(todo), label=f"{clf.name}", file=sys.stderr, show_pos=True) as bar:
-                try:
-                    for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=channel_axis,
-                                                   threshold=threshold, tile_size=tile_size, workers=workers,
-                                                   streams=streams, batch_size=batch_size, pixel_size=pixel_size,
-                                                   cell_diameter=cell_diameter, overlays=overlays,
-                                                   on_error=on_error, stems=stems):
-                        if pred is not None:
-                            results.add_prediction([str(path), pred.label,
-                                                    *[f"{pred.probabilities[c]:.6f}" for c in clf.classes]])
-                            predicted += 1
-                        bar.update(1)
-                except KeyboardInterrupt:
-                    interrupted = True
-            results.finish(list(missing) + [str(p) for p in paths])  # an uninterrupted run's row order
-    except OutputFolderError as exc:
-        _output_failed(exc)
-    click.echo(f"{predicted} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
-               f"{', '.join(clf.model.providers)}); results in {out_dir}", err=True)
-    if interrupted:
-        click.echo("milzoo: interrupted; the results so far are complete: continue with --resume", err=True)
-        sys.exit(130)
-    sys.exit(1 if failed else 0)
+    except ValueError as exc:  # nothing to do
+        raise click.UsageError(_one_line(exc)) from None
+    sys.exit(code)
 
 
 def _output_failed(exc: BaseException):

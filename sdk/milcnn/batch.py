@@ -1,0 +1,322 @@
+"""The ``milzoo predict`` job: inputs to an output folder of results, with provenance, progress and
+resumption. ``milcnn.cli`` parses the flags; ``milcnn.pipeline`` runs the images; this module decides
+what to run, what each row says, and what the folder records.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from milcnn import constants
+from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
+from milcnn.results import OutputFolderError, ResultsFolder, output_stems
+
+__all__ = ["BatchOptions", "run_batch", "expand_inputs", "prediction_row", "UNASSIGNED", "RUN_FILE",
+           "ProvenanceError"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
+UNASSIGNED = "unassigned"  # the label of an image where no class reaches the threshold
+RUN_FILE = "run.json"
+PROGRESS_SECONDS = 30.0  # a progress line this often when stderr is not a terminal
+REPEATS_SHOWN = 3  # a message repeated for many files is shown this many times, then counted
+
+
+class ProvenanceError(OutputFolderError):
+    """``--resume`` into a folder made with another model, precision or threshold."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """What ``milzoo predict`` was asked to do, besides the model and the inputs."""
+
+    channel_axis: int | None = None
+    threshold: float = constants.DEFAULT_THRESHOLD
+    argmax: bool = False
+    tile_size: int | None = None
+    pixel_size: float | None = None
+    cell_diameter: float | None = None
+    workers: int = constants.DEFAULT_WORKERS
+    streams: int | None = None
+    batch_size: int = 1
+    overlays: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    debug: bool = False
+    recursive: bool = False
+    command: list[str] = field(default_factory=list)
+
+
+def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[str], int]:
+    """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing,
+    images in subfolders that were skipped because ``recursive`` is off).
+
+    Entries with an image suffix that are not regular files (a folder named ``x.tif``, a FIFO, a broken
+    or looping link) are kept, so that each is reported as a failed image instead of being skipped
+    without a word."""
+    found, missing, skipped = [], [], 0
+    for item in inputs:
+        item = str(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            files = [p for p in matches if p.is_file() or _looks_like_image(p)]
+            found += files
+            if not files:
+                missing.append(item)
+        elif Path(item).is_dir():
+            top = Path(item)
+            if recursive:
+                found += sorted((p for p in top.rglob("*") if _looks_like_image(p)), key=lambda p: p.parts)
+            else:
+                found += sorted(p for p in top.iterdir() if _looks_like_image(p))
+                skipped += sum(1 for p in top.rglob("*") if p.parent != top and _looks_like_image(p)
+                               and p.is_file())
+        elif Path(item).exists() or Path(item).is_symlink():
+            found.append(Path(item))
+        else:
+            missing.append(item)
+    seen, unique = set(), []
+    for p in found:
+        try:
+            key = p.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: keep it, reading it will say what it is
+            key = p.absolute()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique, missing, skipped
+
+
+def _looks_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False) -> list:
+    """A ``predictions.csv`` row: image, label, max_probability, p_<class>... The label is
+    ``unassigned`` when no class reaches ``threshold`` (multi-label models: no class at all), unless
+    ``argmax`` keeps a single-label model's most probable class."""
+    probs = [pred.probabilities[c] for c in classes]
+    top = max(probs)
+    label = pred.label
+    if not label or (top < threshold and not argmax):
+        label = UNASSIGNED
+    return [image, label, f"{top:.6f}", *[f"{p:.6f}" for p in probs]]
+
+
+def header(classes) -> list[str]:
+    return ["image", "label", "max_probability", *[f"p_{c}" for c in classes]]
+
+
+# ---------------------------------------------------------------------------------------- provenance
+
+def provenance(clf, opts: BatchOptions) -> dict:
+    """What ``run.json`` records of the model and the settings that decide the results."""
+    from milcnn import __version__
+
+    model_file = clf.model.path
+    return {"model": {"name": clf.name, "version": clf.info.version, "file": model_file.name,
+                      "sha256": clf.info.file_sha256(model_file.name) or _sha256(model_file),
+                      "origin": str(getattr(clf.origin, "repo_id", None) or clf.folder)},
+            "precision": clf.precision, "threshold": opts.threshold, "argmax": opts.argmax,
+            "sdk_version": __version__}
+
+
+def _sha256(path: Path) -> str:
+    from milcnn.checksums import sha256_of
+
+    return sha256_of(path)
+
+
+def check_provenance(out: Path, mine: dict) -> dict | None:
+    """The previous ``run.json`` of ``out``, after checking it was made as this run will be.
+
+    Raises:
+        ProvenanceError: another model (weights), precision or threshold, in one line.
+    """
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProvenanceError(f"{path}: unreadable ({exc}); use --overwrite") from None
+    then, now = before.get("model", {}), mine["model"]
+    differ = []
+    if then.get("sha256") != now["sha256"]:
+        differ.append(f"model {then.get('name')} {then.get('version')} (sha256 {str(then.get('sha256'))[:12]}), not "
+                      f"{now['name']} {now['version']} ({now['sha256'][:12]})")
+    for key in ("precision", "threshold", "argmax"):
+        if before.get(key) != mine[key]:
+            differ.append(f"{key} {before.get(key)}, not {mine[key]}")
+    if differ:
+        raise ProvenanceError(f"{out} was made with {'; '.join(differ)}: resume with the same settings, or use "
+                              "--overwrite")
+    return before
+
+
+def write_run(out: Path, record: dict) -> None:
+    try:
+        with write_atomic(out / RUN_FILE, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise OutputFolderError(f"{out / RUN_FILE}: cannot write ({exc.strerror or exc})") from None
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+class Messages:
+    """Per-file messages on stderr: each distinct message (the file name aside) is shown for its first
+    ``REPEATS_SHOWN`` files, then only counted; ``summary`` lists the counts."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+        self.counts: dict[str, int] = {}
+
+    def file(self, path, message: str) -> None:
+        n = self.counts[message] = self.counts.get(message, 0) + 1
+        if n <= REPEATS_SHOWN:
+            self.echo(f"milzoo: {path}: {message}")
+        if n == REPEATS_SHOWN:
+            self.echo(f"milzoo: (further files with this message are counted, not shown: {message})")
+
+    def summary(self) -> list[str]:
+        return [f"milzoo: {n} files: {message}" for message, n in self.counts.items() if n > REPEATS_SHOWN]
+
+
+class Progress:
+    """On a terminal, click's bar; elsewhere (a batch or cluster log), one line every
+    ``PROGRESS_SECONDS``: images done of total, rate, and time left."""
+
+    def __init__(self, total: int, label: str, *, stream=None, every: float | None = None):
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.every = PROGRESS_SECONDS if every is None else every
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            import click
+
+            self.bar = click.progressbar(length=total, label=label, file=self.stream, show_pos=True)
+            self.bar.__enter__()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            self.stream.write(f"milzoo: {self.label}: {self.done} of {self.total} images, {rate:.2f} images/s, "
+                              f"about {_duration(left)} left\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "an unknown time"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------- the job
+
+def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[[str], None]) -> int:
+    """Predict ``inputs`` into ``out_dir``; returns the exit code (0 all predicted, 1 some failed,
+    130 interrupted).
+
+    Raises:
+        ResultsFolderError, OutputFolderError: the folder cannot take these results (exit 2).
+        ValueError: no input images.
+    """
+    from milcnn.pipeline import run_pipeline
+
+    paths, missing, skipped = expand_inputs(inputs, recursive=opts.recursive)
+    if skipped:
+        echo(f"milzoo: {skipped} images in subfolders were skipped; pass --recursive to include them")
+    if not paths:
+        for item in missing:
+            echo(f"milzoo: {item}: no such file, folder or matching files")
+        raise ValueError("no input images found")
+    mine = provenance(clf, opts)
+    results = ResultsFolder(out_dir, header(clf.classes), resume=opts.resume, overwrite=opts.overwrite)
+    with results:
+        before = check_provenance(out_dir, mine) if opts.resume else None
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record = {**mine, "command": opts.command, "started": started,
+                  "first_started": (before or {}).get("first_started", started), "finished": None,
+                  "counts": None}
+        write_run(out_dir, record)
+        stems = output_stems(paths)
+        done = results.done
+        todo = [p for p in paths if str(p) not in done]
+        predicted, failed = len(paths) - len(todo), 0
+        if opts.resume and len(todo) < len(paths):
+            echo(f"milzoo: resuming: {len(paths) - len(todo)} of {len(paths)} images already predicted in "
+                 f"{out_dir}; {len(todo)} to do")
+        messages = Messages(echo)
+
+        def on_error(path, message, exc=None):
+            nonlocal failed
+            failed += 1
+            results.add_error(str(path), message)
+            messages.file(path, message)
+            if opts.debug and exc is not None:
+                traceback.print_exception(exc, file=sys.stderr)
+
+        interrupted = False
+        results.retry({str(p) for p in todo} | set(missing))  # errors.csv keeps only what still fails
+        for item in missing:
+            on_error(item, "no such file, folder or matching files")
+        progress = Progress(len(todo), clf.name)
+        try:
+            for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis,
+                                           threshold=opts.threshold, tile_size=opts.tile_size, workers=opts.workers,
+                                           streams=opts.streams, batch_size=opts.batch_size,
+                                           pixel_size=opts.pixel_size, cell_diameter=opts.cell_diameter,
+                                           overlays=opts.overlays, on_error=on_error, stems=stems):
+                if pred is not None:
+                    results.add_prediction(prediction_row(str(path), pred, clf.classes, threshold=opts.threshold,
+                                                          argmax=opts.argmax))
+                    predicted += 1
+                progress.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.close()
+        results.finish(list(missing) + [str(p) for p in paths])  # an uninterrupted run's row order
+        for line in messages.summary():
+            echo(line)
+        record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      counts={"inputs": len(paths) + len(missing), "predicted": predicted,
+                              "failed": failed, "skipped_in_subfolders": skipped})
+        write_run(out_dir, record)
+    echo(f"{predicted} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
+         f"{', '.join(clf.model.providers)}); results in {out_dir}")
+    if interrupted:
+        echo("milzoo: interrupted; the results so far are complete: continue with --resume")
+        return 130
+    return 1 if failed else 0
+
+
+def options_dict(opts: BatchOptions) -> dict:
+    return asdict(opts)
