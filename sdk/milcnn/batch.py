@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -54,17 +55,22 @@ class BatchOptions:
     overwrite: bool = False
     debug: bool = False
     recursive: bool = False
+    channels: tuple[str, ...] = ()  # --channel NAME=GLOB (or NAME=<n> with a layout)
+    layout: str | None = None
+    well_pattern: str | None = None
+    plate_map: Path | None = None
     command: list[str] = field(default_factory=list)
 
 
-def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[str], int]:
+def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[str], int, dict[Path, Path]]:
     """Files, folders (their images, sorted) and globs -> (image paths, inputs that matched nothing,
-    images in subfolders that were skipped because ``recursive`` is off).
+    images in subfolders that were skipped because ``recursive`` is off, the input folder of each image
+    found in one).
 
     Entries with an image suffix that are not regular files (a folder named ``x.tif``, a FIFO, a broken
     or looping link) are kept, so that each is reported as a failed image instead of being skipped
     without a word."""
-    found, missing, skipped = [], [], 0
+    found, missing, skipped, roots = [], [], 0, {}
     for item in inputs:
         item = str(item)
         if any(ch in item for ch in "*?["):
@@ -76,11 +82,13 @@ def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[
         elif Path(item).is_dir():
             top = Path(item)
             if recursive:
-                found += sorted((p for p in top.rglob("*") if _looks_like_image(p)), key=lambda p: p.parts)
+                inside = sorted((p for p in top.rglob("*") if _looks_like_image(p)), key=lambda p: p.parts)
             else:
-                found += sorted(p for p in top.iterdir() if _looks_like_image(p))
+                inside = sorted(p for p in top.iterdir() if _looks_like_image(p))
                 skipped += sum(1 for p in top.rglob("*") if p.parent != top and _looks_like_image(p)
                                and p.is_file())
+            found += inside
+            roots.update((p, top) for p in inside)
         elif Path(item).exists() or Path(item).is_symlink():
             found.append(Path(item))
         else:
@@ -94,27 +102,34 @@ def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[
         if key not in seen:
             seen.add(key)
             unique.append(p)
-    return unique, missing, skipped
+    return unique, missing, skipped, roots
 
 
 def _looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False) -> list:
-    """A ``predictions.csv`` row: image, label, max_probability, p_<class>... The label is
+def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False,
+                   location=None) -> list:
+    """A ``predictions.csv`` row (``header``): image, plate, well, field, label, max_probability,
+    p_<class>..., area_<class>... (the fraction of the image each class's mask covers). The label is
     ``unassigned`` when no class reaches ``threshold`` (multi-label models: no class at all), unless
     ``argmax`` keeps a single-label model's most probable class."""
+    import numpy as np
+
     probs = [pred.probabilities[c] for c in classes]
     top = max(probs)
     label = pred.label
     if not label or (top < threshold and not argmax):
         label = UNASSIGNED
-    return [image, label, f"{top:.6f}", *[f"{p:.6f}" for p in probs]]
+    counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
+    where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
+    return [image, *where, label, f"{top:.6f}", *[f"{p:.6f}" for p in probs], *[f"{a:.6f}" for a in counts]]
 
 
 def header(classes) -> list[str]:
-    return ["image", "label", "max_probability", *[f"p_{c}" for c in classes]]
+    return ["image", "plate", "well", "field", "label", "max_probability", *[f"p_{c}" for c in classes],
+            *[f"area_{c}" for c in classes]]
 
 
 # ---------------------------------------------------------------------------------------- provenance
@@ -249,11 +264,32 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         ValueError: no input images.
     """
     from milcnn.pipeline import run_pipeline
+    from milcnn.plates import locate, read_plate_map
 
-    paths, missing, skipped = expand_inputs(inputs, recursive=opts.recursive)
+    paths, missing, skipped, roots = expand_inputs(inputs, recursive=opts.recursive)
+    try:
+        pattern = re.compile(opts.well_pattern) if opts.well_pattern else None
+    except re.error as exc:
+        raise ValueError(f"--well-pattern {opts.well_pattern!r} is not a regular expression ({exc})") from None
+    if pattern is not None and not ({"well"} <= set(pattern.groupindex) or {"row", "col"} <= set(pattern.groupindex)):
+        raise ValueError(f"--well-pattern {opts.well_pattern!r} needs a named group 'well', or 'row' and 'col'")
+    plate_map = read_plate_map(opts.plate_map) if opts.plate_map else None
+    problems: list[tuple[str, str]] = []
+    if opts.channels or opts.layout:
+        from milcnn.fields import channel_rules, group_channels
+
+        rule, mapping = channel_rules(clf.channels, tuple(opts.channels), opts.layout)
+        files = paths
+        paths, problems, unmatched = group_channels(files, clf.channels, rule, mapping)
+        roots = {f: roots[f.files[0]] for f in paths if f.files[0] in roots}
+        echo(f"milzoo: {len(files)} files grouped into {len(paths) + len(problems)} fields of "
+             f"{len(clf.channels)} channels ({', '.join(clf.channels)})"
+             + (f"; {unmatched} files match no channel and are ignored" if unmatched else ""))
+        if not paths and not problems:
+            raise ValueError("no file matches the channel patterns (--channel / --layout)")
     if skipped:
         echo(f"milzoo: {skipped} images in subfolders were skipped; pass --recursive to include them")
-    if not paths:
+    if not paths and not problems:
         for item in missing:
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
@@ -284,9 +320,11 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                 traceback.print_exception(exc, file=sys.stderr)
 
         interrupted = False
-        results.retry({str(p) for p in todo} | set(missing))  # errors.csv keeps only what still fails
+        results.retry({str(p) for p in todo} | set(missing) | {name for name, _ in problems})
         for item in missing:
             on_error(item, "no such file, folder or matching files")
+        for name, problem in problems:
+            on_error(name, problem)
         progress = Progress(len(todo), clf.name)
         try:
             for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis,
@@ -296,16 +334,21 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                                            overlays=opts.overlays, on_error=on_error, stems=stems):
                 if pred is not None:
                     results.add_prediction(prediction_row(str(path), pred, clf.classes, threshold=opts.threshold,
-                                                          argmax=opts.argmax))
+                                                          argmax=opts.argmax,
+                                                          location=locate(path, root=roots.get(path),
+                                                                          pattern=pattern)))
                     predicted += 1
                 progress.update(1)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             progress.close()
-        results.finish(list(missing) + [str(p) for p in paths])  # an uninterrupted run's row order
+        results.finish(list(missing) + [name for name, _ in problems] + [str(p) for p in paths])
         for line in messages.summary():
             echo(line)
+        if not interrupted:
+            for line in _plate_outputs(out_dir, clf.classes, opts, plate_map):
+                echo(line)
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       counts={"inputs": len(paths) + len(missing), "predicted": predicted,
                               "failed": failed, "skipped_in_subfolders": skipped})
@@ -316,6 +359,32 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         echo("milzoo: interrupted; the results so far are complete: continue with --resume")
         return 130
     return 1 if failed else 0
+
+
+def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plate_map) -> list[str]:
+    """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from the finished
+    ``predictions.csv``, when its images have wells; the lines to tell the user."""
+    import csv
+
+    from milcnn.plates import well_table, write_plate_png, write_treatments, write_wells
+    from milcnn.results import PREDICTIONS
+
+    with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    table = well_table(rows, classes, threshold=opts.threshold, unassigned=UNASSIGNED)
+    if not table:
+        return []
+    try:
+        write_wells(out / "wells.csv", table, classes)
+        plates = write_plate_png(out / "plate.png", table, classes)
+        lines = [f"milzoo: {len(table)} wells of {len(plates)} plate(s): {out / 'wells.csv'}, {out / 'plate.png'}"]
+        if plate_map is not None:
+            n = write_treatments(out / "treatments.csv", table, plate_map, classes, threshold=opts.threshold,
+                                 unassigned=UNASSIGNED)
+            lines.append(f"milzoo: {n} treatments: {out / 'treatments.csv'}")
+    except OSError as exc:
+        raise OutputFolderError(f"{out}: cannot write the plate results ({exc.strerror or exc})") from None
+    return lines
 
 
 def options_dict(opts: BatchOptions) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
+from milcnn.fields import ChannelFiles
 from milcnn.io import open_image
 from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
@@ -257,6 +258,8 @@ class Classifier:
     def prepare(self, image, *, channel_axis: int | None = None) -> tuple[np.ndarray, str | None]:
         """Read (if a path) and reorder an image to (C, H, W); returns it and its source name."""
         source = None
+        if isinstance(image, ChannelFiles):  # one file per channel, in the model's order
+            return self._stack_channel_files(image), str(image)
         if isinstance(image, (str, Path)):
             source = str(image)
             image = open_image(image)
@@ -268,6 +271,22 @@ class Classifier:
             return image, source
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
         return chw, source
+
+    def _stack_channel_files(self, field: ChannelFiles) -> np.ndarray:
+        planes = []
+        for channel, path in zip(self.channels, field.files):
+            plane = open_image(path)
+            if isinstance(plane, LazyTiff) or np.squeeze(np.asarray(plane)).ndim != 2:
+                shape = plane.shape
+                raise ValueError(f"{path}: the {channel} file of {field.id.name} holds an image of shape {shape}; "
+                                 "one plane per channel file is expected")
+            planes.append(np.squeeze(np.asarray(plane)))
+        shapes = {p.shape for p in planes}
+        if len(shapes) > 1:
+            raise ValueError(f"{field.id}: its channel files differ in size "
+                             f"({', '.join(f'{c} {p.shape}' for c, p in zip(self.channels, planes))})")
+        dtype = np.result_type(*planes)
+        return np.stack([p.astype(dtype, copy=False) for p in planes])
 
     def zoom_for(self, *, pixel_size: float | None = None, cell_diameter: float | None = None) -> float:
         """The factor an image is resized by to match this model's scale; when neither is given, the model's

@@ -80,16 +80,29 @@ def main() -> None:
               help="same-size images per network call (for GPUs)")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="write OUT/overlays/<stem>.png")
 @click.option("--recursive", "-r", is_flag=True, help="walk folders: images in subfolders too")
+@click.option("--channel", "channels", multiple=True, metavar="NAME=GLOB",
+              help="one file per channel: files whose names match GLOB (one *) are channel NAME of the field the * "
+                   "names, e.g. --channel gfp='*_w1.tif' --channel rfp='*_w2.tif'; with --layout, NAME=<number>")
+@click.option("--layout", type=click.Choice(["imagexpress", "operetta"]), default=None,
+              help="one file per channel, named as this microscope does (_w<n> / -ch<n>); channels in order, or as "
+                   "--channel NAME=<n> maps them")
+@click.option("--well-pattern", default=None, metavar="REGEX",
+              help="where plate, well and field are in the path below the input folder: named groups well (or "
+                   "row and col), field, plate (default: ImageXpress, Operetta/Opera and BBBC021 names, well folders)")
+@click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="CSV of well,compound,concentration[,moa][,plate]: also write OUT/treatments.csv")
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
-            cell_diameter, workers, streams, batch_size, overlays, recursive, resume, overwrite, debug) -> None:
+            cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
+            plate_map, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders or globs.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
     class reaches --threshold), OUT/masks/<stem>.tif (0 background, k+1 class k), OUT/overlays/<stem>.png
-    and OUT/run.json (model, weights' sha256, settings, times, counts); inputs sharing a file name in
+    and OUT/run.json (model, weights' sha256, settings, times, counts); where images have wells,
+    OUT/wells.csv and OUT/plate.png (and OUT/treatments.csv with --plate-map); inputs sharing a file name in
     different folders get <folder>__<stem>. Rows are added as images finish, so an interrupted run
     continues with --resume, which also retries the images in OUT/errors.csv. Exit code 0 when every
     image succeeded, 1 when some failed (listed in OUT/errors.csv), 2 for usage errors or an unusable
@@ -106,7 +119,9 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
     opts = BatchOptions(channel_axis=channel_axis, threshold=threshold, argmax=argmax, tile_size=tile_size,
                         pixel_size=pixel_size, cell_diameter=cell_diameter, workers=workers, streams=streams,
                         batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
-                        recursive=recursive, command=["milzoo", *sys.argv[1:]])
+                        recursive=recursive, channels=tuple(channels), layout=layout, well_pattern=well_pattern,
+                        plate_map=plate_map,
+                        command=["milzoo", *sys.argv[1:]])
     try:
         code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True))
     except ResultsFolderError as exc:

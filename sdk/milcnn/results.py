@@ -103,7 +103,7 @@ class ResultsFolder:
                 raise ResultsFolderError(f"{self.out} already holds results; pass --resume to finish them or "
                                          "--overwrite to replace them")
             if overwrite:
-                for name in (PREDICTIONS, ERRORS, "run.json"):
+                for name in (PREDICTIONS, ERRORS, "run.json", "wells.csv", "plate.png", "treatments.csv"):
                     (self.out / name).unlink(missing_ok=True)
                 for name in _OUTPUT_DIRS:
                     shutil.rmtree(self.out / name, ignore_errors=True)

@@ -1,0 +1,293 @@
+"""Plates: where each image sits (plate, well, field), and the per-well, per-plate and per-treatment
+results built from ``predictions.csv`` at the end of a run (``wells.csv``, ``plate.png``,
+``treatments.csv``).
+
+Locations come from the file name (ImageXpress ``..._B03_s1_w1.tif``, Operetta/Opera
+``r02c03f01p01-ch1...``, BBBC021 ``..._B02_s1_...``), from a well subfolder (``plate/B03/f1.tif``),
+or from ``--well-pattern`` (a regular expression with named groups ``well`` or ``row`` and ``col``,
+and optionally ``field`` and ``plate``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from milcnn.io import write_atomic
+
+__all__ = ["Location", "locate", "well_table", "write_wells", "write_plate_png", "write_treatments",
+           "WELL_PATTERNS", "PlateMapError"]
+
+#: built-in file-name patterns, tried in order
+WELL_PATTERNS = {
+    "operetta": re.compile(r"r(?P<row>\d{1,2})c(?P<col>\d{1,2})f(?P<field>\d{1,3})", re.IGNORECASE),
+    "imagexpress": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})_s(?P<field>\d{1,3})(?=$|[_\-.])"),
+    "well_field": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})[_\-](?:f|fld|field|site)?(?P<field>\d{1,3})"
+                             r"(?=$|[_\-.])", re.IGNORECASE),
+}
+_WELL_FOLDER = re.compile(r"^(?:well[_\-]?)?(?P<well>[A-Pa-p]\d{1,2})$", re.IGNORECASE)
+
+
+class PlateMapError(ValueError):
+    """A ``--plate-map`` file that cannot be used (names the file, line and what is wrong)."""
+
+
+class Location(NamedTuple):
+    """Where an image sits: plate name, well (``B03``) and field (``""`` when unknown)."""
+
+    plate: str
+    well: str  # "B03"
+    field: str  # "" when unknown
+
+    @property
+    def row(self) -> int:
+        return ord(self.well[0]) - ord("A")
+
+    @property
+    def col(self) -> int:
+        return int(self.well[1:]) - 1
+
+
+def _well(row_letter: str | None = None, col: str | int | None = None, *, row_number: str | int | None = None) -> str:
+    letter = row_letter.upper() if row_letter else chr(ord("A") + int(row_number) - 1)
+    return f"{letter}{int(col):02d}"
+
+
+def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None = None) -> Location | None:
+    """Where an image sits on its plate, from its name or its well folder; None when nothing matches.
+
+    Args:
+        path: the image.
+        root: the input folder it was found under (its name is the plate's, unless the pattern says).
+        pattern: ``--well-pattern``, tried before the built-in patterns, on the path below ``root``.
+    """
+    if _WELL_FOLDER.match(path.parent.name):  # plate/B03/field.tif: the plate is the well folder's parent
+        plate = path.parent.parent.name
+    else:
+        plate = root.name if root is not None else path.parent.name
+    relative = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name
+    if pattern is not None:
+        m = pattern.search(relative)
+        if m:
+            groups = m.groupdict()
+            well = (_well(groups["well"][0], groups["well"][1:]) if groups.get("well") else
+                    _well(col=groups["col"], row_number=groups["row"]) if groups["row"].isdigit() else
+                    _well(groups["row"], groups["col"]))
+            return Location(groups.get("plate") or plate, well, str(int(groups["field"])) if groups.get("field") else "")
+    name = path.name
+    m = WELL_PATTERNS["operetta"].search(name)
+    if m:
+        return Location(plate, _well(col=m["col"], row_number=m["row"]), str(int(m["field"])))
+    for key in ("imagexpress", "well_field"):
+        m = WELL_PATTERNS[key].search(Path(name).stem)
+        if m:
+            return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(m["field"])))
+    m = _WELL_FOLDER.match(path.parent.name)
+    if m:
+        digits = re.findall(r"\d+", path.stem)
+        return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(digits[-1])) if digits else path.stem)
+    return None
+
+
+# ---------------------------------------------------------------------------------------- wells
+
+def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float,
+               unassigned: str = "unassigned") -> list[dict]:
+    """Per (plate, well): fields, mean image probability per class, mean area fraction per class, and
+    the label (the class of the largest mean probability; ``unassigned`` below ``threshold``).
+
+    Args:
+        rows: ``predictions.csv`` rows as dicts (with ``plate``, ``well``, ``p_<class>``, ``area_<class>``).
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row.get("well"):
+            groups.setdefault((row.get("plate", ""), row["well"]), []).append(row)
+    table = []
+    for (plate, well), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1][0], int(kv[0][1][1:]))):
+        p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in members]).mean(axis=0)
+        area = np.array([[float(r.get(f"area_{c}") or 0.0) for c in classes] for r in members]).mean(axis=0)
+        k = int(np.argmax(p))
+        table.append({"plate": plate, "well": well, "fields": len(members),
+                      "label": classes[k] if p[k] >= threshold else unassigned, "max_probability": float(p[k]),
+                      **{f"p_{c}": float(v) for c, v in zip(classes, p)},
+                      **{f"area_{c}": float(v) for c, v in zip(classes, area)}})
+    return table
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    with write_atomic(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(buffer.getvalue())
+
+
+def write_wells(path: Path, table: list[dict], classes: tuple[str, ...]) -> None:
+    header = ["plate", "well", "fields", "label", "max_probability", *[f"p_{c}" for c in classes],
+              *[f"area_{c}" for c in classes]]
+    _write_csv(path, header, [[_fmt(row[h]) for h in header] for row in table])
+
+
+def _fmt(value) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------- plate map
+
+def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
+    """``well,compound,concentration[,moa][,plate]`` -> {(plate or "", well): {compound, concentration, moa}}.
+
+    Raises:
+        PlateMapError: a missing column, a bad well name or concentration (with the line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PlateMapError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    need = {"well", "compound", "concentration"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise PlateMapError(f"{path}: needs columns well, compound, concentration (has {reader.fieldnames})")
+    out = {}
+    for line, row in enumerate(reader, 2):
+        m = re.fullmatch(r"\s*([A-Pa-p])(\d{1,2})\s*", row["well"] or "")
+        if not m:
+            raise PlateMapError(f"{path}, line {line}: well {row['well']!r} is not like B03")
+        try:
+            concentration = float(row["concentration"])
+        except ValueError:
+            raise PlateMapError(f"{path}, line {line}: concentration {row['concentration']!r} is not a number") from None
+        out[(row.get("plate") or "", _well(m[1], m[2]))] = {"compound": row["compound"], "concentration": concentration,
+                                                            "moa": row.get("moa") or ""}
+    return out
+
+
+def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tuple[str, ...], *,
+                     threshold: float, unassigned: str = "unassigned") -> int:
+    """``treatments.csv``: per (compound, concentration), the mean of its wells' probabilities (as the
+    treatment evaluation of ``training.treatments`` averages images), its label and, when the plate map
+    gives one, its MOA. Returns the number of treatments."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    moa: dict[tuple[str, float], str] = {}
+    for row in table:
+        entry = plate_map.get((row["plate"], row["well"])) or plate_map.get(("", row["well"]))
+        if entry is None:
+            continue
+        key = (entry["compound"], entry["concentration"])
+        groups.setdefault(key, []).append(row)
+        moa[key] = entry["moa"]
+    header = ["compound", "concentration", "moa", "wells", "fields", "label", "max_probability",
+              *[f"p_{c}" for c in classes]]
+    rows = []
+    for (compound, concentration), members in sorted(groups.items()):
+        p = np.array([[m[f"p_{c}"] for c in classes] for m in members]).mean(axis=0)
+        k = int(np.argmax(p))
+        rows.append([compound, f"{concentration:g}", moa[(compound, concentration)], len(members),
+                     sum(m["fields"] for m in members), classes[k] if p[k] >= threshold else unassigned,
+                     f"{p[k]:.6f}", *[f"{v:.6f}" for v in p]])
+    _write_csv(path, header, rows)
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------------------- plate.png
+
+_CELL = 22  # px per well in the main map
+_SMALL = 7  # px per well in the per-class maps
+_GREY = (70, 70, 70)
+_BACKGROUND = (20, 20, 20)
+
+
+def _layout(table: list[dict]) -> tuple[int, int]:
+    rows = max((ord(t["well"][0]) - ord("A") for t in table), default=0) + 1
+    cols = max((int(t["well"][1:]) for t in table), default=1)
+    return (8, 12) if rows <= 8 and cols <= 12 else (16, 24) if rows <= 16 and cols <= 24 else (32, 48)
+
+
+def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> np.ndarray:
+    """One plate as an RGB array: the called class per well (empty wells grey, unassigned outlined),
+    a legend, and one small map per class of its mean probability (black 0 to white 1)."""
+    from PIL import Image, ImageDraw
+
+    from milcnn.overlay import PALETTE, _drawable, _font
+
+    n_rows, n_cols = _layout(table)
+    by_well = {t["well"]: t for t in table}
+    font = _font()
+    margin, legend_w = 24, 220
+    main_w, main_h = margin + n_cols * _CELL, margin + n_rows * _CELL
+    per_row = max(1, (main_w + legend_w) // (n_cols * _SMALL + 12))
+    small_h = n_rows * _SMALL + 18
+    grid_rows = -(-len(classes) // per_row)
+    width = main_w + legend_w
+    maps_top = 20 + max(main_h, margin + 16 * (len(classes) + 2) + 4) + 16  # below the map and the legend
+    height = maps_top + grid_rows * small_h + 8
+    img = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    draw.text((8, 4), _drawable(title), fill=(255, 255, 255), font=font)
+    top = 20
+    for c in range(n_cols):
+        draw.text((margin + c * _CELL + 4, top + 4), f"{c + 1}", fill=(180, 180, 180), font=font)
+    for r in range(n_rows):
+        draw.text((6, top + margin + r * _CELL + 5), chr(ord("A") + r), fill=(180, 180, 180), font=font)
+        for c in range(n_cols):
+            well = f"{chr(ord('A') + r)}{c + 1:02d}"
+            x0, y0 = margin + c * _CELL, top + margin + r * _CELL
+            box = (x0 + 1, y0 + 1, x0 + _CELL - 2, y0 + _CELL - 2)
+            entry = by_well.get(well)
+            if entry is None:
+                draw.rectangle(box, fill=_GREY)
+            elif entry["label"] in classes:
+                draw.rectangle(box, fill=tuple(int(v) for v in PALETTE[classes.index(entry["label"]) % len(PALETTE)]))
+            else:  # unassigned
+                draw.rectangle(box, fill=_BACKGROUND, outline=(230, 230, 230))
+    lx = main_w + 12
+    called = {t["label"] for t in table}
+    for k, name in enumerate(classes):
+        y = top + margin + 16 * k
+        colour = tuple(int(v) for v in PALETTE[k % len(PALETTE)])
+        draw.rectangle((lx, y + 2, lx + 10, y + 12), fill=colour if name in called else None, outline=colour)
+        draw.text((lx + 16, y), _drawable(name), fill=(255, 255, 255) if name in called else (130, 130, 130),
+                  font=font)
+    y = top + margin + 16 * len(classes)
+    draw.rectangle((lx, y + 2, lx + 10, y + 12), outline=(230, 230, 230))
+    draw.text((lx + 16, y), "unassigned", fill=(200, 200, 200), font=font)
+    draw.rectangle((lx, y + 18, lx + 10, y + 28), fill=_GREY)
+    draw.text((lx + 16, y + 16), "no image", fill=(200, 200, 200), font=font)
+    oy = maps_top
+    fits = max(4, (n_cols * _SMALL + 6) // 6)  # characters of the bitmap font above one small map
+    for k, name in enumerate(classes):
+        gx = 8 + (k % per_row) * (n_cols * _SMALL + 12)
+        gy = oy + (k // per_row) * small_h
+        label = name if len(name) <= fits else name[:fits - 1] + "~"
+        draw.text((gx, gy), _drawable(label), fill=(220, 220, 220), font=font)
+        for r in range(n_rows):
+            for c in range(n_cols):
+                entry = by_well.get(f"{chr(ord('A') + r)}{c + 1:02d}")
+                x0, y0 = gx + c * _SMALL, gy + 14 + r * _SMALL
+                if entry is None:
+                    fill = _GREY
+                else:
+                    v = int(round(255 * min(1.0, max(0.0, entry[f"p_{name}"]))))
+                    fill = (v, v, v)
+                draw.rectangle((x0, y0, x0 + _SMALL - 2, y0 + _SMALL - 2), fill=fill)
+    return np.asarray(img)
+
+
+def write_plate_png(path: Path, table: list[dict], classes: tuple[str, ...]) -> list[str]:
+    """``plate.png``: every plate of ``table``, one above the other. Returns the plates drawn."""
+    from milcnn.png import encode_png
+
+    plates = sorted({t["plate"] for t in table})
+    panels = [render_plate([t for t in table if t["plate"] == p], classes, title=f"plate {p or '(unnamed)'}: "
+                           f"called class per well") for p in plates]
+    width = max(p.shape[1] for p in panels)
+    stacked = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=20)
+                              for p in panels])
+    with write_atomic(path, "wb") as fh:
+        fh.write(encode_png(np.ascontiguousarray(stacked)))
+    return plates

@@ -1,0 +1,113 @@
+"""Plates: one file per channel, well folders, file-name layouts, per-well results and the plate map."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from milcnn.cli import main
+from milcnn.fields import channel_rules, group_channels
+from milcnn.plates import locate
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fields():
+    """Four different 128 x 128 two-channel crops of the sample: enough variety for a plate."""
+    s = tifffile.imread(SAMPLE)
+    return [s[:, y:y + 128, x:x + 128] for y in (0, 256) for x in (0, 256)]
+
+
+def test_locations_from_names_and_folders():
+    root = Path("/data/plate1")
+    assert locate(root / "P1_B03_s2_w1.tif", root=root)[1:] == ("B03", "2")
+    assert locate(root / "r03c11f04p01-ch2sk1fk1fl1.tiff", root=root)[1:] == ("C11", "4")
+    assert locate(root / "H12" / "field_3.tif", root=root) == ("plate1", "H12", "3")
+    assert locate(root / "cells.tif", root=root) is None
+    import re
+
+    custom = re.compile(r"well(?P<row>\d+)x(?P<col>\d+)_(?P<field>\d+)")
+    assert locate(root / "well2x5_7.tif", root=root, pattern=custom)[1:] == ("B05", "7")
+
+
+def test_channel_files_group_by_what_the_star_matched(tmp_path):
+    names = ["B03_s1_w1.tif", "B03_s1_w2.tif", "B03_s2_w1.tif", "B03_s2_w2.tif", "B04_s1_w1.tif", "notes.tif"]
+    paths = [tmp_path / n for n in names]
+    rule, mapping = channel_rules(("gfp", "rfp"), ("gfp=*_w1.tif", "rfp=*_w2.tif"))
+    fields, problems, unmatched = group_channels(paths, ("gfp", "rfp"), rule, mapping)
+    assert [(f.id.name, [p.name for p in f.files]) for f in fields] == [
+        ("B03_s1", ["B03_s1_w1.tif", "B03_s1_w2.tif"]), ("B03_s2", ["B03_s2_w1.tif", "B03_s2_w2.tif"])]
+    assert problems == [(str(tmp_path / "B04_s1"), "channel rfp missing (has B04_s1_w1.tif)")] and unmatched == 1
+    rule, mapping = channel_rules(("gfp", "rfp"), ("gfp=2", "rfp=1"), "imagexpress")
+    guid = "B2D7F0A6-1C4E-4F2B-9A55-0123456789AB"
+    fields, _, _ = group_channels([tmp_path / f"P_B03_s1_w1{guid}.tif", tmp_path / f"P_B03_s1_w2{guid}.tif"],
+                                  ("gfp", "rfp"), rule, mapping)
+    assert [p.name[:11] for p in fields[0].files] == ["P_B03_s1_w2", "P_B03_s1_w1"]  # gfp is w2 here
+    for bad in (("gfp=*_w1.tif",), ("gfp=*_w1.tif", "rfp=w2.tif"), ("dna=*.tif", "rfp=*_w2.tif")):
+        with pytest.raises(ValueError, match="--channel"):
+            channel_rules(("gfp", "rfp"), bad)
+
+
+def test_a_96_well_plate_of_channel_files_in_well_folders(tmp_path, fields):
+    """2 x 192 single-channel files (2 fields per well) in well subfolders, one command: one row per field,
+    96 rows in wells.csv, a plate.png, and treatments.csv from a plate map."""
+    plate = tmp_path / "plate1"
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    for i, well in enumerate(wells):
+        (plate / well).mkdir(parents=True)
+        for f in (1, 2):
+            image = fields[(i + f) % 4]
+            for w in (1, 2):
+                tifffile.imwrite(plate / well / f"{well}_s{f}_w{w}.tif", image[w - 1])
+    plate_map = tmp_path / "map.csv"
+    plate_map.write_text("well,compound,concentration,moa\n" + "".join(
+        f"{w},{'DMSO' if int(w[1:]) <= 6 else 'drug'},{0 if int(w[1:]) <= 6 else 1},x\n" for w in wells))
+    out = tmp_path / "out"
+    result = run("predict", plate, "--recursive", "--layout", "imagexpress", "--out", out, "--plate-map", plate_map,
+                 "--no-overlays")
+    assert result.exit_code == 0, result.output
+    assert "384 files grouped into 192 fields of 2 channels" in result.output
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 192 and {r["well"] for r in rows} == set(wells) and {r["plate"] for r in rows} == {"plate1"}
+    assert {r["field"] for r in rows} == {"1", "2"} and all(r["image"].endswith(("_s1", "_s2")) for r in rows)
+    table = list(csv.DictReader(open(out / "wells.csv")))
+    assert len(table) == 96 and all(r["fields"] == "2" for r in table)
+    a01 = [r for r in rows if r["well"] == "A01"]
+    p_er = np.mean([float(r["p_ER"]) for r in a01])
+    assert float(next(r for r in table if r["well"] == "A01")["p_ER"]) == pytest.approx(p_er, abs=1e-6)
+    treatments = list(csv.DictReader(open(out / "treatments.csv")))
+    assert [(t["compound"], t["wells"], t["fields"]) for t in treatments] == [("DMSO", "48", "96"), ("drug", "48", "96")]
+    png = out / "plate.png"
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_a_missing_channel_file_is_an_error_row_and_the_rest_predicted(tmp_path, fields):
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for name, image in (("A01_s1", fields[0]), ("A02_s1", fields[1])):
+        for w in (1, 2):
+            tifffile.imwrite(folder / f"{name}_w{w}.tif", image[w - 1])
+    (folder / "A02_s1_w2.tif").unlink()
+    out = tmp_path / "out"
+    result = run("predict", folder, "--channel", "gfp=*_w1.tif", "--channel", "rfp=*_w2.tif", "--out", out)
+    assert result.exit_code == 1, result.output
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert len(errors) == 1 and errors[0]["image"].endswith("A02_s1") and "channel rfp missing" in errors[0]["error"]
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1
+    shutil.copy(folder / "A02_s1_w1.tif", folder / "A02_s1_w2.tif")  # the file arrives: --resume takes it
+    assert run("predict", folder, "--channel", "gfp=*_w1.tif", "--channel", "rfp=*_w2.tif", "--out", out,
+               "--resume").exit_code == 0
+    assert not (out / "errors.csv").exists() and len(list(csv.DictReader(open(out / "predictions.csv")))) == 2
