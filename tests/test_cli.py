@@ -26,7 +26,8 @@ def test_predict_folder_writes_csv_masks_and_overlays(tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.tif", "b.tif"]
-    assert list(rows[0])[:4] == ["image", "label", "max_probability", "p_ER"] and len(rows[0]) == 14
+    assert list(rows[0])[:7] == ["image", "plate", "well", "field", "label", "max_probability", "p_ER"]
+    assert list(rows[0])[-1] == "area_vacuole_membrane" and len(rows[0]) == 6 + 2 * 11
     mask = tifffile.imread(tmp_path / "out" / "masks" / "b.tif")
     assert mask.shape == (200, 300) and mask.dtype == np.uint8
     overlay = Image.open(tmp_path / "out" / "overlays" / "a.png")
@@ -131,3 +132,25 @@ def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeyp
     assert "milzoo: 5 files: file is empty (0 bytes)" in lines
     assert any(line.startswith("milzoo: yeast-loc: ") and " of 6 images, " in line and "left" in line
                for line in lines), proc.stderr
+
+
+def test_masks_open_coloured_in_fiji_and_legends_scale_with_the_image(tmp_path):
+    """Masks carry an ImageJ lookup table (class k's overlay colour at k + 1) and the class names; the
+    overlay's legend is magnified on large images."""
+    from milcnn.overlay import PALETTE
+
+    sample = tifffile.imread(SAMPLE)
+    tifffile.imwrite(tmp_path / "big.tif", np.tile(sample, (1, 4, 4)), photometric="minisblack")  # 2048 x 2048
+    shutil.copy(SAMPLE, tmp_path / "small.tif")
+    assert run("predict", tmp_path / "big.tif", tmp_path / "small.tif", "--out", tmp_path / "out").exit_code == 0
+    with tifffile.TiffFile(tmp_path / "out" / "masks" / "small.tif") as tif:
+        meta = tif.imagej_metadata
+        lut = np.asarray(meta["LUTs"]).reshape(3, -1)
+        mask = tif.asarray()
+    classes = Classifier.from_hub("yeast-loc").classes
+    assert meta["Info"].splitlines()[1:4] == ["0 = background", f"1 = {classes[0]}", f"2 = {classes[1]}"]
+    assert (lut[:, 0] == 0).all() and all((lut[:, k + 1] == PALETTE[k]).all() for k in range(len(classes)))
+    assert mask.dtype == np.uint8 and mask.max() <= len(classes)
+    with Image.open(tmp_path / "out" / "overlays" / "small.png") as small, \
+            Image.open(tmp_path / "out" / "overlays" / "big.png") as big:
+        assert small.size[0] - 512 == 190 and big.size[0] - 2048 == 2 * 190

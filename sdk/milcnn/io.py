@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.errors import ImageReadError
 
-__all__ = ["read_image", "open_image", "write_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+__all__ = ["read_image", "open_image", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
@@ -242,5 +242,28 @@ def write_tiff(path, array: np.ndarray, *, durable: bool = True) -> None:
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.asarray(array), photometric="minisblack", metadata=None)
+    with write_atomic(path, "wb", durable=durable) as fh:
+        fh.write(buffer.getbuffer())
+
+
+def write_label_tiff(path, labels: np.ndarray, classes, colours: np.ndarray, *, durable: bool = True) -> None:
+    """Write a label mask (0 background, ``k + 1`` class ``k``) as an ImageJ TIFF that opens coloured in
+    Fiji: a lookup table with class ``k``'s colour at ``k + 1`` (black background), and the class names
+    in the image's Info property (``1 = ER`` ...). Deterministic and atomic, like ``write_tiff``.
+
+    Args:
+        labels: (H, W) uint8 or uint16.
+        classes: the class names, in label order.
+        colours: (n, 3) uint8, class ``k`` takes ``colours[k % n]``.
+    """
+    import tifffile
+
+    labels = np.asarray(labels)
+    lut = np.zeros((3, 256 if labels.dtype == np.uint8 else 65536), dtype=np.uint8)
+    for k in range(min(len(classes), lut.shape[1] - 1)):
+        lut[:, k + 1] = colours[k % len(colours)]
+    info = "milcnn label mask\n0 = background\n" + "\n".join(f"{k + 1} = {c}" for k, c in enumerate(classes))
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels, imagej=True, metadata={"LUTs": [lut], "Info": info})
     with write_atomic(path, "wb", durable=durable) as fh:
         fh.write(buffer.getbuffer())

@@ -94,6 +94,9 @@ def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalize
     labels = mask.ravel()[edge]
     # the outlines hold every label in the mask, unless it is one value throughout
     legend = _legend(tuple(classes), _present(labels if labels.size else mask[:1, :1], len(classes)), title)
+    scale = legend_scale(h)
+    if scale > 1:  # large images: the legend grows with them, so it reads at the same zoom
+        legend = np.repeat(np.repeat(legend, scale, axis=0), scale, axis=1)
     colours = _OUTLINE_COLOURS[labels]
     height, width = max(h, legend.shape[0]), w + legend.shape[1]
     buffer = np.empty((_BAND, 1 + 3 * width), dtype=np.uint8)
@@ -115,6 +118,12 @@ def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalize
         sheet[:k, w:] = legend[r0:r0 + k]
         sheet[k:, w:] = _BACKGROUND
         yield rows
+
+
+def legend_scale(height: int) -> int:
+    """The legend's magnification for an image ``height`` px tall: 1 up to 1,024 px, then one more per
+    1,024 px, so that it keeps about the same share of the picture."""
+    return max(1, int(height) // 1024)
 
 
 _BACKGROUND = 20

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from milcnn import constants
 from milcnn.errors import ImageReadError, MilcnnError
-from milcnn.io import write_tiff
+from milcnn.io import write_label_tiff
 
 __all__ = ["run_pipeline", "default_streams", "FAILURES"]
 
@@ -100,7 +100,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         stems: each image's output file stem (default: the file's stem).
         pixel_size, cell_diameter: the images' scale (``Classifier.predict``).
     """
-    from milcnn.overlay import save_overlay
+    from milcnn.overlay import PALETTE, save_overlay
     from milcnn.session import physical_cores
 
     stems = stems or {}
@@ -121,7 +121,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         stem = stems.get(path, path.stem)
         # not fsynced, like the predictions.csv row that follows: a kill loses nothing, a power cut the
         # last few seconds (an fsync per file blocks a writer longer than writing the file takes)
-        write_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, durable=False)
+        write_label_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, clf.classes, PALETTE, durable=False)
         if overlays:
             title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
             save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes, title=title,
