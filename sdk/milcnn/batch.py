@@ -326,6 +326,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         for name, problem in problems:
             on_error(name, problem)
         progress = Progress(len(todo), clf.name)
+        t_start, plate_seconds = time.perf_counter(), 0.0
         try:
             for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis,
                                            threshold=opts.threshold, tile_size=opts.tile_size, workers=opts.workers,
@@ -333,10 +334,11 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                                            pixel_size=opts.pixel_size, cell_diameter=opts.cell_diameter,
                                            overlays=opts.overlays, on_error=on_error, stems=stems):
                 if pred is not None:
-                    results.add_prediction(prediction_row(str(path), pred, clf.classes, threshold=opts.threshold,
-                                                          argmax=opts.argmax,
-                                                          location=locate(path, root=roots.get(path),
-                                                                          pattern=pattern)))
+                    t0 = time.thread_time()  # where the image sits and what its mask covers: the plate's CPU cost
+                    row = prediction_row(str(path), pred, clf.classes, threshold=opts.threshold, argmax=opts.argmax,
+                                         location=locate(path, root=roots.get(path), pattern=pattern))
+                    plate_seconds += time.thread_time() - t0
+                    results.add_prediction(row)
                     predicted += 1
                 progress.update(1)
         except KeyboardInterrupt:
@@ -347,11 +349,15 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         for line in messages.summary():
             echo(line)
         if not interrupted:
+            t0 = time.thread_time()
             for line in _plate_outputs(out_dir, clf.classes, opts, plate_map):
                 echo(line)
+            plate_seconds += time.thread_time() - t0
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       counts={"inputs": len(paths) + len(missing), "predicted": predicted,
-                              "failed": failed, "skipped_in_subfolders": skipped})
+                              "failed": failed, "skipped_in_subfolders": skipped},
+                      seconds={"run": round(time.perf_counter() - t_start, 3),  # wall clock
+                               "plate_outputs": round(plate_seconds, 3)})  # CPU time of the plate work
         write_run(out_dir, record)
     echo(f"{predicted} of {len(paths)} images predicted with {clf.name} ({clf.precision}, "
          f"{', '.join(clf.model.providers)}); results in {out_dir}")
