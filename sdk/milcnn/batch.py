@@ -19,6 +19,7 @@ from typing import Callable
 
 from milcnn import constants
 from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
+from milcnn.omezarr import ZarrField, is_plate, plate_fields
 from milcnn.results import OutputFolderError, ResultsFolder, output_stems
 
 __all__ = ["BatchOptions", "run_batch", "expand_inputs", "prediction_row", "UNASSIGNED", "RUN_FILE",
@@ -59,6 +60,7 @@ class BatchOptions:
     layout: str | None = None
     well_pattern: str | None = None
     plate_map: Path | None = None
+    write_labels: bool = False  # OME-Zarr plates: write each field's mask as the label image labels/milcnn
     command: list[str] = field(default_factory=list)
 
 
@@ -79,6 +81,8 @@ def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[
             found += files
             if not files:
                 missing.append(item)
+        elif Path(item).is_dir() and is_plate(item):  # an OME-Zarr HCS plate: its fields
+            found += plate_fields(item)
         elif Path(item).is_dir():
             top = Path(item)
             if recursive:
@@ -263,6 +267,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         ResultsFolderError, OutputFolderError: the folder cannot take these results (exit 2).
         ValueError: no input images.
     """
+    from milcnn.overlay import PALETTE
     from milcnn.pipeline import run_pipeline
     from milcnn.plates import locate, read_plate_map
 
@@ -333,10 +338,18 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                                            streams=opts.streams, batch_size=opts.batch_size,
                                            pixel_size=opts.pixel_size, cell_diameter=opts.cell_diameter,
                                            overlays=opts.overlays, on_error=on_error, stems=stems):
+                if pred is not None and opts.write_labels and isinstance(path, ZarrField):
+                    try:
+                        path.write_label(pred.mask, clf.classes, PALETTE)
+                    except Exception as exc:  # noqa: BLE001 - that field's failure, as any other
+                        on_error(path, f"cannot write its label image into the plate ({type(exc).__name__}: {exc})",
+                                 exc)
+                        pred = None
                 if pred is not None:
                     t0 = time.thread_time()  # where the image sits and what its mask covers: the plate's CPU cost
+                    where = getattr(path, "location", None) or locate(path, root=roots.get(path), pattern=pattern)
                     row = prediction_row(str(path), pred, clf.classes, threshold=opts.threshold, argmax=opts.argmax,
-                                         location=locate(path, root=roots.get(path), pattern=pattern))
+                                         location=where)
                     plate_seconds += time.thread_time() - t0
                     results.add_prediction(row)
                     predicted += 1

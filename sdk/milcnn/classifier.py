@@ -13,6 +13,7 @@ from milcnn import constants
 from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.fields import ChannelFiles
+from milcnn.omezarr import ZarrField
 from milcnn.io import open_image
 from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
@@ -260,6 +261,8 @@ class Classifier:
         source = None
         if isinstance(image, ChannelFiles):  # one file per channel, in the model's order
             return self._stack_channel_files(image), str(image)
+        if isinstance(image, ZarrField):  # a field of an OME-Zarr plate, channels picked by name
+            return image.read(self.channels), str(image)
         if isinstance(image, (str, Path)):
             source = str(image)
             image = open_image(image)

@@ -89,6 +89,8 @@ def main() -> None:
 @click.option("--well-pattern", default=None, metavar="REGEX",
               help="where plate, well and field are in the path below the input folder: named groups well (or "
                    "row and col), field, plate (default: ImageXpress, Operetta/Opera and BBBC021 names, well folders)")
+@click.option("--write-labels", is_flag=True,
+              help="OME-Zarr plates: also write each field's mask into the plate, as the label image labels/milcnn")
 @click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="CSV of well,compound,concentration[,moa][,plate]: also write OUT/treatments.csv")
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
@@ -96,8 +98,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
-            plate_map, resume, overwrite, debug) -> None:
-    """Classify and segment images: INPUTS are files, folders or globs.
+            write_labels, plate_map, resume, overwrite, debug) -> None:
+    """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
     class reaches --threshold), OUT/masks/<stem>.tif (0 background, k+1 class k), OUT/overlays/<stem>.png
@@ -120,7 +122,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
                         pixel_size=pixel_size, cell_diameter=cell_diameter, workers=workers, streams=streams,
                         batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
                         recursive=recursive, channels=tuple(channels), layout=layout, well_pattern=well_pattern,
-                        plate_map=plate_map,
+                        plate_map=plate_map, write_labels=write_labels,
                         command=["milzoo", *sys.argv[1:]])
     try:
         code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True))
