@@ -111,3 +111,43 @@ def test_a_missing_channel_file_is_an_error_row_and_the_rest_predicted(tmp_path,
     assert run("predict", folder, "--channel", "gfp=*_w1.tif", "--channel", "rfp=*_w2.tif", "--out", out,
                "--resume").exit_code == 0
     assert not (out / "errors.csv").exists() and len(list(csv.DictReader(open(out / "predictions.csv")))) == 2
+
+
+def test_a_manifest_gives_inputs_and_its_other_columns_are_carried(tmp_path, fields):
+    for name, image in (("a", fields[0]), ("b", fields[1])):
+        tifffile.imwrite(tmp_path / f"{name}_gfp.tif", image[0])
+        tifffile.imwrite(tmp_path / f"{name}_rfp.tif", image[1])
+    (tmp_path / "m.csv").write_text("path_gfp,path_rfp,label,compound,well\n"
+                                    "a_gfp.tif,a_rfp.tif,ER,taxol,B03\nb_gfp.tif,b_rfp.tif,cytosol,dmso,B04\n")
+    result = run("predict", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "out", "--no-overlays")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert [(r["well"], r["manifest_label"], r["compound"]) for r in rows] == [("B03", "ER", "taxol"),
+                                                                              ("B04", "cytosol", "dmso")]
+    stacked = np.stack([tifffile.imread(tmp_path / "a_gfp.tif"), tifffile.imread(tmp_path / "a_rfp.tif")])
+    from milcnn import Classifier
+
+    p = Classifier.from_hub("yeast-loc").predict(stacked).probabilities["ER"]
+    assert float(rows[0]["p_ER"]) == pytest.approx(p, abs=1e-6)
+
+
+def test_ome_channel_names_and_channel_index_pick_the_models_channels(tmp_path, fields):
+    """A 4-channel OME-TIFF (dapi, rfp, bf, gfp) gives gfp and rfp by name; names that are not the model's
+    are a clear error; --channel-index picks them by position instead."""
+    from milcnn import Classifier
+
+    clf = Classifier.from_hub("yeast-loc")
+    gfp, rfp = fields[0]
+    four = np.stack([np.zeros_like(gfp), rfp, np.full_like(gfp, 7), gfp])
+    tifffile.imwrite(tmp_path / "named.ome.tif", four, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "RFP", "BF", "GFP"]}})
+    want = clf.predict(np.stack([gfp, rfp])).probabilities
+    assert clf.predict(tmp_path / "named.ome.tif").probabilities == pytest.approx(want, abs=1e-6)
+    tifffile.imwrite(tmp_path / "other.ome.tif", four, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["c1", "c2", "c3", "c4"]}})
+    with pytest.raises(ValueError, match="none of the model's"):
+        clf.predict(tmp_path / "other.ome.tif")
+    assert clf.predict(tmp_path / "other.ome.tif", channel_index=(3, 1)).probabilities == pytest.approx(want, abs=1e-6)
+    result = run("predict", tmp_path / "other.ome.tif", "--channel-index", "3,1", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert run("predict", tmp_path / "other.ome.tif", "--channel-index", "3", "--out", tmp_path / "o2").exit_code == 2

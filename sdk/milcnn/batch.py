@@ -61,6 +61,8 @@ class BatchOptions:
     well_pattern: str | None = None
     plate_map: Path | None = None
     write_labels: bool = False  # OME-Zarr plates: write each field's mask as the label image labels/milcnn
+    channel_index: tuple[int, ...] | None = None  # the model's channels from images with more
+    manifest: Path | None = None  # inputs from a CSV (path or path_<channel>), its other columns carried
     command: list[str] = field(default_factory=list)
 
 
@@ -134,6 +136,60 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
 def header(classes) -> list[str]:
     return ["image", "plate", "well", "field", "label", "max_probability", *[f"p_{c}" for c in classes],
             *[f"area_{c}" for c in classes]]
+
+
+def read_input_manifest(path: Path, channels: tuple[str, ...], taken: list[str]):
+    """Inputs from a manifest in the training format: a ``path`` column (one multi-channel file) or
+    ``path_<channel>`` columns (one file per model channel), relative to the manifest's folder.
+
+    Returns:
+        (inputs, {input: {column: value}} of the other columns, their names in predictions.csv (a name
+        the results already use gets ``manifest_``), {input: Location} where the manifest has a
+        ``well`` column).
+
+    Raises:
+        ValueError: unreadable, or neither layout of path columns (names the file).
+    """
+    import csv
+    import io
+
+    from milcnn.fields import ChannelFiles
+    from milcnn.plates import Location
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValueError(f"--manifest {path}: cannot read ({exc.strerror or exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = reader.fieldnames or []
+    per_channel = [f"path_{c}" for c in channels]
+    if all(c in columns for c in per_channel):
+        used = per_channel
+    elif "path" in columns:
+        used = ["path"]
+    else:
+        raise ValueError(f"--manifest {path}: needs a 'path' column or {', '.join(per_channel)} (has "
+                         f"{', '.join(columns) or 'no columns'})")
+    place = {"plate", "well", "field"} if "well" in columns else set()
+    carried = [c for c in columns if c not in used and not c.startswith("path_") and c != "path" and c not in place]
+    names = [f"manifest_{c}" if c in taken else c for c in carried]
+    base = Path(path).parent
+    inputs, extras, locations = [], {}, {}
+    for line, row in enumerate(reader, 2):
+        if any(not row.get(c) for c in used):
+            raise ValueError(f"--manifest {path}, line {line}: empty {' or '.join(used)}")
+        files = [Path(row[c]) if Path(row[c]).is_absolute() else base / row[c] for c in used]
+        item = files[0] if len(files) == 1 else ChannelFiles(files[0].with_suffix(""), tuple(files))
+        inputs.append(item)
+        extras[item] = [row.get(c, "") for c in carried]
+        if place:
+            import re
+
+            m = re.fullmatch(r"\s*([A-Pa-p])(\d{1,2})\s*", row.get("well") or "")
+            if m:
+                locations[item] = Location(row.get("plate") or base.name, f"{m[1].upper()}{int(m[2]):02d}",
+                                           row.get("field") or "")
+    return inputs, extras, names, locations
 
 
 # ---------------------------------------------------------------------------------------- provenance
@@ -272,6 +328,11 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     from milcnn.plates import locate, read_plate_map
 
     paths, missing, skipped, roots = expand_inputs(inputs, recursive=opts.recursive)
+    extras, extra_names, manifest_locations = {}, [], {}
+    if opts.manifest is not None:
+        listed, extras, extra_names, manifest_locations = read_input_manifest(opts.manifest, clf.channels,
+                                                                              header(clf.classes))
+        paths += listed
     try:
         pattern = re.compile(opts.well_pattern) if opts.well_pattern else None
     except re.error as exc:
@@ -299,7 +360,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
     mine = provenance(clf, opts)
-    results = ResultsFolder(out_dir, header(clf.classes), resume=opts.resume, overwrite=opts.overwrite)
+    results = ResultsFolder(out_dir, header(clf.classes) + extra_names, resume=opts.resume, overwrite=opts.overwrite)
     with results:
         before = check_provenance(out_dir, mine) if opts.resume else None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -337,7 +398,8 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                                            threshold=opts.threshold, tile_size=opts.tile_size, workers=opts.workers,
                                            streams=opts.streams, batch_size=opts.batch_size,
                                            pixel_size=opts.pixel_size, cell_diameter=opts.cell_diameter,
-                                           overlays=opts.overlays, on_error=on_error, stems=stems):
+                                           overlays=opts.overlays, on_error=on_error, stems=stems,
+                                           channel_index=opts.channel_index):
                 if pred is not None and opts.write_labels and isinstance(path, ZarrField):
                     try:
                         path.write_label(pred.mask, clf.classes, PALETTE)
@@ -347,9 +409,10 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                         pred = None
                 if pred is not None:
                     t0 = time.thread_time()  # where the image sits and what its mask covers: the plate's CPU cost
-                    where = getattr(path, "location", None) or locate(path, root=roots.get(path), pattern=pattern)
+                    where = (manifest_locations.get(path) or getattr(path, "location", None)
+                             or locate(path, root=roots.get(path), pattern=pattern))
                     row = prediction_row(str(path), pred, clf.classes, threshold=opts.threshold, argmax=opts.argmax,
-                                         location=where)
+                                         location=where) + extras.get(path, [""] * len(extra_names))
                     plate_seconds += time.thread_time() - t0
                     results.add_prediction(row)
                     predicted += 1

@@ -14,7 +14,7 @@ from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.fields import ChannelFiles
 from milcnn.omezarr import ZarrField
-from milcnn.io import open_image
+from milcnn.io import ome_channels, open_image
 from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
@@ -115,6 +115,20 @@ class PreparedInput:
     tile_size: int | None = None
     zoom: float = 1.0
     resized: np.ndarray | None = None
+
+
+def _pick_channels(image: np.ndarray, index: tuple[int, ...], axis: int | None, source) -> tuple[np.ndarray, int]:
+    """``image``'s channels ``index`` along ``axis`` (default: the first or last axis, whichever is
+    shorter: the channels of a C x H x W or H x W x C image)."""
+    if image.ndim != 3:
+        raise ValueError(f"channel_index {list(index)} needs a 3-D image (C x H x W or H x W x C), got shape "
+                         f"{image.shape}")
+    if axis is None:
+        axis = 0 if image.shape[0] <= image.shape[-1] else image.ndim - 1
+    if max(index) >= image.shape[axis] or min(index) < -image.shape[axis]:
+        raise ValueError(f"channel_index {list(index)} is out of range for {image.shape[axis]} channels "
+                         f"(image of shape {image.shape})")
+    return np.take(image, list(index), axis=axis), axis
 
 
 class Classifier:
@@ -256,16 +270,26 @@ class Classifier:
 
     # ------------------------------------------------------------------ inference
 
-    def prepare(self, image, *, channel_axis: int | None = None) -> tuple[np.ndarray, str | None]:
-        """Read (if a path) and reorder an image to (C, H, W); returns it and its source name."""
+    def prepare(self, image, *, channel_axis: int | None = None,
+                channel_index: tuple[int, ...] | None = None) -> tuple[np.ndarray, str | None]:
+        """Read (if a path) and reorder an image to (C, H, W); returns it and its source name.
+
+        An OME-TIFF whose channels are named gives the model's channels by name (a clear error when
+        none match); ``channel_index`` picks the model's channels, in order, from an image with more."""
         source = None
         if isinstance(image, ChannelFiles):  # one file per channel, in the model's order
             return self._stack_channel_files(image), str(image)
         if isinstance(image, ZarrField):  # a field of an OME-Zarr plate, channels picked by name
             return image.read(self.channels), str(image)
+        named = None
         if isinstance(image, (str, Path)):
             source = str(image)
+            named = ome_channels(image) if channel_index is None else None
             image = open_image(image)
+        if named is not None and not isinstance(image, LazyTiff):
+            image, channel_axis = self._by_name(np.asarray(image), *named, source=source)
+        elif channel_index is not None and not isinstance(image, LazyTiff):
+            image, channel_axis = _pick_channels(np.asarray(image), channel_index, channel_axis, source)
         if isinstance(image, LazyTiff):  # too large to read whole: one page per channel, in file order
             if image.shape[0] != len(self.channels):
                 raise ValueError(f"image of shape {image.shape} (read a tile at a time: one page per channel) has "
@@ -274,6 +298,22 @@ class Classifier:
             return image, source
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
         return chw, source
+
+    def _by_name(self, image: np.ndarray, names: list[str], axis: int, *, source) -> tuple[np.ndarray, int]:
+        """The model's channels picked by the names an OME-TIFF gives them (case-insensitive)."""
+        lower, wanted = [n.lower() for n in names], [c.lower() for c in self.channels]
+        if axis >= image.ndim or image.shape[axis] != len(names):
+            return image, None
+        if all(c in lower for c in wanted):
+            return np.take(image, [lower.index(c) for c in wanted], axis=axis), axis
+        missing = [c for c in self.channels if c.lower() not in lower]
+        if len(missing) < len(self.channels):
+            raise ValueError(f"its channels are named {', '.join(names)}: {', '.join(missing)} missing; the model "
+                             f"needs {', '.join(self.channels)}")
+        if len(names) == len(self.channels):  # names that are not the model's: keep the stored order
+            return image, axis
+        raise ValueError(f"its channels are named {', '.join(names)}, none of the model's "
+                         f"({', '.join(self.channels)}); pick them with channel_index / --channel-index")
 
     def _stack_channel_files(self, field: ChannelFiles) -> np.ndarray:
         planes = []
@@ -303,7 +343,8 @@ class Classifier:
                            model_input_cell_diameter=self.info.input_cell_diameter, model_name=self.name)
 
     def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None,
-                      pixel_size: float | None = None, cell_diameter: float | None = None) -> PreparedInput:
+                      pixel_size: float | None = None, cell_diameter: float | None = None,
+                      channel_index: tuple[int, ...] | None = None) -> PreparedInput:
         """Everything before the network, for one image: read, reorder, normalise, rescale, pad.
 
         Thread-safe and mostly outside the GIL, so a pipeline can prepare the next images
@@ -312,7 +353,7 @@ class Classifier:
         image to the model's scale (see ``predict``).
         """
         zoom = self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
-        chw, source = self.prepare(image, channel_axis=channel_axis)
+        chw, source = self.prepare(image, channel_axis=channel_axis, channel_index=channel_index)
         if isinstance(chw, LazyTiff):
             if zoom != 1.0:
                 raise ValueError(f"{chw.shape[1]} x {chw.shape[2]} px, read a tile at a time, cannot be resized by "
@@ -385,7 +426,7 @@ class Classifier:
 
     def predict(self, image, *, channel_axis: int | None = None, threshold: float = constants.DEFAULT_THRESHOLD,
                 tile_size: int | None = None, pixel_size: float | None = None,
-                cell_diameter: float | None = None) -> Prediction:
+                cell_diameter: float | None = None, channel_index: tuple[int, ...] | None = None) -> Prediction:
         """Classify and segment one image.
 
         Images larger than ``constants.TILE_THRESHOLD_PIXELS`` (or any image, with
@@ -403,6 +444,8 @@ class Classifier:
                 at the input's size.
             cell_diameter: instead of ``pixel_size``, the typical cell diameter in px (as
                 Cellpose's ``diameter``), matched to ``clf.info.cell_diameter``.
+            channel_index: the model's channels, in order, from an image with more (e.g. ``(0, 2)``);
+                OME-TIFFs that name their channels are matched by name without it.
 
         Returns:
             a Prediction.
@@ -413,7 +456,7 @@ class Classifier:
                 or a bad or unusable pixel_size / cell_diameter.
         """
         item = self.prepare_input(image, channel_axis=channel_axis, tile_size=tile_size, pixel_size=pixel_size,
-                                  cell_diameter=cell_diameter)
+                                  cell_diameter=cell_diameter, channel_index=channel_index)
         return self.predict_prepared([item], threshold=threshold)[0]
 
     def predict_batch(self, images, *, channel_axis: int | None = None,

@@ -51,7 +51,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option("--model", "model_name", default=constants.DEFAULT_MODEL, show_default=True,
               help="zoo name, Hub repo 'org/name[@revision]', or a model folder")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("milzoo-out"), show_default=True,
@@ -89,6 +89,11 @@ def main() -> None:
 @click.option("--well-pattern", default=None, metavar="REGEX",
               help="where plate, well and field are in the path below the input folder: named groups well (or "
                    "row and col), field, plate (default: ImageXpress, Operetta/Opera and BBBC021 names, well folders)")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="inputs from a CSV with a path column (or path_<channel> columns, one file per model channel); "
+                   "its other columns are carried into predictions.csv")
+@click.option("--channel-index", default=None, metavar="I,J,...",
+              help="the model's channels, in order, from images with more channels (e.g. 0,2)")
 @click.option("--write-labels", is_flag=True,
               help="OME-Zarr plates: also write each field's mask into the plate, as the label image labels/milcnn")
 @click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -98,7 +103,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
-            write_labels, plate_map, resume, overwrite, debug) -> None:
+            manifest, channel_index, write_labels, plate_map, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
@@ -113,7 +118,18 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
     from milcnn.batch import BatchOptions, run_batch
     from milcnn.results import OutputFolderError, ResultsFolderError
 
+    if not inputs and manifest is None:
+        raise click.UsageError("give INPUTS (files, folders, globs, OME-Zarr plates) or --manifest FILE.csv")
+    index = None
+    if channel_index is not None:
+        try:
+            index = tuple(int(v) for v in channel_index.split(","))
+        except ValueError:
+            raise click.UsageError(f"--channel-index {channel_index!r}: expected integers like 0,2") from None
     clf = _load(model_name, device, precision)
+    if index is not None and len(index) != len(clf.channels):
+        raise click.UsageError(f"--channel-index {channel_index}: {clf.name} needs {len(clf.channels)} channels "
+                               f"({', '.join(clf.channels)})")
     try:
         clf.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
     except ValueError as exc:
@@ -122,7 +138,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
                         pixel_size=pixel_size, cell_diameter=cell_diameter, workers=workers, streams=streams,
                         batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
                         recursive=recursive, channels=tuple(channels), layout=layout, well_pattern=well_pattern,
-                        plate_map=plate_map, write_labels=write_labels,
+                        plate_map=plate_map, write_labels=write_labels, manifest=manifest, channel_index=index,
                         command=["milzoo", *sys.argv[1:]])
     try:
         code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True))

@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.errors import ImageReadError
 
-__all__ = ["read_image", "open_image", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+__all__ = ["read_image", "open_image", "ome_channels", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
@@ -127,6 +127,32 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
                                        f"px planes are over the {lazy_budget:,} px its outputs may take (set "
                                        "MILCNN_MAX_LAZY_PIXELS to raise it)") from None
         return image
+
+
+def ome_channels(path) -> tuple[list[str], int] | None:
+    """The channel names an OME-TIFF declares and the axis (of the array ``read_image`` returns) that
+    holds them; None for other files or when the names are missing or do not fit that axis."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not tif.is_ome or not tif.series:
+                return None
+            axes = tif.series[0].axes
+            meta = tifffile.xml2dict(tif.ome_metadata)
+    except Exception:  # noqa: BLE001 - no names to use; reading the pixels will say what is wrong
+        return None
+    image = meta.get("OME", {}).get("Image", {})
+    image = image[0] if isinstance(image, list) else image
+    channels = image.get("Pixels", {}).get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    names = [str(c.get("Name", "")) for c in channels if isinstance(c, dict)]
+    if "C" not in axes or not names or not all(names):
+        return None
+    return names, axes.index("C")
 
 
 def _kind(path: Path) -> str:

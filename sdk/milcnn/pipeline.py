@@ -84,7 +84,8 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
                  tile_size: int | None = None, workers: int = 2, streams: int | None = None,
                  batch_size: int = 1, overlays: bool = True, on_error: Callable[..., None] | None = None,
                  stems: dict[Path, str] | None = None, pixel_size: float | None = None,
-                 cell_diameter: float | None = None) -> Iterator[tuple[Path, object]]:
+                 cell_diameter: float | None = None,
+                 channel_index: tuple[int, ...] | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
 
     Yields ``(path, Prediction)`` in input order, once its files are written, or ``(path, None)``
@@ -112,7 +113,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
 
     def prepare(path: Path):
         return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size, pixel_size=pixel_size,
-                                 cell_diameter=cell_diameter)
+                                 cell_diameter=cell_diameter, channel_index=channel_index)
 
     def infer(items):
         return clf.predict_prepared(items, threshold=threshold, model=model)
