@@ -151,3 +151,26 @@ def test_ome_channel_names_and_channel_index_pick_the_models_channels(tmp_path, 
     result = run("predict", tmp_path / "other.ome.tif", "--channel-index", "3,1", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert run("predict", tmp_path / "other.ome.tif", "--channel-index", "3", "--out", tmp_path / "o2").exit_code == 2
+
+
+def test_an_operetta_plate_folder(tmp_path, fields):
+    """Operetta/Opera names (r<row>c<col>f<field>p<plane>-ch<n>...): channels by number, wells from the name."""
+    folder = tmp_path / "Images"
+    folder.mkdir()
+    for i, (r, c) in enumerate([(1, 1), (2, 11)]):
+        for f in (1, 2):
+            image = fields[(i + f) % 4]
+            for ch, plane in ((1, image[1]), (2, image[0])):  # ch1 is rfp, ch2 gfp here
+                tifffile.imwrite(folder / f"r{r:02d}c{c:02d}f{f:02d}p01-ch{ch}sk1fk1fl1.tiff", plane)
+    out = tmp_path / "out"
+    result = run("predict", folder, "--layout", "operetta", "--channel", "gfp=2", "--channel", "rfp=1", "--out", out,
+                 "--no-overlays")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted((r["well"], r["field"]) for r in rows) == [("A01", "1"), ("A01", "2"), ("B11", "1"), ("B11", "2")]
+    from milcnn import Classifier
+
+    first = next(r for r in rows if r["well"] == "A01" and r["field"] == "1")
+    want = Classifier.from_hub("yeast-loc").predict(fields[1]).probabilities["ER"]  # gfp from ch2, rfp from ch1
+    assert float(first["p_ER"]) == pytest.approx(want, abs=1e-6)
+    assert len(list(csv.DictReader(open(out / "wells.csv")))) == 2

@@ -133,7 +133,7 @@ def ome_channels(path) -> tuple[list[str], int] | None:
     """The channel names an OME-TIFF declares and the axis (of the array ``read_image`` returns) that
     holds them; None for other files or when the names are missing or do not fit that axis."""
     path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():  # a FIFO would block the open
         return None
     import tifffile
 
