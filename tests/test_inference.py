@@ -196,11 +196,12 @@ def test_cli_workers_precision_tiles_and_no_overlays(tmp_path, field):
             outputs[name] = list(csv.reader(fh))
         assert [row[0] for row in outputs[name][1:]] == [str(images / f"f{i}.tif") for i in range(5)]
     assert outputs["w1"] == outputs["w4"]
-    assert [r[1] for r in outputs["s1"]] == [r[1] for r in outputs["w1"]]  # one session on both cores
-    np.testing.assert_allclose(np.array([r[2:] for r in outputs["s1"][1:]], float),
-                               np.array([r[2:] for r in outputs["w1"][1:]], float), atol=1e-5)
-    assert [r[1] for r in outputs["tiles"]] == [r[1] for r in outputs["w1"]]
-    assert [r[1] for r in outputs["int8"]] == [r[1] for r in outputs["w1"]]
+    label, first = outputs["w1"][0].index("label"), outputs["w1"][0].index("max_probability")
+    assert [r[label] for r in outputs["s1"]] == [r[label] for r in outputs["w1"]]  # one session on both cores
+    np.testing.assert_allclose(np.array([r[first:] for r in outputs["s1"][1:]], float),
+                               np.array([r[first:] for r in outputs["w1"][1:]], float), atol=1e-5)
+    assert [r[label] for r in outputs["tiles"]] == [r[label] for r in outputs["w1"]]
+    assert [r[label] for r in outputs["int8"]] == [r[label] for r in outputs["w1"]]
     assert not (tmp_path / "tiles" / "overlays").exists() and len(list((tmp_path / "tiles" / "masks").iterdir())) == 5
     assert len(list((tmp_path / "w4" / "overlays").iterdir())) == 5
 
