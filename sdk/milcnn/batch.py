@@ -315,9 +315,14 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------------------- the job
 
-def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[[str], None]) -> int:
+def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[[str], None],
+              runner: Callable | None = None) -> int:
     """Predict ``inputs`` into ``out_dir``; returns the exit code (0 all predicted, 1 some failed,
     130 interrupted).
+
+    ``runner(items, out_dir, opts, on_error=, stems=)`` replaces the local pipeline (``milcnn.pipeline``)
+    with another engine that yields ``(item, Prediction or None)`` in input order once the item's files
+    are written: ``milcnn.distributed.DaskRunner``.
 
     Raises:
         ResultsFolderError, OutputFolderError: the folder cannot take these results (exit 2).
@@ -393,13 +398,16 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             on_error(name, problem)
         progress = Progress(len(todo), clf.name)
         t_start, plate_seconds = time.perf_counter(), 0.0
+        if runner is not None:
+            stream = runner(todo, out_dir, opts, on_error=on_error, stems=stems)
+        else:
+            stream = run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis, threshold=opts.threshold,
+                                  tile_size=opts.tile_size, workers=opts.workers, streams=opts.streams,
+                                  batch_size=opts.batch_size, pixel_size=opts.pixel_size,
+                                  cell_diameter=opts.cell_diameter, overlays=opts.overlays, on_error=on_error,
+                                  stems=stems, channel_index=opts.channel_index)
         try:
-            for path, pred in run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis,
-                                           threshold=opts.threshold, tile_size=opts.tile_size, workers=opts.workers,
-                                           streams=opts.streams, batch_size=opts.batch_size,
-                                           pixel_size=opts.pixel_size, cell_diameter=opts.cell_diameter,
-                                           overlays=opts.overlays, on_error=on_error, stems=stems,
-                                           channel_index=opts.channel_index):
+            for path, pred in stream:
                 if pred is not None and opts.write_labels and isinstance(path, ZarrField):
                     try:
                         path.write_label(pred.mask, clf.classes, PALETTE)

@@ -94,6 +94,10 @@ def main() -> None:
                    "its other columns are carried into predictions.csv")
 @click.option("--channel-index", default=None, metavar="I,J,...",
               help="the model's channels, in order, from images with more channels (e.g. 0,2)")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="predict on this Dask cluster (pip install 'milcnn-sdk[dask]'); files are written here")
+@click.option("--dask-workers", type=click.IntRange(1, 1024), default=None,
+              help="predict on a local Dask cluster of this many single-threaded worker processes")
 @click.option("--write-labels", is_flag=True,
               help="OME-Zarr plates: also write each field's mask into the plate, as the label image labels/milcnn")
 @click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -103,7 +107,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
-            manifest, channel_index, write_labels, plate_map, resume, overwrite, debug) -> None:
+            manifest, channel_index, scheduler, dask_workers, write_labels, plate_map, resume, overwrite,
+            debug) -> None:
     """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
@@ -139,15 +144,27 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
                         batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
                         recursive=recursive, channels=tuple(channels), layout=layout, well_pattern=well_pattern,
                         plate_map=plate_map, write_labels=write_labels, manifest=manifest, channel_index=index,
+
                         command=["milzoo", *sys.argv[1:]])
+    runner = None
     try:
-        code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True))
+        if scheduler or dask_workers:
+            from milcnn.distributed import DaskRunner
+
+            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
+                                workers=dask_workers)
+        code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True), runner=runner)
     except ResultsFolderError as exc:
         raise click.UsageError(str(exc)) from None
     except OutputFolderError as exc:
         _output_failed(exc)
     except ValueError as exc:  # nothing to do
         raise click.UsageError(_one_line(exc)) from None
+    except (RuntimeError, ImportError) as exc:  # the cluster (or its extra) is not usable
+        _output_failed(exc)
+    finally:
+        if runner is not None:
+            runner.close()
     sys.exit(code)
 
 

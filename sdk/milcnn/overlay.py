@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from milcnn.io import write_atomic
 from milcnn.png import png_chunks
 
-__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "OVERLAY_MAX_PIXELS"]
+__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "overlay_png", "OVERLAY_MAX_PIXELS"]
 
 OVERLAY_MAX_PIXELS = 4096 * 4096
 
@@ -177,15 +177,10 @@ def _class_list(classes: tuple[str, ...], present: tuple[bool, ...]) -> np.ndarr
     return out
 
 
-def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
-                 normalized: np.ndarray | None = None, durable: bool = True) -> None:
-    """Write the overlay PNG atomically (fast deflate: overlays are for looking at, not archiving).
-
-    ``durable=False`` skips the fsync (see ``write_atomic``).
-
-    Images over ``OVERLAY_MAX_PIXELS`` are drawn at a reduced scale (every f-th pixel), so an
-    overlay never costs more memory than the prediction itself.
-    """
+def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None):
+    """The overlay as PNG pieces to write (``milcnn.png.png_chunks``). Images over ``OVERLAY_MAX_PIXELS``
+    are drawn at a reduced scale (every f-th pixel), so an overlay never costs more memory than the
+    prediction itself; an image read a tile at a time (``milcnn.lazy``) is read at that scale only."""
     f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))) if mask.size > OVERLAY_MAX_PIXELS else 1
     if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.lazy): read every f-th pixel only
         chw, normalized = chw.strided(f), None
@@ -194,6 +189,13 @@ def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str
     if f > 1:
         mask = mask[::f, ::f]
         title = f"{title}\n(shown at 1/{f} scale)"
-    bands = _overlay_bands(chw, mask, classes, title=title, normalized=normalized)
+    return png_chunks(_overlay_bands(chw, mask, classes, title=title, normalized=normalized))
+
+
+def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
+                 normalized: np.ndarray | None = None, durable: bool = True) -> None:
+    """Write the overlay PNG (``overlay_png``) atomically (fast deflate: overlays are for looking at,
+    not archiving). ``durable=False`` skips the fsync (see ``write_atomic``)."""
+    pieces = overlay_png(chw, mask, classes, title=title, normalized=normalized)
     with write_atomic(path, "wb", durable=durable) as fh:
-        fh.writelines(png_chunks(bands))
+        fh.writelines(pieces)

@@ -1,0 +1,236 @@
+"""``milzoo predict`` on a Dask cluster (the optional extra ``milcnn-sdk[dask]``).
+
+Each worker loads the model once (``ModelPlugin``) and predicts fields; the result of a field (its
+prediction with the mask computed, and its overlay PNG) comes back to the client, which writes every
+file and CSV row exactly as the local pipeline does. So outputs need no shared file system (only the
+inputs must be readable by the workers), a result is written once however often its task runs (a
+killed worker's fields are re-run by Dask elsewhere), and ``--resume``, ``run.json`` and the plate
+outputs are those of ``milcnn.batch`` unchanged.
+
+>>> from milcnn.distributed import predict
+>>> predict(["plate/"], "yeast-loc", out="results", client=client)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterator
+
+__all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distributed"]
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "milcnn-model"
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError("running on a Dask cluster needs dask: pip install 'milcnn-sdk[dask]'") from None
+    return distributed
+
+
+try:  # the optional extra: without it this module still imports, and says what to install when used
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover
+    _WorkerPlugin = object
+
+
+class ModelPlugin(_WorkerPlugin):
+    """A Dask worker plugin that loads the model once per worker, with one onnxruntime thread per
+    worker thread (the cluster, not onnxruntime, spreads the work over the cores)."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, model: str, *, precision: str = "fp32", device: str = "cpu"):
+        self.model, self.precision, self.device = model, precision, device
+
+    def setup(self, worker) -> None:
+        from milcnn.classifier import Classifier
+        from milcnn.hub import parse_model_spec
+
+        name, revision = parse_model_spec(self.model)
+        clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision)
+        clf.model = clf.model.with_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
+        worker.milcnn_classifier = clf
+
+    def teardown(self, worker) -> None:
+        worker.__dict__.pop("milcnn_classifier", None)
+
+
+def _predict_field(item, options: dict):
+    """On a worker: one field -> (Prediction with its mask computed, overlay PNG bytes or None)."""
+    from distributed import get_worker
+
+    from milcnn.pipeline import error_line
+
+    try:
+        return _predict_field_on(get_worker().milcnn_classifier, item, options)
+    except Exception as exc:  # noqa: BLE001 - that field's failure, sent as a value: no worker traceback
+        return None, error_line(exc)
+
+
+def _predict_field_on(clf, item, options: dict):
+    prepared = clf.prepare_input(item, channel_axis=options["channel_axis"], tile_size=options["tile_size"],
+                                 pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
+                                 channel_index=options["channel_index"])
+    pred = clf.predict_prepared([prepared], threshold=options["threshold"])[0]
+    pred.mask  # noqa: B018 - computed here, on the worker, and sent with the prediction
+    overlay = None
+    if options["overlays"]:
+        from milcnn.overlay import overlay_png
+
+        name = getattr(item, "name", None) or Path(str(item)).name
+        title = f"{name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
+        overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, normalized=prepared.x))
+    pred.maps = pred.maps[:0]  # the client needs label, probabilities and mask only: send less
+    return pred, overlay
+
+
+class DaskRunner:
+    """The engine ``milcnn.batch.run_batch`` runs fields on when given a cluster: connects (or starts a
+    local cluster of ``workers`` processes on 127.0.0.1), has every worker load ``model`` once, then
+    streams fields through ``run_distributed``. ``close()`` ends what it started.
+
+    Raises:
+        RuntimeError: the scheduler cannot be reached, or a worker cannot load the model (one line).
+        ImportError: dask is not installed (says which extra to install).
+    """
+
+    def __init__(self, *, model: str, classes, precision: str = "fp32", scheduler: str | None = None,
+                 workers: int | None = None, client=None):
+        distributed = _distributed()
+        self.classes, self.cluster, self.own_client = tuple(classes), None, client is None
+        try:
+            if client is not None:
+                self.client = client
+            elif scheduler is None:
+                self.cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
+                                                        processes=True, host="127.0.0.1", dashboard_address=None)
+                self.client = distributed.Client(self.cluster)
+            else:
+                self.client = distributed.Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise RuntimeError(f"cannot reach the Dask scheduler {scheduler}: {' '.join(str(exc).split())}") from None
+        try:
+            self.client.register_plugin(ModelPlugin(model, precision=precision), name=PLUGIN_NAME)
+            loaded = self.client.run(lambda dask_worker: hasattr(dask_worker, "milcnn_classifier"))
+            if not loaded or not all(loaded.values()):
+                raise RuntimeError("no worker holds the model" if not loaded else "some workers did not load it")
+        except Exception as exc:
+            self.close()
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise RuntimeError(f"the Dask workers could not load {model}: {text}") from None
+
+    def __call__(self, items, out_dir: Path, opts, *, on_error, stems):
+        options = {"channel_axis": opts.channel_axis, "tile_size": opts.tile_size, "pixel_size": opts.pixel_size,
+                   "cell_diameter": opts.cell_diameter, "channel_index": opts.channel_index,
+                   "threshold": opts.threshold, "overlays": opts.overlays}
+        return run_distributed(self.client, items, Path(out_dir), options=options, classes=self.classes,
+                               on_error=on_error, stems=stems, overlays=opts.overlays)
+
+    def close(self) -> None:
+        if self.own_client and getattr(self, "client", None) is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def run_distributed(client, items: list, out_dir: Path, *, options: dict, classes, on_error: Callable,
+                    stems: dict, overlays: bool, in_flight: int | None = None) -> Iterator[tuple[object, object]]:
+    """The Dask counterpart of ``milcnn.pipeline.run_pipeline``: yields ``(item, Prediction)`` in input
+    order once its files are written, or ``(item, None)`` after ``on_error``; at most ``in_flight``
+    fields are submitted at a time (default four per worker thread), so memory stays bounded."""
+    from distributed import wait
+
+    from milcnn.io import write_atomic, write_label_tiff
+    from milcnn.overlay import PALETTE
+    from milcnn.pipeline import error_line
+
+    threads = sum(client.nthreads().values()) or 1
+    limit = in_flight or 4 * threads
+    queue = iter(items)
+    running: deque = deque()
+
+    def submit_next() -> None:
+        while len(running) < limit:
+            item = next(queue, None)
+            if item is None:
+                return
+            # pure=False: a field is re-run if asked again (a resumed run), never served from an old result
+            running.append((item, client.submit(_predict_field, item, options, pure=False, retries=1)))
+
+    submit_next()
+    while running:
+        item, future = running.popleft()
+        wait(future)
+        try:
+            pred, overlay = future.result()
+        except Exception as exc:  # noqa: BLE001 - the task itself failed (a worker lost twice, ...)
+            pred, overlay = None, error_line(exc)
+        future.release()
+        if pred is None:  # the field's own failure, as the local pipeline reports it
+            on_error(item, overlay, None)
+            yield item, None
+            submit_next()
+            continue
+        try:
+            stem = stems.get(item, Path(str(item)).stem)
+            write_label_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, classes, PALETTE, durable=False)
+            if overlays and overlay is not None:
+                with write_atomic(out_dir / "overlays" / f"{stem}.png", "wb", durable=False) as fh:
+                    fh.write(overlay)
+        except Exception as exc:  # noqa: BLE001
+            on_error(item, error_line(exc), exc)
+            yield item, None
+            submit_next()
+            continue
+        yield item, pred
+        submit_next()
+
+
+def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: str | None = None,
+            workers: int | None = None, precision: str = "fp32", **options) -> int:
+    """``milzoo predict`` on a Dask cluster, from Python: ``inputs`` (files, folders, globs, OME-Zarr
+    plates) into the folder ``out``, on ``client`` (or the cluster at ``scheduler``, or a new local
+    cluster of ``workers`` processes); the other keyword options are ``milcnn.batch.BatchOptions``'s.
+    Returns the exit code (0 all predicted, 1 some failed)."""
+    from milcnn.batch import BatchOptions, run_batch
+    from milcnn.classifier import Classifier
+    from milcnn.hub import parse_model_spec
+
+    name, revision = parse_model_spec(model)
+    clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
+    runner = DaskRunner(model=model, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
+                        workers=workers, client=client)
+    try:
+        return run_batch(clf, list(inputs), Path(out), BatchOptions(**options), echo=log.info, runner=runner)
+    finally:
+        runner.close()
+
+
+def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.5, precision: str = "fp32"):
+    """A Dask bag of per-field results (``{"image", "label", "probabilities", "mask"}``) for graphs of your
+    own; each partition loads the model once."""
+    import dask.bag as db
+
+    options = {"channel_axis": None, "tile_size": None, "pixel_size": None, "cell_diameter": None,
+               "channel_index": None, "threshold": threshold}
+
+    def partition(chunk):
+        from milcnn.classifier import Classifier
+        from milcnn.hub import parse_model_spec
+
+        name, revision = parse_model_spec(model)
+        clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
+        out = []
+        for item in chunk:
+            pred = clf.predict(item, threshold=options["threshold"])
+            out.append({"image": str(item), "label": pred.label, "probabilities": pred.probabilities,
+                        "mask": pred.mask})
+        return out
+
+    return db.from_sequence(items, partition_size=max(1, len(items) // 8 or 1)).map_partitions(partition)
