@@ -138,3 +138,22 @@ def test_predict_from_python_and_the_lazy_form(images, local, tmp_path):
     results = bag.compute(scheduler="sync")
     assert [r["image"].rsplit("/", 1)[-1] for r in results] == ["f00.tif", "f01.tif", "f02.tif"]
     assert all(r["mask"].shape == (256, 512) for r in results)
+
+
+def test_the_slurm_job_script(monkeypatch):
+    """--cluster slurm: one single-process worker per node with all its cores, the shared model cache exported;
+    the script is checked, not submitted (there is no sbatch here)."""
+    from milcnn.distributed import slurm_cluster
+
+    monkeypatch.setenv("HF_HOME", "/shared/hf-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cluster = slurm_cluster(cores=8, memory="16GB", walltime="04:00:00", queue="gpu", host="127.0.0.1")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH -t 04:00:00" in lines and "#SBATCH -p gpu" in lines
+    assert "export HF_HOME=/shared/hf-cache" in lines and "export HF_HUB_OFFLINE=1" in lines
+    worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    assert "tcp://127.0.0.1:" in worker and worker.count("--nthreads 8") == 1

@@ -97,7 +97,13 @@ def main() -> None:
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="predict on this Dask cluster (pip install 'milcnn-sdk[dask]'); files are written here")
 @click.option("--dask-workers", type=click.IntRange(1, 1024), default=None,
-              help="predict on a local Dask cluster of this many single-threaded worker processes")
+              help="predict on a local Dask cluster of this many single-threaded worker processes (with --cluster "
+                   "slurm: this many SLURM jobs, one worker per node)")
+@click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm"]), default=None,
+              help="slurm: submit Dask workers as SLURM jobs (pip install 'milcnn-sdk[slurm]'; needs sbatch)")
+@click.option("--cores", type=click.IntRange(1), default=None, help="with --cluster slurm: cores per job")
+@click.option("--memory", default=None, help="with --cluster slurm: memory per job, e.g. 16GB")
+@click.option("--walltime", default=None, help="with --cluster slurm: time limit per job, e.g. 04:00:00")
 @click.option("--write-labels", is_flag=True,
               help="OME-Zarr plates: also write each field's mask into the plate, as the label image labels/milcnn")
 @click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -107,8 +113,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
-            manifest, channel_index, scheduler, dask_workers, write_labels, plate_map, resume, overwrite,
-            debug) -> None:
+            manifest, channel_index, scheduler, dask_workers, cluster_kind, cores, memory, walltime, write_labels,
+            plate_map, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
@@ -148,7 +154,14 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
                         command=["milzoo", *sys.argv[1:]])
     runner = None
     try:
-        if scheduler or dask_workers:
+        if cluster_kind == "slurm":
+            from milcnn.distributed import DaskRunner, slurm_cluster
+
+            if not (cores and memory and walltime):
+                raise click.UsageError("--cluster slurm needs --cores, --memory and --walltime")
+            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, workers=dask_workers,
+                                cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime))
+        elif scheduler or dask_workers or cluster_kind == "local":
             from milcnn.distributed import DaskRunner
 
             runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, scheduler=scheduler,

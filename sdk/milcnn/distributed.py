@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distributed"]
+__all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distributed", "slurm_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,16 @@ class DaskRunner:
     """
 
     def __init__(self, *, model: str, classes, precision: str = "fp32", scheduler: str | None = None,
-                 workers: int | None = None, client=None):
+                 workers: int | None = None, client=None, cluster=None):
         distributed = _distributed()
-        self.classes, self.cluster, self.own_client = tuple(classes), None, client is None
+        self.classes, self.cluster, self.own_client = tuple(classes), cluster, client is None
         try:
             if client is not None:
                 self.client = client
+            elif cluster is not None:  # e.g. slurm_cluster(): scale to the jobs asked for, then wait for one
+                cluster.scale(jobs=workers or 1)
+                self.client = distributed.Client(cluster)
+                self.client.wait_for_workers(1, timeout=3600)
             elif scheduler is None:
                 self.cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
                                                         processes=True, host="127.0.0.1", dashboard_address=None)
@@ -137,6 +141,29 @@ class DaskRunner:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None = None,
+                  account: str | None = None, env: dict | None = None, host: str | None = None):
+    """A ``dask_jobqueue.SLURMCluster`` of one single-process worker per node (job) with ``cores`` threads:
+    the worker's onnxruntime uses them all. ``env`` (default: ``HF_HOME`` and ``HF_HUB_OFFLINE`` as set
+    here) is exported in each job, so the nodes load the model from the shared cache that
+    ``milzoo download`` filled, with no network. Submitting jobs needs ``sbatch`` (``cluster.scale``).
+    ``host``: the address the scheduler listens on (default: this machine's, reachable by the nodes).
+
+    Raises:
+        ImportError: dask-jobqueue is not installed (``pip install 'milcnn-sdk[slurm]'``).
+    """
+    import os
+
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ImportError("SLURM clusters need dask-jobqueue: pip install 'milcnn-sdk[slurm]'") from None
+    env = {k: os.environ[k] for k in ("HF_HOME", "HF_HUB_OFFLINE") if k in os.environ} if env is None else env
+    return SLURMCluster(cores=cores, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
+                        job_script_prologue=[f"export {k}={v}" for k, v in env.items()],
+                        scheduler_options={"host": host} if host else None)
 
 
 def run_distributed(client, items: list, out_dir: Path, *, options: dict, classes, on_error: Callable,
