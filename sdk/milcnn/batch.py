@@ -128,7 +128,9 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
     label = pred.label
     if not label or (top < threshold and not argmax):
         label = UNASSIGNED
-    counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
+    counts = getattr(pred, "areas", None)  # computed where the mask is (a Dask worker), or here
+    if counts is None:
+        counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
     where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
     return [image, *where, label, f"{top:.6f}", *[f"{p:.6f}" for p in probs], *[f"{a:.6f}" for a in counts]]
 
@@ -408,7 +410,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                                   stems=stems, channel_index=opts.channel_index)
         try:
             for path, pred in stream:
-                if pred is not None and opts.write_labels and isinstance(path, ZarrField):
+                if pred is not None and opts.write_labels and isinstance(path, ZarrField) and pred.mask is not None:
                     try:
                         path.write_label(pred.mask, clf.classes, PALETTE)
                     except Exception as exc:  # noqa: BLE001 - that field's failure, as any other

@@ -99,6 +99,9 @@ def main() -> None:
 @click.option("--dask-workers", type=click.IntRange(1, 1024), default=None,
               help="predict on a local Dask cluster of this many single-threaded worker processes (with --cluster "
                    "slurm: this many SLURM jobs, one worker per node)")
+@click.option("--dask-write", type=click.Choice(["workers", "client"]), default="workers", show_default=True,
+              help="who writes masks and overlays on a Dask cluster: the workers (the output folder must be on a "
+                   "file system they share) or this client (results are sent back)")
 @click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm"]), default=None,
               help="slurm: submit Dask workers as SLURM jobs (pip install 'milcnn-sdk[slurm]'; needs sbatch)")
 @click.option("--cores", type=click.IntRange(1), default=None, help="with --cluster slurm: cores per job")
@@ -113,7 +116,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
-            manifest, channel_index, scheduler, dask_workers, cluster_kind, cores, memory, walltime, write_labels,
+            manifest, channel_index, scheduler, dask_workers, dask_write, cluster_kind, cores, memory, walltime,
+            write_labels,
             plate_map, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
@@ -160,12 +164,13 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
             if not (cores and memory and walltime):
                 raise click.UsageError("--cluster slurm needs --cores, --memory and --walltime")
             runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, workers=dask_workers,
-                                cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime))
+                                cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime),
+                                write=dask_write)
         elif scheduler or dask_workers or cluster_kind == "local":
             from milcnn.distributed import DaskRunner
 
             runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
-                                workers=dask_workers)
+                                workers=dask_workers, write=dask_write)
         code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True), runner=runner)
     except ResultsFolderError as exc:
         raise click.UsageError(str(exc)) from None

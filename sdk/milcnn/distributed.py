@@ -61,6 +61,14 @@ class ModelPlugin(_WorkerPlugin):
         worker.__dict__.pop("milcnn_classifier", None)
 
 
+class FieldResult:
+    """What a worker that wrote a field's files itself sends back: the row's contents (``mask`` is
+    None, or the mask when the plate's label image is to be written by the client)."""
+
+    def __init__(self, label: str, probabilities: dict, areas, mask=None):
+        self.label, self.probabilities, self.areas, self.mask = label, probabilities, areas, mask
+
+
 def _predict_field(item, options: dict):
     """On a worker: one field -> (Prediction with its mask computed, overlay PNG bytes or None)."""
     from distributed import get_worker
@@ -74,6 +82,9 @@ def _predict_field(item, options: dict):
 
 
 def _predict_field_on(clf, item, options: dict):
+    """One field on a worker. ``options["write_to"]`` (the output folder, on a file system the workers
+    share with the client): write the mask and overlay there, as the local pipeline does, and send back a
+    ``FieldResult``; otherwise send the prediction and the overlay's PNG for the client to write."""
     prepared = clf.prepare_input(item, channel_axis=options["channel_axis"], tile_size=options["tile_size"],
                                  pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
                                  channel_index=options["channel_index"])
@@ -86,6 +97,21 @@ def _predict_field_on(clf, item, options: dict):
         name = getattr(item, "name", None) or Path(str(item)).name
         title = f"{name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
         overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, normalized=prepared.x))
+    out = options.get("write_to")
+    if out is not None:
+        import numpy as np
+
+        from milcnn.io import write_atomic, write_label_tiff
+        from milcnn.overlay import PALETTE
+
+        stem = options["stems"].get(str(item)) or Path(str(item)).stem
+        write_label_tiff(Path(out) / "masks" / f"{stem}.tif", pred.mask, clf.classes, PALETTE, durable=False)
+        if overlay is not None:
+            with write_atomic(Path(out) / "overlays" / f"{stem}.png", "wb", durable=False) as fh:
+                fh.write(overlay)
+        k = len(clf.classes)
+        areas = np.bincount(pred.mask.ravel(), minlength=k + 1)[1:k + 1] / max(1, pred.mask.size)
+        return FieldResult(pred.label, pred.probabilities, areas, pred.mask if options.get("send_mask") else None), None
     pred.maps = pred.maps[:0]  # the client needs label, probabilities and mask only: send less
     return pred, overlay
 
@@ -95,15 +121,23 @@ class DaskRunner:
     local cluster of ``workers`` processes on 127.0.0.1), has every worker load ``model`` once, then
     streams fields through ``run_distributed``. ``close()`` ends what it started.
 
+    ``write="workers"`` (default): workers write each field's mask and overlay into the output folder
+    themselves and send back only the row (the output folder must be on a file system they share with the
+    client, as cluster scratch usually is); ``"client"``: they send the mask and the overlay's PNG and the
+    client writes them (no shared output folder needed; about 0.8 MB per 512 x 512 field goes over the
+    network, and the client's writing competes with the workers: ``benchmarks/results/distributed.md``).
+
     Raises:
         RuntimeError: the scheduler cannot be reached, or a worker cannot load the model (one line).
         ImportError: dask is not installed (says which extra to install).
     """
 
     def __init__(self, *, model: str, classes, precision: str = "fp32", scheduler: str | None = None,
-                 workers: int | None = None, client=None, cluster=None):
+                 workers: int | None = None, client=None, cluster=None, write: str = "workers"):
         distributed = _distributed()
-        self.classes, self.cluster, self.own_client = tuple(classes), cluster, client is None
+        if write not in ("workers", "client"):
+            raise ValueError(f"write must be 'workers' or 'client', got {write!r}")
+        self.classes, self.cluster, self.own_client, self.write = tuple(classes), cluster, client is None, write
         try:
             if client is not None:
                 self.client = client
@@ -133,6 +167,9 @@ class DaskRunner:
         options = {"channel_axis": opts.channel_axis, "tile_size": opts.tile_size, "pixel_size": opts.pixel_size,
                    "cell_diameter": opts.cell_diameter, "channel_index": opts.channel_index,
                    "threshold": opts.threshold, "overlays": opts.overlays}
+        if self.write == "workers":
+            options.update(write_to=str(Path(out_dir).absolute()), stems={str(k): v for k, v in stems.items()},
+                           send_mask=bool(opts.write_labels))
         return run_distributed(self.client, items, Path(out_dir), options=options, classes=self.classes,
                                on_error=on_error, stems=stems, overlays=opts.overlays)
 
@@ -202,6 +239,10 @@ def run_distributed(client, items: list, out_dir: Path, *, options: dict, classe
         if pred is None:  # the field's own failure, as the local pipeline reports it
             on_error(item, overlay, None)
             yield item, None
+            submit_next()
+            continue
+        if isinstance(pred, FieldResult):  # the worker wrote the files
+            yield item, pred
             submit_next()
             continue
         try:
