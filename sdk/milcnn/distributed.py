@@ -1,11 +1,12 @@
 """``milzoo predict`` on a Dask cluster (the optional extra ``milcnn-sdk[dask]``).
 
-Each worker loads the model once (``ModelPlugin``) and predicts fields; the result of a field (its
-prediction with the mask computed, and its overlay PNG) comes back to the client, which writes every
-file and CSV row exactly as the local pipeline does. So outputs need no shared file system (only the
-inputs must be readable by the workers), a result is written once however often its task runs (a
-killed worker's fields are re-run by Dask elsewhere), and ``--resume``, ``run.json`` and the plate
-outputs are those of ``milcnn.batch`` unchanged.
+Each worker loads the model once (``ModelPlugin``). By default a task is a chunk of fields that the
+worker runs through the local pipeline (``milcnn.pipeline``), writing their masks and overlays into the
+output folder (which the workers and the client share) and sending back the rows; with
+``write="client"`` a task is one field whose prediction and overlay PNG come back for the client to
+write (no shared output folder needed). Either way the client writes the CSV rows after the files, so
+``--resume``, ``run.json`` and the plate outputs are those of ``milcnn.batch`` unchanged, and a killed
+worker's fields, re-run by Dask elsewhere, are written once.
 
 >>> from milcnn.distributed import predict
 >>> predict(["plate/"], "yeast-loc", out="results", client=client)          # doctest: +SKIP
@@ -69,6 +70,35 @@ class FieldResult:
         self.label, self.probabilities, self.areas, self.mask = label, probabilities, areas, mask
 
 
+def _predict_chunk(items: list, options: dict) -> list:
+    """On a worker, fields that the worker writes itself: run through the local pipeline
+    (``milcnn.pipeline.run_pipeline``: reading the next field and writing the last one overlap the
+    network, as on one machine), one ``(FieldResult or None, error line)`` per field, in order."""
+    import numpy as np
+    from distributed import get_worker
+
+    from milcnn.pipeline import run_pipeline
+
+    clf = get_worker().milcnn_classifier
+    errors: dict = {}
+    out: list = []
+    k = len(clf.classes)
+    stems = {item: options["stems"].get(str(item)) or Path(str(item)).stem for item in items}
+    for item, pred in run_pipeline(clf, items, Path(options["write_to"]), channel_axis=options["channel_axis"],
+                                   threshold=options["threshold"], tile_size=options["tile_size"], workers=1,
+                                   streams=1, overlays=options["overlays"], stems=stems,
+                                   pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
+                                   channel_index=options["channel_index"],
+                                   on_error=lambda path, message, exc=None: errors.__setitem__(str(path), message)):
+        if pred is None:
+            out.append((None, errors.get(str(item), "failed")))
+            continue
+        areas = np.bincount(pred.mask.ravel(), minlength=k + 1)[1:k + 1] / max(1, pred.mask.size)
+        out.append((FieldResult(pred.label, pred.probabilities, areas,
+                                pred.mask if options.get("send_mask") else None), None))
+    return out
+
+
 def _predict_field(item, options: dict):
     """On a worker: one field -> (Prediction with its mask computed, overlay PNG bytes or None)."""
     from distributed import get_worker
@@ -121,8 +151,8 @@ class DaskRunner:
     local cluster of ``workers`` processes on 127.0.0.1), has every worker load ``model`` once, then
     streams fields through ``run_distributed``. ``close()`` ends what it started.
 
-    ``write="workers"`` (default): workers write each field's mask and overlay into the output folder
-    themselves and send back only the row (the output folder must be on a file system they share with the
+    ``write="workers"`` (default): workers run chunks of fields through the local pipeline, writing each
+    field's mask and overlay into the output folder themselves, and send back only the rows (the output folder must be on a file system they share with the
     client, as cluster scratch usually is); ``"client"``: they send the mask and the overlay's PNG and the
     client writes them (no shared output folder needed; about 0.8 MB per 512 x 512 field goes over the
     network, and the client's writing competes with the workers: ``benchmarks/results/distributed.md``).
@@ -216,6 +246,10 @@ def run_distributed(client, items: list, out_dir: Path, *, options: dict, classe
 
     threads = sum(client.nthreads().values()) or 1
     limit = in_flight or 4 * threads
+    if options.get("write_to") is not None:  # workers write: chunks of fields through their own pipeline
+        yield from _run_chunks(client, items, options, on_error, chunk=options.get("chunk", 4),
+                               limit=max(2, limit // 2))
+        return
     queue = iter(items)
     running: deque = deque()
 
@@ -258,6 +292,40 @@ def run_distributed(client, items: list, out_dir: Path, *, options: dict, classe
             continue
         yield item, pred
         submit_next()
+
+
+def _run_chunks(client, items: list, options: dict, on_error: Callable, *, chunk: int, limit: int):
+    """``run_distributed`` when the workers write the files: ``chunk`` consecutive fields per task, at
+    most ``limit`` tasks in flight, results yielded in input order."""
+    from distributed import wait
+
+    from milcnn.pipeline import error_line
+
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    queue = iter(chunks)
+    running: deque = deque()
+
+    def submit_next() -> None:
+        while len(running) < limit:
+            part = next(queue, None)
+            if part is None:
+                return
+            running.append((part, client.submit(_predict_chunk, part, options, pure=False, retries=1)))
+
+    submit_next()
+    while running:
+        part, future = running.popleft()
+        wait(future)
+        try:
+            results = future.result()
+        except Exception as exc:  # noqa: BLE001 - the task itself failed (a worker lost twice, ...)
+            results = [(None, error_line(exc))] * len(part)
+        future.release()
+        submit_next()
+        for item, (result, message) in zip(part, results):
+            if result is None:
+                on_error(item, message, None)
+            yield item, result
 
 
 def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: str | None = None,
