@@ -42,8 +42,8 @@ def test_over_the_budget_a_tiff_opens_lazily_or_says_why_not(tmp_path):
     whole = _image()
     tiled = tmp_path / "tiled.tif"
     tifffile.imwrite(tiled, whole, photometric="minisblack", tile=(128, 128), compression="zlib")
-    assert isinstance(open_image(tiled), np.ndarray)  # within the budget: read whole
-    assert isinstance(open_image(tiled, max_values=1000), LazyTiff)
+    assert isinstance(open_image(tiled)[0], np.ndarray)  # within the budget: read whole
+    assert isinstance(open_image(tiled, max_values=1000)[0], LazyTiff)
     with pytest.raises(ImageReadError, match="over the 1,000 px its outputs may take"):
         open_image(tiled, max_values=1000, max_lazy_pixels=1000)
     floats = tmp_path / "floats.tif"

@@ -12,7 +12,7 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -477,7 +477,3 @@ def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plat
     except OSError as exc:
         raise OutputFolderError(f"{out}: cannot write the plate results ({exc.strerror or exc})") from None
     return lines
-
-
-def options_dict(opts: BatchOptions) -> dict:
-    return asdict(opts)

@@ -14,7 +14,7 @@ from milcnn.config import ModelInfo
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.fields import ChannelFiles
 from milcnn.omezarr import ZarrField
-from milcnn.io import ome_channels, open_image
+from milcnn.io import open_image
 from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
@@ -284,9 +284,8 @@ class Classifier:
         named = None
         if isinstance(image, (str, Path)):
             source = str(image)
-            named = ome_channels(image) if channel_index is None else None
-            image = open_image(image)
-        if named is not None and not isinstance(image, LazyTiff):
+            image, named = open_image(image)
+        if named is not None and channel_index is None and not isinstance(image, LazyTiff):
             image, channel_axis = self._by_name(np.asarray(image), *named, source=source)
         elif channel_index is not None and not isinstance(image, LazyTiff):
             image, channel_axis = _pick_channels(np.asarray(image), channel_index, channel_axis, source)
@@ -318,7 +317,7 @@ class Classifier:
     def _stack_channel_files(self, field: ChannelFiles) -> np.ndarray:
         planes = []
         for channel, path in zip(self.channels, field.files):
-            plane = open_image(path)
+            plane, _ = open_image(path)
             if isinstance(plane, LazyTiff) or np.squeeze(np.asarray(plane)).ndim != 2:
                 shape = plane.shape
                 raise ValueError(f"{path}: the {channel} file of {field.id.name} holds an image of shape {shape}; "

@@ -99,22 +99,25 @@ def _predict_chunk(items: list, options: dict) -> list:
     return out
 
 
-def _predict_field(item, options: dict):
-    """On a worker: one field -> (Prediction with its mask computed, overlay PNG bytes or None)."""
+def _predict_fields(items: list, options: dict) -> list:
+    """On a worker, fields the client writes: one ``(Prediction with its mask computed, overlay PNG bytes
+    or None)`` per field, or ``(None, error line)`` for a field that failed (sent as a value: no worker
+    traceback)."""
     from distributed import get_worker
 
     from milcnn.pipeline import error_line
 
-    try:
-        return _predict_field_on(get_worker().milcnn_classifier, item, options)
-    except Exception as exc:  # noqa: BLE001 - that field's failure, sent as a value: no worker traceback
-        return None, error_line(exc)
+    clf, out = get_worker().milcnn_classifier, []
+    for item in items:
+        try:
+            out.append(_predict_field_on(clf, item, options))
+        except Exception as exc:  # noqa: BLE001 - that field's failure, as the local pipeline reports it
+            out.append((None, error_line(exc)))
+    return out
 
 
 def _predict_field_on(clf, item, options: dict):
-    """One field on a worker. ``options["write_to"]`` (the output folder, on a file system the workers
-    share with the client): write the mask and overlay there, as the local pipeline does, and send back a
-    ``FieldResult``; otherwise send the prediction and the overlay's PNG for the client to write."""
+    """One field on a worker: the prediction (mask computed, maps dropped) and the overlay's PNG."""
     prepared = clf.prepare_input(item, channel_axis=options["channel_axis"], tile_size=options["tile_size"],
                                  pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
                                  channel_index=options["channel_index"])
@@ -122,26 +125,10 @@ def _predict_field_on(clf, item, options: dict):
     pred.mask  # noqa: B018 - computed here, on the worker, and sent with the prediction
     overlay = None
     if options["overlays"]:
-        from milcnn.overlay import overlay_png
+        from milcnn.overlay import overlay_png, overlay_title
 
-        name = getattr(item, "name", None) or Path(str(item)).name
-        title = f"{name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
+        title = overlay_title(getattr(item, "name", None) or Path(str(item)).name, pred)
         overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, normalized=prepared.x))
-    out = options.get("write_to")
-    if out is not None:
-        import numpy as np
-
-        from milcnn.io import write_atomic, write_label_tiff
-        from milcnn.overlay import PALETTE
-
-        stem = options["stems"].get(str(item)) or Path(str(item)).stem
-        write_label_tiff(Path(out) / "masks" / f"{stem}.tif", pred.mask, clf.classes, PALETTE, durable=False)
-        if overlay is not None:
-            with write_atomic(Path(out) / "overlays" / f"{stem}.png", "wb", durable=False) as fh:
-                fh.write(overlay)
-        k = len(clf.classes)
-        areas = np.bincount(pred.mask.ravel(), minlength=k + 1)[1:k + 1] / max(1, pred.mask.size)
-        return FieldResult(pred.label, pred.probabilities, areas, pred.mask if options.get("send_mask") else None), None
     pred.maps = pred.maps[:0]  # the client needs label, probabilities and mask only: send less
     return pred, overlay
 
@@ -235,74 +222,50 @@ def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None =
 
 def run_distributed(client, items: list, out_dir: Path, *, options: dict, classes, on_error: Callable,
                     stems: dict, overlays: bool, in_flight: int | None = None) -> Iterator[tuple[object, object]]:
-    """The Dask counterpart of ``milcnn.pipeline.run_pipeline``: yields ``(item, Prediction)`` in input
-    order once its files are written, or ``(item, None)`` after ``on_error``; at most ``in_flight``
-    fields are submitted at a time (default four per worker thread), so memory stays bounded."""
-    from distributed import wait
-
+    """The Dask counterpart of ``milcnn.pipeline.run_pipeline``: yields ``(item, Prediction or
+    FieldResult)`` in input order once its files are written, or ``(item, None)`` after ``on_error``.
+    Workers that write (``options["write_to"]``) take chunks of 4 fields per task; otherwise a task is
+    one field and the client writes it. At most ``in_flight`` single fields (default four per worker
+    thread) or half as many chunks are in flight, so memory stays bounded."""
     from milcnn.io import write_atomic, write_label_tiff
     from milcnn.overlay import PALETTE
     from milcnn.pipeline import error_line
 
-    threads = sum(client.nthreads().values()) or 1
-    limit = in_flight or 4 * threads
-    if options.get("write_to") is not None:  # workers write: chunks of fields through their own pipeline
-        yield from _run_chunks(client, items, options, on_error, chunk=options.get("chunk", 4),
-                               limit=max(2, limit // 2))
-        return
-    queue = iter(items)
-    running: deque = deque()
-
-    def submit_next() -> None:
-        while len(running) < limit:
-            item = next(queue, None)
-            if item is None:
-                return
-            # pure=False: a field is re-run if asked again (a resumed run), never served from an old result
-            running.append((item, client.submit(_predict_field, item, options, pure=False, retries=1)))
-
-    submit_next()
-    while running:
-        item, future = running.popleft()
-        wait(future)
-        try:
-            pred, overlay = future.result()
-        except Exception as exc:  # noqa: BLE001 - the task itself failed (a worker lost twice, ...)
-            pred, overlay = None, error_line(exc)
-        future.release()
-        if pred is None:  # the field's own failure, as the local pipeline reports it
-            on_error(item, overlay, None)
-            yield item, None
-            submit_next()
-            continue
-        if isinstance(pred, FieldResult):  # the worker wrote the files
-            yield item, pred
-            submit_next()
-            continue
-        try:
-            stem = stems.get(item, Path(str(item)).stem)
-            write_label_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, classes, PALETTE, durable=False)
-            if overlays and overlay is not None:
-                with write_atomic(out_dir / "overlays" / f"{stem}.png", "wb", durable=False) as fh:
-                    fh.write(overlay)
-        except Exception as exc:  # noqa: BLE001
-            on_error(item, error_line(exc), exc)
-            yield item, None
-            submit_next()
-            continue
-        yield item, pred
-        submit_next()
+    limit = in_flight or 4 * (sum(client.nthreads().values()) or 1)
+    workers_write = options.get("write_to") is not None
+    chunk = options.get("chunk", 4) if workers_write else 1
+    task = _predict_chunk if workers_write else _predict_fields
+    tasks = max(2, limit // 2) if workers_write else limit  # chunks: two per worker thread in flight
+    for part, results in _in_order(client, task, items, options, chunk=chunk, limit=tasks):
+        for item, (result, extra) in zip(part, results):
+            if result is None:  # the field's own failure; ``extra`` is its error line
+                on_error(item, extra, None)
+                yield item, None
+                continue
+            if not workers_write:  # the client writes the mask and the overlay (``extra``)
+                try:
+                    stem = stems.get(item, Path(str(item)).stem)
+                    write_label_tiff(out_dir / "masks" / f"{stem}.tif", result.mask, classes, PALETTE,
+                                     durable=False)
+                    if overlays and extra is not None:
+                        with write_atomic(out_dir / "overlays" / f"{stem}.png", "wb", durable=False) as fh:
+                            fh.write(extra)
+                except Exception as exc:  # noqa: BLE001
+                    on_error(item, error_line(exc), exc)
+                    yield item, None
+                    continue
+            yield item, result
 
 
-def _run_chunks(client, items: list, options: dict, on_error: Callable, *, chunk: int, limit: int):
-    """``run_distributed`` when the workers write the files: ``chunk`` consecutive fields per task, at
-    most ``limit`` tasks in flight, results yielded in input order."""
+def _in_order(client, task, items: list, options: dict, *, chunk: int, limit: int):
+    """``task(part, options)`` on ``chunk`` consecutive items per Dask task, at most ``limit`` tasks in
+    flight; yields ``(part, its results)`` in input order (a task that fails as a whole, e.g. a worker
+    lost twice, gives ``(None, error line)`` for each of its items)."""
     from distributed import wait
 
     from milcnn.pipeline import error_line
 
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    queue = iter(chunks)
+    queue = iter([items[i:i + chunk] for i in range(0, len(items), chunk)])
     running: deque = deque()
 
     def submit_next() -> None:
@@ -310,7 +273,8 @@ def _run_chunks(client, items: list, options: dict, on_error: Callable, *, chunk
             part = next(queue, None)
             if part is None:
                 return
-            running.append((part, client.submit(_predict_chunk, part, options, pure=False, retries=1)))
+            # pure=False: re-run if asked again (a resumed run), never served from an old result
+            running.append((part, client.submit(task, part, options, pure=False, retries=1)))
 
     submit_next()
     while running:
@@ -318,14 +282,11 @@ def _run_chunks(client, items: list, options: dict, on_error: Callable, *, chunk
         wait(future)
         try:
             results = future.result()
-        except Exception as exc:  # noqa: BLE001 - the task itself failed (a worker lost twice, ...)
+        except Exception as exc:  # noqa: BLE001
             results = [(None, error_line(exc))] * len(part)
         future.release()
         submit_next()
-        for item, (result, message) in zip(part, results):
-            if result is None:
-                on_error(item, message, None)
-            yield item, result
+        yield part, results
 
 
 def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: str | None = None,

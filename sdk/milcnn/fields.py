@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ChannelFiles", "LAYOUTS", "channel_rules", "group_channels"]
+__all__ = ["ChannelFiles", "FieldPath", "LAYOUTS", "channel_rules", "group_channels"]
 
 LAYOUTS = {
     "imagexpress": re.compile(r"^(?P<field>.+)_w(?P<channel>\d{1,2})(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
@@ -24,13 +24,11 @@ LAYOUTS = {
 }
 
 
-@dataclass(frozen=True)
-class ChannelFiles:
-    """One field given as one file per model channel: ``files`` in the model's channel order.
-    ``id`` (the folder and the shared part of the names) names it in every output."""
+class FieldPath:
+    """Path-like behaviour, from ``self.id``, for inputs that are not one file (``ChannelFiles``,
+    ``milcnn.omezarr.ZarrField``): outputs, stems, locations and rows name them by ``id``."""
 
     id: Path
-    files: tuple[Path, ...]
 
     @property
     def name(self) -> str:
@@ -38,7 +36,7 @@ class ChannelFiles:
 
     @property
     def stem(self) -> str:
-        return self.id.name
+        return self.name
 
     @property
     def parent(self) -> Path:
@@ -61,6 +59,15 @@ class ChannelFiles:
 
     def __fspath__(self) -> str:
         return str(self.id)
+
+
+@dataclass(frozen=True)
+class ChannelFiles(FieldPath):
+    """One field given as one file per model channel: ``files`` in the model's channel order.
+    ``id`` (the folder and the shared part of the names) names it in every output."""
+
+    id: Path
+    files: tuple[Path, ...]
 
 
 def channel_rules(model_channels: tuple[str, ...], channels: tuple[str, ...] = (), layout: str | None = None):

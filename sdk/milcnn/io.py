@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.errors import ImageReadError
 
-__all__ = ["read_image", "open_image", "ome_channels", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+__all__ = ["read_image", "open_image", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
@@ -70,6 +70,12 @@ def read_image(path, *, max_values: int | None = None) -> np.ndarray:
         ImageReadError: the file is missing, not a regular file, empty, over the budget, truncated, or not
             a supported image.
     """
+    return _read(path, max_values)[0]
+
+
+def _read(path, max_values: int | None) -> tuple[np.ndarray, tuple[list[str], int] | None]:
+    """``read_image``, and the channel names an OME-TIFF declares with their axis (None otherwise),
+    from the one opening of the file."""
     from milcnn import constants
 
     path = Path(path)
@@ -86,7 +92,7 @@ def read_image(path, *, max_values: int | None = None) -> np.ndarray:
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path, budget)
     if suffix in PIL_SUFFIXES:
-        return _read_pil(path, budget)
+        return _read_pil(path, budget), None
     raise ImageReadError(
         path, f"unsupported file type {suffix or '(no extension)'!r}; use {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}"
     )
@@ -98,7 +104,8 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
     ``max_lazy_pixels`` (default ``constants.MAX_LAZY_PIXELS``, env ``MILCNN_MAX_LAZY_PIXELS``).
 
     Returns:
-        a numpy array, or a ``LazyTiff`` (C, H, W).
+        (image, named): a numpy array or a ``LazyTiff`` (C, H, W); and the channel names an OME-TIFF
+        declares with the array axis that holds them (None for other files, or when they do not fit).
 
     Raises:
         ImageReadError: as ``read_image``; over the budget and not readable lazily (says why).
@@ -107,7 +114,7 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
 
     budget = constants.MAX_IMAGE_VALUES if max_values is None else max_values
     try:
-        return read_image(path, max_values=budget)
+        return _read(path, budget)
     except ImageReadError as exc:
         path = Path(path)
         if "over the budget" not in exc.reason or path.suffix.lower() not in TIFF_SUFFIXES:
@@ -126,33 +133,28 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
             raise ImageReadError(path, f"{exc.reason}; read a tile at a time, its {image.shape[1]} x {image.shape[2]} "
                                        f"px planes are over the {lazy_budget:,} px its outputs may take (set "
                                        "MILCNN_MAX_LAZY_PIXELS to raise it)") from None
-        return image
+        return image, None
 
 
-def ome_channels(path) -> tuple[list[str], int] | None:
-    """The channel names an OME-TIFF declares and the axis (of the array ``read_image`` returns) that
-    holds them; None for other files or when the names are missing or do not fit that axis."""
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():  # a FIFO would block the open
-        return None
+def _ome_names(tif) -> tuple[list[str], int] | None:
+    """The channel names an open OME-TIFF declares and the axis of its first series that holds them;
+    None when it is not OME or the names are missing or incomplete."""
     import tifffile
 
+    if not tif.is_ome or not tif.series or "C" not in tif.series[0].axes:
+        return None
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            if not tif.is_ome or not tif.series:
-                return None
-            axes = tif.series[0].axes
-            meta = tifffile.xml2dict(tif.ome_metadata)
-    except Exception:  # noqa: BLE001 - no names to use; reading the pixels will say what is wrong
+        meta = tifffile.xml2dict(tif.ome_metadata)
+    except Exception:  # noqa: BLE001 - unreadable OME-XML: no names to use
         return None
     image = meta.get("OME", {}).get("Image", {})
     image = image[0] if isinstance(image, list) else image
     channels = image.get("Pixels", {}).get("Channel", [])
     channels = channels if isinstance(channels, list) else [channels]
     names = [str(c.get("Name", "")) for c in channels if isinstance(c, dict)]
-    if "C" not in axes or not names or not all(names):
+    if not names or not all(names):
         return None
-    return names, axes.index("C")
+    return names, tif.series[0].axes.index("C")
 
 
 def _kind(path: Path) -> str:
@@ -176,7 +178,7 @@ def _over_budget(path: Path, shape, budget: int) -> None:
                                    f"{budget:,} (set MILCNN_MAX_IMAGE_VALUES to raise it, if the memory is there)")
 
 
-def _read_tiff(path: Path, budget: int) -> np.ndarray:
+def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, tuple[list[str], int] | None]:
     import tifffile
 
     try:
@@ -185,6 +187,7 @@ def _read_tiff(path: Path, budget: int) -> np.ndarray:
             if series is None:
                 raise ImageReadError(path, "not a readable TIFF (no image data)")
             _over_budget(path, series.shape, budget)  # from the header: no pixel read yet
+            named = _ome_names(tif)
             try:
                 array = series.asarray()
             except (ValueError, ImportError) as exc:
@@ -197,7 +200,7 @@ def _read_tiff(path: Path, budget: int) -> np.ndarray:
         raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
     if array.size == 0 or array.ndim < 2:
         raise ImageReadError(path, f"not a readable TIFF (no image data: shape {array.shape})")
-    return array
+    return array, named
 
 
 def _read_tiff_with_pillow(path: Path, cause: Exception) -> np.ndarray:

@@ -120,11 +120,9 @@ class LazyTiff:
 
     @staticmethod
     def _set_range(c: int, counts: np.ndarray, config, low: np.ndarray, scale: np.ndarray) -> None:
-        from milcnn.preprocess import percentiles_from_counts
+        from milcnn.preprocess import percentiles_from_counts, range_of
 
-        lo, hi = percentiles_from_counts(counts, 0, (config.low, config.high))
-        low[c] = np.float32(lo)
-        scale[c] = np.float32(1.0 / max(float(hi - lo), config.eps))
+        low[c], scale[c] = range_of(percentiles_from_counts(counts, 0, (config.low, config.high)), config)
 
     def close(self) -> None:
         self._maps = [None] * len(self._maps)

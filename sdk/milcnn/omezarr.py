@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.errors import ImageReadError
+from milcnn.fields import FieldPath
 
 __all__ = ["ZarrField", "is_plate", "plate_fields", "LABEL_NAME"]
 
@@ -63,7 +64,7 @@ def is_plate(path) -> bool:
 
 
 @dataclass(frozen=True)
-class ZarrField:
+class ZarrField(FieldPath):
     """One field of a plate: ``plate/<row>/<col>/<field>``. Path-like for the outputs (``id``)."""
 
     plate_path: Path
@@ -78,40 +79,14 @@ class ZarrField:
         return self.plate_path / self.image_path
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # unique within the plate, for the output files
         return f"{self.plate}_{self.well}_f{self.field}"
-
-    @property
-    def stem(self) -> str:
-        return self.name
-
-    @property
-    def parent(self) -> Path:
-        return self.id.parent
 
     @property
     def location(self):
         from milcnn.plates import Location
 
         return Location(self.plate, self.well, self.field)
-
-    def relative_to(self, other) -> Path:
-        return self.id.relative_to(other)
-
-    def is_relative_to(self, other) -> bool:
-        return self.id.is_relative_to(other)
-
-    def resolve(self) -> Path:
-        return self.id.resolve()
-
-    def absolute(self) -> Path:
-        return self.id.absolute()
-
-    def __str__(self) -> str:
-        return str(self.id)
-
-    def __fspath__(self) -> str:
-        return str(self.id)
 
     # ------------------------------------------------------------------ reading
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from milcnn.io import write_atomic
 from milcnn.png import png_chunks
 
-__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "overlay_png", "OVERLAY_MAX_PIXELS"]
+__all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "overlay_png", "overlay_title", "OVERLAY_MAX_PIXELS"]
 
 OVERLAY_MAX_PIXELS = 4096 * 4096
 
@@ -175,6 +175,12 @@ def _class_list(classes: tuple[str, ...], present: tuple[bool, ...]) -> np.ndarr
     out = np.asarray(panel)
     out.setflags(write=False)  # shared between calls
     return out
+
+
+def overlay_title(name: str, pred) -> str:
+    """The legend's title of a prediction's overlay: the file (or field) name, the label and its
+    probability."""
+    return f"{name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
 
 
 def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None):

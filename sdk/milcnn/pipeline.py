@@ -101,7 +101,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         stems: each image's output file stem (default: the file's stem).
         pixel_size, cell_diameter: the images' scale (``Classifier.predict``).
     """
-    from milcnn.overlay import PALETTE, save_overlay
+    from milcnn.overlay import PALETTE, overlay_title, save_overlay
     from milcnn.session import physical_cores
 
     stems = stems or {}
@@ -124,8 +124,8 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         # last few seconds (an fsync per file blocks a writer longer than writing the file takes)
         write_label_tiff(out_dir / "masks" / f"{stem}.tif", pred.mask, clf.classes, PALETTE, durable=False)
         if overlays:
-            title = f"{path.name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
-            save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes, title=title,
+            save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes,
+                         title=overlay_title(path.name, pred),
                          normalized=item.x, durable=False)
 
     def fail(slot: _Slot) -> tuple[Path, None]:

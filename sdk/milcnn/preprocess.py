@@ -18,6 +18,7 @@ __all__ = [
     "NormalizationConfig",
     "percentiles",
     "percentiles_from_counts",
+    "range_of",
     "to_chw",
     "normalize",
     "channel_ranges",
@@ -218,11 +219,16 @@ def channel_ranges(image_chw, config: NormalizationConfig = NormalizationConfig(
                 values = values[finite]
         if values.size == 0:
             continue  # an all-NaN channel: scale 0 maps it to zeros
-        lo, hi = percentiles(values.astype(np.float32, copy=False) if image.dtype.kind == "f" else values,
-                             (config.low, config.high))
-        low[c] = np.float32(lo)
-        scale[c] = np.float32(1.0 / max(float(hi - lo), config.eps))
+        low[c], scale[c] = range_of(percentiles(values.astype(np.float32, copy=False) if image.dtype.kind == "f"
+                                                else values, (config.low, config.high)), config)
     return low, scale
+
+
+def range_of(lo_hi, config: NormalizationConfig) -> tuple[np.float32, np.float32]:
+    """``(low, scale)`` of the normalisation from a channel's low and high percentiles: ``scale`` is
+    ``1 / (high - low)``, the distance at least ``config.eps``."""
+    lo, hi = lo_hi
+    return np.float32(lo), np.float32(1.0 / max(float(hi - lo), config.eps))
 
 
 def apply_ranges(image_chw, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
