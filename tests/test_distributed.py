@@ -140,6 +140,19 @@ def test_predict_from_python_and_the_lazy_form(images, local, tmp_path):
     assert all(r["mask"].shape == (256, 512) for r in results)
 
 
+def test_worker_environment_is_what_dask_reads(monkeypatch):
+    """The exported form of WORKER_CONFIG gives the same settings when Dask reads it back."""
+    import dask
+
+    from milcnn.distributed import WORKER_CONFIG, worker_environment
+
+    for key, value in worker_environment().items():
+        monkeypatch.setenv(key, value)
+    config = dask.config.collect(paths=[])
+    for key, value in WORKER_CONFIG.items():
+        assert dask.config.get(key, config=config) == value, key
+
+
 def test_the_slurm_job_script(monkeypatch):
     """--cluster slurm: one single-process worker per node with all its cores, the shared model cache exported;
     the script is checked, not submitted (there is no sbatch here)."""
@@ -155,5 +168,6 @@ def test_the_slurm_job_script(monkeypatch):
     lines = script.splitlines()
     assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH -t 04:00:00" in lines and "#SBATCH -p gpu" in lines
     assert "export HF_HOME=/shared/hf-cache" in lines and "export HF_HUB_OFFLINE=1" in lines
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in lines  # the settings of local clusters
     worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
     assert "tcp://127.0.0.1:" in worker and worker.count("--nthreads 8") == 1

@@ -19,11 +19,29 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distributed", "slurm_cluster"]
+__all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distributed", "slurm_cluster",
+           "worker_environment", "WORKER_CONFIG"]
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "milcnn-model"
+
+# Dask settings of the workers that milcnn starts (``--dask-workers``, ``--cluster slurm``). Dask's
+# statistical profiler walks every thread's stack 100 times a second for a dashboard that is off here;
+# with the system and memory monitors and the event-loop tick it took 6-8 % of the throughput of 2
+# single-threaded workers on 2 cores (benchmarks/results/distributed.md). For workers of your own,
+# export ``worker_environment()`` where they start. (Dask's malloc setting: ``_keep_freed_buffers``.)
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False,
+                 "distributed.admin.system-monitor.interval": "10s",
+                 "distributed.worker.memory.monitor-interval": "1s",
+                 "distributed.admin.tick.interval": "1s"}
+
+
+def worker_environment() -> dict[str, str]:
+    """``WORKER_CONFIG`` as the environment variables that Dask reads, to export where ``dask worker``
+    starts (a job script, a container): ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``, ..."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): repr(value) if isinstance(value, dict)
+            else str(value) for key, value in WORKER_CONFIG.items()}
 
 
 def _distributed():
@@ -57,9 +75,30 @@ class ModelPlugin(_WorkerPlugin):
         clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision)
         clf.model = clf.model.with_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
         worker.milcnn_classifier = clf
+        _keep_freed_buffers()
 
     def teardown(self, worker) -> None:
         worker.__dict__.pop("milcnn_classifier", None)
+
+
+def _keep_freed_buffers() -> None:
+    """Let glibc reuse freed image-sized buffers in this worker process. Dask's nanny starts workers
+    with MALLOC_TRIM_THRESHOLD_=65536, which also fixes glibc's mmap threshold at 128 KB: every
+    megabyte-sized array of every field was mapped and zeroed afresh, 15 % more CPU per field
+    (benchmarks/results/distributed.md). Buffers up to 32 MB come from the heap again, as in a plain
+    process after its first image; the heap is returned to the system above 64 MB free."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): nothing to change
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
 
 
 class FieldResult:
@@ -163,8 +202,12 @@ class DaskRunner:
                 self.client = distributed.Client(cluster)
                 self.client.wait_for_workers(1, timeout=3600)
             elif scheduler is None:
-                self.cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
-                                                        processes=True, host="127.0.0.1", dashboard_address=None)
+                import dask
+
+                with dask.config.set(WORKER_CONFIG):  # the nannies hand this config to their workers
+                    self.cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
+                                                            processes=True, host="127.0.0.1",
+                                                            dashboard_address=None)
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(scheduler, timeout="30s")
@@ -202,7 +245,7 @@ def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None =
     """A ``dask_jobqueue.SLURMCluster`` of one single-process worker per node (job) with ``cores`` threads:
     the worker's onnxruntime uses them all. ``env`` (default: ``HF_HOME`` and ``HF_HUB_OFFLINE`` as set
     here) is exported in each job, so the nodes load the model from the shared cache that
-    ``milzoo download`` filled, with no network. Submitting jobs needs ``sbatch`` (``cluster.scale``).
+    ``milzoo download`` filled, with no network; so is ``worker_environment()``. Submitting jobs needs ``sbatch`` (``cluster.scale``).
     ``host``: the address the scheduler listens on (default: this machine's, reachable by the nodes).
 
     Raises:
@@ -215,6 +258,7 @@ def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None =
     except ImportError:
         raise ImportError("SLURM clusters need dask-jobqueue: pip install 'milcnn-sdk[slurm]'") from None
     env = {k: os.environ[k] for k in ("HF_HOME", "HF_HUB_OFFLINE") if k in os.environ} if env is None else env
+    env = {**worker_environment(), **env}
     return SLURMCluster(cores=cores, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
                         job_script_prologue=[f"export {k}={v}" for k, v in env.items()],
                         scheduler_options={"host": host} if host else None)
@@ -323,6 +367,7 @@ def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.
 
         name, revision = parse_model_spec(model)
         clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
+        _keep_freed_buffers()
         out = []
         for item in chunk:
             pred = clf.predict(item, threshold=options["threshold"])
