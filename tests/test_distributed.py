@@ -143,7 +143,6 @@ def test_predict_from_python_and_the_lazy_form(images, local, tmp_path):
 def test_worker_environment_is_what_dask_reads(monkeypatch):
     """The exported form of WORKER_CONFIG gives the same settings when Dask reads it back."""
     import dask
-
     from milcnn.distributed import WORKER_CONFIG, worker_environment
 
     for key, value in worker_environment().items():
