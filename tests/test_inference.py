@@ -106,16 +106,18 @@ def test_class_maps_are_computed_on_demand(clf, field):
     np.testing.assert_array_equal(pred.mask, label_mask(pred.class_maps, 0.5))
 
 
-def test_int8_variant(clf, field):
-    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
-    assert int8.available_precisions == ("fp32", "int8", "fp16") and int8.precision == "int8"
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_variant(clf, field, backend):
+    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend=backend)
+    assert int8.available_precisions == ("fp32", "int8", "fp16", "bf16") and int8.precision == "int8"
+    assert int8.model.backend == backend
     a, b = clf.predict(field), int8.predict(field)
     assert a.label == b.label
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 0.05
     assert int8.self_test(tolerance=0.05)["label"] == clf.self_test()["label"]
     assert int8.predict(field, tile_size=256).label == a.label
-    with pytest.raises(ModelConfigError, match="yeast-loc has no 'bf16' variant; it offers fp32, int8, fp16"):
-        Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
+    with pytest.raises(ModelConfigError, match="yeast-loc has no 'int4' variant; it offers fp32, int8, fp16, bf16"):
+        Classifier.from_hub("yeast-loc", device="cpu", precision="int4")
 
 
 def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, caplog):

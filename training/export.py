@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-scale", action="store_true",
                         help="only record --pixel-size, --cell-diameter, --input-cell-diameter and the cell-size "
                              "reading of --eval-data in the model folder CHECKPOINT's config.json and card")
+    parser.add_argument("--set-version", metavar="VERSION",
+                        help="only set the version of the model folder CHECKPOINT (a patch release of the same "
+                             "weights, e.g. new variants) in its config.json and card; with --register, pin it")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--name", help="model name (default: the --out folder's name)")
     parser.add_argument("--version", default="1.0.0")
@@ -312,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    if args.set_version:
+        folder = Path(args.checkpoint)
+        config = set_version(folder, args.set_version)
+        if args.register:
+            register(args.registry, name=config["name"], spec=args.register, folder=folder,
+                     summary=args.summary or config.get("summary", ""))
+        print(folder)
+        return 0
     if args.out is None:
         parser.error("--out is required")
     if (args.revision or args.private) and not args.push:
@@ -422,6 +433,19 @@ def push_to_hub(folder, repo_id: str, *, revision: str | None = None, private: b
         api.create_tag(repo_id, tag=revision, revision=commit, repo_type="model",
                        tag_message=f"{config['name']} v{config['version']}")
     return commit
+
+
+def set_version(folder: Path, version: str) -> dict:
+    """Give an exported model folder a new version (same weights: a patch release) in config.json and its card."""
+    from milcnn.io import write_atomic
+    from training.model_card import render_card
+
+    config = read_config(folder)
+    config["version"] = version
+    config = write_config(folder, config)
+    with write_atomic(folder / constants.CARD_FILE, "w") as fh:
+        fh.write(render_card(config))
+    return config
 
 
 def register(registry: Path, *, name: str, spec: str, folder: Path, summary: str) -> None:

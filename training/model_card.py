@@ -124,6 +124,7 @@ def render_card(config: dict) -> str:
     lines += _real_image_lines(config.get("real_images"))
     for precision, variant in config.get("variants", {}).items():
         vm = variant["metrics"]
+        rows = vm.get("by_backend") or {vm.get("backend", "onnxruntime"): vm}
         lines += [
             f"## {precision} variant",
             "",
@@ -133,14 +134,17 @@ def render_card(config: dict) -> str:
             f"`python -m training.quantize --precision {precision}` through the SDK on "
             f"`{vm['test_set']}` ({vm['n_images']} images):",
             "",
-            "| precision | image accuracy | segmentation mean IoU |",
-            "|---|---|---|",
-            f"| fp32 | {vm['fp32_accuracy_sdk']:.4f} | {vm['fp32_mean_iou_sdk']:.4f} |",
-            f"| {precision} | {vm['accuracy']:.4f} | {vm['mean_iou']:.4f} |",
+            "| precision | backend | image accuracy | segmentation mean IoU | masks vs fp32 (IoU) |",
+            "|---|---|---|---|---|",
+            f"| fp32 | onnxruntime | {vm['fp32_accuracy_sdk']:.4f} | {vm['fp32_mean_iou_sdk']:.4f} | 1 |",
+            *(f"| {precision} | {backend} | {m['accuracy']:.4f} | {m['mean_iou']:.4f} | "
+              f"{m['mask_iou_vs_fp32']:.4f} |" if "mask_iou_vs_fp32" in m else
+              f"| {precision} | {backend} | {m['accuracy']:.4f} | {m['mean_iou']:.4f} | not measured |"
+              for backend, m in rows.items()),
             "",
-            "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.inference`)." if precision == "int8"
-            else "For GPUs: `--device cuda` (or `device=\"cuda\"`) loads it by itself (`--precision auto`). No GPU has "
-                 "run it in this project yet; on a CPU, `auto` keeps fp32.",
+            "For GPUs: `--device cuda` (or `device=\"cuda\"`) loads it by itself (`--precision auto`). No GPU has "
+            "run it in this project yet; on a CPU, `auto` keeps fp32." if precision == "fp16"
+            else "Speed on this project's CPU: see BENCHMARKS.md (`python -m benchmarks.peers`).",
             "",
         ]
     lines += [

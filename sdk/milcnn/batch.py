@@ -204,8 +204,8 @@ def provenance(clf, opts: BatchOptions) -> dict:
     return {"model": {"name": clf.name, "version": clf.info.version, "file": model_file.name,
                       "sha256": clf.info.file_sha256(model_file.name) or _sha256(model_file),
                       "origin": str(getattr(clf.origin, "repo_id", None) or clf.folder)},
-            "precision": clf.precision, "threshold": opts.threshold, "argmax": opts.argmax,
-            "sdk_version": __version__}
+            "precision": clf.precision, "backend": clf.model.backend, "threshold": opts.threshold,
+            "argmax": opts.argmax, "sdk_version": __version__}
 
 
 def _sha256(path: Path) -> str:

@@ -21,6 +21,7 @@ from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
 from milcnn.checksums import verify_sha256
 from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
                           zoomed_shape)
+from milcnn.backends import OpenVinoModel, choose_backend
 from milcnn.session import OnnxModel, gpu_usable
 from milcnn.tiling import stitch_maps
 
@@ -137,7 +138,7 @@ class Classifier:
     Load with ``Classifier.from_hub("yeast-loc")`` or ``Classifier.from_dir(path)``.
     """
 
-    def __init__(self, folder, info: ModelInfo, model: OnnxModel, *, precision: str = "fp32"):
+    def __init__(self, folder, info: ModelInfo, model: OnnxModel | OpenVinoModel, *, precision: str = "fp32"):
         self.folder = Path(folder)
         self.info = info
         self.model = model
@@ -151,36 +152,44 @@ class Classifier:
 
     @classmethod
     def from_dir(cls, path, *, device: str = "auto", precision: str = "auto", sha256: str | None = None,
-                 providers: list | None = None, session_options=None) -> "Classifier":
+                 backend: str = "auto", providers: list | None = None, session_options=None,
+                 openvino_config: dict | None = None) -> "Classifier":
         """Load a model folder (``model.onnx`` + ``config.json``).
 
         Args:
             path: the folder.
             device: ``auto``, ``cpu`` or ``cuda``.
             precision: ``auto`` (fp16 on a GPU where the model ships that variant, else fp32),
-                ``fp32``, or a variant the model ships (``int8``, ``fp16``; see ``available_precisions``).
+                ``fp32``, or a variant the model ships (``int8``, ``bf16``, ``fp16``; see
+                ``available_precisions``).
+            backend: ``auto`` (the fastest installed for the precision: ``milcnn.backends``),
+                ``onnxruntime`` or ``openvino`` (``pip install 'milcnn-sdk[openvino]'``; CPU only).
             sha256: the checksum ``model.onnx`` must have; defaults to the one ``config.json``
                 records (folders exported before that record existed are not checked).
             providers: onnxruntime execution providers to use instead of ``device``'s, best first
                 (names or ``(name, options)``, e.g. ``["OpenVINOExecutionProvider"]``); ones onnxruntime
                 lacks or cannot start are dropped with a logged notice, and the CPU is always the last.
             session_options: an ``onnxruntime.SessionOptions`` for the session.
+            openvino_config: OpenVINO properties for the compiled model (e.g. ``{"NUM_STREAMS": 4}``).
 
         Raises:
             ModelConfigError: the folder lacks ``model.onnx`` or a valid ``config.json``, or the
                 precision asked for.
+            ImportError: the OpenVINO backend asked for (or needed, for bf16) but not installed.
             ChecksumMismatchError: a model file differs from its expected checksum.
         """
         from milcnn.hub import ResolvedModel, model_sha256
 
         folder = Path(path)
         return cls._load(ResolvedModel(folder, sha256 or model_sha256(folder), "folder"), device=device,
-                         precision=precision, providers=providers, session_options=session_options)
+                         precision=precision, backend=backend, providers=providers, session_options=session_options,
+                         openvino_config=openvino_config)
 
     @classmethod
     def from_hub(cls, name_or_repo: str, *, revision: str | None = None, cache_dir=None,
                  local_files_only: bool = False, device: str = "auto", precision: str = "auto",
-                 providers: list | None = None, session_options=None) -> "Classifier":
+                 backend: str = "auto", providers: list | None = None, session_options=None,
+                 openvino_config: dict | None = None) -> "Classifier":
         """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
 
         Zoo models ship inside the package and load with no network when their sha256
@@ -195,8 +204,8 @@ class Classifier:
             local_files_only: never contact the Hub.
             device: ``auto``, ``cpu`` or ``cuda``.
             precision: ``auto`` (fp16 on a GPU where the model ships it, else fp32), ``fp32``,
-                or a variant the model ships (``int8``, ``fp16``).
-            providers, session_options: passed to onnxruntime, as in ``from_dir``.
+                or a variant the model ships (``int8``, ``bf16``, ``fp16``).
+            backend, providers, session_options, openvino_config: as in ``from_dir``.
 
         Raises:
             ModelNotFoundError: an unknown zoo name (the message lists the zoo).
@@ -207,12 +216,13 @@ class Classifier:
         from milcnn.hub import resolve
 
         origin = resolve(name_or_repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        return cls._load(origin, device=device, precision=precision, providers=providers,
-                         session_options=session_options)
+        return cls._load(origin, device=device, precision=precision, backend=backend, providers=providers,
+                         session_options=session_options, openvino_config=openvino_config)
 
     @classmethod
-    def _load(cls, origin, *, device: str, precision: str = "auto", providers: list | None = None,
-              session_options=None) -> "Classifier":
+    def _load(cls, origin, *, device: str, precision: str = "auto", backend: str = "auto",
+              providers: list | None = None, session_options=None, openvino_config: dict | None = None
+              ) -> "Classifier":
         folder = origin.folder
         onnx_path = folder / constants.MODEL_FILE
         if not onnx_path.is_file():
@@ -229,13 +239,29 @@ class Classifier:
                 raise ModelConfigError(f"{info.name} has no {chosen!r} variant; it offers "
                                        f"{', '.join(['fp32', *variants])}")
             onnx_path = folder / variants[chosen]["file"]
-            verify_sha256(onnx_path, info.file_sha256(onnx_path.name))
-        model = OnnxModel(onnx_path, device=device, providers=providers, session_options=session_options)
-        outputs = model.session.get_outputs()[0].shape  # (batch, classes)
-        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(info.classes):
+            if onnx_path.name != constants.MODEL_FILE:  # bf16 runs model.onnx itself, checked above
+                verify_sha256(onnx_path, info.file_sha256(onnx_path.name))
+        if backend == "auto" and (providers is not None or session_options is not None):
+            runtime = "onnxruntime"  # onnxruntime's own options were given
+        else:
+            runtime = choose_backend(backend, chosen, on_gpu=device == "cuda" or gpu_usable(device))
+        model = None
+        if runtime == "openvino":
+            try:
+                model = OpenVinoModel(onnx_path, precision=chosen, config=openvino_config)
+            except RuntimeError as exc:  # e.g. an int8 file of an older release in QLinearConv form
+                text = " ".join(str(exc).split())[:300]
+                if backend == "openvino":
+                    raise ModelConfigError(f"{onnx_path}: OpenVINO cannot run it: {text}") from None
+                if chosen == "bf16":
+                    raise ModelConfigError(f"{onnx_path}: OpenVINO cannot run it in bf16: {text}") from None
+                log.warning(f"{info.name}: OpenVINO cannot run {onnx_path.name} ({text}); using onnxruntime")
+        if model is None:
+            model = OnnxModel(onnx_path, device=device, providers=providers, session_options=session_options)
+        if model.n_classes is not None and model.n_classes != len(info.classes):
             raise ModelConfigError(f"{folder / constants.CONFIG_FILE}: lists {len(info.classes)} classes but "
-                                   f"{onnx_path.name} outputs {outputs[1]}; the config belongs to another model")
-        if chosen == "fp16" and model.providers[0] == "CPUExecutionProvider":
+                                   f"{onnx_path.name} outputs {model.n_classes}; the config belongs to another model")
+        if chosen == "fp16" and model.on_cpu:
             if precision == "auto":  # the GPU did not start (its notice said so): fp32 on the CPU
                 chosen, model = "fp32", OnnxModel(folder / constants.MODEL_FILE, device="cpu",
                                                   session_options=session_options)
@@ -396,7 +422,7 @@ class Classifier:
                "Not reported again for this model.")
 
     def predict_prepared(self, inputs: list[PreparedInput], *, threshold: float = constants.DEFAULT_THRESHOLD,
-                         model: OnnxModel | None = None) -> list[Prediction]:
+                         model: OnnxModel | OpenVinoModel | None = None) -> list[Prediction]:
         """Run the network on prepared inputs; same-size whole images go through as one batch.
 
         ``model``: the session for whole images (default ``self.model``; ``milzoo predict``

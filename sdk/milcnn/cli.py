@@ -17,13 +17,13 @@ import click
 from milcnn import constants
 from milcnn.logs import log_to_stderr
 
-def _load(model: str, device: str, precision: str = "auto"):
+def _load(model: str, device: str, precision: str = "auto", backend: str = "auto"):
     from milcnn.classifier import Classifier
     from milcnn.hub import parse_model_spec
 
     name, revision = parse_model_spec(model)
     try:
-        return Classifier.from_hub(name, revision=revision, device=device, precision=precision)
+        return Classifier.from_hub(name, revision=revision, device=device, precision=precision, backend=backend)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported as one line
         raise click.UsageError(_one_line(exc)) from None
 
@@ -58,9 +58,13 @@ def main() -> None:
               help="output folder")
 @click.option("--channel-axis", type=int, default=None, help="axis holding the channels, if the shape is ambiguous")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "bf16"]), default="auto",
+              show_default=True,
               help="auto: fp16 on a GPU where the model ships that variant, else fp32; int8: the quantised variant "
-                   "(faster on CPUs with VNNI); see the model card")
+                   "(fastest on CPUs with VNNI); bf16: on OpenVINO, CPUs with bf16; see the model card")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
+              help="runtime: auto picks the fastest installed for the precision (OpenVINO for int8 and bf16, "
+                   "onnxruntime for fp32 and GPUs); openvino needs pip install 'milcnn-sdk[openvino]'")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=constants.DEFAULT_THRESHOLD, show_default=True,
               help="class-map probability for a pixel to join the mask, and the image probability a class needs "
                    "to be the label (else 'unassigned')")
@@ -114,7 +118,7 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
-def predict(inputs, model_name, out_dir, channel_axis, device, precision, threshold, argmax, tile_size, pixel_size,
+def predict(inputs, model_name, out_dir, channel_axis, device, precision, backend, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
             manifest, channel_index, scheduler, dask_workers, dask_write, cluster_kind, cores, memory, walltime,
             write_labels,
@@ -141,7 +145,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
             index = tuple(int(v) for v in channel_index.split(","))
         except ValueError:
             raise click.UsageError(f"--channel-index {channel_index!r}: expected integers like 0,2") from None
-    clf = _load(model_name, device, precision)
+    clf = _load(model_name, device, precision, backend)
     if index is not None and len(index) != len(clf.channels):
         raise click.UsageError(f"--channel-index {channel_index}: {clf.name} needs {len(clf.channels)} channels "
                                f"({', '.join(clf.channels)})")
@@ -163,14 +167,14 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, thresh
 
             if not (cores and memory and walltime):
                 raise click.UsageError("--cluster slurm needs --cores, --memory and --walltime")
-            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, workers=dask_workers,
-                                cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime),
+            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, backend=backend,
+                                workers=dask_workers, cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime),
                                 write=dask_write)
         elif scheduler or dask_workers or cluster_kind == "local":
             from milcnn.distributed import DaskRunner
 
-            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
-                                workers=dask_workers, write=dask_write)
+            runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, backend=backend,
+                                scheduler=scheduler, workers=dask_workers, write=dask_write)
         code = run_batch(clf, inputs, out_dir, opts, echo=lambda line: click.echo(line, err=True), runner=runner)
     except ResultsFolderError as exc:
         raise click.UsageError(str(exc)) from None

@@ -64,15 +64,16 @@ class ModelPlugin(_WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: str, *, precision: str = "fp32", device: str = "cpu"):
-        self.model, self.precision, self.device = model, precision, device
+    def __init__(self, model: str, *, precision: str = "fp32", device: str = "cpu", backend: str = "auto"):
+        self.model, self.precision, self.device, self.backend = model, precision, device, backend
 
     def setup(self, worker) -> None:
         from milcnn.classifier import Classifier
         from milcnn.hub import parse_model_spec
 
         name, revision = parse_model_spec(self.model)
-        clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision)
+        clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision,
+                                  backend=self.backend)
         clf.model = clf.model.with_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
         worker.milcnn_classifier = clf
         _keep_freed_buffers()
@@ -188,8 +189,9 @@ class DaskRunner:
         ImportError: dask is not installed (says which extra to install).
     """
 
-    def __init__(self, *, model: str, classes, precision: str = "fp32", scheduler: str | None = None,
-                 workers: int | None = None, client=None, cluster=None, write: str = "workers"):
+    def __init__(self, *, model: str, classes, precision: str = "fp32", backend: str = "auto",
+                 scheduler: str | None = None, workers: int | None = None, client=None, cluster=None,
+                 write: str = "workers"):
         distributed = _distributed()
         if write not in ("workers", "client"):
             raise ValueError(f"write must be 'workers' or 'client', got {write!r}")
@@ -214,7 +216,7 @@ class DaskRunner:
         except (OSError, TimeoutError) as exc:
             raise RuntimeError(f"cannot reach the Dask scheduler {scheduler}: {' '.join(str(exc).split())}") from None
         try:
-            self.client.register_plugin(ModelPlugin(model, precision=precision), name=PLUGIN_NAME)
+            self.client.register_plugin(ModelPlugin(model, precision=precision, backend=backend), name=PLUGIN_NAME)
             loaded = self.client.run(lambda dask_worker: hasattr(dask_worker, "milcnn_classifier"))
             if not loaded or not all(loaded.values()):
                 raise RuntimeError("no worker holds the model" if not loaded else "some workers did not load it")

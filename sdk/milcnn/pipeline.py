@@ -61,7 +61,7 @@ def default_streams(clf) -> int:
     or ``MILCNN_NUM_THREADS``), else 1 (a GPU is kept busy by batches, not streams)."""
     from milcnn.session import physical_cores
 
-    on_cpu = clf.model.providers[0] == "CPUExecutionProvider"
+    on_cpu = clf.model.on_cpu
     return 2 if on_cpu and (clf.model.threads or physical_cores()) >= 2 else 1
 
 

@@ -112,7 +112,7 @@ class OnnxModel:
         requested = [_provider_name(p) for p in providers]
         providers.append("CPUExecutionProvider")
         options = session_options if session_options is not None else _default_options(threads)
-        self.path = Path(path)
+        self.path, self.backend = Path(path), "onnxruntime"
         self.device, self.threads, self.outputs = device, threads, outputs
         self._siblings: dict[int, OnnxModel] = {}
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -129,6 +129,13 @@ class OnnxModel:
         if names[:len(outputs)] != list(outputs):
             raise ValueError(f"{path}: outputs are {names}, expected {list(outputs)}")
         self.output_names = list(outputs)
+        shape = self.session.get_outputs()[0].shape  # (batch, classes), classes fixed by the file or named
+        self.n_classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether onnxruntime runs this model on the CPU provider."""
+        return self.providers[0] == "CPUExecutionProvider"
 
     def with_threads(self, threads: int) -> "OnnxModel":
         """A session on the same file with ``threads`` intra-op threads (made once, then kept)."""

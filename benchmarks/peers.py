@@ -1,0 +1,306 @@
+"""The SDK at each precision against the other ways to run the same network on this CPU.
+
+Usage (the command behind ``benchmarks/results/peers.md`` and the README / BENCHMARKS.md figures)::
+
+    python -m benchmarks.peers [--rounds 5] [--reps 3] [--pipeline-images 120] [--pipeline-rounds 3]
+
+Everything runs in this one process on the machine's cores (2 threads each), in interleaved rounds: each
+round times every configuration ``--reps`` times in turn, so a slow moment of this shared machine falls on
+all of them; the figure is the median over rounds of each round's median. Two inputs: the simulated
+1024 x 1344 two-channel yeast field of ``benchmarks.inference`` (one image), and batches of 8 images of
+512 x 512 (ms per image).
+
+- SDK rows are end to end: the uint16 image in memory to its mask (``Classifier.predict(image).mask``;
+  a batch: ``predict_batch(..., batch_size=8)``), at fp32 (onnxruntime), int8 and bf16 (the backend
+  ``auto`` picks: OpenVINO where installed), and int8 on onnxruntime.
+- Peer rows are the network alone on the normalised float32 input, each at its best settings here:
+  onnxruntime (the same files, its default session with 2 threads), OpenVINO (``model.onnx`` in f32 and
+  bf16, ``model.int8.onnx``; compiled for the input's static shape, latency hint), PyTorch eager fp32 and
+  ``torch.compile`` (fp32, and the model in bf16) of the training package's MILCNN with the same weights.
+- Per step (SDK int8): normalising, the network, the mask.
+- The matrix-multiply peaks of fp32, bf16 and int8 (``benchmarks.inference.matmul_peak``).
+- ``milzoo predict`` on a folder of 512 x 512 images (read, predict, masks, overlays and CSV written), in
+  subprocesses in alternating order: the fp32 default against ``--precision int8`` and ``bf16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.inference import ROOT, ZOO, image_of, matmul_peak, torch_model
+from milcnn.io import write_atomic
+
+RESULTS = ROOT / "benchmarks" / "results"
+THREADS = 2
+BATCH = 8
+
+
+def _gop(h: int, w: int) -> float:
+    """GOP of the network on an h x w image (``training.model.count_flops``: 2 per multiply-add)."""
+    from training.model import count_flops
+
+    return count_flops(torch_model(), h, w) / 1e9
+
+
+def _sdk(precision: str, backend: str, images: np.ndarray):
+    from milcnn import Classifier
+
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision=precision, backend=backend)
+    if len(images) == 1:
+        return lambda: clf.predict(images[0]).mask
+    return lambda: [p.mask for p in clf.predict_batch(list(images), batch_size=len(images))]
+
+
+def _onnxruntime(file: str, x: np.ndarray):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(ZOO / file), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"image": x})
+
+
+def _openvino(file: str, hint: str, x: np.ndarray):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(ZOO / file))
+    model.reshape({"image": list(x.shape)})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1,
+                                                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({"image": x})
+
+
+def _torch(kind: str, x: np.ndarray):
+    import torch
+
+    torch.set_num_threads(THREADS)
+    model = torch_model()
+    xt = torch.from_numpy(x)
+    if kind == "compile-bf16":
+        model, xt = model.to(torch.bfloat16), xt.to(torch.bfloat16)
+    if kind.startswith("compile"):
+        model = torch.compile(model, dynamic=False)
+
+    def step():
+        with torch.no_grad():
+            return model(xt)
+    return step
+
+
+def configurations(images: np.ndarray, x: np.ndarray) -> dict:
+    """name -> (kind, precision, make step); the step is built lazily (compiling takes time)."""
+    return {
+        "SDK fp32 (onnxruntime)": ("sdk", "fp32", lambda: _sdk("fp32", "auto", images)),
+        "SDK int8 (OpenVINO)": ("sdk", "int8", lambda: _sdk("int8", "openvino", images)),
+        "SDK int8 (onnxruntime)": ("sdk", "int8", lambda: _sdk("int8", "onnxruntime", images)),
+        "SDK bf16 (OpenVINO)": ("sdk", "bf16", lambda: _sdk("bf16", "openvino", images)),
+        "onnxruntime fp32": ("peer", "fp32", lambda: _onnxruntime("model.onnx", x)),
+        "onnxruntime int8": ("peer", "int8", lambda: _onnxruntime("model.int8.onnx", x)),
+        "OpenVINO fp32": ("peer", "fp32", lambda: _openvino("model.onnx", "f32", x)),
+        "OpenVINO bf16": ("peer", "bf16", lambda: _openvino("model.onnx", "bf16", x)),
+        "OpenVINO int8": ("peer", "int8", lambda: _openvino("model.int8.onnx", "f32", x)),
+        "PyTorch eager fp32": ("peer", "fp32", lambda: _torch("eager", x)),
+        "torch.compile fp32": ("peer", "fp32", lambda: _torch("compile", x)),
+        "torch.compile bf16": ("peer", "bf16", lambda: _torch("compile-bf16", x)),
+    }
+
+
+def time_configurations(images: np.ndarray, *, rounds: int, reps: int, skip: tuple[str, ...] = ()) -> dict:
+    """Interleaved rounds over every configuration; ms per image (median over rounds of round medians)."""
+    from milcnn.preprocess import normalize
+
+    x = np.stack([normalize(image) for image in images]).astype(np.float32)
+    steps, setup = {}, {}
+    for name, (kind, precision, make) in configurations(images, x).items():
+        if name in skip:
+            continue
+        t0 = time.perf_counter()
+        try:
+            step = make()
+            step()  # warm-up: compiles, allocates
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+            setup[name] = {"kind": kind, "precision": precision, "error": " ".join(str(exc).split())[:200]}
+            continue
+        steps[name] = step
+        setup[name] = {"kind": kind, "precision": precision, "first_call_s": round(time.perf_counter() - t0, 2)}
+    per_round = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            per_round[name].append(1000 * statistics.median(times) / len(images))
+    for name, values in per_round.items():
+        setup[name].update(ms=round(statistics.median(values), 2), ms_rounds=[round(v, 2) for v in values])
+    return setup
+
+
+def sdk_steps(image: np.ndarray, *, reps: int = 7) -> dict:
+    """Median ms of each SDK step at int8 on the backend ``auto`` picks: normalising, network, mask."""
+    from milcnn import Classifier
+    from milcnn.preprocess import normalize
+
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
+    x = normalize(image, clf.info.normalization)[None]
+    probs, maps = clf.model.run(x)
+    out = {"normalise": [], "network": [], "mask": []}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x = normalize(image, clf.info.normalization)[None]
+        t1 = time.perf_counter()
+        probs, maps = clf.model.run(x)
+        t2 = time.perf_counter()
+        clf._prediction(probs[0], maps[0], image.shape[1:], source=None, threshold=0.5).mask  # noqa: B018
+        t3 = time.perf_counter()
+        for key, seconds in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
+            out[key].append(seconds)
+    return {"backend": clf.model.backend, **{k: round(1000 * statistics.median(v), 2) for k, v in out.items()}}
+
+
+def pipeline_throughput(n: int, rounds: int) -> dict:
+    """``milzoo predict`` on ``n`` 512 x 512 fields: fp32 (the default) against int8 and bf16, images per
+    second of each run's own ``run.json`` (after the model is loaded), rounds in alternating order."""
+    import tifffile
+
+    configs = {"fp32 (default)": [], "int8": ["--precision", "int8"], "bf16": ["--precision", "bf16"]}
+    rates = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "fields"
+        folder.mkdir()
+        sample = tifffile.imread(ZOO / "sample_input.tif")
+        for i in range(n):
+            tifffile.imwrite(folder / f"f{i:03d}.tif", np.roll(sample, 37 * i, axis=2), photometric="minisblack")
+        for r in range(rounds):
+            order = list(configs.items())
+            if r % 2:
+                order.reverse()
+            for name, extra in order:
+                out = Path(tmp) / f"out-{r}-{name.split()[0]}"
+                proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--out", str(out),
+                                       *extra], capture_output=True, text=True, timeout=3600)
+                if proc.returncode != 0:
+                    raise SystemExit(f"milzoo predict {' '.join(extra)} failed: {proc.stderr[-2000:]}")
+                record = json.loads((out / "run.json").read_text())
+                rates[name].append(record["counts"]["predicted"] / record["seconds"]["run"])
+    base = rates["fp32 (default)"]
+    return {"images": n, "rounds": rounds,
+            "images_per_second": {k: [round(v, 2) for v in vals] for k, vals in rates.items()},
+            "ratio_median": {k: round(statistics.median(a / b for a, b in zip(vals, base)), 2)
+                             for k, vals in rates.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pipeline-images", type=int, default=120)
+    parser.add_argument("--pipeline-rounds", type=int, default=3)
+    parser.add_argument("--skip", action="append", default=[], help="a configuration to leave out (repeatable)")
+    args = parser.parse_args(argv)
+    import onnxruntime
+    import openvino
+    import torch
+
+    big = image_of(1024, 1344)[None]
+    small = np.stack([np.roll(image_of(512, 512), 61 * i, axis=2) for i in range(BATCH)])
+    result = {
+        "command": "python -m benchmarks.peers " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": THREADS,
+                    "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                    "openvino": openvino.__version__, "torch": torch.__version__},
+        "gop": {"1024x1344": round(_gop(1024, 1344), 2), "512x512": round(_gop(512, 512), 2)},
+        "peaks": matmul_peak(),
+        "1024x1344": time_configurations(big, rounds=args.rounds, reps=args.reps, skip=tuple(args.skip)),
+        "512x512": time_configurations(small, rounds=args.rounds, reps=max(1, args.reps - 1), skip=tuple(args.skip)),
+        "steps_1024x1344": sdk_steps(big[0]),
+        "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds),
+    }
+    result["targets"] = targets(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with write_atomic(RESULTS / "peers.json", "w") as fh:
+        fh.write(json.dumps(result, indent=2) + "\n")
+    text = render(result)
+    with write_atomic(RESULTS / "peers.md", "w") as fh:
+        fh.write(text)
+    print(text)
+    return 0
+
+
+def targets(r: dict) -> dict:
+    rows = r["1024x1344"]
+    timed = {k: v for k, v in rows.items() if "ms" in v}
+    sdk = min((k for k, v in timed.items() if v["kind"] == "sdk"), key=lambda k: timed[k]["ms"])
+    peer = min((k for k, v in timed.items() if v["kind"] == "peer"), key=lambda k: timed[k]["ms"])
+    precision = timed[sdk]["precision"]
+    peak = r["peaks"]["peak"][precision]
+    sdk_rate = r["gop"]["1024x1344"] / (timed[sdk]["ms"] / 1000)
+    return {"fastest_sdk": sdk, "fastest_peer": peer, "sdk_ms": timed[sdk]["ms"], "peer_ms": timed[peer]["ms"],
+            "ratio_vs_fastest_peer": round(timed[peer]["ms"] / timed[sdk]["ms"], 3),
+            "sdk_fraction_of_peak": round(sdk_rate / peak, 3), "peak_used": peak,
+            "pipeline_ratio": max(v for k, v in r["pipeline"]["ratio_median"].items() if k != "fp32 (default)")}
+
+
+def render(r: dict) -> str:
+    m, t = r["machine"], r["targets"]
+    lines = ["# The SDK against its peers", "",
+             f"Made by `{r['command'].strip()}` (see its docstring) on {m['cpu']}, {m['cores']} cores, "
+             f"{m['threads']} threads per runtime; Python {m['python']}, onnxruntime {m['onnxruntime']}, "
+             f"OpenVINO {m['openvino']}, PyTorch {m['torch']}. Model: `yeast-loc` "
+             f"({r['gop']['1024x1344']} GOP per 1024 x 1344 image, {r['gop']['512x512']} per 512 x 512).", "",
+             "Matrix-multiply peaks measured in the same run (4096 x 4096, best library): "
+             + ", ".join(f"{k} {v} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in r["peaks"]["peak"].items())
+             + f" ({', '.join(f'{k} {v}' for k, v in r['peaks']['by_library'].items())}).", ""]
+    for size in ("1024x1344", "512x512"):
+        rows = r[size]
+        gop = r["gop"][size]
+        sdk_fp32 = rows.get("SDK fp32 (onnxruntime)", {}).get("ms")
+        lines += [f"## {size.replace('x', ' x ')}" + (" (batches of 8, per image)" if size == "512x512" else ""), "",
+                  "| configuration | what is timed | ms / image | vs SDK fp32 | G(FL)OP/s | fraction of its precision's "
+                  "peak | first call s |", "|---|---|---|---|---|---|---|"]
+        for name, v in sorted(rows.items(), key=lambda kv: kv[1].get("ms", 1e9)):
+            what = "image in memory to mask" if v["kind"] == "sdk" else "network only"
+            if "ms" not in v:
+                lines.append(f"| {name} | {what} | failed: {v['error']} | | | | |")
+                continue
+            rate = gop / (v["ms"] / 1000)
+            lines.append(f"| {name} | {what} | {v['ms']:.1f} | {sdk_fp32 / v['ms']:.2f}x | {rate:.0f} | "
+                         f"{rate / r['peaks']['peak'][v['precision']]:.2f} | {v['first_call_s']} |")
+        lines.append("")
+    s = r["steps_1024x1344"]
+    lines += [f"SDK int8 per step at 1024 x 1344 ({s['backend']}): normalise {s['normalise']} ms, network "
+              f"{s['network']} ms, mask {s['mask']} ms.", "",
+              "## `milzoo predict` on a folder of 512 x 512 images", "",
+              f"{r['pipeline']['images']} two-channel fields, {r['pipeline']['rounds']} rounds in alternating order, "
+              "images per second from each run's `run.json` (masks, overlays and CSV written; 2 inference streams).",
+              "", "| precision | images / s per round | median ratio to the fp32 default |", "|---|---|---|"]
+    for name, rates in r["pipeline"]["images_per_second"].items():
+        lines.append(f"| {name} | {', '.join(f'{v:.1f}' for v in rates)} | {r['pipeline']['ratio_median'][name]:.2f} |")
+    lines += ["", "## Targets", "",
+              "| target | measured | |", "|---|---|---|",
+              f"| SDK end to end at its fastest precision >= 1.0x the fastest peer's network-only time (1024 x 1344) "
+              f"| {t['fastest_sdk']} {t['sdk_ms']:.1f} ms vs {t['fastest_peer']} {t['peer_ms']:.1f} ms: "
+              f"{t['ratio_vs_fastest_peer']:.2f}x | {'met' if t['ratio_vs_fastest_peer'] >= 1.0 else 'missed'} |",
+              f"| SDK end to end >= 0.85 of the matrix-multiply peak of its precision | {t['sdk_fraction_of_peak']:.2f} "
+              f"of {t['peak_used']} | {'met' if t['sdk_fraction_of_peak'] >= 0.85 else 'missed'} |",
+              f"| `milzoo predict` on 512 x 512 images >= 3x the fp32 default | {t['pipeline_ratio']:.2f}x | "
+              f"{'met' if t['pipeline_ratio'] >= 3 else 'missed'} |", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Which runtime runs a model file, and the one class that owns an OpenVINO compiled model.
+
+Two backends run the same ONNX files: onnxruntime (``milcnn.session.OnnxModel``, always installed) and
+OpenVINO (``OpenVinoModel``, the optional extra ``milcnn-sdk[openvino]``). ``backend="auto"`` picks,
+per precision, the one that was fastest on a CPU in ``benchmarks/results/peers.md``: onnxruntime for
+fp32 (and for anything on a GPU), OpenVINO for int8 and bf16 when it is installed. bf16 runs only on
+OpenVINO (onnxruntime's CPU provider has no bf16 convolutions), on CPUs with bf16 instructions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from milcnn import constants
+
+__all__ = ["BACKENDS", "OpenVinoModel", "choose_backend", "openvino_available", "bf16_supported"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "openvino")
+#: the fastest installed backend per precision on a CPU (benchmarks/results/peers.md)
+FASTEST_ON_CPU = {"fp32": ("onnxruntime", "openvino"), "int8": ("openvino", "onnxruntime"),
+                  "bf16": ("openvino",), "fp16": ("onnxruntime",)}
+OPENVINO_HINT = "pip install 'milcnn-sdk[openvino]'"
+COMPILED_SHAPES = 4  # input shapes an OpenVinoModel keeps compiled
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _core():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ImportError(f"the OpenVINO backend needs openvino: {OPENVINO_HINT}") from None
+    return ov.Core()
+
+
+def bf16_supported() -> bool:
+    """Whether OpenVINO is installed and this CPU runs bf16 (AVX512-BF16 or AMX)."""
+    return openvino_available() and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def choose_backend(backend: str, precision: str, *, on_gpu: bool = False) -> str:
+    """The backend to run ``precision`` on: ``backend`` itself unless it is ``auto``.
+
+    Raises:
+        ValueError: an unknown backend, or a precision the backend cannot run (bf16 on onnxruntime,
+            fp16 on OpenVINO, OpenVINO on a GPU).
+        ImportError: OpenVINO asked for (or needed, for bf16) but not installed (says what to install).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if on_gpu:
+            return "onnxruntime"
+        for candidate in FASTEST_ON_CPU.get(precision, ("onnxruntime",)):
+            if candidate == "onnxruntime" or openvino_available():
+                return candidate
+        raise ImportError(f"precision {precision} runs on OpenVINO, which is not installed: {OPENVINO_HINT}")
+    if backend == "onnxruntime" and precision == "bf16":
+        raise ValueError("precision bf16 runs on the OpenVINO backend only (onnxruntime has no bf16 convolutions "
+                         "on a CPU); use backend='openvino' or 'auto'")
+    if backend == "openvino":
+        if on_gpu:
+            raise ValueError("the OpenVINO backend runs on the CPU here; use device='cpu' or backend='onnxruntime'")
+        if precision == "fp16":
+            raise ValueError("the fp16 variant is for GPUs (onnxruntime); on a CPU use fp32, bf16 or int8")
+        _core()  # raises ImportError with the install hint
+    return backend
+
+
+class OpenVinoModel:
+    """An ONNX MIL-CNN on OpenVINO's CPU plugin: ``run(batch)`` -> (probabilities (B, K), class_maps).
+
+    The model is compiled once with ``streams`` parallel streams over ``threads`` threads; each
+    calling thread gets its own infer request, so ``milzoo predict``'s inference streams run side by
+    side as they do on onnxruntime. New image sizes are compiled on first use and cached by OpenVINO.
+
+    Args:
+        path: the ONNX file.
+        precision: ``fp32`` (OpenVINO's f32 kernels: on CPUs with bf16 its default would be bf16),
+            ``bf16``, or ``int8`` (a QDQ file; its float parts in f32).
+        threads: CPU threads in all (0: one per physical core).
+        streams: requests that run at once, each on ``threads // streams`` threads.
+        config: OpenVINO properties that override milcnn's.
+    """
+
+    def __init__(self, path, *, precision: str = "fp32", threads: int = constants.NUM_THREADS, streams: int = 1,
+                 outputs: tuple[str, ...] = ("probabilities", "class_maps"), config: dict | None = None):
+        from milcnn.session import physical_cores
+
+        core = _core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise ValueError("this CPU has no bf16 instructions (AVX512-BF16 or AMX); use fp32 or int8")
+        self.path, self.precision, self.outputs, self.backend = Path(path), precision, outputs, "openvino"
+        self.threads, self.streams = threads, max(1, streams)
+        self.device, self.on_cpu = "cpu", True
+        total = threads or physical_cores()
+        self._config = {"INFERENCE_NUM_THREADS": max(total, self.streams), "NUM_STREAMS": self.streams,
+                        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                        "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
+                        **(config or {})}
+        self._user_config = config
+        model = core.read_model(str(path))
+        names = [o.get_any_name() for o in model.outputs]
+        if names[:len(outputs)] != list(outputs):
+            raise ValueError(f"{path}: outputs are {names}, expected {list(outputs)}")
+        self.input_name = model.inputs[0].get_any_name()
+        self.n_classes = _static_classes(model.outputs[0].get_partial_shape())
+        self._core, self._model = core, model
+        self._compiled: OrderedDict = OrderedDict()  # input shape -> compiled model, most recent last
+        self._lock = threading.Lock()
+        self.compiled_for((1, model.inputs[0].get_partial_shape()[1].get_length(), 256, 256))  # fail early
+        self.providers = [f"OpenVINO {precision} CPU"]
+        self._local = threading.local()
+        self._siblings: dict[int, OpenVinoModel] = {}
+
+    def compiled_for(self, shape: tuple[int, ...]):
+        """The model compiled for inputs of exactly ``shape``: OpenVINO's CPU kernels for a static shape
+        ran the int8 network 11 % faster than for dynamic ones (71.5 vs 80.7 ms at 1024 x 1344). The
+        last ``COMPILED_SHAPES`` shapes are kept."""
+        with self._lock:
+            compiled = self._compiled.get(shape)
+            if compiled is None:
+                model = self._model.clone()
+                model.reshape({self.input_name: list(shape)})
+                compiled = self._core.compile_model(model, "CPU", self._config)
+                self._compiled[shape] = compiled
+                while len(self._compiled) > COMPILED_SHAPES:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(shape)
+            return compiled
+
+    def with_threads(self, threads: int) -> "OpenVinoModel":
+        """The same file compiled for callers that each want ``threads`` threads: as many streams as
+        fit on the cores this model uses (made once, then kept)."""
+        from milcnn.session import physical_cores
+
+        total = self.threads or physical_cores()
+        streams = max(1, total // max(1, threads))
+        if streams == self.streams or self._user_config is not None:
+            return self
+        if streams not in self._siblings:
+            self._siblings[streams] = OpenVinoModel(self.path, precision=self.precision, threads=total,
+                                                    streams=streams, outputs=self.outputs)
+        return self._siblings[streams]
+
+    def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
+        """Run on a float32 batch (B, C, H, W); returns copies (the request's buffers are reused)."""
+        batch = np.ascontiguousarray(batch, np.float32)
+        compiled = self.compiled_for(batch.shape)
+        requests = self._local.__dict__.setdefault("requests", {})  # this thread's, per compiled shape
+        request = requests.get(batch.shape)
+        if request is None or request[0] is not compiled:
+            request = requests[batch.shape] = (compiled, compiled.create_infer_request())
+        result = request[1].infer({input_name or self.input_name: batch}, share_inputs=True)
+        return [np.array(result[name]) for name in self.outputs]
+
+
+def _static_classes(shape) -> int | None:
+    """The class count of a (batch, classes) output when the file fixes it."""
+    if shape.rank.is_static and len(shape) == 2 and shape[1].is_static:
+        return int(shape[1].get_length())
+    return None

@@ -1,0 +1,127 @@
+"""The OpenVINO backend, backend choice, the bf16 variant and int8 in QDQ form."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from milcnn import Classifier, backends
+from milcnn.backends import OpenVinoModel, bf16_supported, choose_backend
+from milcnn.errors import ModelConfigError
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
+
+
+def test_auto_picks_the_fastest_installed_backend_per_precision(monkeypatch):
+    assert choose_backend("auto", "fp32") == "onnxruntime"
+    assert choose_backend("auto", "int8") == "openvino" and choose_backend("auto", "bf16") == "openvino"
+    assert choose_backend("auto", "int8", on_gpu=True) == "onnxruntime"
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    assert choose_backend("auto", "int8") == "onnxruntime"
+    with pytest.raises(ImportError, match=r"bf16 runs on OpenVINO, which is not installed: pip install 'milcnn-sdk\[openvino\]'"):
+        choose_backend("auto", "bf16")
+
+
+@pytest.mark.parametrize("backend, precision, says", [
+    ("onnxruntime", "bf16", "precision bf16 runs on the OpenVINO backend only"),
+    ("openvino", "fp16", "the fp16 variant is for GPUs"),
+    ("tensorflow", "fp32", "backend 'tensorflow' is not one of auto, onnxruntime, openvino")])
+def test_backend_precision_mismatches_are_one_clear_line(backend, precision, says):
+    with pytest.raises(ValueError, match=says):
+        choose_backend(backend, precision)
+
+
+def test_openvino_fp32_equals_onnxruntime_fp32(fp32):
+    image = tifffile.imread(SAMPLE)
+    ov = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32", backend="openvino")
+    assert ov.model.backend == "openvino" and ov.precision == "fp32"
+    a, b = fp32.predict(image), ov.predict(image)
+    assert a.label == b.label and np.abs(a.maps - b.maps).max() < 1e-4
+    assert (a.mask == b.mask).mean() > 0.999
+
+
+def test_bf16_variant_keeps_labels_and_masks(fp32):
+    if not bf16_supported():
+        pytest.skip("this CPU has no bf16 instructions")
+    bf16 = Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
+    assert bf16.model.backend == "openvino" and bf16.model.path.name == "model.onnx"
+    assert bf16.info.variants["bf16"]["metrics"]["mask_iou_vs_fp32"] >= 0.95  # recorded by training.quantize
+    image = tifffile.imread(SAMPLE)
+    a, b = fp32.predict(image), bf16.predict(image)
+    assert a.label == b.label and max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 0.02
+    assert (a.mask == b.mask).mean() > 0.98
+
+
+def test_openvino_streams_run_side_by_side_with_the_same_results():
+    model = OpenVinoModel(ZOO / "yeast-loc" / "model.int8.onnx", precision="int8", threads=2)
+    two = model.with_threads(1)
+    assert two.streams == 2 and model.with_threads(1) is two and model.with_threads(2) is model
+    rng = np.random.default_rng(0)
+    batches = [rng.random((1, 2, 96 + 32 * i, 128), dtype=np.float32) for i in range(4)]
+    expected = [two.run(x)[1] for x in batches]
+    got = {}
+
+    def worker(i):
+        got[i] = two.run(batches[i])[1]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        np.testing.assert_array_equal(got[i], expected[i])
+    assert len(two._compiled) == backends.COMPILED_SHAPES  # one compiled model per shape, the oldest dropped
+
+
+def test_openvino_that_cannot_load_a_file_falls_back_or_says_so(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Conversion is failed for: QLinearConv-18")
+
+    monkeypatch.setattr("milcnn.classifier.OpenVinoModel", refuse)
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
+    assert clf.model.backend == "onnxruntime" and "OpenVINO cannot run model.int8.onnx" in caplog.text
+    with pytest.raises(ModelConfigError, match="model.int8.onnx: OpenVINO cannot run it: Conversion is failed"):
+        Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
+
+
+@pytest.mark.slow
+def test_qlinearconv_rewritten_as_qdq_gives_the_same_outputs_and_loads_in_openvino(tmp_path):
+    """quantize_static's QLinearConv form, rewritten as QDQ: onnxruntime's outputs are bit for bit the same,
+    and OpenVINO, which refuses the QLinearConv file, runs the QDQ one."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from training.quantize import qoperator_to_qdq
+
+    rng = np.random.default_rng(1)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": rng.random((1, 2, 64, 64), dtype=np.float32)} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    qop, qdq = tmp_path / "qop.onnx", tmp_path / "qdq.onnx"
+    quantize_static(str(ZOO / "yeast-loc" / "model.onnx"), str(qop), Reader(), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["Conv", "Relu"])
+    qoperator_to_qdq(qop, qdq)
+    x = rng.random((1, 2, 128, 96), dtype=np.float32)
+    a = ort.InferenceSession(str(qop), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    b = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(RuntimeError, match="QLinearConv"):
+        OpenVinoModel(qop, precision="int8")
+    probabilities, maps = OpenVinoModel(qdq, precision="int8").run(x)
+    assert np.abs(maps - a[1]).max() < 0.1 and np.abs(probabilities - a[0]).max() < 0.02
