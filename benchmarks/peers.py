@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inference import ROOT, ZOO, image_of, matmul_peak, torch_model
+from training.data.real import DEFAULT_REAL_DATA
 from milcnn.io import write_atomic
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -204,6 +205,47 @@ def pipeline_throughput(n: int, rounds: int) -> dict:
                              for k, vals in rates.items()}}
 
 
+PRECISIONS = (("fp32", "onnxruntime"), ("int8", "openvino"), ("int8", "onnxruntime"), ("bf16", "openvino"))
+
+
+def real_accuracy(data_root: Path) -> dict:
+    """Every zoo model at each precision and backend on the real sets of ``benchmarks.realdata`` (4 x 4
+    mosaics and single cells, the images as they are): all fields, and the test half alone."""
+    from benchmarks.realdata import run_scores
+    from milcnn.registry import zoo
+
+    out = {}
+    for precision, backend in PRECISIONS:
+        scores = run_scores(sorted(zoo()), data_root, k=4, precision=precision, backend=backend)
+        for model, entry in scores.items():
+            for set_name, modes in entry["sets"].items():
+                r = modes["as is"]
+                test = r.get("halves", {}).get("test", {})
+                out.setdefault(f"{model} on {set_name}", {})[f"{precision} ({backend})"] = {
+                    "mosaics": r["mosaics"]["accuracy"], "cells": r["cells"]["accuracy"],
+                    "test_mosaics": test.get("mosaics", {}).get("accuracy"),
+                    "test_cells": test.get("cells", {}).get("accuracy")}
+    return out
+
+
+def simulated_accuracy() -> dict:
+    """The variants' figures on the simulated test sets, as ``training.quantize`` recorded them."""
+    from milcnn.config import ModelInfo
+    from milcnn.registry import lookup, zoo
+
+    out = {}
+    for name in sorted(zoo()):
+        info = ModelInfo.from_file(lookup(name).bundled_dir / "config.json")
+        first = next(iter(info.variants.values()))["metrics"]
+        rows = {"fp32 (onnxruntime)": {"accuracy": first["fp32_accuracy_sdk"], "mask_iou_vs_fp32": 1.0}}
+        for precision, variant in info.variants.items():
+            for backend, m in variant["metrics"].get("by_backend", {}).items():
+                rows[f"{precision} ({backend})"] = {"accuracy": m["accuracy"], "mask_iou_vs_fp32": m["mask_iou_vs_fp32"],
+                                                    "fp32_accuracy_sdk": variant["metrics"]["fp32_accuracy_sdk"]}
+        out[name] = {"test_set": next(iter(info.variants.values()))["metrics"]["test_set"], "rows": rows}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -211,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-images", type=int, default=120)
     parser.add_argument("--pipeline-rounds", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], help="a configuration to leave out (repeatable)")
+    parser.add_argument("--data", type=Path, default=None, help="the real labelled data (default: benchmarks.realdata's)")
     args = parser.parse_args(argv)
     import onnxruntime
     import openvino
@@ -229,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         "512x512": time_configurations(small, rounds=args.rounds, reps=max(1, args.reps - 1), skip=tuple(args.skip)),
         "steps_1024x1344": sdk_steps(big[0]),
         "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds),
+        "simulated": simulated_accuracy(),
+        "real": real_accuracy(args.data or DEFAULT_REAL_DATA),
     }
     result["targets"] = targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -253,6 +298,14 @@ def targets(r: dict) -> dict:
             "ratio_vs_fastest_peer": round(timed[peer]["ms"] / timed[sdk]["ms"], 3),
             "sdk_fraction_of_peak": round(sdk_rate / peak, 3), "peak_used": peak,
             "pipeline_ratio": max(v for k, v in r["pipeline"]["ratio_median"].items() if k != "fp32 (default)")}
+
+
+_ROWS = (("fp32 (onnxruntime)", "fp32"), ("int8 (openvino)", "int8"), ("int8 (onnxruntime)", "int8"),
+         ("bf16 (openvino)", "bf16"))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def render(r: dict) -> str:
@@ -290,6 +343,21 @@ def render(r: dict) -> str:
               "", "| precision | images / s per round | median ratio to the fp32 default |", "|---|---|---|"]
     for name, rates in r["pipeline"]["images_per_second"].items():
         lines.append(f"| {name} | {', '.join(f'{v:.1f}' for v in rates)} | {r['pipeline']['ratio_median'][name]:.2f} |")
+    lines += ["", "## Accuracy at each precision", "",
+              "Simulated test sets (as `python -m training.quantize` measured each variant through the SDK; masks "
+              "compared with fp32's by IoU):", "",
+              "| model | test set | " + " | ".join(n for n, _ in _ROWS) + " |", "|---|---|" + "---|" * len(_ROWS)]
+    for model, entry in r["simulated"].items():
+        cells = [f"{v['accuracy']:.4f} (masks {v['mask_iou_vs_fp32']:.3f})" if (v := entry["rows"].get(n)) else "-"
+                 for n, _ in _ROWS]
+        lines.append(f"| `{model}` | `{entry['test_set']}` | " + " | ".join(cells) + " |")
+    lines += ["", "Real sets of `python -m benchmarks.realdata` (images as they are; 4 x 4 mosaics and single cells "
+              "right, all fields, then the test half alone: fields that chose no setting of any model):", "",
+              "| model on real set | " + " | ".join(n for n, _ in _ROWS) + " |", "|---|" + "---|" * len(_ROWS)]
+    for key, by in r["real"].items():
+        cells = [f"{100 * v['mosaics']:.1f} % / {100 * v['cells']:.1f} % (test {_pct(v['test_mosaics'])} / "
+                 f"{_pct(v['test_cells'])})" if (v := by.get(n)) else "-" for n, _ in _ROWS]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "",
               "| target | measured | |", "|---|---|---|",
               f"| SDK end to end at its fastest precision >= 1.0x the fastest peer's network-only time (1024 x 1344) "

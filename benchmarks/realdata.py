@@ -45,14 +45,15 @@ def _describe_model(clf) -> dict:
             "simulated_test_accuracy": (clf.info.metrics or {}).get("accuracy")}
 
 
-def run_scores(models: list[str], data_root: Path, *, k: int, half: str = "all") -> dict:
-    """Score each model on each real set it applies to (only the fields of ``half``: ``validation``,
-    ``test`` or ``all``, see ``RealSet.half``); returns ``{model: {...}}``."""
+def run_scores(models: list[str], data_root: Path, *, k: int, half: str = "all", precision: str = "fp32",
+               backend: str = "auto") -> dict:
+    """Score each model (at ``precision`` on ``backend``) on each real set it applies to (only the fields
+    of ``half``: ``validation``, ``test`` or ``all``, see ``RealSet.half``); returns ``{model: {...}}``."""
     from milcnn import Classifier
 
     out = {}
     for spec in models:
-        clf = Classifier.from_hub(spec, device="cpu", precision="fp32")
+        clf = Classifier.from_hub(spec, device="cpu", precision=precision, backend=backend)
         sets = applicable_sets(clf.channels, clf.classes)
         entry = {"model": _describe_model(clf), "sets": {}}
         if not sets:

@@ -65,6 +65,18 @@ def test_sparse_mask_equals_dense(k, h, w, stride, threshold, band):
         np.testing.assert_array_equal(sparse, dense)
 
 
+def test_sparse_mask_equals_dense_on_exact_threshold_values_and_ties():
+    """Values on a grid of quarters: corners exactly at the threshold, cells all above it, and ties between
+    two or three classes, where the sparse mask takes its shortcuts."""
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        k, h, w = int(rng.integers(1, 12)), int(rng.integers(2, 30)), int(rng.integers(2, 30))
+        maps = np.round(rng.random((k, h, w), dtype=np.float32) * rng.integers(2, 6)) / 4
+        H, W = 4 * h - int(rng.integers(0, 4)), 4 * w - int(rng.integers(0, 4))
+        np.testing.assert_array_equal(mask_from_maps(maps, 4, (H, W), 0.5, band=int(rng.integers(1, 9))),
+                                      label_mask(upsample_maps(maps, 4, (H, W)), 0.5), err_msg=str(trial))
+
+
 def test_mask_geometry_errors():
     with pytest.raises(ValueError, match="maps of size 4x4 do not match an input of 40x16 at stride 4"):
         mask_from_maps(np.zeros((2, 4, 4), np.float32), 4, (40, 16))

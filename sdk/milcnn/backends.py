@@ -120,7 +120,7 @@ class OpenVinoModel:
         self.n_classes = _static_classes(model.outputs[0].get_partial_shape())
         self._core, self._model = core, model
         self._compiled: OrderedDict = OrderedDict()  # input shape -> compiled model, most recent last
-        self._lock = threading.Lock()
+        self._lock, self._first_run = threading.Lock(), threading.Lock()
         self.compiled_for((1, model.inputs[0].get_partial_shape()[1].get_length(), 256, 256))  # fail early
         self.providers = [f"OpenVINO {precision} CPU"]
         self._local = threading.local()
@@ -160,12 +160,19 @@ class OpenVinoModel:
     def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
         """Run on a float32 batch (B, C, H, W); returns copies (the request's buffers are reused)."""
         batch = np.ascontiguousarray(batch, np.float32)
+        feed = {input_name or self.input_name: batch}
         compiled = self.compiled_for(batch.shape)
         requests = self._local.__dict__.setdefault("requests", {})  # this thread's, per compiled shape
         request = requests.get(batch.shape)
         if request is None or request[0] is not compiled:
-            request = requests[batch.shape] = (compiled, compiled.create_infer_request())
-        result = request[1].infer({input_name or self.input_name: batch}, share_inputs=True)
+            # A new request's first inference runs alone: two first inferences at once (two streams
+            # starting) hung OpenVINO 2026.4 now and then on 2 cores, both threads in get_tensor.
+            with self._first_run:
+                request = (compiled, compiled.create_infer_request())
+                result = request[1].infer(feed, share_inputs=True)
+            requests[batch.shape] = request
+        else:
+            result = request[1].infer(feed, share_inputs=True)
         return [np.array(result[name]) for name in self.outputs]
 
 

@@ -62,16 +62,34 @@ def upsample_maps(maps, stride: int, out_shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(*lead, H, (w + 1) * stride)[..., half:half + W])
 
 
+def _edge_pad(maps: np.ndarray) -> np.ndarray:
+    """(K, h, w) -> (K, h+2, w+2), each border repeating its edge (``np.pad(mode="edge")``, 5x faster here)."""
+    K, h, w = maps.shape
+    out = np.empty((K, h + 2, w + 2), np.float32)
+    out[:, 1:-1, 1:-1] = maps
+    out[:, 0, 1:-1], out[:, -1, 1:-1] = maps[:, 0], maps[:, -1]
+    out[:, :, 0], out[:, :, -1] = out[:, :, 1], out[:, :, -2]
+    return out
+
+
+def _interpolate(c: np.ndarray, omt: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """A cell's bilinear values from its corners ``c`` (4, ...): top-left, bottom-left, top-right,
+    bottom-right -> (..., s, s), rows first, in ``upsample_maps``'s order of operations."""
+    left = omt[:, None] * c[0][..., None, None] + t[:, None] * c[1][..., None, None]  # (..., s, 1)
+    right = omt[:, None] * c[2][..., None, None] + t[:, None] * c[3][..., None, None]
+    return omt * left + t * right
+
+
 def mask_from_maps(maps, stride: int, out_shape: tuple[int, int], threshold: float = constants.DEFAULT_THRESHOLD,
                    *, band: int = 256) -> np.ndarray:
     """``label_mask(upsample_maps(maps, stride, out_shape), threshold)`` without upsampling every map.
 
-    Bilinear values inside a cell never exceed the cell's four corner values, so a cell
-    where no class reaches ``threshold`` at a corner is background, and a cell where one
-    class does is that class wherever its interpolated value reaches ``threshold``. Only
-    cells where several classes compete are interpolated for every class. The result is
-    identical to the dense computation; the work follows the foreground, and memory stays
-    at one band of cells.
+    Bilinear values inside a cell (between four map pixels) are convex mixes of its corners. So a
+    cell where no class reaches ``threshold`` at a corner is background; a cell where only class k
+    does is k wherever its interpolated value reaches ``threshold`` (everywhere, when all four
+    corners do); only cells where several classes compete are interpolated for each of them (the
+    two that meet, in the usual case). The result is identical to the dense computation (the same
+    float32 operations in the same order; tested), and the work follows the class boundaries.
 
     Args:
         maps: (K, h, w) class maps at the model's resolution.
@@ -88,46 +106,69 @@ def mask_from_maps(maps, stride: int, out_shape: tuple[int, int], threshold: flo
     K, h, w = maps.shape
     H, W = out_shape
     dtype = np.uint8 if K < 255 else np.uint16
-    omt, t = _interp_weights(stride)
     s, half = stride, stride // 2
+    cells = np.zeros((h + 1, s, w + 1, s), dtype=dtype)  # cell rows x in-cell rows x cell cols x in-cell cols
+    padded = _edge_pad(maps)  # (K, h+2, w+2): cell (a, b) has corners padded[:, a:a+2, b:b+2]
+    for a0 in range(0, h + 1, band):
+        _mask_cells(padded[:, a0:a0 + band + 1], cells[a0:a0 + band], threshold, stride)
+    return np.ascontiguousarray(cells.reshape((h + 1) * s, (w + 1) * s)[half:half + H, half:half + W])
+
+
+def _mask_cells(padded: np.ndarray, cells: np.ndarray, threshold: float, stride: int) -> None:
+    """Label the cells between the rows of ``padded`` (K, r+1, w+2) into ``cells`` (r, s, w+1, s)."""
+    K, _, cols = padded.shape
+    dtype = cells.dtype
+    omt, t = _interp_weights(stride)
     # float32 rounding can lift an interpolated value by an ulp above its corners: keep a margin
     select = np.float32(threshold) - np.float32(1e-6)
-    cells = np.zeros((h + 1, s, w + 1, s), dtype=dtype)  # cell rows x in-cell rows x cell cols x in-cell cols
-    # edge-padded, pixel-major (h+2, w+2, K): a cell's four corners are four rows of K values
-    padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), mode="edge").transpose(1, 2, 0)
-    padded = np.ascontiguousarray(padded).reshape(-1, K)
-    top = np.pad(maps.max(axis=0), 1, mode="edge")  # the best class at each map pixel
-    reach = np.maximum(np.maximum(top[:-1, :-1], top[1:, :-1]), np.maximum(top[:-1, 1:], top[1:, 1:]))
-    row = w + 2
-    for a0 in range(0, h + 1, band):
-        a, b = np.nonzero(reach[a0:a0 + band] >= select)  # cells where some class may reach the threshold
-        if a.size == 0:
-            continue
-        a += a0
+    safe = np.float32(threshold) + np.float32(1e-6)
+    padded = np.ascontiguousarray(padded)
+    above = padded >= select  # classes that may reach the threshold near each map pixel
+    count_t = np.uint8 if K < 255 else np.uint16
+    count = above.sum(axis=0, dtype=count_t)
+    index = np.tensordot(np.arange(K, dtype=np.int32), above, axes=1)  # the class, where count is 1
+    cls = np.where(count == 1, index, np.where(count == 0, -1, -2)).astype(np.int32)  # k, none -1, several -2
+    c4 = np.stack([cls[:-1, :-1], cls[1:, :-1], cls[:-1, 1:], cls[1:, 1:]])  # (4, r, w+1): each cell's corners
+    hi = c4.max(axis=0)
+    lo = np.where(c4 >= 0, c4, K).min(axis=0)
+    several = (c4 == -2).any(axis=0) | ((hi >= 0) & (lo < hi))  # several classes may compete in the cell
+    single = ~several & (hi >= 0)
+    flat = padded.reshape(K, -1)
+    row = cols
+    a, b = np.nonzero(single)
+    if a.size:
+        k = hi[a, b]
         i = a * row + b
-        corners = np.take(padded, np.stack([i, i + row, i + 1, i + row + 1]), axis=0)  # (4, N, K)
-        candidate = corners.max(axis=0) >= select  # (N, K)
-        n_candidates = candidate.sum(axis=1)
-        for single in (True, False):
-            pick = np.flatnonzero(n_candidates == 1 if single else n_candidates >= 2)
+        c = flat[k[None, :], np.stack([i, i + row, i + 1, i + row + 1])]  # (4, N): class k's corners
+        inside = c.min(axis=0) >= safe  # a convex mix of values above the threshold: the whole cell is k
+        ia, ib = np.flatnonzero(inside), np.flatnonzero(~inside)
+        cells[a[ia], :, b[ia], :] = (k[ia] + 1).astype(dtype)[:, None, None]
+        if ib.size:
+            values = _interpolate(c[:, ib], omt, t)  # (N, s, s)
+            cells[a[ib], :, b[ib], :] = np.where(values >= threshold, (k[ib] + 1)[:, None, None], 0).astype(dtype)
+    a, b = np.nonzero(several)
+    if a.size:
+        i = a * row + b
+        corners = np.take(flat, np.stack([i, i + row, i + 1, i + row + 1]), axis=1)  # (K, 4, N)
+        candidate = (corners >= select).any(axis=1).T  # (N, K)
+        n = candidate.sum(axis=1)
+        for pick, pair in ((np.flatnonzero(n == 2), True), (np.flatnonzero(n != 2), False)):
             if pick.size == 0:
                 continue
-            if single:
-                k = np.argmax(candidate[pick], axis=1)  # (N,)
-                c = corners[:, pick, k][..., None]  # (4, N, 1)
+            if pair:  # the usual case: two classes meet; interpolate those two only
+                k1 = candidate[pick].argmax(axis=1)
+                k2 = K - 1 - candidate[pick, ::-1].argmax(axis=1)
+                ks = np.stack([k1, k2], axis=1)  # (N, 2), k1 < k2: argmax ties go to k1 as over all classes
+                c = corners[ks.T[:, None, :], np.arange(4)[None, :, None], pick[None, None, :]]  # (2, 4, N)
+                c = c.transpose(1, 2, 0)  # (4, N, 2)
             else:
-                c = corners[:, pick, :]  # (4, N, K)
-            left = omt[:, None] * c[0][..., None, None] + t[:, None] * c[1][..., None, None]  # (N, k, s, 1)
-            right = omt[:, None] * c[2][..., None, None] + t[:, None] * c[3][..., None, None]
-            values = omt * left + t * right  # (N, k, s, s)
-            if single:
-                label = np.where(values[:, 0] >= threshold, (k + 1)[:, None, None], 0)
-            else:
-                best = values.argmax(axis=1)
-                peak_value = np.take_along_axis(values, best[:, None], axis=1)[:, 0]
-                label = np.where(peak_value >= threshold, best + 1, 0)
-            cells[a[pick], :, b[pick], :] = label.astype(dtype)
-    return np.ascontiguousarray(cells.reshape((h + 1) * s, (w + 1) * s)[half:half + H, half:half + W])
+                ks, c = None, corners[:, :, pick].transpose(1, 2, 0)  # (4, N, K)
+            values = _interpolate(c, omt, t)  # (N, k, s, s)
+            best = values.argmax(axis=1)
+            peak = np.take_along_axis(values, best[:, None], axis=1)[:, 0]
+            if ks is not None:
+                best = np.take_along_axis(ks[:, :, None, None], best[:, None], axis=1)[:, 0]
+            cells[a[pick], :, b[pick], :] = np.where(peak >= threshold, best + 1, 0).astype(dtype)
 
 
 def label_mask(maps_chw, threshold: float = constants.DEFAULT_THRESHOLD) -> np.ndarray:
