@@ -65,4 +65,5 @@ PY
     --eval-data "data/$prefix-test/manifest.csv"
   python -m training.quantize "zoo/$name" --precision fp16 --eval-data "data/$prefix-test/manifest.csv"
   python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)
+  python -m training.bioimageio "zoo/$name" --out "dist/$name.bioimageio.zip"   # bioimage.io package (format 0.5)
 done

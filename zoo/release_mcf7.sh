@@ -72,3 +72,4 @@ python -m training.quantize "zoo/$name" --calibration data/mcf7v2-train/manifest
 python -m training.quantize "zoo/$name" --precision fp16 --eval-data data/mcf7v2-test/manifest.csv \
   || echo "fp16 variant not added (it must keep accuracy within 1 point)" >&2
 python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)
+python -m training.bioimageio "zoo/$name" --out "dist/$name.bioimageio.zip"   # bioimage.io package (format 0.5)

@@ -17,4 +17,5 @@ for name in ${models[@]}; do
   python -m training.quantize "zoo/$name" --rewrite-qdq --eval-data "$test"
   python -m training.quantize "zoo/$name" --precision bf16 --eval-data "$test"
   python -m training.export "zoo/$name" --set-version "$version" --register "milcnn/$name@v$version"
+  python -m training.bioimageio "zoo/$name" --out "dist/$name.bioimageio.zip"   # bioimage.io package (format 0.5)
 done
