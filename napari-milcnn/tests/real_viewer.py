@@ -1,0 +1,34 @@
+"""Run by test_plugin.py under Xvfb: a real napari window with the plugin docked, one prediction, a screenshot."""
+
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message=".*PyQt5.*")  # napari 0.9's deprecation toast would cover the picture
+
+import napari  # noqa: E402
+import tifffile  # noqa: E402
+from npe2 import PluginManager, PluginManifest  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+from napari_milcnn import _widget  # noqa: E402
+
+sample, shot = sys.argv[1], sys.argv[2]
+manager = PluginManager.instance()
+if "napari-milcnn" not in manager:  # run from the source tree: register the manifest by hand
+    manager.register(PluginManifest.from_file(_widget.__file__.replace("_widget.py", "napari.yaml")))
+viewer = napari.Viewer(show=True)
+viewer.window.resize(1600, 950)
+viewer.add_image(tifffile.imread(sample), channel_axis=0, name=["gfp", "rfp"], colormap=["green", "magenta"],
+                 contrast_limits=[(150, 1100), (150, 1200)])
+dock, widget = viewer.window.add_plugin_dock_widget("napari-milcnn", "milcnn predict")
+widget.model.setCurrentText("yeast-loc")
+widget.per_channel.setChecked(True)
+widget.channel_layers[0].setCurrentText("gfp")
+widget.channel_layers[1].setCurrentText("rfp")
+layer = widget.predict()
+layer.contour = 2  # outlines, as milzoo's overlays
+print(f"labels: {layer.name}")
+for _ in range(5):
+    QApplication.processEvents()
+viewer.screenshot(path=shot, canvas_only=False, flash=False)
+viewer.close()

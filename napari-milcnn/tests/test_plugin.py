@@ -1,0 +1,131 @@
+"""napari-milcnn: its manifest, the widget on napari's viewer model (Qt offscreen), the reader, and the plugin
+docked in a real napari window under Xvfb."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari", reason="napari is in the test extras")
+
+from milcnn import Classifier  # noqa: E402
+from napari_milcnn import _reader  # noqa: E402
+from napari_milcnn._widget import MilcnnWidget  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "zoo" / "yeast-loc" / "sample_input.tif"
+MANIFEST = ROOT / "napari-milcnn" / "src" / "napari_milcnn" / "napari.yaml"
+
+
+@pytest.fixture
+def make_viewer(qtbot):
+    """napari's viewer model (layers, no canvas: no OpenGL needed offscreen) in a Qt application."""
+    from napari.components import ViewerModel
+
+    return ViewerModel
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return Classifier.from_hub("yeast-loc").predict(tifffile.imread(SAMPLE))
+
+
+def test_manifest_is_valid_and_its_commands_import():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "napari-milcnn"
+    assert {c.id for c in manifest.contributions.commands} == {"napari-milcnn.widget", "napari-milcnn.read_results"}
+    for command in manifest.contributions.commands:
+        module, attr = command.python_name.split(":")
+        assert callable(getattr(__import__(module, fromlist=[attr]), attr))
+
+
+def test_widget_adds_the_mask_with_class_names_colours_and_probabilities(make_viewer, expected):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")  # (2, 512, 512): channels on axis 0
+    widget = MilcnnWidget(viewer)
+    assert [widget.model.itemText(i) for i in range(widget.model.count())] == ["mcf7-moa", "yeast-loc", "yeast-loc-gfp"]
+    assert widget.layer.currentText() == "field"
+    widget.model.setCurrentText("yeast-loc")
+    layer = widget.predict()
+    assert layer is viewer.layers["field milcnn mask"]
+    np.testing.assert_array_equal(layer.data, expected.mask)
+    classes = list(Classifier.from_hub("yeast-loc").classes)
+    assert list(layer.features["class"]) == ["background", *classes]
+    meta = layer.metadata["milcnn"]
+    assert meta["label"] == expected.label and meta["probabilities"] == pytest.approx(expected.probabilities)
+    assert widget.table.rowCount() == len(classes) and widget.table.item(0, 0).text() == expected.label
+    from milcnn.overlay import PALETTE
+
+    np.testing.assert_allclose(layer.colormap.map(1)[..., :3].ravel(), PALETTE[0] / 255, atol=1e-6)
+    assert expected.label in widget.called.text()
+    widget.predict()  # again: replaced, not doubled
+    assert [layer.name for layer in viewer.layers].count("field milcnn mask") == 1
+
+
+def test_one_layer_per_channel_gives_the_same_mask(make_viewer, expected):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), channel_axis=0, name=["gfp", "rfp"])  # two layers
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    widget.per_channel.setChecked(True)
+    widget.channel_layers[0].setCurrentText("gfp")
+    widget.channel_layers[1].setCurrentText("rfp")
+    layer = widget.predict()
+    np.testing.assert_array_equal(layer.data, expected.mask)
+
+
+def test_a_wrong_image_is_said_in_the_widget_not_raised(make_viewer):
+    viewer = make_viewer()
+    viewer.add_image(np.zeros((5, 64, 64), np.uint16), name="stack")
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    assert widget.predict() is None and "no axis of length 2" in widget.called.text()
+
+
+def test_reader_opens_a_milzoo_output_folder(tmp_path, expected):
+    from click.testing import CliRunner
+
+    from milcnn.cli import main
+
+    shutil.copy(SAMPLE, tmp_path / "a.tif")
+    assert CliRunner().invoke(main, ["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out")]).exit_code == 0
+    assert _reader.get_reader(str(tmp_path)) is None
+    read = _reader.get_reader(str(tmp_path / "out"))
+    layers = read(str(tmp_path / "out"))
+    (overlay, okw, okind), (mask, mkw, mkind) = layers
+    assert okind == "image" and okw["rgb"] and overlay.shape[2] == 3 and overlay.shape[0] == 512
+    assert mkind == "labels" and mkw["name"] == "a milcnn mask"
+    np.testing.assert_array_equal(mask, expected.mask)
+    assert mkw["metadata"]["milcnn"]["label"] == expected.label
+    assert mkw["metadata"]["milcnn"]["model"].startswith("yeast-loc ")
+
+
+@pytest.mark.slow
+def test_a_real_viewer_under_xvfb(tmp_path):
+    """The plugin docked in a real napari window on an X server (Xvfb), predicting the bundled sample; the
+    screenshot is kept (``MILCNN_SCREENSHOTS=folder`` copies it there, e.g. docs/)."""
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        pytest.skip("no Xvfb on this machine (.ci/run installs it where it can)")
+    shot = tmp_path / "napari.png"
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "napari-milcnn" / "src"), str(ROOT / "sdk"),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
+                           str(Path(__file__).with_name("real_viewer.py")), str(SAMPLE), str(shot)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "labels: gfp+rfp milcnn mask" in proc.stdout
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[1] > 900 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # the window, drawn
+    if os.environ.get("MILCNN_SCREENSHOTS"):
+        shutil.copy(shot, Path(os.environ["MILCNN_SCREENSHOTS"]) / "napari.png")
