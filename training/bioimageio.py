@@ -41,6 +41,7 @@ from milcnn.config import read_config
 __all__ = ["build_package", "PAPER_DOI"]
 
 PAPER_DOI = "10.1093/bioinformatics/btw252"
+TEST_SIZE = 256  # px: the largest side of the test tensors
 PAPER = ("Kraus, Ba & Frey (2016). Classifying and segmenting microscopy images with deep multiple instance "
          "learning. Bioinformatics 32(12), i52-i59.")
 
@@ -68,22 +69,25 @@ def _describe(folder: Path, work: Path, config: dict):
 
     clf = Classifier.from_dir(folder, device="cpu", precision="fp32", backend="onnxruntime")
     norm, stride, k = config["normalization"], config["output_stride"], len(config["classes"])
-    sample = clf.prepare(tifffile.imread(folder / constants.SAMPLE_INPUT_FILE))[0]
-    h, w = (n - n % stride for n in sample.shape[1:])  # the package takes multiples of the stride
+    whole = clf.prepare(tifffile.imread(folder / constants.SAMPLE_INPUT_FILE))[0]
+    # the test tensors: the sample's centre, at most TEST_SIZE px and a multiple of the stride (small packages)
+    h, w = (min(n, TEST_SIZE) - min(n, TEST_SIZE) % stride for n in whole.shape[1:])
     if min(h, w) < config["min_size"]:
         raise ValueError(f"{folder / constants.SAMPLE_INPUT_FILE}: {h} x {w} px is below this model's "
                          f"{config['min_size']} px")
-    sample = np.ascontiguousarray(sample[:, :h, :w])
+    y0, x0 = (whole.shape[1] - h) // 2, (whole.shape[2] - w) // 2
+    sample = np.ascontiguousarray(whole[:, y0:y0 + h, x0:x0 + w])
     image = sample.astype(np.float32)[None]  # (1, C, H, W), as bioimage.io hands it to preprocessing
     # the package runs images as they come: the SDK at the model's own scale (no default resizing) is its twin
     pred = clf.predict(sample, cell_diameter=clf.info.cell_diameter)
+    cover = clf.predict(whole, cell_diameter=clf.info.cell_diameter)
     probabilities = np.array([[pred.probabilities[c] for c in clf.classes]], np.float32)
     maps = pred.maps[None].astype(np.float32)
     np.save(work / "test_input.npy", image)
     np.save(work / "test_probabilities.npy", probabilities)
     np.save(work / "test_class_maps.npy", maps)
-    save_overlay(work / "cover.png", sample, pred.mask, clf.classes,
-                 title=overlay_title(constants.SAMPLE_INPUT_FILE, pred), durable=False)
+    save_overlay(work / "cover.png", whole, cover.mask, clf.classes,
+                 title=overlay_title(constants.SAMPLE_INPUT_FILE, cover), durable=False)
     for name in (constants.MODEL_FILE, constants.POOLING_FILE):
         if (folder / name).is_file():
             (work / name).write_bytes((folder / name).read_bytes())
