@@ -116,8 +116,7 @@ def test_a_real_viewer_under_xvfb(tmp_path):
         pytest.skip("no Xvfb on this machine (.ci/run installs it where it can)")
     shot = tmp_path / "napari.png"
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "napari-milcnn" / "src"), str(ROOT / "sdk"),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "napari-milcnn" / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run([xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
                            str(Path(__file__).with_name("real_viewer.py")), str(SAMPLE), str(shot)],
                           capture_output=True, text=True, timeout=300, env=env)
