@@ -2,8 +2,8 @@
 equal the SDK's.
 
 bioimageio.core 0.11 needs pydantic < 2.14 and the test extras' ome-zarr-models needs 2.14, so these tests
-run in an environment of their own (``pip install ".[bioimageio]" pytest``; ``.ci/run`` does) and are
-skipped where bioimageio.core is not installed."""
+run in an environment of their own (``pip install ".[bioimageio]"``): where bioimageio.core is not installed
+they are skipped here, and ``test_own_environment.py`` builds that environment and runs them in it."""
 
 import subprocess
 import sys
