@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -127,6 +128,10 @@ def legend_scale(height: int) -> int:
 
 
 _BACKGROUND = 20
+# Text is drawn by one thread at a time: milzoo predict's writer threads draw overlays side by side, and a
+# first-image overlay once differed between two identical runs under load (text and fonts are the only
+# Pillow state the overlays share; Pillow does not promise it is thread-safe)
+_DRAW_LOCK = threading.Lock()
 _PANEL_WIDTH = 190
 _LINE = 14  # pixels per title line
 # label -> outline colour (label 0, background, is never drawn); labels cycle through the palette
@@ -144,9 +149,10 @@ def _legend(classes: tuple[str, ...], present: tuple[bool, ...], title: str) -> 
     drawn per image."""
     lines = title.split("\n")
     head = Image.new("RGB", (_PANEL_WIDTH, 6 + _LINE * len(lines) + 6), (_BACKGROUND,) * 3)
-    draw = ImageDraw.Draw(head)
-    for i, line in enumerate(lines):
-        draw.text((8, 6 + _LINE * i), _drawable(line), fill=(255, 255, 255), font=_font())
+    with _DRAW_LOCK:
+        draw = ImageDraw.Draw(head)
+        for i, line in enumerate(lines):
+            draw.text((8, 6 + _LINE * i), _drawable(line), fill=(255, 255, 255), font=_font())
     return np.concatenate([np.asarray(head), _class_list(classes, present)])
 
 
@@ -166,12 +172,14 @@ def _font():
 @functools.lru_cache(maxsize=64)
 def _class_list(classes: tuple[str, ...], present: tuple[bool, ...]) -> np.ndarray:
     panel = Image.new("RGB", (_PANEL_WIDTH, 16 * len(classes) + 8), (_BACKGROUND,) * 3)
-    draw = ImageDraw.Draw(panel)
-    for k, name in enumerate(classes):
-        colour = tuple(int(v) for v in PALETTE[k % len(PALETTE)])
-        y = 16 * k
-        draw.rectangle((8, y + 2, 18, y + 12), fill=colour if present[k] else None, outline=colour)
-        draw.text((24, y), _drawable(name), fill=(255, 255, 255) if present[k] else (130, 130, 130), font=_font())
+    with _DRAW_LOCK:
+        draw = ImageDraw.Draw(panel)
+        for k, name in enumerate(classes):
+            colour = tuple(int(v) for v in PALETTE[k % len(PALETTE)])
+            y = 16 * k
+            draw.rectangle((8, y + 2, 18, y + 12), fill=colour if present[k] else None, outline=colour)
+            draw.text((24, y), _drawable(name), fill=(255, 255, 255) if present[k] else (130, 130, 130),
+                      font=_font())
     out = np.asarray(panel)
     out.setflags(write=False)  # shared between calls
     return out
