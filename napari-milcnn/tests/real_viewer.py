@@ -1,16 +1,13 @@
 """Run by test_plugin.py under Xvfb: a real napari window with the plugin docked, one prediction, a screenshot."""
 
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message=".*PyQt5.*")  # napari 0.9's deprecation toast would cover the picture
+import napari
+import tifffile
+from npe2 import PluginManager, PluginManifest
+from qtpy.QtWidgets import QApplication
 
-import napari  # noqa: E402
-import tifffile  # noqa: E402
-from npe2 import PluginManager, PluginManifest  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
-
-from napari_milcnn import _widget  # noqa: E402
+from napari_milcnn import _widget
 
 sample, shot = sys.argv[1], sys.argv[2]
 manager = PluginManager.instance()
