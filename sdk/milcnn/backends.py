@@ -121,7 +121,6 @@ class OpenVinoModel:
         self._core, self._model = core, model
         self._compiled: OrderedDict = OrderedDict()  # input shape -> compiled model, most recent last
         self._lock, self._first_run = threading.Lock(), threading.Lock()
-        self.compiled_for((1, model.inputs[0].get_partial_shape()[1].get_length(), 256, 256))  # fail early
         self.providers = [f"OpenVINO {precision} CPU"]
         self._local = threading.local()
         self._siblings: dict[int, OpenVinoModel] = {}
