@@ -471,3 +471,24 @@ def test_sim_vs_real_measures_a_known_cell():
     spots[0, 28:31, 28:31] += 400  # a bright dot in one channel only
     assert measure_crop(spots, 1)["peakiness"][0] > 2 * m["peakiness"][0]
     assert measure_crop(np.zeros((2, 64, 64), np.float32) + 5, 1) is None
+
+
+def test_rehearsal_set_is_resimulated_when_the_simulator_changed(tmp_path):
+    """A cached rehearsal set is reused only if the same simulator code and settings made it (a set made by an
+    older simulator once made fine-tuned models forget the classes they were meant to keep)."""
+    import json
+
+    from training.data.mcf7 import MCF7Params
+    from training.finetune import rehearsal_set
+    from training.simulate import simulator_fingerprint
+
+    assert simulator_fingerprint("mcf7", MCF7Params()) == simulator_fingerprint("mcf7", MCF7Params())
+    assert simulator_fingerprint("mcf7", MCF7Params()) != simulator_fingerprint("mcf7", MCF7Params(blur=(1.0, 1.0)))
+    manifest = rehearsal_set("yeast", 2, seed=5, channels=("gfp", "rfp"), folder=tmp_path / "r")
+    first = manifest.stat().st_mtime_ns
+    assert rehearsal_set("yeast", 2, seed=5, channels=("gfp", "rfp"), folder=tmp_path / "r").stat().st_mtime_ns == first
+    stamp = tmp_path / "r" / "settings.json"
+    stale = {**json.loads(stamp.read_text()), "simulator": "0" * 16}
+    stamp.write_text(json.dumps(stale))
+    assert rehearsal_set("yeast", 2, seed=5, channels=("gfp", "rfp"), folder=tmp_path / "r").stat().st_mtime_ns > first
+    assert json.loads(stamp.read_text())["simulator"] != "0" * 16

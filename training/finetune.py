@@ -47,7 +47,7 @@ from training.model import MILCNN, ModelConfig
 from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from training.train import evaluate_loss_accuracy, flag_type, train_step, warmup_cosine
 
-__all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "simulator_of"]
+__all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "rehearsal_set", "simulator_of"]
 
 log = logging.getLogger(__name__)
 
@@ -192,21 +192,29 @@ def _rehearsal_manifest(cfg: FinetuneConfig, origin: dict, model_cfg: ModelConfi
         return cfg.rehearsal_data
     if cfg.rehearsal <= 0:
         return None
-    from training.simulate import SIMULATORS, simulate_dataset
-
     kind = simulator_of(origin, model_cfg.classes)
-    folder = Path(cfg.out) / "rehearsal"
+    return str(rehearsal_set(kind, cfg.rehearsal, seed=1000 + cfg.seed, channels=model_cfg.channels,
+                             folder=Path(cfg.out) / "rehearsal"))
+
+
+def rehearsal_set(kind: str, n: int, *, seed: int, channels: tuple[str, ...], folder: Path) -> Path:
+    """The manifest of ``n`` simulated rehearsal images in ``folder``, simulated unless the folder
+    already holds the same set (same simulator code and settings, seed, size and channels)."""
+    from training.simulate import SIMULATORS, simulate_dataset, simulator_fingerprint
+
+    folder = Path(folder)
     manifest = folder / "manifest.csv"
     stamp = folder / "settings.json"
-    settings = {"kind": kind, "n": cfg.rehearsal, "seed": 1000 + cfg.seed, "channels": list(model_cfg.channels)}
+    params = SIMULATORS[kind][1](channels=tuple(channels))
+    settings = {"kind": kind, "n": n, "seed": seed, "channels": list(channels),
+                "simulator": simulator_fingerprint(kind, params)}
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        return str(manifest)
-    params = SIMULATORS[kind][1](channels=tuple(model_cfg.channels))
+        return manifest
     t0 = time.time()
-    simulate_dataset(kind, n=cfg.rehearsal, seed=settings["seed"], out=folder, params=params, workers=2)
+    simulate_dataset(kind, n=n, seed=seed, out=folder, params=params, workers=2)
     stamp.write_text(json.dumps(settings))
-    log.info("simulated %d rehearsal images (%s) in %.0f s", cfg.rehearsal, kind, time.time() - t0)
-    return str(manifest)
+    log.info("simulated %d rehearsal images (%s) in %.0f s", n, kind, time.time() - t0)
+    return manifest
 
 
 # ------------------------------------------------------------------------------ fine-tuning
@@ -258,9 +266,9 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     rehearsal = _rehearsal_manifest(cfg, origin, model_cfg)
     if rehearsal:
         rs, _, _ = read_manifest(rehearsal, channels=model_cfg.channels, classes=model_cfg.classes)
-        rehearsal_set = ImageSet(rs, model_cfg.channels, model_cfg.classes, model_cfg.normalization)
-        datasets.append(CropDataset(rehearsal_set, cfg.crop, seed=cfg.seed + 1, photometric=photometric))
-        reh_w = balanced_weights(rehearsal_set.targets)
+        rehearsal_images = ImageSet(rs, model_cfg.channels, model_cfg.classes, model_cfg.normalization)
+        datasets.append(CropDataset(rehearsal_images, cfg.crop, seed=cfg.seed + 1, photometric=photometric))
+        reh_w = balanced_weights(rehearsal_images.targets)
         weights = np.concatenate([user_w / user_w.sum() * (1 - cfg.rehearsal_fraction),
                                   reh_w / reh_w.sum() * cfg.rehearsal_fraction])
     else:

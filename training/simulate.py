@@ -34,6 +34,21 @@ SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image),
 TREATMENTS = {"mcf7": (("compound", "concentration"), mcf7_treatment)}
 
 
+def simulator_fingerprint(kind: str, params) -> str:
+    """What a simulated set depends on besides seed and size: the simulator's code (its module and the
+    shared optics) and its settings, hashed. A cached set made with another fingerprint is stale."""
+    import hashlib
+    import inspect
+
+    from training.data import optics
+
+    module = sys.modules[SIMULATORS[kind][2].__module__]
+    digest = hashlib.sha256()
+    for source in (inspect.getsource(module), inspect.getsource(optics), repr(params)):
+        digest.update(source.encode())
+    return digest.hexdigest()[:16]
+
+
 def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)))
 
