@@ -121,11 +121,6 @@ class MCF7Params:
             of weight about 1 (BBBC021's 20x widefield resolves few single microtubules).
         centrosome: range of the brightness of the centrosome beside the nucleus.
         actin_cortex: range of the cortical actin rim's brightness (the diffuse actin is 0.5).
-        elongation: range of interphase cells' aspect ratio (long / short axis, area kept; real
-            MCF-7 spread as elongated polygons; protein-synthesis cells stay compact, at most 1.3).
-        tubulin_mesh: range of the share of microtubules drawn as a meshwork of curved chords
-            across the cytoplasm rather than rays from the centrosome (BBBC021 at 20x shows a
-            fibrous fill with little radial order).
     """
 
     size: int = 512
@@ -139,16 +134,13 @@ class MCF7Params:
     background: tuple[float, float] = (0.02, 0.25)
     tubulin_fill: tuple[float, float] = (0.5, 1.1)
     centrosome: tuple[float, float] = (0.2, 1.0)
-    actin_cortex: tuple[float, float] = (0.1, 0.9)
-    elongation: tuple[float, float] = (1.0, 2.2)
-    tubulin_mesh: tuple[float, float] = (0.3, 1.0)
+    actin_cortex: tuple[float, float] = (0.3, 1.2)
 
     def __post_init__(self) -> None:
         check_screen_params(self, MCF7_CHANNELS)
         check_ranges(self, {"density": (0.1, 20.0), "cell_radius": (5.0, 100.0), "blur": (0.3, 6.0),
                             "photons": (5.0, 1e5), "background": (0.0, 2.0), "tubulin_fill": (0.0, 3.0),
-                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0),
-                            "elongation": (1.0, 4.0), "tubulin_mesh": (0.0, 1.0)})
+                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0)})
 
 
 @dataclass(frozen=True)
@@ -158,7 +150,6 @@ class _Look:
     tubulin_fill: float
     centrosome: float
     actin_cortex: float
-    tubulin_mesh: float
 
 
 @dataclass
@@ -171,13 +162,6 @@ class _Cell:
     shows: bool = True
     harmonics: list = field(default_factory=list)  # (order, amplitude, phase) of the outline
     bright: float = 1.0
-    elongation: float = 1.0  # aspect ratio of the outline (area kept)
-    angle: float = 0.0  # direction of the long axis
-
-    @property
-    def reach(self) -> int:
-        """Half the side of the box that holds the cell."""
-        return int(self.radius * 1.5 * self.elongation ** 0.5) + 2
 
 
 def _place(rng: np.random.Generator, p: MCF7Params, cls: str, canvas: int) -> list[_Cell]:
@@ -207,16 +191,13 @@ def _territories(cells: list[_Cell], canvas: int) -> tuple[np.ndarray, np.ndarra
     best = np.full((canvas, canvas), np.inf, np.float32)
     owner = np.full((canvas, canvas), -1, np.int32)
     for i, c in enumerate(cells):
-        reach = c.reach
+        reach = int(c.radius * 1.5) + 2
         y0, y1 = max(0, int(c.cy) - reach), min(canvas, int(c.cy) + reach)
         x0, x1 = max(0, int(c.cx) - reach), min(canvas, int(c.cx) + reach)
         if y0 >= y1 or x0 >= x1:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         dy, dx = yy - c.cy, xx - c.cx
-        if c.elongation != 1.0:  # distances in the frame of the long axis, stretched to a circle
-            e, ca, sa = c.elongation ** 0.5, np.cos(c.angle), np.sin(c.angle)
-            dy, dx = (dy * ca + dx * sa) / e, (-dy * sa + dx * ca) * e
         phi = np.arctan2(dy, dx)
         r_phi = c.radius * (1 + sum(a * np.cos(k * phi + ph) for k, a, ph in c.harmonics))
         ratio = np.sqrt(dy ** 2 + dx ** 2) / r_phi
@@ -253,7 +234,7 @@ def _segments(target: np.ndarray, starts: np.ndarray, ends: np.ndarray, weight: 
 
 
 def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> None:
-    reach = c.reach
+    reach = int(c.radius * 1.5) + 2
     canvas = owner.shape[0]
     y0, y1 = max(0, int(c.cy) - reach), min(canvas, int(c.cy) + reach)
     x0, x1 = max(0, int(c.cx) - reach), min(canvas, int(c.cx) + reach)
@@ -311,11 +292,7 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
         for k in range(n_nuclei):
             off = rng.normal(0, c.radius * (0.12 if n_nuclei == 1 else 0.28), 2)
             ry, rx = rn * scale * rng.uniform(0.9, 1.15), rn * scale * rng.uniform(0.75, 1.0)
-            if c.elongation > 1.15:  # an oval nucleus along the cell's long axis
-                ry, rx, nucleus_angle = max(ry, rx) * 1.1, min(ry, rx) * 0.9, c.angle + rng.normal(0, 0.3)
-            else:
-                nucleus_angle = rng.uniform(0, np.pi)
-            nucleus = _blob(shape, ly + off[0], lx + off[1], ry, rx, nucleus_angle)
+            nucleus = _blob(shape, ly + off[0], lx + off[1], ry, rx, rng.uniform(0, np.pi))
             texture = ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 1.5)
             d += nucleus * (1.3 + 1.5 * (texture - texture.mean()) / (texture.std() + 1e-6) * 0.15)
             for _ in range(rng.integers(1, 4)):
@@ -341,13 +318,6 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             start = 0.0 if bundles else rn * rng.uniform(0.3, 1.0, n_rays)
             starts = np.stack([cy_ + np.sin(angles) * start, cx_ + np.cos(angles) * start], axis=-1) * np.ones((n_rays, 2))
             fil = np.zeros(shape, np.float32)
-            if not bundles:  # part of the network as curved chords in every direction across the cytoplasm
-                mesh = rng.random(n_rays) < look.tubulin_mesh
-                yy_, xx_ = np.nonzero(cyto)
-                if mesh.any() and yy_.size:
-                    pick = rng.integers(0, yy_.size, (int(mesh.sum()), 2))
-                    starts[mesh] = np.stack([yy_[pick[:, 0]], xx_[pick[:, 0]]], axis=1)
-                    ends[mesh] = np.stack([yy_[pick[:, 1]], xx_[pick[:, 1]]], axis=1)
             _segments(fil, starts, ends, 2.4 if bundles else 0.5, rng, wiggle=3.0 if bundles else 1.5)
             fil = ndimage.gaussian_filter(fil, 1.2 if bundles else 0.7)
             # the diffuse part is densest around the nucleus and thins towards the edge
@@ -403,7 +373,7 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
     non_showing = 0.0 if cls == "DMSO" else rng.uniform(*params.non_showing)
     _, _, mitotic = _LAYOUT[cls]
     look = _Look(tubulin_fill=rng.uniform(*params.tubulin_fill), centrosome=rng.uniform(*params.centrosome),
-                 actin_cortex=rng.uniform(*params.actin_cortex), tubulin_mesh=rng.uniform(*params.tubulin_mesh))
+                 actin_cortex=rng.uniform(*params.actin_cortex))
     for c in cells:
         u = rng.random()
         c.bright = rng.lognormal(0.0, 0.25)
@@ -418,14 +388,10 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
             c.state = "mitotic"
         irregular = 2.5 if (c.phenotype == "Actin disruptors" and c.shows) else 1.0
         c.harmonics = _outline(rng, irregular)
-        elongation = rng.uniform(*params.elongation)
-        c.angle = rng.uniform(0, np.pi)
-        if c.state == "interphase" and c.phenotype != "Actin disruptors":  # rounded or shrunken cells stay so
-            c.elongation = min(elongation, 1.3) if (c.phenotype == "Protein synthesis" and c.shows) else elongation
     owner, rho = _territories(cells, canvas)
     for i, c in enumerate(cells):  # rounded cells (mitotic, apoptotic) occupy the middle of their territory
         if c.state in ("mitotic", "apoptotic"):
-            reach = c.reach
+            reach = int(c.radius * 1.5) + 2
             box = (slice(max(0, int(c.cy) - reach), max(0, int(c.cy) + reach)),
                    slice(max(0, int(c.cx) - reach), max(0, int(c.cx) + reach)))
             owned = owner[box] == i
