@@ -23,6 +23,16 @@ def realdata() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_labelled() -> Path:
+    """The real labelled cells in ../shared/realdata-labelled (see its README)."""
+    from training.data.real import DEFAULT_REAL_DATA
+
+    if not DEFAULT_REAL_DATA.is_dir():
+        pytest.fail(f"real labelled cells not found at {DEFAULT_REAL_DATA}")
+    return DEFAULT_REAL_DATA
+
+
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 MODEL_FILES = ("config.json", "model.onnx", "model.int8.onnx", "pooling.onnx", "README.md", "sample_input.tif",
                "sample_output.json")

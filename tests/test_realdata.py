@@ -11,18 +11,10 @@ import tifffile
 import torch
 
 from milcnn import Classifier
-from training.data.real import (DEFAULT_REAL_DATA, REAL_SETS, RealDataMissingError, applicable_sets, load_fields,
+from training.data.real import (REAL_SETS, RealDataMissingError, applicable_sets, load_fields,
                                 mosaics, shuffled_mosaics)
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
-
-
-@pytest.fixture(scope="session")
-def real_labelled() -> Path:
-    """The real labelled cells in ../shared/realdata-labelled (see its README)."""
-    if not DEFAULT_REAL_DATA.is_dir():
-        pytest.fail(f"real labelled cells not found at {DEFAULT_REAL_DATA}")
-    return DEFAULT_REAL_DATA
 
 
 # ------------------------------------------------------------------------------------ the real sets

@@ -78,6 +78,11 @@ class TrainConfig:
     cell_diameter: float | None = None  # their typical cell diameter in px, recorded in the model
     device: str = "auto"
     threads: int = 0  # 0: all cores
+    # domain-adversarial training on unlabelled images of the target screen (training.domain)
+    domain_data: str | None = None  # a folder of unlabelled .tif images
+    domain_cell_diameter: float | None = None  # their cell diameter in px (resized to cell_diameter)
+    domain_weight: float = 0.1
+    domain_batch: int = 4  # unlabelled crops added to every batch
 
 
 def bag_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -92,13 +97,26 @@ def warmup_cosine(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_sc
 
 
 def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *, smoothness: float,
-               smoothness_sigma: float) -> float:
-    """One optimiser step on a batch: bag loss plus the edge-aware smoothness term; returns the loss."""
-    output = model(x)
-    loss = bag_loss(output.probabilities, y)
+               smoothness_sigma: float, domain=None, progress: float = 0.0) -> float:
+    """One optimiser step on a batch: bag loss plus the edge-aware smoothness term (and, with a
+    ``training.domain.DomainAdversary``, its loss on the batch and unlabelled crops); returns the loss."""
+    n = x.shape[0]
+    features = {}
+    if domain is not None:
+        x_all = torch.cat([x, domain.draw().to(x.device)])
+        hook = model.backbone.register_forward_hook(lambda _m, _i, out: features.__setitem__("f", out))
+        try:
+            output = model(x_all)
+        finally:
+            hook.remove()
+    else:
+        output = model(x)
+    loss = bag_loss(output.probabilities[:n], y)
     if smoothness:
-        loss = loss + smoothness * edge_aware_smoothness(output.class_maps, x, stride=model.config.output_stride,
+        loss = loss + smoothness * edge_aware_smoothness(output.class_maps[:n], x, stride=model.config.output_stride,
                                                          sigma=smoothness_sigma)
+    if domain is not None:
+        loss = loss + domain.loss(features["f"], n, progress)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -174,7 +192,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
 
     torch.manual_seed(cfg.seed)
     model = MILCNN(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    domain = _domain_adversary(cfg, model, photometric=Photometric() if cfg.photometric else None)
+    if domain is not None:
+        domain.to(device)
+    params = list(model.parameters()) + (list(domain.parameters()) if domain is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     warmup = min(100, total_steps // 10)
     scheduler = warmup_cosine(optimizer, total_steps, warmup)
@@ -184,6 +206,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
             raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
         model.load_state_dict(ckpt["model"])
+        if domain is not None:
+            domain.load_state_dict(ckpt["domain"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
@@ -209,6 +233,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
         t_epoch = time.time()
         crops.reseed(epoch)
+        if domain is not None:
+            domain.reseed(epoch)
         sampler = WeightedRandomSampler(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True,
                                         generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
@@ -217,7 +243,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
             running += train_step(model, x.to(device), y.to(device), optimizer, scheduler,
-                                  smoothness=cfg.smoothness, smoothness_sigma=cfg.smoothness_sigma)
+                                  smoothness=cfg.smoothness, smoothness_sigma=cfg.smoothness_sigma, domain=domain,
+                                  progress=(epoch * cfg.steps_per_epoch + step) / total_steps)
             bar.set_postfix(loss=f"{running / (step + 1):.4f}")
         model.eval()
         val_loss, val_acc = evaluate_loss_accuracy(model, val_set, device)
@@ -233,6 +260,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
             "format": CHECKPOINT_FORMAT, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best": best, "history": history,
+            **({"domain": domain.state_dict()} if domain is not None else {}),
         }
         save_checkpoint(ckpt, out / "last.pt")
         if improved:
@@ -250,6 +278,22 @@ def _parse_params(items: list[str]) -> dict:
             raise argparse.ArgumentTypeError(f"--pooling-param expects KEY=VALUE, got {item!r}")
         params[key] = float(value)
     return params
+
+
+def _domain_adversary(cfg: TrainConfig, model: MILCNN, *, photometric):
+    if not cfg.domain_data:
+        return None
+    from training.domain import DomainAdversary, load_unlabelled
+
+    mc = model.config
+    if cfg.domain_cell_diameter is not None and not cfg.cell_diameter:
+        raise ValueError("--domain-cell-diameter needs --cell-diameter (the training images' cell size)")
+    zoom = cfg.cell_diameter / cfg.domain_cell_diameter if cfg.domain_cell_diameter else 1.0
+    images = load_unlabelled(cfg.domain_data, mc.channels, len(mc.classes), mc.normalization, zoom=zoom)
+    log.info("domain-adversarial training on %d unlabelled images of %s (zoom %.3g), weight %g",
+             len(images), cfg.domain_data, zoom, cfg.domain_weight)
+    return DomainAdversary(model.feature_channels, images, crop=cfg.crop, batch=cfg.domain_batch,
+                           weight=cfg.domain_weight, seed=cfg.seed, photometric=photometric)
 
 
 def _cell_mosaic(cfg: TrainConfig, channels: tuple[str, ...]) -> CellMosaic | None:
@@ -298,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data MANIFEST is required")
     try:
         best = train(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
-    except ValueError as exc:  # bad manifests, settings: one clear message, no traceback
+    except (ValueError, FileNotFoundError) as exc:  # bad manifests, settings, data: one clear message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(best)

@@ -1,0 +1,93 @@
+"""Domain-adversarial training on unlabelled images (training/domain.py): the reversal, the schedule,
+training and resuming with a domain head, what export keeps, and bad unlabelled data."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from milcnn.preprocess import NormalizationConfig
+from training.domain import GradientReversal, domain_weight_schedule, load_unlabelled
+from training.train import TrainConfig, train
+
+
+def test_gradient_reversal_and_schedule():
+    x = torch.ones(3, requires_grad=True)
+    y = GradientReversal.apply(x, 0.5)
+    assert torch.equal(y, x)
+    (2 * y).sum().backward()
+    assert torch.allclose(x.grad, torch.full((3,), -1.0))  # d(2y)/dx = 2, reversed and halved
+    assert domain_weight_schedule(0.0) == 0.0 and domain_weight_schedule(1.0) > 0.99
+    assert 0 < domain_weight_schedule(0.1) < domain_weight_schedule(0.3) < 1
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tiny_yeast, tmp_path_factory):
+    """The tiny yeast images, copied without their manifest: unlabelled images of the same kind."""
+    folder = tmp_path_factory.mktemp("unlabelled")
+    for p in sorted((tiny_yeast.parent / "images").glob("*.tif"))[:6]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def _cfg(tiny_yeast, out, unlabelled, **kw):
+    settings = dict(data=str(tiny_yeast), val=str(tiny_yeast), out=str(out), channels="gfp,rfp", epochs=2,
+                    steps_per_epoch=4, batch_size=4, crop=64, width=8, seed=3, threads=2,
+                    domain_data=str(unlabelled), domain_weight=0.5, domain_batch=2)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny_yeast, unlabelled, tmp_path):
+    from training.export import export_folder
+
+    whole = tmp_path / "whole"
+    best = train(_cfg(tiny_yeast, whole, unlabelled), progress=False)
+    ckpt = torch.load(whole / "last.pt", weights_only=True)
+    assert set(ckpt["domain"]) >= {"head.0.weight", "head.2.bias"}
+    assert json.loads((whole / "train_config.json").read_text())["domain_data"] == str(unlabelled)
+    # killed after the first epoch and resumed: the same weights, the domain head's included
+    part = tmp_path / "part"
+    train(_cfg(tiny_yeast, part, unlabelled), progress=False, stop_after=1)
+    train(_cfg(tiny_yeast, part, unlabelled), resume=str(part / "last.pt"), progress=False)
+    resumed = torch.load(part / "last.pt", weights_only=True)
+    for key in ckpt["model"]:
+        assert torch.equal(ckpt["model"][key], resumed["model"][key]), key
+    for key in ckpt["domain"]:
+        assert torch.equal(ckpt["domain"][key], resumed["domain"][key]), key
+    # the adversary changes what is learnt (same seed, same labelled crops)
+    plain = tmp_path / "plain"
+    train(_cfg(tiny_yeast, plain, unlabelled, domain_data=None), progress=False)
+    other = torch.load(plain / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(other["backbone.0.0.weight"], ckpt["model"]["backbone.0.0.weight"])
+    folder = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1")
+    from milcnn import Classifier
+
+    clf = Classifier.from_dir(folder, device="cpu")
+    image = tifffile.imread(next(unlabelled.glob("*.tif")))
+    assert clf.predict(image).mask.shape == image.shape[-2:]
+
+
+def test_bad_unlabelled_data_is_named(tiny_yeast, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_unlabelled(tmp_path / "nowhere", ("gfp", "rfp"), 3, NormalizationConfig())
+    (tmp_path / "one").mkdir()
+    tifffile.imwrite(tmp_path / "one" / "three.tif", np.zeros((3, 32, 32), np.uint16))
+    with pytest.raises(ValueError, match="three.tif"):
+        load_unlabelled(tmp_path / "one", ("gfp", "rfp"), 3, NormalizationConfig())
+    with pytest.raises(ValueError, match="needs --cell-diameter"):
+        train(TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), channels="gfp,rfp", out=str(tmp_path / "run"),
+                          domain_data=str(tmp_path / "one"), domain_cell_diameter=40.0), progress=False)
+
+
+def test_unlabelled_mosaics_carry_no_labels(real_labelled, tmp_path):
+    from training.domain import main
+
+    assert main(["mosaics", "--set", "yeast-chong", "--half", "validation", "--k", "2", "--views", "1",
+                 "--data", str(real_labelled), "--out", str(tmp_path / "u")]) == 0
+    files = sorted((tmp_path / "u").iterdir())
+    assert len(files) == 12 and all(f.suffix == ".tif" and f.stem.isdigit() for f in files)  # 12 validation fields
+    assert tifffile.imread(files[0]).shape[0] == 2
