@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             results = load(args.out)  # read after the long run: another run may have written meanwhile
             if args.ablation:
                 label = ", ".join(args.overrides + ([f"views {args.views}"] if args.views else [])) or "defaults"
-                results.setdefault("ablation", {})[label] = curve
+                kept = results.setdefault("ablation", {}).get(label)
+                if kept:  # the same settings from another model or run: keep the earlier rows, replace reruns
+                    new = {(r["name"], r.get("model_version")) for r in curve["runs"]}
+                    curve["runs"] = [r for r in kept["runs"] if (r["name"], r.get("model_version")) not in new] + curve["runs"]
+                results["ablation"][label] = curve
                 save(results, args.out)
                 print(args.out / "realdata.md")
                 return 0

@@ -28,7 +28,6 @@ attached ``pooling.onnx``, as ``milcnn`` does for the images it tiles.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -68,7 +67,7 @@ def _describe(folder: Path, work: Path, config: dict):
     from milcnn.overlay import overlay_title, save_overlay
 
     clf = Classifier.from_dir(folder, device="cpu", precision="fp32", backend="onnxruntime")
-    norm, stride, k = config["normalization"], config["output_stride"], len(config["classes"])
+    norm, stride = config["normalization"], config["output_stride"]
     whole = clf.prepare(tifffile.imread(folder / constants.SAMPLE_INPUT_FILE))[0]
     # the test tensors: the sample's centre, at most TEST_SIZE px and a multiple of the stride (small packages)
     h, w = (min(n, TEST_SIZE) - min(n, TEST_SIZE) % stride for n in whole.shape[1:])
