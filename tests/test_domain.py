@@ -81,6 +81,10 @@ def test_bad_unlabelled_data_is_named(tiny_yeast, tmp_path):
     with pytest.raises(ValueError, match="needs --cell-diameter"):
         train(TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), channels="gfp,rfp", out=str(tmp_path / "run"),
                           domain_data=str(tmp_path / "one"), domain_cell_diameter=40.0), progress=False)
+    with pytest.raises(ValueError, match="--domain-cell-diameter: cell_diameter must be a positive number, got 0"):
+        train(TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), channels="gfp,rfp", out=str(tmp_path / "run"),
+                          cell_diameter=27.0, domain_data=str(tmp_path / "one"), domain_cell_diameter=0.0),
+              progress=False)
 
 
 def test_unlabelled_mosaics_carry_no_labels(real_labelled, tmp_path):

@@ -283,12 +283,16 @@ def _parse_params(items: list[str]) -> dict:
 def _domain_adversary(cfg: TrainConfig, model: MILCNN, *, photometric):
     if not cfg.domain_data:
         return None
+    from milcnn.scale import zoom_factor
     from training.domain import DomainAdversary, load_unlabelled
 
     mc = model.config
     if cfg.domain_cell_diameter is not None and not cfg.cell_diameter:
         raise ValueError("--domain-cell-diameter needs --cell-diameter (the training images' cell size)")
-    zoom = cfg.cell_diameter / cfg.domain_cell_diameter if cfg.domain_cell_diameter else 1.0
+    try:  # the SDK's one definition of the zoom, which also refuses non-positive diameters
+        zoom = zoom_factor(cell_diameter=cfg.domain_cell_diameter, model_cell_diameter=cfg.cell_diameter)
+    except ValueError as exc:
+        raise ValueError(f"--domain-cell-diameter: {exc}") from None
     images = load_unlabelled(cfg.domain_data, mc.channels, len(mc.classes), mc.normalization, zoom=zoom)
     log.info("domain-adversarial training on %d unlabelled images of %s (zoom %.3g), weight %g",
              len(images), cfg.domain_data, zoom, cfg.domain_weight)
