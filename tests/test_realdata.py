@@ -343,6 +343,38 @@ def test_finetune_resumes_and_refuses_unknown_labels(tmp_path, tiny_yeast):
     assert proc.returncode == 2 and "golgi" in proc.stderr
 
 
+def test_distillation_holds_only_rehearsal_crops_to_the_starting_model():
+    from training.finetune import _distillation_loss, load_source
+
+    teacher, _ = load_source("yeast-loc")
+    teacher.eval()
+    x = torch.from_numpy(np.random.default_rng(2).random((3, 2, 64, 64), dtype=np.float32))
+    rehearsed = torch.tensor([False, True, True])
+    loss = _distillation_loss(teacher, x, rehearsed, 2.0)
+    with torch.no_grad():
+        same = teacher(x)
+        moved = teacher(x)
+    moved.class_maps[0] = 0.5  # a user crop: not held
+    assert abs(loss(moved).item() - loss(same).item()) < 1e-6
+    moved.class_maps[1] = 0.5  # a rehearsal crop moved away from what the starting model said: costs more
+    assert loss(moved).item() > loss(same).item() + 1e-3
+    assert _distillation_loss(teacher, x, torch.zeros(3, dtype=torch.bool), 2.0) is None
+    assert _distillation_loss(None, x, rehearsed, 2.0) is None
+
+
+def test_finetune_with_distillation_runs_and_checks_its_weight(tmp_path, tiny_yeast):
+    from training.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(source="yeast-loc", data=str(tiny_yeast), out=str(tmp_path / "run"), steps=2,
+                         steps_per_epoch=2, batch_size=4, crop=64, rehearsal_data=str(tiny_yeast),
+                         distillation=1.0, threads=2)
+    history = torch.load(finetune(cfg), weights_only=True)["history"]
+    assert np.isfinite(history[0]["train_loss"])
+    with pytest.raises(ValueError, match="distillation must be in"):
+        finetune(FinetuneConfig(source="yeast-loc", data=str(tiny_yeast), out=str(tmp_path / "bad"),
+                                distillation=1.5))
+
+
 def test_photometric_augmentation_is_seeded_and_range_checked():
     from training.data.dataset import Photometric
 

@@ -18,7 +18,10 @@ rotations).
 Rehearsal: half of every batch (``--rehearsal-fraction``) comes from simulated images of
 *every* class of the model (``--rehearsal N`` images from the simulator the model was trained
 on, made once into ``OUT/rehearsal``, or ``--rehearsal-data`` a manifest of your own), so the
-classes your images do not show are not forgotten. Batch-norm statistics stay frozen (a few
+classes your images do not show are not forgotten. With ``--distillation w`` > 0 rehearsal crops
+also carry the loss ``w * BCE(maps, starting model's maps)`` over their instances (learning
+without forgetting, Li & Hoiem 2016, at the instance level): the model is held to what it said
+about every cell of a simulated image, not only to the image's label. Batch-norm statistics stay frozen (a few
 fields are too few to re-estimate them); every weight is trained, at a lower rate than from
 scratch. ``OUT`` gets ``best.pt`` and ``last.pt`` in the format of ``training/train.py``
 (``--resume OUT/last.pt`` continues), ``finetune_config.json`` and ``metrics.jsonl``.
@@ -27,6 +30,7 @@ scratch. ``OUT`` gets ``best.pt`` and ``last.pt`` in the format of ``training/tr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from milcnn.config import read_config
 from milcnn.io import write_atomic
@@ -72,6 +76,7 @@ class FinetuneConfig:
     rehearsal: int = 44  # simulated images of every class (0: none)
     rehearsal_data: str | None = None  # a manifest to rehearse instead of simulating
     rehearsal_fraction: float = 0.5  # share of each batch drawn from the rehearsal images
+    distillation: float = 0.0  # weight of holding rehearsal crops' maps to the starting model's
     seed: int = 0
     threads: int = 0
 
@@ -219,6 +224,34 @@ def rehearsal_set(kind: str, n: int, *, seed: int, channels: tuple[str, ...], fo
 
 # ------------------------------------------------------------------------------ fine-tuning
 
+class _Tagged(Dataset):
+    """A crop dataset whose items also say whether they are rehearsal crops."""
+
+    def __init__(self, crops: CropDataset, rehearsal: bool):
+        self.crops, self.rehearsal = crops, rehearsal
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int):
+        return (*self.crops[index], self.rehearsal)
+
+
+def _distillation_loss(teacher: MILCNN | None, x: torch.Tensor, rehearsed: torch.Tensor, weight: float):
+    """The loss term (a function of the model's output, for ``train_step``) that holds the class
+    maps of the rehearsal crops of ``x`` to the starting model's; None when there is nothing to hold."""
+    if teacher is None or not weight or not rehearsed.any():
+        return None
+    with torch.no_grad():
+        target = teacher(x[rehearsed]).class_maps  # (R, K, h, w)
+
+    def loss(output) -> torch.Tensor:
+        maps = output.class_maps[rehearsed].clamp(1e-6, 1 - 1e-6)
+        return weight * torch.nn.functional.binary_cross_entropy(maps, target)
+
+    return loss
+
+
 def _freeze_batch_norm(model: MILCNN) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -243,6 +276,8 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
         torch.set_num_threads(cfg.threads)
     if not 0.0 <= cfg.rehearsal_fraction < 1.0:
         raise ValueError(f"rehearsal_fraction must be in [0, 1), got {cfg.rehearsal_fraction}")
+    if not 0.0 <= cfg.distillation <= 1.0:
+        raise ValueError(f"distillation must be in [0, 1], got {cfg.distillation}")
     if cfg.steps < 1 or cfg.steps_per_epoch < 1:
         raise ValueError(f"steps and steps_per_epoch must be positive, got {cfg.steps} and {cfg.steps_per_epoch}")
     t_start = time.time()
@@ -277,7 +312,10 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     if cfg.val:
         vs, _, _ = read_manifest(cfg.val, channels=model_cfg.channels, classes=model_cfg.classes)
         val_set = ImageSet(vs, model_cfg.channels, model_cfg.classes, model_cfg.normalization, zoom=zoom)
-    crops = ConcatDataset(datasets)
+    crops = ConcatDataset([_Tagged(d, i > 0) for i, d in enumerate(datasets)])
+    teacher = None
+    if rehearsal and cfg.distillation:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     weights_t = torch.from_numpy(np.asarray(weights, dtype=np.float64))
 
     torch.manual_seed(cfg.seed)
@@ -312,9 +350,10 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
         model.train()
         _freeze_batch_norm(model)
         running = 0.0
-        for x, y in loader:
+        for x, y, rehearsed in loader:
             running += train_step(model, x, y, optimizer, scheduler, smoothness=cfg.smoothness,
-                                  smoothness_sigma=cfg.smoothness_sigma)
+                                  smoothness_sigma=cfg.smoothness_sigma,
+                                  extra=_distillation_loss(teacher, x, rehearsed, cfg.distillation))
         model.eval()
         record = {"epoch": epoch + 1, "step": epoch * cfg.steps_per_epoch + n_steps,
                   "train_loss": running / n_steps, "lr": scheduler.get_last_lr()[0],

@@ -97,9 +97,10 @@ def warmup_cosine(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_sc
 
 
 def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, *, smoothness: float,
-               smoothness_sigma: float, domain=None, progress: float = 0.0) -> float:
+               smoothness_sigma: float, domain=None, progress: float = 0.0, extra=None) -> float:
     """One optimiser step on a batch: bag loss plus the edge-aware smoothness term (and, with a
-    ``training.domain.DomainAdversary``, its loss on the batch and unlabelled crops); returns the loss."""
+    ``training.domain.DomainAdversary``, its loss on the batch and unlabelled crops; with
+    ``extra``, a function of the model's output, that term too); returns the loss."""
     n = x.shape[0]
     features = {}
     if domain is not None:
@@ -117,6 +118,8 @@ def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, sched
                                                          sigma=smoothness_sigma)
     if domain is not None:
         loss = loss + domain.loss(features["f"], n, progress)
+    if extra is not None:
+        loss = loss + extra(output)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
