@@ -53,7 +53,7 @@ def test_percentiles_of_bool_float_and_single_values():
 
 @pytest.mark.parametrize("k, h, w, stride, threshold, band", [
     (11, 64, 80, 4, 0.5, 256), (11, 64, 80, 4, 0.5, 5), (3, 10, 13, 4, 0.3, 256), (5, 17, 9, 8, 0.5, 3),
-    (1, 1, 1, 4, 0.5, 256), (2, 30, 5, 2, 0.9, 256), (300, 7, 9, 4, 0.5, 2)])
+    (1, 1, 1, 4, 0.5, 256), (2, 30, 5, 2, 0.9, 256), (150, 8, 9, 4, 0.5, 256), (300, 7, 9, 4, 0.5, 2)])
 def test_sparse_mask_equals_dense(k, h, w, stride, threshold, band):
     rng = np.random.default_rng(k * h + w)
     maps = rng.random((k, h, w)).astype(np.float32) ** 3

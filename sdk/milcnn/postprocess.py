@@ -126,26 +126,31 @@ def _mask_cells(padded: np.ndarray, cells: np.ndarray, threshold: float, stride:
     above = padded >= select  # classes that may reach the threshold near each map pixel
     count_t = np.uint8 if K < 255 else np.uint16
     count = above.sum(axis=0, dtype=count_t)
-    index = np.tensordot(np.arange(K, dtype=np.int32), above, axes=1)  # the class, where count is 1
-    cls = np.where(count == 1, index, np.where(count == 0, -1, -2)).astype(np.int32)  # k, none -1, several -2
+    code_t = np.int8 if K < 127 else np.int16 if K < 32767 else np.int32
+    # where one class is above, the sum of k over the classes above is that class (einsum: 20x argmax)
+    index = np.einsum("k,kij->ij", np.arange(K, dtype=count_t), above.view(np.uint8), dtype=count_t)
+    # per map pixel: its one candidate class k, none -1, several -2
+    cls = np.where(count == 1, index.astype(code_t), np.where(count == 0, -1, -2).astype(code_t))
     c4 = np.stack([cls[:-1, :-1], cls[1:, :-1], cls[:-1, 1:], cls[1:, 1:]])  # (4, r, w+1): each cell's corners
     hi = c4.max(axis=0)
-    lo = np.where(c4 >= 0, c4, K).min(axis=0)
-    several = (c4 == -2).any(axis=0) | ((hi >= 0) & (lo < hi))  # several classes may compete in the cell
+    lo = np.where(c4 >= 0, c4, code_t(K)).min(axis=0)  # the lowest class among the corners (K: none)
+    several = (c4.min(axis=0) == -2) | ((hi >= 0) & (lo < hi))  # several classes may compete in the cell
     single = ~several & (hi >= 0)
+    # a cell whose four corners all hold its one class at >= threshold is that class throughout (a
+    # convex mix of values above the threshold): one broadcast write for all of them
+    strong = (count == 1) & (padded.max(axis=0) >= safe)
+    inside = single & (lo == hi) & strong[:-1, :-1] & strong[1:, :-1] & strong[:-1, 1:] & strong[1:, 1:]
+    label = np.where(inside, hi.astype(np.int32) + 1, 0).astype(dtype)  # (r, w+1)
+    cells[...] = np.repeat(label, stride, axis=1).reshape(label.shape[0], 1, -1, stride)  # 10x a plain broadcast
     flat = padded.reshape(K, -1)
     row = cols
-    a, b = np.nonzero(single)
+    a, b = np.nonzero(single & ~inside)
     if a.size:
-        k = hi[a, b]
+        k = hi[a, b].astype(np.intp)
         i = a * row + b
         c = flat[k[None, :], np.stack([i, i + row, i + 1, i + row + 1])]  # (4, N): class k's corners
-        inside = c.min(axis=0) >= safe  # a convex mix of values above the threshold: the whole cell is k
-        ia, ib = np.flatnonzero(inside), np.flatnonzero(~inside)
-        cells[a[ia], :, b[ia], :] = (k[ia] + 1).astype(dtype)[:, None, None]
-        if ib.size:
-            values = _interpolate(c[:, ib], omt, t)  # (N, s, s)
-            cells[a[ib], :, b[ib], :] = np.where(values >= threshold, (k[ib] + 1)[:, None, None], 0).astype(dtype)
+        values = _interpolate(c, omt, t)  # (N, s, s)
+        cells[a, :, b, :] = (values >= threshold).astype(dtype) * (k + 1).astype(dtype)[:, None, None]
     a, b = np.nonzero(several)
     if a.size:
         i = a * row + b
