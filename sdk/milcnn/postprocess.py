@@ -83,7 +83,7 @@ def _interpolate(c: np.ndarray, omt: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def mask_from_maps(maps, stride: int, out_shape: tuple[int, int], threshold: float = constants.DEFAULT_THRESHOLD,
-                   *, band: int = 256) -> np.ndarray:
+                   *, band: int = 1024) -> np.ndarray:
     """``label_mask(upsample_maps(maps, stride, out_shape), threshold)`` without upsampling every map.
 
     Bilinear values inside a cell (between four map pixels) are convex mixes of its corners. So a
