@@ -267,14 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                     "openvino": openvino.__version__, "torch": torch.__version__},
         "gop": {"1024x1344": round(_gop(1024, 1344), 2), "512x512": round(_gop(512, 512), 2)},
-        "peaks": matmul_peak(),
+        "peaks_before": matmul_peak(),
         "1024x1344": time_configurations(big, rounds=args.rounds, reps=args.reps, skip=tuple(args.skip)),
         "512x512": time_configurations(small, rounds=args.rounds, reps=max(1, args.reps - 1), skip=tuple(args.skip)),
+        "peaks_after": matmul_peak(),
         "steps_1024x1344": sdk_steps(big[0]),
         "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds),
         "simulated": simulated_accuracy(),
         "real": real_accuracy(args.data or DEFAULT_REAL_DATA),
     }
+    result["peaks"] = peaks_of(result)
     result["targets"] = targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with write_atomic(RESULTS / "peers.json", "w") as fh:
@@ -284,6 +286,24 @@ def main(argv: list[str] | None = None) -> int:
         fh.write(text)
     print(text)
     return 0
+
+
+def peaks_of(r: dict) -> dict:
+    """Each precision's peak for the fractions: the best matrix multiply measured before and after
+    the timed rounds (this shared host's speed drifts within a run), and never below a rate some
+    network reached in the run (a peak under an achieved rate is a slow measurement, not a peak)."""
+    by_library = {k: max(r["peaks_before"]["by_library"][k], r["peaks_after"]["by_library"][k])
+                  for k in r["peaks_before"]["by_library"]}
+    peak, achieved = {}, {}
+    for precision in r["peaks_before"]["peak"]:
+        peak[precision] = max(r["peaks_before"]["peak"][precision], r["peaks_after"]["peak"][precision])
+        for size in ("1024x1344", "512x512"):
+            for v in r[size].values():
+                if v.get("precision") == precision and "ms" in v:
+                    rate = r["gop"][size] / (v["ms"] / 1000)  # ms per image at both sizes
+                    achieved[precision] = max(achieved.get(precision, 0.0), rate)
+        peak[precision] = round(max(peak[precision], achieved.get(precision, 0.0)), 1)
+    return {"by_library": by_library, "peak": peak, "achieved": {k: round(v, 1) for k, v in achieved.items()}}
 
 
 def targets(r: dict) -> dict:
@@ -315,9 +335,12 @@ def render(r: dict) -> str:
              f"{m['threads']} threads per runtime; Python {m['python']}, onnxruntime {m['onnxruntime']}, "
              f"OpenVINO {m['openvino']}, PyTorch {m['torch']}. Model: `yeast-loc` "
              f"({r['gop']['1024x1344']} GOP per 1024 x 1344 image, {r['gop']['512x512']} per 512 x 512).", "",
-             "Matrix-multiply peaks measured in the same run (4096 x 4096, best library): "
-             + ", ".join(f"{k} {v} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in r["peaks"]["peak"].items())
-             + f" ({', '.join(f'{k} {v}' for k, v in r['peaks']['by_library'].items())}).", ""]
+             "Peaks used for the fractions below: " + ", ".join(
+                 f"{k} {v} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in r["peaks"]["peak"].items())
+             + ": the best 4096 x 4096 matrix multiply of any library, measured before and after the timed "
+             "rounds (" + ", ".join(f"{k} {v}" for k, v in r["peaks"]["by_library"].items())
+             + "), or the fastest network of that precision in this run where it was faster ("
+             + ", ".join(f"{k} {v}" for k, v in r["peaks"].get("achieved", {}).items()) + ").", ""]
     for size in ("1024x1344", "512x512"):
         rows = r[size]
         gop = r["gop"][size]
