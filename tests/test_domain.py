@@ -45,14 +45,15 @@ def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny
     from training.export import export_folder
 
     whole = tmp_path / "whole"
-    best = train(_cfg(tiny_yeast, whole, unlabelled), progress=False)
+    best = train(_cfg(tiny_yeast, whole, unlabelled, domain_class_weighting=True), progress=False)
     ckpt = torch.load(whole / "last.pt", weights_only=True)
-    assert set(ckpt["domain"]) >= {"head.0.weight", "head.2.bias"}
+    assert set(ckpt["domain"]) >= {"head.0.weight", "head.2.bias", "target_prior"}
+    assert not torch.allclose(ckpt["domain"]["target_prior"], torch.full((11,), 1 / 11))  # estimated as it trained
     assert json.loads((whole / "train_config.json").read_text())["domain_data"] == str(unlabelled)
     # killed after the first epoch and resumed: the same weights, the domain head's included
     part = tmp_path / "part"
-    train(_cfg(tiny_yeast, part, unlabelled), progress=False, stop_after=1)
-    train(_cfg(tiny_yeast, part, unlabelled), resume=str(part / "last.pt"), progress=False)
+    train(_cfg(tiny_yeast, part, unlabelled, domain_class_weighting=True), progress=False, stop_after=1)
+    train(_cfg(tiny_yeast, part, unlabelled, domain_class_weighting=True), resume=str(part / "last.pt"), progress=False)
     resumed = torch.load(part / "last.pt", weights_only=True)
     for key in ckpt["model"]:
         assert torch.equal(ckpt["model"][key], resumed["model"][key]), key
@@ -69,6 +70,29 @@ def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny
     clf = Classifier.from_dir(folder, device="cpu")
     image = tifffile.imread(next(unlabelled.glob("*.tif")))
     assert clf.predict(image).mask.shape == image.shape[-2:]
+
+
+def test_class_weighting_follows_the_predicted_mix_of_the_unlabelled_images():
+    from training.domain import DomainAdversary, _Unlabelled
+
+    images = _Unlabelled([np.zeros((2, 64, 64), np.float32)], 3)
+    adversary = DomainAdversary(8, images, crop=64, batch=1, weight=1.0, seed=0, n_classes=3, class_weighting=True)
+    targets = torch.eye(3).repeat(2, 1)  # a balanced labelled batch: 2 crops of each class
+    uniform = torch.full((2, 3), 0.5)
+    assert torch.allclose(adversary.crop_weights(targets, uniform), torch.ones(8))  # nothing to correct
+    seen = torch.tensor([[0.9, 0.1, 0.1], [0.8, 0.1, 0.0]])  # the unlabelled crops look like class 0
+    for _ in range(300):
+        w = adversary.crop_weights(targets, seen)
+    assert w[0] > 2 * w[1] and w[0] > 2 * w[2] and torch.allclose(w[:6].mean(), torch.tensor(1.0))
+    assert torch.equal(w[6:], torch.ones(2))  # the unlabelled crops themselves keep weight 1
+    features = torch.randn(8, 8, 4, 4)
+    probabilities = torch.cat([torch.full((6, 3), 0.3), seen])
+    weighted = adversary.loss(features, 6, 1.0, targets=targets, probabilities=probabilities)
+    plain = DomainAdversary(8, images, crop=64, batch=1, weight=1.0, seed=0)
+    plain.head.load_state_dict(adversary.head.state_dict())
+    assert not torch.allclose(weighted, plain.loss(features, 6, 1.0))
+    with pytest.raises(ValueError, match="number of classes"):
+        DomainAdversary(8, images, crop=64, batch=1, weight=1.0, seed=0, class_weighting=True)
 
 
 def test_bad_unlabelled_data_is_named(tiny_yeast, tmp_path):

@@ -98,15 +98,21 @@ class DomainAdversary(nn.Module):
     """
 
     def __init__(self, in_features: int, images: _Unlabelled, *, crop: int, batch: int, weight: float, seed: int,
-                 photometric=None):
+                 photometric=None, n_classes: int | None = None, class_weighting: bool = False):
         super().__init__()
         from training.data.dataset import CropDataset
 
         if batch < 1 or weight <= 0:
             raise ValueError(f"domain batch must be >= 1 and weight > 0, got {batch} and {weight}")
+        if class_weighting and not n_classes:
+            raise ValueError("class-weighted domain loss needs the number of classes")
         self.head = nn.Sequential(nn.Conv2d(in_features, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 1, 1))
         self.crops = CropDataset(images, crop, seed=seed + 7, photometric=photometric)
         self.batch, self.weight, self.seed = batch, weight, seed
+        self.class_weighting = class_weighting
+        # the unlabelled images' class mix as the model sees it (a running mean of its predictions);
+        # a buffer, so a resumed run continues with it
+        self.register_buffer("target_prior", torch.full((n_classes or 1,), 1.0 / (n_classes or 1)))
         self._rng = np.random.default_rng(seed)
 
     def reseed(self, epoch: int) -> None:
@@ -118,12 +124,38 @@ class DomainAdversary(nn.Module):
         picks = self._rng.integers(0, len(self.crops), self.batch)
         return torch.stack([self.crops[int(i)][0] for i in picks])
 
-    def loss(self, features: torch.Tensor, n_labelled: int, progress: float) -> torch.Tensor:
-        """Binary cross-entropy of simulated (the first ``n_labelled``) against real, over every instance."""
+    def loss(self, features: torch.Tensor, n_labelled: int, progress: float, *, targets: torch.Tensor | None = None,
+             probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """Binary cross-entropy of simulated (the first ``n_labelled``) against real, over every instance.
+
+        With ``class_weighting``, each simulated crop's term is weighted by how common its class is
+        among the unlabelled images relative to the labelled batch (importance-weighted DANN,
+        Combes et al., NeurIPS 2020), the unlabelled images' class mix estimated from the model's
+        own ``probabilities`` on them (B, classes), never from labels: plain DANN would pull the
+        features of a screen that shows few classes towards those of all the simulated ones.
+        """
         logits = self.head(GradientReversal.apply(features, domain_weight_schedule(progress)))
         target = torch.zeros_like(logits)
         target[n_labelled:] = 1.0
-        return self.weight * F.binary_cross_entropy_with_logits(logits, target)
+        per_crop = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)  # (B,)
+        if self.class_weighting and targets is not None and probabilities is not None:
+            per_crop = per_crop * self.crop_weights(targets, probabilities[n_labelled:])
+        return self.weight * per_crop.mean()
+
+    @torch.no_grad()
+    def crop_weights(self, targets: torch.Tensor, unlabelled_probabilities: torch.Tensor,
+                     momentum: float = 0.99) -> torch.Tensor:
+        """(n_labelled + n_unlabelled,) weights: simulated crops by their class's estimated share among the
+        unlabelled images over its share in the batch (mean 1 over the simulated crops), unlabelled crops 1."""
+        p = unlabelled_probabilities.detach().float()
+        p = p / p.sum(1, keepdim=True).clamp_min(1e-6)  # (U, K) a class mix per unlabelled crop
+        self.target_prior.mul_(momentum).add_((1 - momentum) * p.mean(0))
+        share = targets.float() / targets.float().sum(1, keepdim=True).clamp_min(1e-6)  # (n, K)
+        source_prior = share.mean(0)
+        ratio = torch.where(source_prior > 0, self.target_prior / source_prior.clamp_min(1e-6), torch.zeros_like(source_prior))
+        w = share @ ratio  # (n,)
+        w = w / w.mean().clamp_min(1e-6)
+        return torch.cat([w, torch.ones(len(p), dtype=w.dtype, device=w.device)])
 
 
 def write_unlabelled_mosaics(set_name: str, out, *, root=None, half: str = "validation", k: int = 5,

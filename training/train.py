@@ -83,6 +83,7 @@ class TrainConfig:
     domain_cell_diameter: float | None = None  # their cell diameter in px (resized to cell_diameter)
     domain_weight: float = 0.1
     domain_batch: int = 4  # unlabelled crops added to every batch
+    domain_class_weighting: bool = False  # weight simulated crops by their class's predicted share among the unlabelled
 
 
 def bag_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, sched
         loss = loss + smoothness * edge_aware_smoothness(output.class_maps[:n], x, stride=model.config.output_stride,
                                                          sigma=smoothness_sigma)
     if domain is not None:
-        loss = loss + domain.loss(features["f"], n, progress)
+        loss = loss + domain.loss(features["f"], n, progress, targets=y, probabilities=output.probabilities)
     if extra is not None:
         loss = loss + extra(output)
     optimizer.zero_grad(set_to_none=True)
@@ -209,8 +210,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
             raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
         model.load_state_dict(ckpt["model"])
-        if domain is not None:
-            domain.load_state_dict(ckpt["domain"])
+        if domain is not None:  # a run from before the class-mix estimate resumes with the uniform one
+            domain.load_state_dict({**domain.state_dict(), **ckpt["domain"]})
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
@@ -300,7 +301,8 @@ def _domain_adversary(cfg: TrainConfig, model: MILCNN, *, photometric):
     log.info("domain-adversarial training on %d unlabelled images of %s (zoom %.3g), weight %g",
              len(images), cfg.domain_data, zoom, cfg.domain_weight)
     return DomainAdversary(model.feature_channels, images, crop=cfg.crop, batch=cfg.domain_batch,
-                           weight=cfg.domain_weight, seed=cfg.seed, photometric=photometric)
+                           weight=cfg.domain_weight, seed=cfg.seed, photometric=photometric,
+                           n_classes=len(mc.classes), class_weighting=cfg.domain_class_weighting)
 
 
 def _cell_mosaic(cfg: TrainConfig, channels: tuple[str, ...]) -> CellMosaic | None:
