@@ -18,12 +18,12 @@ rotations).
 Rehearsal: half of every batch (``--rehearsal-fraction``) comes from simulated images of
 *every* class of the model (``--rehearsal N`` images from the simulator the model was trained
 on, made once into ``OUT/rehearsal``, or ``--rehearsal-data`` a manifest of your own), so the
-classes your images do not show are not forgotten. With ``--distillation w`` > 0 rehearsal crops
-also carry the loss ``w * BCE(maps, starting model's maps)`` over their instances (learning
-without forgetting, Li & Hoiem 2016, at the instance level): the model is held to what it said
-about every cell of a simulated image, not only to the image's label. Batch-norm statistics stay frozen (a few
-fields are too few to re-estimate them); every weight is trained, at a lower rate than from
-scratch. ``OUT`` gets ``best.pt`` and ``last.pt`` in the format of ``training/train.py``
+classes your images do not show are not forgotten. With ``--distillation w`` > 0 rehearsal
+crops also carry the loss ``w * BCE(maps, starting model's maps)`` over their instances
+(learning without forgetting, Li & Hoiem 2016, at the instance level): the model is held to
+what it said about every cell of a simulated image, not only to the image's label. Batch-norm
+statistics stay frozen (a few fields are too few to re-estimate them); every weight is trained,
+at a lower rate than from scratch. ``OUT`` gets ``best.pt`` and ``last.pt`` in the format of ``training/train.py``
 (``--resume OUT/last.pt`` continues), ``finetune_config.json`` and ``metrics.jsonl``.
 """
 
