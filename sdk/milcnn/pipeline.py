@@ -39,23 +39,6 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def _yield_to_inference() -> None:
-    """Let this I/O thread run only when a core is idle (Linux SCHED_IDLE, else the lowest nice),
-    so it fills the gaps between inference instead of pre-empting it. The bounded queues stop
-    it from falling behind: when they fill, inference waits for it."""
-    import os
-    import threading
-
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-        except (AttributeError, OSError):
-            pass
-
-
 def default_streams(clf) -> int:
     """Inference streams for ``clf``: 2 on a CPU with at least 2 threads to share (its cores,
     or ``MILCNN_NUM_THREADS``), else 1 (a GPU is kept busy by batches, not streams)."""
@@ -134,9 +117,11 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             on_error(slot.path, error_line(exc), exc)
         return slot.path, None
 
-    background = {"initializer": _yield_to_inference}
-    with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read", **background) as readers, \
-            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write", **background) as writers, \
+    # Reader and writer threads run at the inference threads' own priority. They once ran as SCHED_IDLE, to
+    # fill only the gaps between images: on a machine busy with other work that starved them, and 120
+    # fields took 68 s instead of 4 s (BENCHMARKS.md, issue 21); on an idle one it was slower too.
+    with ThreadPoolExecutor(workers, thread_name_prefix="milzoo-read") as readers, \
+            ThreadPoolExecutor(workers, thread_name_prefix="milzoo-write") as writers, \
             ThreadPoolExecutor(streams, thread_name_prefix="milzoo-infer") as network:
         order: deque[_Slot] = deque()  # every slot not yet yielded, in input order
         waiting: deque[_Slot] = deque()  # read (or being read), not yet in the network

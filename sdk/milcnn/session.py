@@ -66,7 +66,7 @@ def _default_options(threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     # Idle onnxruntime threads sleep instead of spinning, so milzoo predict's reader and writer
-    # threads (SCHED_IDLE) get those cycles; the network alone is as fast
+    # threads get those cycles; the network alone is as fast
     # (pipeline rows of benchmarks/results/inference.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
