@@ -97,3 +97,24 @@ def test_tubulin_fill_sets_how_diffuse_the_cytoplasm_is():
         tub = image[MCF7_CHANNELS.index("tubulin")].astype(float) - 100
         return np.percentile(tub[mask > 0], 99) / np.median(tub[mask > 0])
     assert peakiness(0.1) > 1.5 * peakiness(1.1)
+
+
+def test_simulation_resumes_and_extends_only_the_same_seed_and_simulator(tmp_path):
+    from training.simulate import SIMULATION_MARKER, simulate_dataset
+
+    out, params = tmp_path / "sim", MCF7Params(size=96)
+    simulate_dataset("mcf7", n=2, seed=5, out=out, params=params)
+    first = out / "images" / "mcf7_5_000000.tif"
+    first.write_bytes(first.read_bytes())  # same bytes, a new inode: a kept file keeps this one
+    inode = first.stat().st_ino
+    simulate_dataset("mcf7", n=3, seed=5, out=out, params=params)  # the same seed, 3 images: only #2 is new
+    assert first.stat().st_ino == inode
+    assert len(read_manifest(out / "manifest.csv", channels=MCF7_CHANNELS, classes=MCF7_CLASSES)[0]) == 3
+    fresh = tmp_path / "fresh"
+    simulate_dataset("mcf7", n=3, seed=5, out=fresh, params=params)
+    for name in ("images/mcf7_5_000000.tif", "images/mcf7_5_000002.tif", "masks/mcf7_5_000002.tif"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+    # another simulator setting: every image is drawn again, none kept
+    simulate_dataset("mcf7", n=3, seed=5, out=out, params=MCF7Params(size=96, outliers=0.2))
+    assert first.stat().st_ino != inode
+    assert "seed 5" in (out / SIMULATION_MARKER).read_text()

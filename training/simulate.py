@@ -49,18 +49,23 @@ def simulator_fingerprint(kind: str, params) -> str:
     return digest.hexdigest()[:16]
 
 
+#: the file in a simulated folder that says which images it holds (seed and simulator), for resuming
+SIMULATION_MARKER = ".simulator"
+
+
 def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)))
 
 
 def _one(job: tuple) -> list:
-    kind, params, seed, index, out = job
+    kind, params, seed, index, out, keep = job
     classes, _, simulate = SIMULATORS[kind]
     label = classes[index % len(classes)]
-    image, mask = simulate(label, image_rng(seed, index), params)
     name = f"{kind}_{seed}_{index:06d}.tif"
-    write_tiff(out / "images" / name, image)
-    write_tiff(out / "masks" / name, mask)
+    if not (keep and (out / "images" / name).is_file() and (out / "masks" / name).is_file()):
+        image, mask = simulate(label, image_rng(seed, index), params)
+        write_tiff(out / "images" / name, image)
+        write_tiff(out / "masks" / name, mask)
     row = [f"images/{name}", label, f"masks/{name}"]
     if kind in TREATMENTS:
         compound, concentration = TREATMENTS[kind][1](index)
@@ -69,13 +74,27 @@ def _one(job: tuple) -> list:
 
 
 def simulate_dataset(kind: str, *, n: int, seed: int, out: Path, params, workers: int = 1) -> Path:
-    """Simulate ``n`` images into ``out`` and return the manifest's path."""
+    """Simulate ``n`` images into ``out`` and return the manifest's path.
+
+    Resumable: ``out/.simulator`` records the seed and ``simulator_fingerprint``; when it matches, images
+    already written (each file is written atomically) are kept, so a stopped run, or a larger ``n`` with
+    the same seed, simulates only the images that are missing. Otherwise every image is written anew.
+    """
     if kind not in SIMULATORS:
         raise ValueError(f"unknown simulator {kind!r}; choose from {', '.join(SIMULATORS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(kind, params, seed, i, out) for i in range(n)]
+    marker, stamp = out / SIMULATION_MARKER, f"{kind} seed {seed} {simulator_fingerprint(kind, params)}\n"
+    keep = marker.is_file() and marker.read_text() == stamp
+    if not keep:  # another seed or simulator wrote here: its images of this name go before the marker says ours
+        marker.unlink(missing_ok=True)
+        for folder in ("images", "masks"):
+            for stale in (out / folder).glob(f"{kind}_{seed}_*.tif"):
+                stale.unlink()
+        with write_atomic(marker, "w") as fh:
+            fh.write(stamp)
+    jobs = [(kind, params, seed, i, out, keep) for i in range(n)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(pool.map(_one, jobs, chunksize=4))
