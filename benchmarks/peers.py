@@ -173,6 +173,54 @@ def sdk_steps(image: np.ndarray, *, reps: int = 7) -> dict:
     return {"backend": clf.model.backend, **{k: round(1000 * statistics.median(v), 2) for k, v in out.items()}}
 
 
+def cpu_per_image(*, reps: int = 20) -> dict:
+    """CPU ms per 512 x 512 field of each step ``milzoo predict`` runs (yeast-loc, the pipeline's model):
+    reading and normalising, the network on one thread at fp32 (the default) and int8, the mask, the mask
+    TIFF and the overlay PNG. On a CPU-bound pipeline the int8 : fp32 throughput ratio cannot pass
+    ``(fp32 network + rest) / (int8 network + rest)``: the ``bound`` this returns."""
+    from milcnn import Classifier
+    from milcnn.io import write_label_tiff
+    from milcnn.overlay import PALETTE, overlay_title, save_overlay
+
+    def cpu_ms(step, clock=time.thread_time) -> float:
+        step()
+        times = []
+        for _ in range(reps):
+            t0 = clock()
+            step()
+            times.append(clock() - t0)
+        return 1000 * statistics.median(times)
+
+    fp32 = Classifier.from_hub("yeast-loc", device="cpu")
+    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "field.tif"
+        import tifffile
+
+        tifffile.imwrite(path, tifffile.imread(ZOO / "sample_input.tif"), photometric="minisblack")
+        item = int8.prepare_input(path)
+        pred = int8.predict_prepared([item])[0]
+        ms = {"read and normalise": cpu_ms(lambda: int8.prepare_input(path))}
+        probs, maps = int8.model.run(item.x[None])
+        ms["mask"] = cpu_ms(lambda: int8._prediction(probs[0], maps[0], item.chw.shape[1:], source=None,
+                                                     threshold=0.5).mask)
+        mask = pred.mask
+        ms["mask TIFF"] = cpu_ms(lambda: write_label_tiff(Path(tmp) / "mask.tif", mask, int8.classes, PALETTE,
+                                                          durable=False))
+        ms["overlay PNG"] = cpu_ms(lambda: save_overlay(Path(tmp) / "overlay.png", item.chw, mask, int8.classes,
+                                                        title=overlay_title(path.name, pred), normalized=item.x,
+                                                        durable=False))
+        # the networks on one thread, as each of the pipeline's two streams runs them; process time counts
+        # the runtime's own threads
+        for name, clf in (("network fp32", fp32), ("network int8", int8)):
+            one = clf.model.with_threads(1)
+            ms[name] = cpu_ms(lambda: one.run(item.x[None]), clock=time.process_time)
+    rest = sum(v for k, v in ms.items() if not k.startswith("network"))
+    return {"ms": {k: round(v, 2) for k, v in ms.items()}, "rest": round(rest, 2),
+            "bound": round((ms["network fp32"] + rest) / (ms["network int8"] + rest), 2),
+            "rest_for_3x": round((ms["network fp32"] - 3 * ms["network int8"]) / 2, 2)}
+
+
 def pipeline_throughput(n: int, rounds: int) -> dict:
     """``milzoo predict`` on ``n`` 512 x 512 fields: fp32 (the default) against int8 and bf16, images per
     second of each run's own ``run.json`` (after the model is loaded), rounds in alternating order.
@@ -285,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "peaks_after": matmul_peak(),
         "steps_1024x1344": sdk_steps(big[0]),
         "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds),
+        "cpu_per_image": cpu_per_image(),
         "simulated": simulated_accuracy(),
         "real": real_accuracy(args.data or DEFAULT_REAL_DATA),
     }
@@ -379,6 +428,13 @@ def render(r: dict) -> str:
               "", "| precision | images / s per round | median ratio to the fp32 default |", "|---|---|---|"]
     for name, rates in r["pipeline"]["images_per_second"].items():
         lines.append(f"| {name} | {', '.join(f'{v:.1f}' for v in rates)} | {r['pipeline']['ratio_median'][name]:.2f} |")
+    if "cpu_per_image" in r:
+        c = r["cpu_per_image"]
+        lines += ["", "CPU ms per field of each step (yeast-loc, one thread, median; the networks as each stream runs "
+                  "them): " + ", ".join(f"{k} {v:.2f}" for k, v in c["ms"].items()) + ".",
+                  f"Both cores busy, int8 : fp32 throughput cannot pass (fp32 network + the rest) / (int8 network + "
+                  f"the rest) = **{c['bound']:.2f}x**, the rest being {c['rest']:.2f} ms; 3x needs the rest under "
+                  f"{c['rest_for_3x']:.2f} ms."]
     lines += ["", "## Accuracy at each precision", "",
               "Simulated test sets (as `python -m training.quantize` measured each variant through the SDK; masks "
               "compared with fp32's by IoU):", "",
