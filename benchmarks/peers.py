@@ -245,7 +245,7 @@ def pipeline_throughput(n: int, rounds: int) -> dict:
             if r % 2:
                 order.reverse()
             for name, (extra, busy) in order:
-                out = Path(tmp) / f"out-{r}-{len(rates[name])}-{name.split()[0].strip(',')}-{busy}"
+                out = Path(tmp) / f"out-{r}-{list(configs).index(name)}"
                 hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if busy else 0)]
                 try:
                     proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--out",
