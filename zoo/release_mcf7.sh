@@ -13,8 +13,8 @@
 # the simulated test 98.1 % against 93.1 %; benchmarks/results/realdata.md, zoo ablation). Trained with 2 threads.
 # 2.4.0: 1,600 simulated training images instead of 400 (seed 11; the same 1,500 steps, so the same training
 # time): each image is seen fewer times and the microscope and cells vary more. Validation half: 75/89 mosaics
-# (DMSO 44/52, PSI 31/37) against 68/89; the same on 4,800 images gave 54/89, so part of the gain is the luck of
-# one training run (benchmarks/results/realdata.md, zoo ablation).
+# (DMSO 44/52, PSI 31/37) against 68/89; with another training seed 70/89, on 4,800 images 54/89, so part of the
+# gain is the luck of one training run (benchmarks/results/realdata.md, zoo ablation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=mcf7-moa
