@@ -178,6 +178,8 @@ def cpu_per_image(*, reps: int = 20) -> dict:
     reading and normalising, the network on one thread at fp32 (the default) and int8, the mask, the mask
     TIFF and the overlay PNG. On a CPU-bound pipeline the int8 : fp32 throughput ratio cannot pass
     ``(fp32 network + rest) / (int8 network + rest)``: the ``bound`` this returns."""
+    import tifffile
+
     from milcnn import Classifier
     from milcnn.io import write_label_tiff
     from milcnn.overlay import PALETTE, overlay_title, save_overlay
@@ -195,8 +197,6 @@ def cpu_per_image(*, reps: int = 20) -> dict:
     int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "field.tif"
-        import tifffile
-
         tifffile.imwrite(path, tifffile.imread(ZOO / "sample_input.tif"), photometric="minisblack")
         item = int8.prepare_input(path)
         pred = int8.predict_prepared([item])[0]
