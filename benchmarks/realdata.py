@@ -79,6 +79,15 @@ def run_scores(models: list[str], data_root: Path, *, k: int, half: str = "all",
 
 # ---------------------------------------------------------------------------------------- report
 
+UNITS = ("mosaics", "cells", "whole_fields")
+
+
+def _frac(s: dict | None) -> str:
+    """``correct/n (pct)`` of a ``score_units`` result; ``-`` where it was not measured (rows recorded
+    before whole fields were scored)."""
+    return f"{s['correct']}/{s['n']} ({pct(s['accuracy'])})" if s else "-"
+
+
 def _called(called: dict, top: int = 3) -> str:
     total = sum(called.values())
     return ", ".join(f"{label} {n}/{total}" for label, n in list(called.items())[:top])
@@ -97,35 +106,42 @@ def render(results: dict) -> str:
     if scores:
         lines += ["## Zoo models as released", "",
                   "| model | trained on | real set | scale | mosaics right | balanced | cells right | balanced "
-                  "| validation half: mosaics, cells | test half: mosaics, cells |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| whole fields right | validation half: mosaics, cells, whole fields "
+                  "| test half: mosaics, cells, whole fields |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, entry in scores.items():
             for set_name, modes in entry["sets"].items():
                 for mode, r in modes.items():
-                    halves = [", ".join(f"{h[u]['correct']}/{h[u]['n']} ({pct(h[u]['accuracy'])})"
-                                        for u in ("mosaics", "cells")) if h else "-"
+                    halves = [", ".join(_frac(h.get(u)) for u in UNITS) if h else "-"
                               for h in (r.get("halves", {}).get(x) for x in ("validation", "test"))]
                     lines.append(f"| `{name}` | {entry['model']['trained_on']} | {set_name} | {mode} "
                                  f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({pct(r['mosaics']['accuracy'])}) "
                                  f"| {pct(r['mosaics']['balanced_accuracy'])} "
                                  f"| {r['cells']['correct']}/{r['cells']['n']} ({pct(r['cells']['accuracy'])}) "
-                                 f"| {pct(r['cells']['balanced_accuracy'])} | {halves[0]} | {halves[1]} |")
+                                 f"| {pct(r['cells']['balanced_accuracy'])} | {_frac(r.get('whole_fields'))} "
+                                 f"| {halves[0]} | {halves[1]} |")
         lines += ["", "The halves are `RealSet.validation` in `training/data/real.py`: AAC1, AAP1 and AAH1, and the "
                   "first 4 DMSO and 6 protein-synthesis fields, for choosing the settings of models trained without "
-                  "real labels; the test half is every other field.", ""]
+                  "real labels; the test half is every other field. A *whole field* is all of a field's cells "
+                  "in one near-square mosaic (`training.data.real.field_mosaic`), predicted once, as a screen's "
+                  "field is called: one unit per field (20 per set: yeast-chong 12 in the validation half and 8 in the test "
+                  "half, bbbc021-cells 10 and 10).", ""]
         for name, entry in scores.items():
             for set_name, modes in entry["sets"].items():
                 for mode, r in modes.items():
                     lines += [f"### `{name}` on {set_name}, {mode} ({r['k']} x {r['k']} mosaics)", "",
-                              "| protein / treatment | right | mosaics right | mosaics called | cells right | cells called |",
-                              "|---|---|---|---|---|---|"]
+                              "| protein / treatment | right | mosaics right | mosaics called | cells right | cells called "
+                              "| whole fields right | whole fields called |",
+                              "|---|---|---|---|---|---|---|---|"]
                     rs = REAL_SETS[set_name]
                     for g in rs.groups:
                         m, c = r["mosaics"]["groups"].get(g.name), r["cells"]["groups"].get(g.name)
                         if m is None:
                             continue
+                        w = r.get("whole_fields", {}).get("groups", {}).get(g.name)
                         lines.append(f"| {g.name} | {' or '.join(g.accepted)} | {m['correct']}/{m['n']} "
-                                     f"| {_called(m['called'])} | {c['correct']}/{c['n']} | {_called(c['called'])} |")
+                                     f"| {_called(m['called'])} | {c['correct']}/{c['n']} | {_called(c['called'])} "
+                                     + (f"| {w['correct']}/{w['n']} | {_called(w['called'])} |" if w else "| - | - |"))
                     lines.append("")
     if results.get("zoo_ablation"):
         lines += _render_zoo_ablation(results["zoo_ablation"])
@@ -152,22 +168,20 @@ def _render_zoo_ablation(ablation: dict) -> list[str]:
              "row) pooled that padding too, the later ones pool only the cell's own map pixels, so their "
              "cell figures are not comparable.", "",
              "| change | real set | half | mosaics right | per protein / treatment (mosaics) | cells right "
-             "| simulated test (its own simulator) |", "|---|---|---|---|---|---|---|"]
+             "| whole fields right | simulated test (its own simulator) |", "|---|---|---|---|---|---|---|---|"]
     for label, entry in ablation.items():
         for set_name, modes in entry["sets"].items():
             r = modes["as is"]
             groups = ", ".join(f"{g} {v['correct']}/{v['n']}" for g, v in r["mosaics"]["groups"].items())
             lines.append(f"| {label} | {set_name} | {entry['half']} | {r['mosaics']['correct']}/{r['mosaics']['n']} "
                          f"({pct(r['mosaics']['accuracy'])}) | {groups} | {r['cells']['correct']}/{r['cells']['n']} "
-                         f"({pct(r['cells']['accuracy'])}) | {pct(entry['model'].get('simulated_test_accuracy'))} |")
+                         f"({pct(r['cells']['accuracy'])}) | {_frac(r.get('whole_fields'))} "
+                         f"| {pct(entry['model'].get('simulated_test_accuracy'))} |")
     return lines + [""]
 
 
 def card_summary(entry: dict, *, k: int) -> dict:
     """A model's scores in the compact form its card shows (``config.json`` -> ``real_images``)."""
-    def frac(s: dict) -> str:
-        return f"{s['correct']}/{s['n']} ({pct(s['accuracy'])})"
-
     sets = {}
     for set_name, modes in entry["sets"].items():
         rs = REAL_SETS[set_name]
@@ -177,10 +191,13 @@ def card_summary(entry: dict, *, k: int) -> dict:
             for g in rs.groups:
                 m, c = r["mosaics"]["groups"].get(g.name), r["cells"]["groups"].get(g.name)
                 if m is not None:
-                    groups[g.name] = {"accepted": " or ".join(g.accepted), "mosaics": frac(m),
-                                      "called": _called(m["called"], top=2), "cells": frac(c)}
-            sets[set_name][mode] = {"mosaics": frac(r["mosaics"]), "cells": frac(r["cells"]), "groups": groups,
-                                    "halves": {h: {u: frac(v[u]) for u in ("mosaics", "cells")}
+                    w = r.get("whole_fields", {}).get("groups", {}).get(g.name)
+                    groups[g.name] = {"accepted": " or ".join(g.accepted), "mosaics": _frac(m),
+                                      "called": _called(m["called"], top=2), "cells": _frac(c),
+                                      "whole_fields": _frac(w)}
+            sets[set_name][mode] = {"mosaics": _frac(r["mosaics"]), "cells": _frac(r["cells"]),
+                                    "whole_fields": _frac(r.get("whole_fields")), "groups": groups,
+                                    "halves": {h: {u: _frac(v.get(u)) for u in UNITS}
                                                for h, v in r.get("halves", {}).items()}}
     wrong = []
     for set_name, modes in entry["sets"].items():

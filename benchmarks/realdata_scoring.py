@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from training.data.real import mosaics
+from training.data.real import field_mosaic, mosaics
 
 __all__ = ["score_units", "score_model", "pct"]
 
@@ -37,7 +37,9 @@ def score_units(units: list[tuple[str, str, tuple[str, ...]]], group_order: list
 
 
 def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, batch_size: int = 64) -> dict:
-    """Predict every cell and every ``k x k`` mosaic of ``fields`` with a ``milcnn.Classifier``.
+    """Predict every cell, every ``k x k`` mosaic and every whole field of ``fields`` with a
+    ``milcnn.Classifier`` (a whole field: all its cells in one near-square mosaic, ``field_mosaic``,
+    one prediction, as a screen's field is called).
 
     Args:
         clf: the classifier (its channels must be the fields' channels, in order).
@@ -47,27 +49,31 @@ def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, 
             (None: as they are).
 
     Returns:
-        ``{"cells": score_units(...), "mosaics": score_units(...), "halves": {"validation" | "test":
-        {"cells", "mosaics"}}, "fields": [{"field", "group", "half", "n_mosaics", "mosaics_correct",
-        "called": {...}}], "seconds"}``; the halves are the set's (``RealSet.half``).
+        ``{"cells": score_units(...), "mosaics": score_units(...), "whole_fields": score_units(...),
+        "halves": {"validation" | "test": {"cells", "mosaics", "whole_fields"}}, "fields": [{"field",
+        "group", "half", "n_mosaics", "mosaics_correct", "called": {...}, "whole_field": label}],
+        "seconds"}``; the halves are the set's (``RealSet.half``).
     """
     t0 = time.perf_counter()
     order = [g.name for g in fields[0].set.groups] if fields else []
-    cell_units, mosaic_units, per_field = [], [], []
+    cell_units, mosaic_units, field_units, per_field = [], [], [], []
     for f in fields:
         accepted, half = f.group.accepted, f.set.half(f)
         for pred in clf.predict_batch(list(f.cells), batch_size=batch_size, cell_diameter=cell_diameter):
             cell_units.append((f.group.name, pred.label, accepted, half))
         labels = [p.label for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
         mosaic_units += [(f.group.name, label, accepted, half) for label in labels]
+        whole = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter).label
+        field_units.append((f.group.name, whole, accepted, half))
         per_field.append({"field": f.path.name, "group": f.group.name, "half": half, "n_cells": len(f.cells),
                           "n_mosaics": len(labels), "mosaics_correct": sum(lab in accepted for lab in labels),
-                          "called": dict(Counter(labels).most_common())})
+                          "called": dict(Counter(labels).most_common()), "whole_field": whole})
     halves = {h: {kind: score_units([u[:3] for u in units if u[3] == h], order)
-                  for kind, units in (("cells", cell_units), ("mosaics", mosaic_units))}
+                  for kind, units in (("cells", cell_units), ("mosaics", mosaic_units), ("whole_fields", field_units))}
               for h in ("validation", "test") if any(u[3] == h for u in mosaic_units)}
     return {"cells": score_units([u[:3] for u in cell_units], order),
-            "mosaics": score_units([u[:3] for u in mosaic_units], order), "halves": halves,
+            "mosaics": score_units([u[:3] for u in mosaic_units], order),
+            "whole_fields": score_units([u[:3] for u in field_units], order), "halves": halves,
             "fields": per_field, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -92,10 +92,26 @@ def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
     for f in r["fields"]:
         accepted = REAL_SETS[set_name].group(f["group"]).accepted
         assert f["mosaics_correct"] == sum(n for label, n in f["called"].items() if label in accepted)
+    # one whole-field call per field, the one the field's record names
+    assert r["whole_fields"]["n"] == 2
+    assert r["whole_fields"]["correct"] == sum(f["whole_field"] in REAL_SETS[set_name].group(f["group"]).accepted
+                                               for f in r["fields"])
     # each field is in one half, and the halves add up to the whole
-    for unit in ("cells", "mosaics"):
+    for unit in ("cells", "mosaics", "whole_fields"):
         assert sum(h[unit]["n"] for h in r["halves"].values()) == r[unit]["n"]
         assert sum(h[unit]["correct"] for h in r["halves"].values()) == r[unit]["correct"]
+
+
+def test_field_mosaic_tiles_every_cell_in_order():
+    from training.data.real import field_mosaic
+
+    cells = np.arange(11 * 2 * 3 * 4).reshape(11, 2, 3, 4)  # 11 cells of 2 x 3 x 4: 3 rows of 3, 2 left out
+    m = field_mosaic(cells)
+    assert m.shape == (2, 9, 12) and m.flags.c_contiguous
+    for i in range(9):
+        r, q = divmod(i, 3)
+        assert np.array_equal(m[:, 3 * r:3 * r + 3, 4 * q:4 * q + 4], cells[i])
+    assert field_mosaic(cells[:1]).shape == (2, 3, 4)  # one cell: itself
 
 
 def test_validation_halves_are_the_issue_s(real_labelled):
@@ -516,3 +532,23 @@ def test_rehearsal_set_is_resimulated_when_the_simulator_changed(tmp_path):
     stamp.write_text(json.dumps(stale))
     assert rehearsal_set("yeast", 2, seed=5, channels=("gfp", "rfp"), folder=tmp_path / "r").stat().st_mtime_ns > first
     assert json.loads(stamp.read_text())["simulator"] != "0" * 16
+
+
+def test_ensemble_scores_the_mean_of_its_members():
+    from benchmarks.realdata_ensemble import combinations, score
+
+    classes = ("a", "b")
+    units = [("A", ("a",)), ("B", ("b",))]
+    probs = np.zeros((2, 4, 2, 2))  # models, flips, mosaics, classes
+    probs[0, :, 0] = (0.9, 0.1)  # model 1: right on both mosaics
+    probs[0, :, 1] = (0.4, 0.6)
+    probs[1, :, 0] = (0.2, 0.8)  # model 2: wrong on both, and surer on the first
+    probs[1, :, 1] = (0.9, 0.1)
+    probs[1, 1:, 1] = (0.1, 0.9)  # ... unless its mosaic is flipped
+    one = score(probs, units, classes, (0,), (0,), ["A", "B"])
+    assert (one["correct"], one["n"]) == (2, 2)
+    both = score(probs, units, classes, (0, 1), (0,), ["A", "B"])  # means (0.55, 0.45) and (0.65, 0.35)
+    assert both["correct"] == 1 and both["groups"]["B"]["called"] == {"a": 1}
+    flipped = score(probs, units, classes, (0, 1), (0, 1, 2, 3), ["A", "B"])
+    assert flipped["correct"] == 2
+    assert [m for _, m in combinations(3)] == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]

@@ -188,17 +188,20 @@ def _real_image_lines(real: dict | None) -> list[str]:
     if not real:
         return lines + ["Not measured on real images.", ""]
     lines += [f"Measured by `{real['command']}` on real labelled cells ({real['data']}): each field scored as "
-              f"{real['k']} x {real['k']} mosaics of its own cells, and cell by cell. {real.get('note', '')}".rstrip(),
+              f"{real['k']} x {real['k']} mosaics of its own cells, cell by cell, and whole (all its cells in one "
+              f"mosaic, one call per field). {real.get('note', '')}".rstrip(),
               "", "| real set | scale | protein / treatment | right when called | mosaics right | called most "
-              "| cells right |", "|---|---|---|---|---|---|---|"]
+              "| cells right | whole fields right |", "|---|---|---|---|---|---|---|---|"]
     for set_name, modes in real["sets"].items():
         for mode, r in modes.items():
             for g, row in r["groups"].items():
                 lines.append(f"| {set_name} | {mode} | {g} | {row['accepted']} | {row['mosaics']} | {row['called']} "
-                             f"| {row['cells']} |")
-            lines.append(f"| {set_name} | {mode} | **all** | | **{r['mosaics']}** | | **{r['cells']}** |")
+                             f"| {row['cells']} | {row.get('whole_fields', '-')} |")
+            lines.append(f"| {set_name} | {mode} | **all** | | **{r['mosaics']}** | | **{r['cells']}** "
+                         f"| **{r.get('whole_fields', '-')}** |")
             for half, h in r.get("halves", {}).items():
-                lines.append(f"| {set_name} | {mode} | *{half} half* | | {h['mosaics']} | | {h['cells']} |")
+                lines.append(f"| {set_name} | {mode} | *{half} half* | | {h['mosaics']} | | {h['cells']} "
+                             f"| {h.get('whole_fields', '-')} |")
     return lines + [""]
 
 

@@ -12,6 +12,7 @@ only: the SDK-side benchmark uses it without torch.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,17 @@ def mosaics(cells: np.ndarray, k: int) -> list[np.ndarray]:
         block = cells[start:start + k * k].reshape(k, k, c, h, w)
         out.append(np.ascontiguousarray(block.transpose(2, 0, 3, 1, 4).reshape(c, k * h, k * w)))
     return out
+
+
+def field_mosaic(cells: np.ndarray) -> np.ndarray:
+    """All of a field's cells as one image: a near-square grid of ``r = floor(sqrt(n))`` rows of
+    ``n // r`` cells (C, r*h, (n//r)*w), as a field of the screen would be predicted as a whole;
+    the last ``n - r * (n // r)`` cells (fewer than ``r``) are left out."""
+    n, c, h, w = cells.shape
+    r = max(1, math.isqrt(n))
+    q = n // r
+    block = cells[:r * q].reshape(r, q, c, h, w)
+    return np.ascontiguousarray(block.transpose(2, 0, 3, 1, 4).reshape(c, r * h, q * w))
 
 
 def shuffled_mosaics(cells: np.ndarray, k: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
