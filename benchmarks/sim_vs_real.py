@@ -28,6 +28,10 @@ model normalises each image by its percentiles; only shapes and ratios are compa
 - ``background``: the background's median less the camera offset estimate (the crop's 0.1th
   percentile) over the cell's median less the same: how bright the space between cells is.
 
+- ``rounded`` (MCF-7): the share of cells whose centre is more than twice as bright as the class's
+  median cell in both DNA and tubulin (the 90th percentile of the middle 20 x 20 px over the crop's
+  1st percentile): cells rounded up in mitosis, which every field has a few of.
+
 For MCF-7 the crops centre on nuclei in a confluent layer with little empty space, so noise,
 peakiness and background are taken over the whole crop against its offset, and
 ``background`` is the share of the crop darker than 15 % of its range (empty space).
@@ -135,6 +139,23 @@ def simulated_crops(kind: str, classes: list[str], *, n_images: int, zoom: float
     return out
 
 
+def rounded_share(crops: np.ndarray, channels: tuple[int, int] = (0, 1), *, factor: float = 2.0,
+                  middle: int = 20) -> float:
+    """The share of ``crops`` (N, C, h, w) whose middle is more than ``factor`` times the median crop's in
+    both ``channels`` (the 90th percentile of the middle ``middle`` x ``middle`` px, less the crop's
+    1st percentile)."""
+    crops = np.asarray(crops, np.float32)
+    if not len(crops):
+        return float("nan")
+    h, w = crops.shape[-2:]
+    y0, x0 = (h - middle) // 2, (w - middle) // 2
+    offset = np.percentile(crops.reshape(len(crops), crops.shape[1], -1), 1, axis=2)
+    centre = np.percentile(crops[:, :, y0:y0 + middle, x0:x0 + middle].reshape(len(crops), crops.shape[1], -1),
+                           90, axis=2) - offset
+    relative = centre[:, list(channels)] / np.median(centre[:, list(channels)], axis=0)
+    return float(np.mean((relative > factor).all(axis=1)))
+
+
 def _summary(values: list[dict], n_channels: int) -> dict:
     s = {"cells": len(values)}
     for key in MEASURES:
@@ -169,6 +190,9 @@ def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool =
         real_m = [m for m in (measure_crop(c, seg_channel, region) for c in real) if m]
         sim_m = [m for m in (measure_crop(c, seg_channel, region) for c in sim[cls]) if m]
         results["classes"][cls] = {"real": _summary(real_m, real.shape[1]), "simulated": _summary(sim_m, real.shape[1])}
+        if kind == "mcf7":
+            for source, crops in (("real", real), ("simulated", sim[cls])):
+                results["classes"][cls][source]["rounded"] = round(rounded_share(crops), 4)
         real_d, sim_d = results["classes"][cls]["real"]["diameter"], results["classes"][cls]["simulated"]["diameter"]
         # how many times the simulator's own size the real objects are (simulated crops were zoomed by `zoom`)
         results["classes"][cls]["size_ratio"] = round(real_d / (sim_d / zoom), 3) if real_d and sim_d else None
@@ -234,6 +258,11 @@ def render(all_results: list[dict]) -> str:
         lines += ["", "Real objects (" + KINDS[r["kind"]][1] + " channel) are "
                   + ", ".join(f"{both['size_ratio']}x in {cls}" for cls, both in r["classes"].items())
                   + " the simulator's own size (the diameters above, the simulated ones divided by the zoom).", ""]
+        rounded = {cls: (both["real"].get("rounded"), both["simulated"].get("rounded")) for cls, both in r["classes"].items()}
+        if any(v[0] is not None for v in rounded.values()):
+            lines += ["Cells rounded up (bright in both DNA and tubulin, `rounded`): "
+                      + ", ".join(f"{cls} real {100 * a:.1f} %, simulated {100 * b:.1f} %" for cls, (a, b) in rounded.items())
+                      + ".", ""]
     return "\n".join(lines)
 
 

@@ -513,6 +513,19 @@ def test_sim_vs_real_measures_a_known_cell():
     assert measure_crop(np.zeros((2, 64, 64), np.float32) + 5, 1) is None
 
 
+def test_rounded_share_counts_cells_bright_in_both_channels():
+    from benchmarks.sim_vs_real import rounded_share
+
+    rng = np.random.default_rng(0)
+    crops = rng.uniform(0, 5, (10, 3, 68, 68)).astype(np.float32)
+    crops[:, :2, 24:44, 24:44] += 100  # every cell's centre
+    crops[:2, :2, 24:44, 24:44] += 200  # two rounded cells: 3x in DNA and tubulin
+    crops[2, 0, 24:44, 24:44] += 200  # bright DNA only: not rounded
+    crops[3, 2] += 500  # bright actin only: not counted either
+    assert rounded_share(crops) == 0.2
+    assert rounded_share(crops, factor=4.0) == 0.0
+
+
 def test_rehearsal_set_is_resimulated_when_the_simulator_changed(tmp_path):
     """A cached rehearsal set is reused only if the same simulator code and settings made it (a set made by an
     older simulator once made fine-tuned models forget the classes they were meant to keep)."""
