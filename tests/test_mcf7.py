@@ -85,29 +85,10 @@ def test_treatments_label_images_and_are_scored_per_treatment(tmp_path, capsys):
 @pytest.mark.parametrize("name, bad", [
     ("blur", (1.8, 0.8)), ("photons", (1.0, 100.0)), ("background", (0.1, 2.5)), ("tubulin_fill", (-0.1, 1.0)),
     ("centrosome", (0.2, 9.0)), ("actin_cortex", (1.2, 0.3)), ("density", (0.0, 4.0)), ("cell_radius", (20.0, 200.0)),
-    ("mitotic_index", (0.2, 0.6)), ("blur", "wide")])
+    ("blur", "wide")])
 def test_randomised_settings_are_range_checked(name, bad):
     with pytest.raises(ValueError, match=name):
         MCF7Params(**{name: bad})
-
-
-def test_mitotic_index_sets_how_many_untreated_cells_round_up(monkeypatch):
-    import training.data.mcf7 as mcf7
-
-    drawn = []
-    render = mcf7._render_cell
-    monkeypatch.setattr(mcf7, "_render_cell", lambda rng, i, c, *rest: (drawn.append(c.state), render(rng, i, c, *rest)))
-
-    def mitotic_share(cls, index):
-        drawn.clear()
-        for i in range(3):
-            simulate_mcf7_image(cls, image_rng(8, i), MCF7Params(size=256, outliers=0.0, non_showing=(0.5, 0.5),
-                                                                 mitotic_index=(index, index)))
-        return drawn.count("mitotic") / len(drawn)
-    assert mitotic_share("DMSO", 0.0) == 0.0
-    assert 0.25 < mitotic_share("DMSO", 0.4) < 0.55
-    # treated cells that look untreated (half of them here) follow the index; showing ones their class's rate
-    assert mitotic_share("DNA damage", 0.0) == 0.0 < mitotic_share("DNA damage", 0.4) < 0.35
 
 
 def test_tubulin_fill_sets_how_diffuse_the_cytoplasm_is():

@@ -121,9 +121,6 @@ class MCF7Params:
             of weight about 1 (BBBC021's 20x widefield resolves few single microtubules).
         centrosome: range of the brightness of the centrosome beside the nucleus.
         actin_cortex: range of the cortical actin rim's brightness (the diffuse actin is 0.5).
-        mitotic_index: range of the per-image fraction of untreated cells (DMSO cells, and treated
-            cells that look untreated) rounded up in mitosis. Real DMSO fields of BBBC021 have about
-            5 % cells bright in both DNA and tubulin, a 3 % index gave the simulator 0.6 % (docs/mcf7.md).
     """
 
     size: int = 512
@@ -138,13 +135,12 @@ class MCF7Params:
     tubulin_fill: tuple[float, float] = (0.5, 1.1)
     centrosome: tuple[float, float] = (0.2, 1.0)
     actin_cortex: tuple[float, float] = (0.3, 1.2)
-    mitotic_index: tuple[float, float] = (0.03, 0.12)
 
     def __post_init__(self) -> None:
         check_screen_params(self, MCF7_CHANNELS)
         check_ranges(self, {"density": (0.1, 20.0), "cell_radius": (5.0, 100.0), "blur": (0.3, 6.0),
                             "photons": (5.0, 1e5), "background": (0.0, 2.0), "tubulin_fill": (0.0, 3.0),
-                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0), "mitotic_index": (0.0, 0.5)})
+                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0)})
 
 
 @dataclass(frozen=True)
@@ -378,7 +374,6 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
     _, _, mitotic = _LAYOUT[cls]
     look = _Look(tubulin_fill=rng.uniform(*params.tubulin_fill), centrosome=rng.uniform(*params.centrosome),
                  actin_cortex=rng.uniform(*params.actin_cortex))
-    untreated_mitotic = rng.uniform(*params.mitotic_index)
     for c in cells:
         u = rng.random()
         c.bright = rng.lognormal(0.0, 0.25)
@@ -389,8 +384,7 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
         elif rng.random() < non_showing:
             c.shows, c.phenotype = False, "DMSO"
             c.radius /= _LAYOUT[cls][1]
-        untreated = not c.shows or c.phenotype == "DMSO"
-        if c.state == "interphase" and rng.random() < (untreated_mitotic if untreated else mitotic):
+        if c.state == "interphase" and rng.random() < (mitotic if c.shows else 0.03):
             c.state = "mitotic"
         irregular = 2.5 if (c.phenotype == "Actin disruptors" and c.shows) else 1.0
         c.harmonics = _outline(rng, irregular)
