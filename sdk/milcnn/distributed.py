@@ -14,6 +14,7 @@ worker's fields, re-run by Dask elsewhere, are written once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from pathlib import Path
@@ -236,10 +237,48 @@ class DaskRunner:
                                on_error=on_error, stems=stems, overlays=opts.overlays)
 
     def close(self) -> None:
-        if self.own_client and getattr(self, "client", None) is not None:
-            self.client.close()
+        client = getattr(self, "client", None)
+        if self.cluster is not None and client is not None and self.own_client:
+            # a cluster we started: once the run is over, its shutdown chatter is not the user's business.
+            # Closed together, a worker's heartbeat can reach the closing scheduler and a nanny can cancel a
+            # worker mid-call, each logging an ERROR with a traceback on the terminal (dask/distributed#7105)
+            try:
+                client.run(_quiet_dask)
+            except Exception as exc:  # the cluster is being torn down anyway
+                log.debug("quieting the Dask workers: %s", exc)
+            with _quiet_dask_here():
+                client.close()
+                self.cluster.close()
+            return
+        if self.own_client and client is not None:
+            client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _dask_loggers() -> list[logging.Logger]:
+    """``distributed`` and every logger under it that exists (Dask's config gives some their own level)."""
+    names = [n for n in logging.root.manager.loggerDict if n == "distributed" or n.startswith("distributed.")]
+    return [logging.getLogger(n) for n in ["distributed", *names]]
+
+
+def _quiet_dask() -> None:
+    """Only critical messages from Dask in this process from now on (a worker about to be closed)."""
+    for logger in _dask_loggers():
+        logger.setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _quiet_dask_here():
+    """Only critical messages from Dask in this process (the scheduler and nannies of a local cluster)
+    while the block runs."""
+    levels = {logger: logger.level for logger in _dask_loggers()}
+    _quiet_dask()
+    try:
+        yield
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None = None,
