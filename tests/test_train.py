@@ -117,3 +117,13 @@ def test_multi_label_manifest_trains_a_multi_label_model(tiny_yeast, tmp_path):
     probs, _ = predict_set(model, images)
     exact = np.mean([set(np.flatnonzero(p >= 0.5)) == set(np.flatnonzero(t)) for p, t in zip(probs, images.targets)])
     assert metrics["accuracy"] == pytest.approx(exact)  # exact label sets, not per class
+
+
+def test_norm_high_is_recorded_for_the_sdk(tiny_yeast, tmp_path):
+    """The normalisation the network was trained with is the one its checkpoint (and so its export) records."""
+    best = train(tiny_config(tiny_yeast, tmp_path, epochs=1, steps_per_epoch=2, norm_high=99.0), progress=False)
+    assert json.loads((tmp_path / "model_config.json").read_text())["normalization"]["high"] == 99.0
+    model, _ = load_checkpoint(best)
+    assert model.config.normalization.high == 99.0
+    with pytest.raises(ValueError, match="high"):
+        train(tiny_config(tiny_yeast, tmp_path / "bad", norm_high=0.5), progress=False)

@@ -65,6 +65,10 @@ class TrainConfig:
     photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
     scale_jitter: float = 0.0  # crops resized by a zoom in [1/(1+j), 1+j] (training.data.dataset.CropDataset)
     cell_mosaic: float = 0.0  # share of crops made of single-cell tiles (training.data.dataset.CellMosaic)
+    # the per-image upper percentile of the input normalisation, recorded in the model for the SDK
+    # (milcnn.preprocess.NormalizationConfig): lower keeps a few very bright cells or debris from
+    # darkening the rest of an image
+    norm_high: float = NormalizationConfig.high
     mosaic_channel: str | None = None  # the channel whose objects centre those tiles (default: the first)
     epochs: int = 20
     steps_per_epoch: int = 100
@@ -189,7 +193,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     model_cfg = ModelConfig(
         channels=channels, classes=classes, pooling=cfg.pooling, pooling_params=cfg.pooling_params,
         multi_label=multi, width=cfg.width, output_stride=cfg.output_stride, context=cfg.context,
-        normalization=NormalizationConfig(), pixel_size=cfg.pixel_size, cell_diameter=cfg.cell_diameter,
+        normalization=NormalizationConfig(high=cfg.norm_high), pixel_size=cfg.pixel_size, cell_diameter=cfg.cell_diameter,
     )
     if cfg.crop % model_cfg.output_stride or cfg.crop < model_cfg.min_size:
         raise ValueError(f"--crop {cfg.crop} must be a multiple of {model_cfg.output_stride} and >= {model_cfg.min_size}")
