@@ -46,16 +46,32 @@ def _describe_model(clf) -> dict:
 
 
 def run_scores(models: list[str], data_root: Path, *, k: int, half: str = "all", precision: str = "fp32",
-               backend: str = "auto") -> dict:
+               backend: str = "auto", norm_high: float | None = None, simulated: str | None = None) -> dict:
     """Score each model (at ``precision`` on ``backend``) on each real set it applies to (only the fields
-    of ``half``: ``validation``, ``test`` or ``all``, see ``RealSet.half``); returns ``{model: {...}}``."""
+    of ``half``: ``validation``, ``test`` or ``all``, see ``RealSet.half``); returns ``{model: {...}}``.
+
+    ``norm_high``: a probe, run the model with this upper percentile of the input normalisation instead
+    of the one it was trained with (the network is not retrained). ``simulated``: a test manifest to
+    measure the simulated accuracy on through the SDK (as run here) instead of reading the model's record.
+    """
+    from dataclasses import replace
+
     from milcnn import Classifier
 
     out = {}
     for spec in models:
         clf = Classifier.from_hub(spec, device="cpu", precision=precision, backend=backend)
+        if norm_high is not None:
+            clf.info = replace(clf.info, normalization=replace(clf.info.normalization, high=norm_high))
         sets = applicable_sets(clf.channels, clf.classes)
         entry = {"model": _describe_model(clf), "sets": {}}
+        if norm_high is not None:
+            entry["model"]["normalization_high"] = norm_high
+        if simulated:
+            from training.quantize import evaluate_classifier
+
+            entry["model"]["simulated_test_accuracy"] = evaluate_classifier(clf, simulated)["accuracy"]
+            entry["model"]["simulated_test_set"] = simulated
         if not sets:
             log.warning("%s: no real set has its channels and classes; skipped", spec)
         for rs in sets:
@@ -271,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="with --learning-curve: a few steps, for tests")
     parser.add_argument("--half", choices=("all", "validation", "test"), default="all",
                         help="score only this half of each real set (RealSet.validation; default all)")
+    parser.add_argument("--norm-high", type=float, default=None, metavar="PERCENTILE",
+                        help="a probe: run the model with this upper normalisation percentile instead of its own "
+                             "(not retrained); needs --record")
+    parser.add_argument("--simulated", metavar="MANIFEST",
+                        help="measure the simulated test accuracy on this manifest through the SDK (as run here)")
     parser.add_argument("--record", metavar="LABEL",
                         help="file the scores under the zoo-model ablation table as LABEL (a candidate model, "
                              "not the released one), with the simulated test accuracy from its config.json")
@@ -320,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             models = args.model or sorted(zoo())
             if args.update_zoo and (args.half != "all" or args.record):
                 parser.error("--update-zoo writes the released models' cards: it takes neither --half nor --record")
+            if args.norm_high is not None and not args.record:
+                parser.error("--norm-high scores a probe, not the released model: give it a --record LABEL")
             if args.record and len(models) != 1:
                 parser.error(f"--record files one model under its label; got {len(models)} models")
-            scores = run_scores(models, args.data, k=args.k, half=args.half)
+            scores = run_scores(models, args.data, k=args.k, half=args.half, norm_high=args.norm_high,
+                                simulated=args.simulated)
             results = load(args.out)  # read after the long run: another run may have written meanwhile
             if args.record:
                 for entry in scores.values():

@@ -565,3 +565,11 @@ def test_ensemble_scores_the_mean_of_its_members():
     flipped = score(probs, units, classes, (0, 1), (0, 1, 2, 3), ["A", "B"])
     assert flipped["correct"] == 2
     assert [m for _, m in combinations(3)] == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+
+
+def test_a_normalisation_probe_is_never_filed_as_the_released_model(capsys):
+    from benchmarks.realdata import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "mcf7-moa", "--norm-high", "99"])
+    assert exc.value.code == 2 and "--record" in capsys.readouterr().err
