@@ -131,10 +131,9 @@ def render(results: dict) -> str:
                     halves = [", ".join(_frac(h.get(u)) for u in UNITS) if h else "-"
                               for h in (r.get("halves", {}).get(x) for x in ("validation", "test"))]
                     lines.append(f"| `{name}` | {entry['model']['trained_on']} | {set_name} | {mode} "
-                                 f"| {r['mosaics']['correct']}/{r['mosaics']['n']} ({pct(r['mosaics']['accuracy'])}) "
-                                 f"| {pct(r['mosaics']['balanced_accuracy'])} "
-                                 f"| {r['cells']['correct']}/{r['cells']['n']} ({pct(r['cells']['accuracy'])}) "
-                                 f"| {pct(r['cells']['balanced_accuracy'])} | {_frac(r.get('whole_fields'))} "
+                                 f"| {_frac(r['mosaics'])} | {pct(r['mosaics']['balanced_accuracy'])} "
+                                 f"| {_frac(r['cells'])} | {pct(r['cells']['balanced_accuracy'])} "
+                                 f"| {_frac(r.get('whole_fields'))} "
                                  f"| {halves[0]} | {halves[1]} |")
         lines += ["", "The halves are `RealSet.validation` in `training/data/real.py`: AAC1, AAP1 and AAH1, and the "
                   "first 4 DMSO and 6 protein-synthesis fields, for choosing the settings of models trained without "
@@ -189,9 +188,8 @@ def _render_zoo_ablation(ablation: dict) -> list[str]:
         for set_name, modes in entry["sets"].items():
             r = modes["as is"]
             groups = ", ".join(f"{g} {v['correct']}/{v['n']}" for g, v in r["mosaics"]["groups"].items())
-            lines.append(f"| {label} | {set_name} | {entry['half']} | {r['mosaics']['correct']}/{r['mosaics']['n']} "
-                         f"({pct(r['mosaics']['accuracy'])}) | {groups} | {r['cells']['correct']}/{r['cells']['n']} "
-                         f"({pct(r['cells']['accuracy'])}) | {_frac(r.get('whole_fields'))} "
+            lines.append(f"| {label} | {set_name} | {entry['half']} | {_frac(r['mosaics'])} | {groups} "
+                         f"| {_frac(r['cells'])} | {_frac(r.get('whole_fields'))} "
                          f"| {pct(entry['model'].get('simulated_test_accuracy'))} |")
     return lines + [""]
 

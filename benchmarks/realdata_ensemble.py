@@ -40,7 +40,7 @@ def mosaic_probabilities(folders: list[str], set_name: str, data_root: Path, *, 
     """
     from milcnn import Classifier
 
-    clfs = [Classifier.from_dir(f, device="cpu") for f in folders]
+    clfs = [Classifier.from_hub(f, device="cpu") for f in folders]
     classes = clfs[0].classes
     if any(c.classes != classes for c in clfs):
         raise ValueError("the models do not share one list of classes: " + ", ".join(folders))
@@ -90,7 +90,7 @@ def render(folders: list[str], set_name: str, half: str, k: int, rows: list[dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.realdata_ensemble", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", nargs="+", required=True, metavar="FOLDER", help="model folders (the same classes)")
+    parser.add_argument("--model", nargs="+", required=True, metavar="NAME_OR_FOLDER", help="zoo names or model folders (the same classes)")
     parser.add_argument("--set", default="bbbc021-cells", help="the real set (default bbbc021-cells)")
     parser.add_argument("--half", choices=("all", "validation", "test"), default="validation")
     parser.add_argument("--k", type=int, default=4, help="mosaic side in cells (default 4)")

@@ -51,7 +51,8 @@ def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, 
     Returns:
         ``{"cells": score_units(...), "mosaics": score_units(...), "whole_fields": score_units(...),
         "halves": {"validation" | "test": {"cells", "mosaics", "whole_fields"}}, "fields": [{"field",
-        "group", "half", "n_mosaics", "mosaics_correct", "called": {...}, "whole_field": label}],
+        "group", "half", "n_mosaics", "mosaics_correct", "called": {...}, "whole_field": label,
+        "whole_field_probability"}],
         "seconds"}``; the halves are the set's (``RealSet.half``).
     """
     t0 = time.perf_counter()
@@ -63,11 +64,12 @@ def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, 
             cell_units.append((f.group.name, pred.label, accepted, half))
         labels = [p.label for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
         mosaic_units += [(f.group.name, label, accepted, half) for label in labels]
-        whole = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter).label
-        field_units.append((f.group.name, whole, accepted, half))
+        whole = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter)
+        field_units.append((f.group.name, whole.label, accepted, half))
         per_field.append({"field": f.path.name, "group": f.group.name, "half": half, "n_cells": len(f.cells),
                           "n_mosaics": len(labels), "mosaics_correct": sum(lab in accepted for lab in labels),
-                          "called": dict(Counter(labels).most_common()), "whole_field": whole})
+                          "called": dict(Counter(labels).most_common()), "whole_field": whole.label,
+                          "whole_field_probability": round(whole.probabilities[whole.label], 4)})
     halves = {h: {kind: score_units([u[:3] for u in units if u[3] == h], order)
                   for kind, units in (("cells", cell_units), ("mosaics", mosaic_units), ("whole_fields", field_units))}
               for h in ("validation", "test") if any(u[3] == h for u in mosaic_units)}

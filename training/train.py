@@ -65,11 +65,11 @@ class TrainConfig:
     photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
     scale_jitter: float = 0.0  # crops resized by a zoom in [1/(1+j), 1+j] (training.data.dataset.CropDataset)
     cell_mosaic: float = 0.0  # share of crops made of single-cell tiles (training.data.dataset.CellMosaic)
+    mosaic_channel: str | None = None  # the channel whose objects centre those tiles (default: the first)
     # the per-image upper percentile of the input normalisation, recorded in the model for the SDK
     # (milcnn.preprocess.NormalizationConfig): lower keeps a few very bright cells or debris from
-    # darkening the rest of an image
+    # setting the contrast of the rest of an image
     norm_high: float = NormalizationConfig.high
-    mosaic_channel: str | None = None  # the channel whose objects centre those tiles (default: the first)
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 16

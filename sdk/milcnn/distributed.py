@@ -238,27 +238,26 @@ class DaskRunner:
 
     def close(self) -> None:
         client = getattr(self, "client", None)
-        if self.cluster is not None and client is not None and self.own_client:
-            # a cluster we started: once the run is over, its shutdown chatter is not the user's business.
-            # Closed together, a worker's heartbeat can reach the closing scheduler and a nanny can cancel a
-            # worker mid-call, each logging an ERROR with a traceback on the terminal (dask/distributed#7105)
+        ours = self.own_client and client is not None
+        quiet = ours and self.cluster is not None
+        if quiet:
+            # a cluster this runner closes: once the run is over, its shutdown chatter is not the user's
+            # business. Closed together, a worker's heartbeat can reach the closing scheduler and a nanny can
+            # cancel a worker mid-call, each logging an ERROR with a traceback (dask/distributed#7105)
             try:
                 client.run(_quiet_dask)
             except Exception as exc:  # the cluster is being torn down anyway
                 log.debug("quieting the Dask workers: %s", exc)
-            with _quiet_dask_here():
+        with _quiet_dask_here() if quiet else contextlib.nullcontext():
+            if ours:
                 client.close()
+            if self.cluster is not None:
                 self.cluster.close()
-            return
-        if self.own_client and client is not None:
-            client.close()
-        if self.cluster is not None:
-            self.cluster.close()
 
 
 def _dask_loggers() -> list[logging.Logger]:
     """``distributed`` and every logger under it that exists (Dask's config gives some their own level)."""
-    names = [n for n in logging.root.manager.loggerDict if n == "distributed" or n.startswith("distributed.")]
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
     return [logging.getLogger(n) for n in ["distributed", *names]]
 
 
