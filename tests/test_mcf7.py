@@ -119,3 +119,44 @@ def test_simulation_resumes_and_extends_only_the_same_seed_and_simulator(tmp_pat
     simulate_dataset("mcf7", n=3, seed=5, out=out, params=MCF7Params(size=96, outliers=0.2))
     assert first.stat().st_mtime > 0
     assert "seed 5" in (out / SIMULATION_MARKER).read_text()
+
+
+def test_expression_and_nuclear_exclusion_are_checked_and_act():
+    for bad in ({"expression": (0.5, 0.2)}, {"expression": (0.0, 2.0)}, {"nuclear_exclusion": (0.0, 1.5)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MCF7Params(**bad)
+
+    def nuclear_tubulin(params):
+        """Tubulin inside the nuclei over tubulin in a ring just outside them, for DMSO images."""
+        from scipy import ndimage
+
+        ratios = []
+        for i in range(3):
+            image, _ = simulate_mcf7_image("DMSO", image_rng(5, i), params)
+            x = image.astype(np.float32) - 100.0
+            nuclei = x[0] > np.percentile(x[0], 90)
+            ring = ndimage.binary_dilation(nuclei, iterations=6) & ~ndimage.binary_dilation(nuclei, iterations=2)
+            ratios.append(np.median(x[1][nuclei]) / np.median(x[1][ring]))
+        return np.mean(ratios)
+
+    base = dict(size=192, outliers=0.0, expression=(0.0, 0.0))
+    assert nuclear_tubulin(MCF7Params(**base, nuclear_exclusion=(0.9, 0.9))) < \
+        0.7 * nuclear_tubulin(MCF7Params(**base, nuclear_exclusion=(0.0, 0.0)))
+
+    def spread(expression):
+        """The spread (90th over 10th percentile) of the cells' tubulin-to-actin ratio within images."""
+        from scipy import ndimage
+
+        out = []
+        for i in range(3):
+            image, mask = simulate_mcf7_image("DMSO", image_rng(6, i),
+                                              MCF7Params(size=192, outliers=0.0, expression=expression))
+            labels, n = ndimage.label(ndimage.binary_erosion(mask > 0, iterations=2))
+            idx = np.arange(1, n + 1)
+            tub = ndimage.mean(image[1].astype(np.float32) - 100, labels, idx)
+            act = ndimage.mean(image[2].astype(np.float32) - 100, labels, idx)
+            r = np.log(np.asarray(tub) / np.asarray(act))
+            out.append(np.percentile(r, 90) - np.percentile(r, 10))
+        return np.mean(out)
+
+    assert spread((1.0, 1.0)) > spread((0.0, 0.0)) + 0.5

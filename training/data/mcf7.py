@@ -121,6 +121,11 @@ class MCF7Params:
             of weight about 1 (BBBC021's 20x widefield resolves few single microtubules).
         centrosome: range of the brightness of the centrosome beside the nucleus.
         actin_cortex: range of the cortical actin rim's brightness (the diffuse actin is 0.5).
+        expression: range of the per-image sigma of each cell's own level of each stain (log-normal,
+            drawn per cell and channel on their own): cells that take up more or less of one stain
+            than their neighbours, which gives a field its bright tail. ``(0, 0)`` draws nothing.
+        nuclear_exclusion: range of how much less tubulin lies over an interphase nucleus than
+            beside it, drawn per cell (0: as much, 1: none). ``(0, 0)`` draws nothing.
     """
 
     size: int = 512
@@ -135,12 +140,15 @@ class MCF7Params:
     tubulin_fill: tuple[float, float] = (0.5, 1.1)
     centrosome: tuple[float, float] = (0.2, 1.0)
     actin_cortex: tuple[float, float] = (0.3, 1.2)
+    expression: tuple[float, float] = (0.2, 0.5)
+    nuclear_exclusion: tuple[float, float] = (0.2, 0.8)
 
     def __post_init__(self) -> None:
         check_screen_params(self, MCF7_CHANNELS)
         check_ranges(self, {"density": (0.1, 20.0), "cell_radius": (5.0, 100.0), "blur": (0.3, 6.0),
                             "photons": (5.0, 1e5), "background": (0.0, 2.0), "tubulin_fill": (0.0, 3.0),
-                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0)})
+                            "centrosome": (0.0, 5.0), "actin_cortex": (0.0, 5.0),
+                            "expression": (0.0, 1.5), "nuclear_exclusion": (0.0, 1.0)})
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class _Look:
     tubulin_fill: float
     centrosome: float
     actin_cortex: float
+    nuclear_exclusion: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -162,6 +171,7 @@ class _Cell:
     shows: bool = True
     harmonics: list = field(default_factory=list)  # (order, amplitude, phase) of the outline
     bright: float = 1.0
+    stain: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the cell's own level of dna, tubulin, actin
 
 
 def _place(rng: np.random.Generator, p: MCF7Params, cls: str, canvas: int) -> list[_Cell]:
@@ -289,10 +299,12 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             scale = 1.35
         elif ph == "Protein synthesis":  # real treated nuclei are 1.2x the controls' in a smaller cell
             scale = 1.45
+        nuclei = np.zeros(shape, np.float32)
         for k in range(n_nuclei):
             off = rng.normal(0, c.radius * (0.12 if n_nuclei == 1 else 0.28), 2)
             ry, rx = rn * scale * rng.uniform(0.9, 1.15), rn * scale * rng.uniform(0.75, 1.0)
             nucleus = _blob(shape, ly + off[0], lx + off[1], ry, rx, rng.uniform(0, np.pi))
+            nuclei = np.maximum(nuclei, nucleus)
             texture = ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 1.5)
             d += nucleus * (1.3 + 1.5 * (texture - texture.mean()) / (texture.std() + 1e-6) * 0.15)
             for _ in range(rng.integers(1, 4)):
@@ -323,6 +335,8 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             # the diffuse part is densest around the nucleus and thins towards the edge
             t += (fil * (3.0 if bundles else 1.0) + look.tubulin_fill * (1.2 - 0.5 * np.clip(r, 0, 1))) * cyto
             t += look.centrosome * _blob(shape, cy_, cx_, 2.0, 2.0, 0)
+        if look.nuclear_exclusion[1] > 0:  # the thick nucleus holds less tubulin than the flat cytoplasm
+            t *= 1.0 - rng.uniform(*look.nuclear_exclusion) * nuclei
         # actin: cortex and stress fibres, or aggregates
         if ph == "Actin disruptors":
             a += 0.35 * cyto
@@ -348,9 +362,10 @@ def _render_cell(rng, i, c: _Cell, owner, rho, dna, tub, act, look: _Look) -> No
             t += rim
             a += rim
     k = (slice(y0, y1), slice(x0, x1))
-    dna[k] += d * b * mine
-    tub[k] += t * b * mine
-    act[k] += a * b * mine
+    sd, st, sa = c.stain
+    dna[k] += d * (b * sd) * mine
+    tub[k] += t * (b * st) * mine
+    act[k] += a * (b * sa) * mine
 
 
 def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params = MCF7Params()):
@@ -373,10 +388,13 @@ def simulate_mcf7_image(cls: str, rng: np.random.Generator, params: MCF7Params =
     non_showing = 0.0 if cls == "DMSO" else rng.uniform(*params.non_showing)
     _, _, mitotic = _LAYOUT[cls]
     look = _Look(tubulin_fill=rng.uniform(*params.tubulin_fill), centrosome=rng.uniform(*params.centrosome),
-                 actin_cortex=rng.uniform(*params.actin_cortex))
+                 actin_cortex=rng.uniform(*params.actin_cortex), nuclear_exclusion=params.nuclear_exclusion)
+    expression = rng.uniform(*params.expression) if params.expression[1] > 0 else 0.0
     for c in cells:
         u = rng.random()
         c.bright = rng.lognormal(0.0, 0.25)
+        if expression:
+            c.stain = tuple(rng.lognormal(0.0, expression, 3))
         if u < params.outliers / 2:
             c.state, c.shows, c.phenotype = "apoptotic", False, "normal"
         elif u < params.outliers:
