@@ -110,14 +110,15 @@ def measure_crop(crop: np.ndarray, seg_channel: int, region: str = "object") -> 
 
 
 def simulated_crops(kind: str, classes: list[str], *, n_images: int, zoom: float, size: int,
-                    seed: int = 7) -> dict[str, list[np.ndarray]]:
+                    seed: int = 7, settings: dict | None = None) -> dict[str, list[np.ndarray]]:
     """Cells of ``n_images`` simulated images per class, resized by ``zoom`` and cropped ``size`` px
-    around each object of the segmentation channel (as the real crops were cut around each cell)."""
+    around each object of the segmentation channel (as the real crops were cut around each cell).
+    ``settings``: simulator settings that differ from the defaults (e.g. ``{"expression": (0.2, 0.5)}``)."""
     from milcnn.scale import resize_chw
     from training.simulate import SIMULATORS, image_rng
 
     sim_classes, params_cls, simulate = SIMULATORS[kind]
-    params = params_cls()
+    params = params_cls(**(settings or {}))
     seg_channel = list(params.channels).index(KINDS[kind][1])
     out: dict[str, list[np.ndarray]] = {}
     for cls in classes:
@@ -167,9 +168,10 @@ def _summary(values: list[dict], n_channels: int) -> dict:
     return s
 
 
-def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool = False) -> tuple[dict, np.ndarray]:
+def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool = False,
+            settings: dict | None = None) -> tuple[dict, np.ndarray]:
     """Measure the real set of ``kind`` (its validation half unless ``all_fields``) and its simulated
-    counterparts; return (results, montage)."""
+    counterparts (the simulator's defaults, changed by ``settings``); return (results, montage)."""
     set_name, seg_name, _, region = KINDS[kind]
     rs = REAL_SETS[set_name]
     fields = [f for f in load_fields(rs, data_root) if all_fields or rs.half(f) == "validation"]
@@ -179,10 +181,12 @@ def compare(kind: str, data_root: Path, *, n_images: int = 4, all_fields: bool =
     by_class: dict[str, list[np.ndarray]] = {}
     for f in fields:
         by_class.setdefault(f.group.label.split("|")[0], []).append(f.cells)
-    sim = simulated_crops(kind, list(by_class), n_images=n_images, zoom=zoom, size=size)
+    sim = simulated_crops(kind, list(by_class), n_images=n_images, zoom=zoom, size=size, settings=settings)
     results = {"kind": kind, "real_set": set_name, "channels": list(rs.channels), "zoom": round(zoom, 3),
                "real_fields": [f.path.name for f in fields],
                "simulated_images_per_class": n_images, "classes": {}}
+    if settings:
+        results["simulator_settings"] = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     rows = []
     rng = np.random.default_rng(0)
     for cls, stacks in by_class.items():
@@ -246,8 +250,12 @@ def render(all_results: list[dict]) -> str:
     for r in all_results:
         ch = r["channels"]
         lines += [f"## {r['kind']} ({r['real_set']}; simulated images zoomed {r['zoom']}x)", "",
-                  f"Real fields: {', '.join(r['real_fields'])}.", "",
-                  "| class | source | cells | diameter (px) | blur (px) | "
+                  f"Real fields: {', '.join(r['real_fields'])}.", ""]
+        if r.get("simulator_settings"):
+            lines += ["Simulator settings other than its defaults: " + ", ".join(
+                f"`{k}` {','.join(f'{x:g}' for x in v) if isinstance(v, list) else f'{v:g}'}"
+                for k, v in r["simulator_settings"].items()) + ".", ""]
+        lines += ["| class | source | cells | diameter (px) | blur (px) | "
                   + " | ".join(f"{m} {c}" for m in ("noise", "peakiness", "background") for c in ch) + " |",
                   "|---|---|---|---|---|" + "---|" * (3 * len(ch))]
         for cls, both in r["classes"].items():
@@ -279,12 +287,30 @@ def main(argv=None) -> int:
     parser.add_argument("--all-fields", action="store_true", help="every real field, not only the validation half")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--sim", action="append", default=[], metavar="SETTING=LO,HI",
+                        help="a simulator setting other than its default, e.g. expression=0.2,0.5 (repeatable; "
+                             "with one --kind)")
     args = parser.parse_args(argv)
+    settings = {}
+    for item in args.sim:
+        key, sep, value = item.partition("=")
+        try:
+            parts = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            parts = ()
+        if not sep or not parts:
+            parser.error(f"--sim expects SETTING=VALUE or SETTING=LO,HI, got {item!r}")
+        settings[key.strip().replace("-", "_")] = parts if len(parts) > 1 else parts[0]
+    if settings and len(args.kind) != 1:
+        parser.error("--sim changes one simulator: pass one --kind")
     log_to_stderr()
     results = []
     suffix = f"-{args.tag}" if args.tag else ""
     for kind in args.kind:
-        r, montage = compare(kind, args.data, n_images=args.n, all_fields=args.all_fields)
+        try:
+            r, montage = compare(kind, args.data, n_images=args.n, all_fields=args.all_fields, settings=settings)
+        except (TypeError, ValueError) as exc:  # an unknown setting or a value out of range
+            parser.error(f"--sim: {exc}")
         results.append(r)
         png = args.docs / f"sim_vs_real_{kind}{suffix}.png"
         with write_atomic(png, "wb") as fh:

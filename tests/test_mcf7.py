@@ -160,3 +160,13 @@ def test_expression_and_nuclear_exclusion_are_checked_and_act():
         return np.mean(out)
 
     assert spread((1.0, 1.0)) > spread((0.0, 0.0)) + 0.5
+
+
+def test_cli_passes_the_mcf7_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["mcf7", "--n", "1", "--seed", "1", "--out", str(tmp_path), "--expression", "0.5,0.2"])
+    assert "expression must be a range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["yeast", "--n", "1", "--seed", "1", "--out", str(tmp_path), "--expression", "0.2"])  # mcf7 only
+    assert main(["mcf7", "--n", "1", "--seed", "1", "--out", str(tmp_path / "a"), "--size", "96", "--workers", "1",
+                 "--expression", "0.3", "--nuclear-exclusion", "0.2,0.8"]) == 0

@@ -573,3 +573,19 @@ def test_a_normalisation_probe_is_never_filed_as_the_released_model(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--model", "mcf7-moa", "--norm-high", "99"])
     assert exc.value.code == 2 and "--record" in capsys.readouterr().err
+
+
+def test_sim_vs_real_takes_simulator_settings(capsys):
+    from benchmarks.sim_vs_real import main, simulated_crops
+
+    plain = simulated_crops("mcf7", ["DMSO"], n_images=1, zoom=1.0, size=48)["DMSO"]
+    changed = simulated_crops("mcf7", ["DMSO"], n_images=1, zoom=1.0, size=48,
+                              settings={"expression": (1.0, 1.0)})["DMSO"]
+    assert plain and changed and not np.array_equal(np.stack(plain[:1]), np.stack(changed[:1]))
+    for bad, message in (("bogus=1", "bogus"), ("expression=3,4", "expression must be a range"),
+                         ("expression", "SETTING=VALUE")):
+        with pytest.raises(SystemExit):
+            main(["--kind", "mcf7", "--sim", bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--sim", "expression=0.2,0.5"])  # both kinds: which simulator is meant?

@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         a.add_argument("--outliers", type=float, default=0.05,
                        help=f"fraction of cells {outliers}; debris at half this rate (default 0.05)")
         a.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+        if kind == "mcf7":
+            a.add_argument("--expression", type=_range, default=(0.0, 0.0), metavar="LO,HI",
+                           help="per-image sigma of each cell's own level of each stain (log-normal; default 0: "
+                                "none, as the released simulator)")
+            a.add_argument("--nuclear-exclusion", type=_range, default=(0.0, 0.0), metavar="LO,HI",
+                           help="per cell, how much less tubulin lies over the nucleus (0-1; default 0: none)")
     m = sub.add_parser("montage", help="write docs/simulator.png (or docs/mcf7.png with --kind mcf7)")
     m.add_argument("--kind", dest="kind_", choices=["yeast", "mcf7"], default="yeast")
     m.add_argument("--out", type=Path, default=None)
@@ -203,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     classes, params_type, _ = SIMULATORS[args.kind]
     try:
         channels = tuple(ch.strip() for ch in args.channels.split(",") if ch.strip())
-        params = params_type(size=args.size, channels=channels, non_showing=args.non_showing, outliers=args.outliers)
+        extra = ({"expression": args.expression, "nuclear_exclusion": args.nuclear_exclusion} if args.kind == "mcf7"
+                 else {})
+        params = params_type(size=args.size, channels=channels, non_showing=args.non_showing, outliers=args.outliers,
+                             **extra)
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, got {args.n}")
     except ValueError as exc:

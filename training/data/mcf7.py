@@ -140,8 +140,8 @@ class MCF7Params:
     tubulin_fill: tuple[float, float] = (0.5, 1.1)
     centrosome: tuple[float, float] = (0.2, 1.0)
     actin_cortex: tuple[float, float] = (0.3, 1.2)
-    expression: tuple[float, float] = (0.2, 0.5)
-    nuclear_exclusion: tuple[float, float] = (0.2, 0.8)
+    expression: tuple[float, float] = (0.0, 0.0)
+    nuclear_exclusion: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         check_screen_params(self, MCF7_CHANNELS)
