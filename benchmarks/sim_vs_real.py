@@ -303,14 +303,18 @@ def main(argv=None) -> int:
         settings[key.strip().replace("-", "_")] = parts if len(parts) > 1 else parts[0]
     if settings and len(args.kind) != 1:
         parser.error("--sim changes one simulator: pass one --kind")
+    if settings:
+        from training.simulate import SIMULATORS
+
+        try:
+            SIMULATORS[args.kind[0]][1](**settings)
+        except (TypeError, ValueError) as exc:  # an unknown setting or a value out of range
+            parser.error(f"--sim: {exc}")
     log_to_stderr()
     results = []
     suffix = f"-{args.tag}" if args.tag else ""
     for kind in args.kind:
-        try:
-            r, montage = compare(kind, args.data, n_images=args.n, all_fields=args.all_fields, settings=settings)
-        except (TypeError, ValueError) as exc:  # an unknown setting or a value out of range
-            parser.error(f"--sim: {exc}")
+        r, montage = compare(kind, args.data, n_images=args.n, all_fields=args.all_fields, settings=settings)
         results.append(r)
         png = args.docs / f"sim_vs_real_{kind}{suffix}.png"
         with write_atomic(png, "wb") as fh:

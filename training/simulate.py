@@ -191,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"fraction of cells {outliers}; debris at half this rate (default 0.05)")
         a.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
         if kind == "mcf7":
-            a.add_argument("--expression", type=_range, default=(0.0, 0.0), metavar="LO,HI",
-                           help="per-image sigma of each cell's own level of each stain (log-normal; default 0: "
-                                "none, as the released simulator)")
-            a.add_argument("--nuclear-exclusion", type=_range, default=(0.0, 0.0), metavar="LO,HI",
-                           help="per cell, how much less tubulin lies over the nucleus (0-1; default 0: none)")
+            a.add_argument("--expression", type=_range, default=MCF7Params.expression, metavar="LO,HI",
+                           help="per-image sigma of each cell's own level of each stain (log-normal; default "
+                                "%(default)s)")
+            a.add_argument("--nuclear-exclusion", type=_range, default=MCF7Params.nuclear_exclusion, metavar="LO,HI",
+                           help="per cell, how much less tubulin lies over the nucleus (0-1; default %(default)s)")
     m = sub.add_parser("montage", help="write docs/simulator.png (or docs/mcf7.png with --kind mcf7)")
     m.add_argument("--kind", dest="kind_", choices=["yeast", "mcf7"], default="yeast")
     m.add_argument("--out", type=Path, default=None)

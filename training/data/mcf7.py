@@ -158,7 +158,7 @@ class _Look:
     tubulin_fill: float
     centrosome: float
     actin_cortex: float
-    nuclear_exclusion: tuple[float, float] = (0.0, 0.0)
+    nuclear_exclusion: tuple[float, float]  # a range, drawn per cell
 
 
 @dataclass
