@@ -72,6 +72,22 @@ def test_resume_continues_exactly(tiny_yeast, tmp_path, trained):
         assert torch.equal(whole[key], resumed[key]), key
 
 
+def test_init_starts_from_trained_weights(tiny_yeast, tmp_path, trained):
+    out, best = trained
+    cfg = tiny_config(tiny_yeast, tmp_path, epochs=2, lr=0.0, weight_decay=0.0, init=str(best), keep_epochs=True)
+    train(cfg, progress=False)
+    start = torch.load(best, weights_only=True)["model"]
+    for epoch in ("001.pt", "002.pt"):  # learning rate 0: every kept epoch holds exactly the starting weights
+        kept = torch.load(tmp_path / "epochs" / epoch, weights_only=True)
+        assert kept["epoch"] == int(epoch[:3]) - 1
+        for key, value in start.items():
+            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):  # batch norm still counts
+                assert torch.equal(value, kept["model"][key]), key
+    assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == ["001.pt", "002.pt"]
+    with pytest.raises(ValueError, match="model settings differ"):
+        train(tiny_config(tiny_yeast, tmp_path / "wider", width=12, init=str(best)), progress=False)
+
+
 def test_evaluate_end_to_end(trained, tiny_yeast, tmp_path):
     _, best = trained
     model, _ = load_checkpoint(best)

@@ -9,7 +9,8 @@ Usage::
 Every flag can also be given in a JSON file (``--config``; flags on the command line win).
 The run folder gets ``train_config.json`` (the full settings), ``model_config.json``,
 ``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (to resume) and ``best.pt``
-(highest validation accuracy, ties broken by lower loss). Checkpoints hold only tensors and
+(highest validation accuracy, ties broken by lower loss); with ``--keep-epochs`` also every
+epoch's checkpoint as ``epochs/NNN.pt``. ``--init CHECKPOINT`` starts from a trained model's weights. Checkpoints hold only tensors and
 plain Python values and load with ``torch.load(..., weights_only=True)``.
 
 Runs are seeded: the same settings on the same machine give the same weights, and a run
@@ -88,6 +89,10 @@ class TrainConfig:
     domain_weight: float = 0.1
     domain_batch: int = 4  # unlabelled crops added to every batch
     domain_class_weighting: bool = False  # weight simulated crops by their class's predicted share among the unlabelled
+    # start from the weights of this checkpoint (same model settings; a new optimizer and schedule): fine-tuning
+    # a trained model on other simulated images; --resume instead continues a stopped run
+    init: str | None = None
+    keep_epochs: bool = False  # also keep every epoch's checkpoint as epochs/NNN.pt (to choose one afterwards)
 
 
 def bag_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -219,6 +224,14 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+    elif cfg.init:
+        ckpt = read_checkpoint(cfg.init)
+        if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
+            raise ValueError(f"--init {cfg.init}: its model settings differ from this run's")
+        model.load_state_dict(ckpt["model"])
+        if domain is not None and "domain" in ckpt:
+            domain.load_state_dict({**domain.state_dict(), **ckpt["domain"]})
+        log.info("starting from the weights of %s (epoch %d of its run)", cfg.init, ckpt["epoch"] + 1)
 
     (out / "model_config.json").write_text(model_cfg.to_json())
     with write_atomic(out / "train_config.json", "w") as fh:
@@ -273,6 +286,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         save_checkpoint(ckpt, out / "last.pt")
         if improved:
             save_checkpoint(ckpt, out / "best.pt")
+        if cfg.keep_epochs:
+            (out / "epochs").mkdir(exist_ok=True)
+            save_checkpoint(ckpt, out / "epochs" / f"{epoch + 1:03d}.pt")
         log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f%s, %.0f s", epoch + 1,
                  record["train_loss"], val_loss, val_acc, " (best)" if improved else "", record["seconds"])
     return out / "best.pt"
