@@ -119,3 +119,38 @@ def test_unlabelled_mosaics_carry_no_labels(real_labelled, tmp_path):
     files = sorted((tmp_path / "u").iterdir())
     assert len(files) == 12 and all(f.suffix == ".tif" and f.stem.isdigit() for f in files)  # 12 validation fields
     assert tifffile.imread(files[0]).shape[0] == 2
+
+
+def test_pseudo_labels_are_the_models_whole_field_calls_not_the_sets_labels(real_labelled, tmp_path):
+    import csv
+
+    from milcnn import Classifier
+    from training.data.real import field_mosaic, load_fields
+    from training.domain import main
+
+    def calls(root, out):
+        assert main(["pseudo-labels", "--set", "bbbc021-cells", "--model", "mcf7-moa", "--half", "all", "--k", "2",
+                     "--views", "1", "--data", str(root), "--out", str(out)]) == 0
+        rows = list(csv.DictReader(open(out / "manifest.csv")))
+        assert len(rows) == 20 and all((out / r["path"]).is_file() for r in rows)  # one view of each of 20 fields
+        return {r["field"]: r["label"] for r in rows}
+
+    original = calls(real_labelled, tmp_path / "a")
+    # the same fields filed under each other's treatment: the labels must follow the fields, not the folders
+    swapped = tmp_path / "swapped" / "bbbc021-cells"
+    shutil.copytree(real_labelled / "bbbc021-cells" / "DMSO", swapped / "Protein_synthesis")
+    shutil.copytree(real_labelled / "bbbc021-cells" / "Protein_synthesis", swapped / "DMSO")
+    assert calls(swapped.parent, tmp_path / "b") == original
+    clf = Classifier.from_hub("mcf7-moa", device="cpu")
+    field = load_fields("bbbc021-cells", real_labelled, channels=clf.channels)[0]
+    assert original[field.path.name] == clf.predict(field_mosaic(field.cells)).label
+    assert tifffile.imread(tmp_path / "a" / "00000.tif").shape == (3, 2 * field.cells.shape[2], 2 * field.cells.shape[3])
+
+
+def test_pseudo_labels_name_a_bad_model(real_labelled, tmp_path, capsys):
+    from training.domain import main
+
+    assert main(["pseudo-labels", "--set", "bbbc021-cells", "--model", str(tmp_path / "nothing"),
+                 "--data", str(real_labelled), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nothing" in err and len(err.strip().splitlines()) == 1

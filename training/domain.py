@@ -13,11 +13,22 @@ Usage::
 
 ``mosaics`` writes the cells of a real set's fields (``training/data/real.py``) as images of
 shuffled k x k cells of one field each, *without* their labels, for sets stored as single-cell crops.
+
+``pseudo-labels`` writes the same kind of mosaics for self-training, each labelled with a model's own
+call on its whole field (all of the field's cells in one image, as a screen's field is called), never
+with the set's labels; it uses only what every screen knows, that the cells of one field share one
+treatment. ``training.finetune`` then teaches the model to give each small group of a field's cells
+its field's call (with rehearsal of simulated images of every class)::
+
+    python -m training.domain pseudo-labels --set bbbc021-cells --half validation --model runs/mcf7-moa/model \
+        --out data/bbbc021-pseudo-val
+    python -m training.finetune --from runs/mcf7-moa/best.pt --data data/bbbc021-pseudo-val/manifest.csv ...
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 from pathlib import Path
@@ -29,7 +40,8 @@ from torch import nn
 
 from milcnn.preprocess import NormalizationConfig, to_chw
 
-__all__ = ["DomainAdversary", "GradientReversal", "domain_weight_schedule", "load_unlabelled", "write_unlabelled_mosaics"]
+__all__ = ["DomainAdversary", "GradientReversal", "domain_weight_schedule", "load_unlabelled", "write_unlabelled_mosaics",
+           "write_pseudo_labelled_mosaics"]
 
 
 class GradientReversal(torch.autograd.Function):
@@ -179,6 +191,47 @@ def write_unlabelled_mosaics(set_name: str, out, *, root=None, half: str = "vali
     return n
 
 
+def write_pseudo_labelled_mosaics(set_name: str, model, out, *, root=None, half: str = "validation", k: int = 4,
+                                  views: int = 8, cell_diameter: float | None = None, seed: int = 0) -> dict[str, int]:
+    """Self-training data: ``views`` mosaics of ``k x k`` shuffled cells of each field of ``half``, each
+    labelled with ``model``'s call on the whole field (``training.data.real.field_mosaic``), as
+    ``out/NNNNN.tif`` and ``out/manifest.csv`` (columns path, label, field). The set's own labels are
+    never read.
+
+    Args:
+        set_name: a real set of ``training.data.real.REAL_SETS`` (stored as single-cell crops).
+        model: a ``milcnn.Classifier`` (or a zoo name, Hub repo or model folder).
+        cell_diameter: the fields' cell diameter in px for the calls (default: the model's input scale).
+
+    Returns:
+        how many fields were called each class.
+    """
+    from milcnn import Classifier
+    from milcnn.io import write_atomic, write_tiff
+    from training.data.real import REAL_SETS, field_mosaic, load_fields, shuffled_mosaics
+
+    clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device="cpu")
+    rs = REAL_SETS[set_name]
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, calls = [], {}
+    for f in load_fields(rs, root, channels=clf.channels):
+        if half != "all" and rs.half(f) != half:
+            continue
+        call = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter).label
+        calls[call] = calls.get(call, 0) + 1
+        for m in shuffled_mosaics(f.cells, k, views, rng):
+            name = f"{len(rows):05d}.tif"
+            write_tiff(out / name, m)
+            rows.append((name, call, f.path.name))
+    with write_atomic(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "label", "field"])
+        writer.writerows(rows)
+    return calls
+
+
 def main(argv: list[str] | None = None) -> int:
     from training.data.real import REAL_SETS, RealDataMissingError
 
@@ -191,13 +244,36 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--k", type=int, default=5)
     m.add_argument("--views", type=int, default=4, help="mosaics per field, each a new shuffle")
     m.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("pseudo-labels", help="write a real set's cells as mosaics labelled with a model's own "
+                                             "whole-field calls (self-training data)")
+    p.add_argument("--set", required=True, choices=sorted(REAL_SETS))
+    p.add_argument("--model", required=True, help="zoo name, Hub repo or model folder that calls the fields")
+    p.add_argument("--half", choices=("validation", "test", "all"), default="validation")
+    p.add_argument("--data", type=Path, default=None, help="the real labelled data folder (default ../shared/...)")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--views", type=int, default=8, help="mosaics per field, each a new shuffle")
+    p.add_argument("--cell-diameter", type=float, default=None,
+                   help="the fields' cell diameter in px for the calls (default: the model's input scale)")
+    p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    from milcnn.errors import MilcnnError
+    from milcnn.logs import log_to_stderr
+
+    log_to_stderr()
     try:
-        n = write_unlabelled_mosaics(args.set, args.out, root=args.data, half=args.half, k=args.k, views=args.views)
-    except RealDataMissingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.command == "mosaics":
+            n = write_unlabelled_mosaics(args.set, args.out, root=args.data, half=args.half, k=args.k,
+                                         views=args.views)
+            print(f"wrote {n} unlabelled mosaics to {args.out}")
+        else:
+            calls = write_pseudo_labelled_mosaics(args.set, args.model, args.out, root=args.data, half=args.half,
+                                                  k=args.k, views=args.views, cell_diameter=args.cell_diameter)
+            print(f"wrote {args.views} mosaics per field of {sum(calls.values())} fields to {args.out}/manifest.csv; "
+                  "fields called " + ", ".join(f"{c} {n}" for c, n in sorted(calls.items())))
+    except (RealDataMissingError, MilcnnError, ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # a KeyError's str() is quoted
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    print(f"wrote {n} unlabelled mosaics to {args.out}")
     return 0
 
 
