@@ -338,6 +338,9 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
     out = export_folder(best, tmp_path / "model", name="my-screen", version="0.1.0")
     clf = Classifier.from_dir(out)
     assert str(manifest) in clf.info.training_data["real_images"]  # the card says which real images it saw
+    card = (out / "README.md").read_text()  # and what fine-tuning it had, not the source's epochs as its own
+    assert "Fine-tuned from `yeast-loc` for 12 steps (8 crops of 128 px)" in card
+    assert "best validation accuracy" not in card
     pred = clf.predict(rows[0][0], cell_diameter=42)
     assert pred.label in clf.classes and pred.mask.shape == rows[0][0].shape[1:]
 

@@ -145,10 +145,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
                                  input_cell_diameter_from=input_cell_diameter_from),
             "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
                              "parameters": sum(p.numel() for p in model.parameters())},
-            "training": {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"],
-                         "epochs_run": len(history),
-                         "wall_seconds": round(sum(h["seconds"] for h in history), 1),
-                         "threads": torch.get_num_threads()},
+            "training": _training_record(ckpt, history),
             "training_data": training_data or {},
             "metrics": _card_metrics(metrics, eval_data),
             "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
@@ -225,6 +222,22 @@ def _card_metrics(metrics: dict, eval_data: str | None) -> dict:
             "treatment_accuracy": round(metrics["treatments"]["treatment_accuracy"], 4)}
            if "treatments" in metrics else {}),
     }
+
+
+def _training_record(ckpt: dict, history: list[dict]) -> dict:
+    """``config.json``'s ``training``: the run's settings and cost; for a fine-tuned checkpoint also
+    its fine-tuning settings and, where the source was a training checkpoint, that run's cost."""
+    record = {"train_config": ckpt["train_config"], "best_epoch": ckpt["best"]["epoch"], "epochs_run": len(history),
+              "wall_seconds": round(sum(h["seconds"] for h in history), 1), "threads": torch.get_num_threads()}
+    fc = ckpt.get("finetune_config")
+    if fc:
+        record["finetune_config"] = fc
+        source_last = Path(fc["source"]).with_name("last.pt")
+        if Path(fc["source"]).suffix == ".pt" and source_last.is_file():
+            source_history = torch.load(source_last, weights_only=True).get("history", [])
+            record["source_training"] = {"epochs_run": len(source_history),
+                                         "wall_seconds": round(sum(h["seconds"] for h in source_history), 1)}
+    return record
 
 
 def finetuned_training_data(fc: dict) -> dict:

@@ -92,7 +92,15 @@ def render_card(config: dict) -> str:
     else:
         lines += [data.get("description", "Not described."), ""]
     t = config.get("training", {})
-    if t.get("wall_seconds"):
+    if t.get("finetune_config"):
+        fc, tc, source = t["finetune_config"], t.get("train_config", {}), t.get("source_training")
+        lines += [f"Fine-tuned from `{fc['source']}` for {fc['steps']} steps ({fc['batch_size']} crops of "
+                  f"{fc['crop']} px) in {t['wall_seconds'] / 60:.1f} min on {t['threads']} CPU threads; the last "
+                  "step's weights were exported."
+                  + (f" The model it started from was trained for {source['epochs_run']} epochs of "
+                     f"{tc.get('steps_per_epoch')} steps ({tc.get('batch_size')} crops of {tc.get('crop')} px) in "
+                     f"{source['wall_seconds'] / 60:.1f} min." if source else ""), ""]
+    elif t.get("wall_seconds"):
         tc = t.get("train_config", {})
         lines += [f"Trained for {t['epochs_run']} epochs of {tc.get('steps_per_epoch')} steps "
                   f"({tc.get('batch_size')} crops of {tc.get('crop')} px) in {t['wall_seconds'] / 60:.1f} min on "
