@@ -153,4 +153,4 @@ def test_pseudo_labels_name_a_bad_model(real_labelled, tmp_path, capsys):
     assert main(["pseudo-labels", "--set", "bbbc021-cells", "--model", str(tmp_path / "nothing"),
                  "--data", str(real_labelled), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "nothing" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: unknown model") and "nothing" in err and len(err.strip().splitlines()) == 1

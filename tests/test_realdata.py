@@ -592,3 +592,11 @@ def test_sim_vs_real_takes_simulator_settings(capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--sim", "expression=0.2,0.5"])  # both kinds: which simulator is meant?
+
+
+def test_finetune_names_an_unknown_source_in_one_line(tmp_path, capsys):
+    from training.finetune import main
+
+    assert main(["--from", str(tmp_path / "nothing"), "--data", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown model") and "nothing" in err and len(err.splitlines()) == 1

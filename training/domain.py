@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.views} mosaics per field of {sum(calls.values())} fields to {args.out}/manifest.csv; "
                   "fields called " + ", ".join(f"{c} {n}" for c, n in sorted(calls.items())))
     except (RealDataMissingError, MilcnnError, ValueError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # a KeyError's str() is quoted
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

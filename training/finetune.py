@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from milcnn.config import read_config
+from milcnn.errors import MilcnnError
 from milcnn.io import write_atomic
 from milcnn.logs import log_to_stderr
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
@@ -403,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         best = finetune(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        # a plain KeyError's str() is its quoted key; milcnn's own (ModelNotFoundError ...) say what is wrong
+        plain_key = isinstance(exc, KeyError) and not isinstance(exc, MilcnnError) and exc.args
+        print(f"error: {exc.args[0] if plain_key else exc}", file=sys.stderr)
         return 2
     print(best)
     return 0

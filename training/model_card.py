@@ -92,20 +92,22 @@ def render_card(config: dict) -> str:
     else:
         lines += [data.get("description", "Not described."), ""]
     t = config.get("training", {})
+    tc = t.get("train_config", {})
+
+    def trained(epochs: int, seconds: float) -> str:
+        return (f"for {epochs} epochs of {tc.get('steps_per_epoch')} steps ({tc.get('batch_size')} crops of "
+                f"{tc.get('crop')} px) in {seconds / 60:.1f} min")
+
     if t.get("finetune_config"):
-        fc, tc, source = t["finetune_config"], t.get("train_config", {}), t.get("source_training")
+        fc, source = t["finetune_config"], t.get("source_training")
+        chosen = "the checkpoint of best validation accuracy was" if fc.get("val") else "the last step's weights were"
         lines += [f"Fine-tuned from `{fc['source']}` for {fc['steps']} steps ({fc['batch_size']} crops of "
-                  f"{fc['crop']} px) in {t['wall_seconds'] / 60:.1f} min on {t['threads']} CPU threads; the last "
-                  "step's weights were exported."
-                  + (f" The model it started from was trained for {source['epochs_run']} epochs of "
-                     f"{tc.get('steps_per_epoch')} steps ({tc.get('batch_size')} crops of {tc.get('crop')} px) in "
-                     f"{source['wall_seconds'] / 60:.1f} min." if source else ""), ""]
+                  f"{fc['crop']} px) in {t['wall_seconds'] / 60:.1f} min on {t['threads']} CPU threads; {chosen} "
+                  "exported." + (f" The model it started from was trained {trained(source['epochs_run'], source['wall_seconds'])}."
+                                 if source else ""), ""]
     elif t.get("wall_seconds"):
-        tc = t.get("train_config", {})
-        lines += [f"Trained for {t['epochs_run']} epochs of {tc.get('steps_per_epoch')} steps "
-                  f"({tc.get('batch_size')} crops of {tc.get('crop')} px) in {t['wall_seconds'] / 60:.1f} min on "
-                  f"{t['threads']} CPU threads; the checkpoint of epoch {t['best_epoch']} (best validation accuracy) "
-                  "was exported.", ""]
+        lines += [f"Trained {trained(t['epochs_run'], t['wall_seconds'])} on {t['threads']} CPU threads; the checkpoint "
+                  f"of epoch {t['best_epoch']} (best validation accuracy) was exported.", ""]
     if metrics:
         lines += [
             "## Evaluation",

@@ -10,8 +10,9 @@ Every flag can also be given in a JSON file (``--config``; flags on the command 
 The run folder gets ``train_config.json`` (the full settings), ``model_config.json``,
 ``metrics.jsonl`` (one JSON object per epoch), ``last.pt`` (to resume) and ``best.pt``
 (highest validation accuracy, ties broken by lower loss); with ``--keep-epochs`` also every
-epoch's checkpoint as ``epochs/NNN.pt``. ``--init CHECKPOINT`` starts from a trained model's weights. Checkpoints hold only tensors and
-plain Python values and load with ``torch.load(..., weights_only=True)``.
+epoch's checkpoint as ``epochs/NNN.pt``. ``--init CHECKPOINT`` starts from a trained model's
+weights. Checkpoints hold only tensors and plain Python values and load with
+``torch.load(..., weights_only=True)``.
 
 Runs are seeded: the same settings on the same machine give the same weights, and a run
 resumed from ``last.pt`` continues exactly as if it had not stopped.
@@ -214,23 +215,19 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     warmup = min(100, total_steps // 10)
     scheduler = warmup_cosine(optimizer, total_steps, warmup)
     start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
-    if resume:
-        ckpt = read_checkpoint(resume)
+    if resume or cfg.init:
+        ckpt = read_checkpoint(resume or cfg.init)
         if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
-            raise ValueError(f"{resume}: its model settings differ from this run's; resume with the same settings")
+            raise ValueError(f"{resume or '--init ' + cfg.init}: its model settings differ from this run's"
+                             + ("; resume with the same settings" if resume else ""))
         model.load_state_dict(ckpt["model"])
-        if domain is not None:  # a run from before the class-mix estimate resumes with the uniform one
+        if domain is not None and "domain" in ckpt:  # merged: a run from before the class-mix estimate keeps the uniform one
             domain.load_state_dict({**domain.state_dict(), **ckpt["domain"]})
+    if resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
     elif cfg.init:
-        ckpt = read_checkpoint(cfg.init)
-        if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
-            raise ValueError(f"--init {cfg.init}: its model settings differ from this run's")
-        model.load_state_dict(ckpt["model"])
-        if domain is not None and "domain" in ckpt:
-            domain.load_state_dict({**domain.state_dict(), **ckpt["domain"]})
         log.info("starting from the weights of %s (epoch %d of its run)", cfg.init, ckpt["epoch"] + 1)
 
     (out / "model_config.json").write_text(model_cfg.to_json())

@@ -73,8 +73,9 @@ print(json.dumps({
     "real_images": ("simulated labels only; the 1,506 real BBBC021 cells of the validation half seen without "
                     "labels (domain-adversarial loss, then self-training on the model's own whole-field calls)"),
     "settings_chosen_on": ("the validation half of the real BBBC021 cells in ../shared/realdata-labelled/"
-                           "bbbc021-cells (the first 4 DMSO and 6 protein-synthesis fields); the others are the "
-                           "test half"),
+                           "bbbc021-cells (the first 4 DMSO and 6 protein-synthesis fields), which are also its "
+                           "self-training data (their cells labelled with the model's own whole-field calls); the "
+                           "others are the test half"),
     "intended_use": ("Research use: MIL-CNN mechanism-of-action classification of MCF-7 plates from image labels, "
                      "and a starting point for retraining on BBBC021 or your own plates. Measured on real cells "
                      "for DMSO and protein synthesis inhibitors only (its card's Real images); fine-tune on a few "
