@@ -82,6 +82,40 @@ def test_openvino_streams_run_side_by_side_with_the_same_results():
     assert len(two._compiled) == backends.COMPILED_SHAPES  # one compiled model per shape, the oldest dropped
 
 
+@pytest.mark.parametrize("precision, dtype", [("int8", np.uint16), ("fp32", np.uint8), ("int8", np.int16)])
+def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(precision, dtype):
+    from milcnn.preprocess import normalize
+
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision=precision, backend="openvino")
+    clf._scale_checks_left = 0  # the scale notice would make x to measure it
+    sample = tifffile.imread(SAMPLE)
+    image = (sample >> 4).astype(dtype) if dtype == np.uint8 else sample.astype(dtype) - (1000 if dtype == np.int16 else 0)
+    item = clf.prepare_input(image)
+    assert clf.model.normalizes_in_graph and item.normalized is None and item.ranges is not None
+    graph = clf.model.run_normalizing(image[None], item.ranges[0][None], item.ranges[1][None])
+    numpy = clf.model.run(normalize(image)[None])
+    for a, b in zip(graph, numpy):
+        np.testing.assert_array_equal(a, b)  # the same float32 operations: identical, not just close
+    pred = clf.predict_prepared([item])[0]
+    assert item.normalized is None  # the network took the integer pixels; x was never made
+    np.testing.assert_array_equal(item.x, normalize(image))  # made on first use, as normalize makes it
+    again = clf.predict_prepared([item])[0]  # now through x
+    assert pred.label == again.label and np.array_equal(pred.mask, again.mask)
+    np.testing.assert_array_equal(pred.maps, again.maps)
+
+
+def test_images_openvino_cannot_take_as_they_are_are_normalised_first():
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
+    clf._scale_checks_left = 0
+    sample = tifffile.imread(SAMPLE)
+    for image in (sample.astype(np.float32), sample.astype(np.int32), sample[:, :40, :40]):  # 40 px: padded
+        item = clf.prepare_input(image)
+        assert item.normalized is not None and item.ranges is None
+    if bf16_supported():  # at bf16 OpenVINO would normalise in bf16: numpy normalises
+        bf16 = Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
+        assert not bf16.model.normalizes_in_graph and bf16.prepare_input(sample).normalized is not None
+
+
 def test_openvino_that_cannot_load_a_file_falls_back_or_says_so(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("Conversion is failed for: QLinearConv-18")

@@ -122,24 +122,31 @@ class OpenVinoModel:
         self._compiled: OrderedDict = OrderedDict()  # input shape -> compiled model, most recent last
         self._lock, self._first_run = threading.Lock(), threading.Lock()
         self.providers = [f"OpenVINO {precision} CPU"]
+        # run_normalizing takes integer pixels as they are; not at bf16, where OpenVINO would normalise in
+        # bf16 too (class maps up to 0.015 from the float32 normalisation's; int8 and fp32: identical)
+        self.normalizes_in_graph = precision != "bf16"
         self._local = threading.local()
         self._siblings: dict[int, OpenVinoModel] = {}
 
-    def compiled_for(self, shape: tuple[int, ...]):
+    def compiled_for(self, shape: tuple[int, ...], raw_dtype: np.dtype | None = None):
         """The model compiled for inputs of exactly ``shape``: OpenVINO's CPU kernels for a static shape
-        ran the int8 network 11 % faster than for dynamic ones (71.5 vs 80.7 ms at 1024 x 1344). The
-        last ``COMPILED_SHAPES`` shapes are kept."""
+        ran the int8 network 11 % faster than for dynamic ones (71.5 vs 80.7 ms at 1024 x 1344). With
+        ``raw_dtype``, the graph of ``run_normalizing``, which takes integer pixels of that type. The
+        last ``COMPILED_SHAPES`` are kept."""
+        key = (shape, None if raw_dtype is None else np.dtype(raw_dtype).str)
         with self._lock:
-            compiled = self._compiled.get(shape)
+            compiled = self._compiled.get(key)
             if compiled is None:
                 model = self._model.clone()
                 model.reshape({self.input_name: list(shape)})
+                if raw_dtype is not None:
+                    model = _normalizing(model, shape, raw_dtype)
                 compiled = self._core.compile_model(model, "CPU", self._config)
-                self._compiled[shape] = compiled
+                self._compiled[key] = compiled
                 while len(self._compiled) > COMPILED_SHAPES:
                     self._compiled.popitem(last=False)
             else:
-                self._compiled.move_to_end(shape)
+                self._compiled.move_to_end(key)
             return compiled
 
     def with_threads(self, threads: int) -> "OpenVinoModel":
@@ -159,20 +166,58 @@ class OpenVinoModel:
     def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
         """Run on a float32 batch (B, C, H, W); returns copies (the request's buffers are reused)."""
         batch = np.ascontiguousarray(batch, np.float32)
-        feed = {input_name or self.input_name: batch}
-        compiled = self.compiled_for(batch.shape)
-        requests = self._local.__dict__.setdefault("requests", {})  # this thread's, per compiled shape
-        request = requests.get(batch.shape)
+        return self._infer({input_name or self.input_name: batch}, batch.shape, None)
+
+    def run_normalizing(self, raw: np.ndarray, low: np.ndarray, scale: np.ndarray) -> list[np.ndarray]:
+        """``run`` on ``(raw - low) * scale`` per channel (``milcnn.preprocess.apply_ranges``), computed
+        inside the compiled graph: the integer image goes in as it is (a half or a quarter of float32's
+        bytes) and is normalised in the pass that feeds the first layer, on every thread.
+
+        Args:
+            raw: (B, C, H, W) integer pixels of a type in ``normalizes_in_graph``'s list (8 or 16 bits).
+            low, scale: (B, C) float32, as ``milcnn.preprocess.channel_ranges`` gives them per image.
+        """
+        raw = np.ascontiguousarray(raw)
+        b, c = raw.shape[:2]
+        feed = {"raw": raw, "low": np.ascontiguousarray(low, np.float32).reshape(b, c, 1, 1),
+                "scale": np.ascontiguousarray(scale, np.float32).reshape(b, c, 1, 1)}
+        return self._infer(feed, raw.shape, raw.dtype)
+
+    def _infer(self, feed: dict, shape: tuple[int, ...], raw_dtype) -> list[np.ndarray]:
+        compiled = self.compiled_for(shape, raw_dtype)
+        key = (shape, None if raw_dtype is None else np.dtype(raw_dtype).str)
+        requests = self._local.__dict__.setdefault("requests", {})  # this thread's, per compiled graph
+        request = requests.get(key)
         if request is None or request[0] is not compiled:
             # A new request's first inference runs alone: two first inferences at once (two streams
             # starting) hung OpenVINO 2026.4 now and then on 2 cores, both threads in get_tensor.
             with self._first_run:
                 request = (compiled, compiled.create_infer_request())
                 result = request[1].infer(feed, share_inputs=True)
-            requests[batch.shape] = request
+            requests[key] = request
         else:
             result = request[1].infer(feed, share_inputs=True)
         return [np.array(result[name]) for name in self.outputs]
+
+
+_OV_TYPES = {"u1": "u8", "u2": "u16", "i1": "i8", "i2": "i16"}  # numpy kind + size -> OpenVINO element type
+
+
+def _normalizing(model, shape: tuple[int, ...], raw_dtype):
+    """``model`` (reshaped to ``shape``) fed by ``(convert(raw) - low) * scale``: new inputs ``raw``
+    (integer pixels), ``low`` and ``scale`` ((B, C, 1, 1) float32), the float input's consumers rewired."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    dtype = np.dtype(raw_dtype)
+    raw = ops.parameter(list(shape), getattr(ov.Type, _OV_TYPES[f"{dtype.kind}{dtype.itemsize}"]), name="raw")
+    low = ops.parameter([shape[0], shape[1], 1, 1], ov.Type.f32, name="low")
+    scale = ops.parameter([shape[0], shape[1], 1, 1], ov.Type.f32, name="scale")
+    x = ops.multiply(ops.subtract(ops.convert(raw, ov.Type.f32), low), scale)
+    (image,) = model.get_parameters()
+    for target in list(image.output(0).get_target_inputs()):
+        target.replace_source_output(x.output(0))
+    return ov.Model(model.get_results(), [raw, low, scale], "milcnn-normalizing")
 
 
 def _static_classes(shape) -> int | None:

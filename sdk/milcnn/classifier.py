@@ -106,16 +106,49 @@ class Prediction:
 
 @dataclass
 class PreparedInput:
-    """An image ready for the network: ``chw`` as read, ``x`` normalised, resized by ``zoom`` and
-    padded (None when it will be tiled, then ``tile_size`` is set and ``resized`` holds the
-    normalised, resized image where ``zoom != 1``), and the file it came from."""
+    """An image ready for the network: ``chw`` as read, the file it came from, and either the
+    network input ``normalized`` (normalised, resized by ``zoom`` and padded) or the per-channel
+    ``ranges`` (low, scale) it is made from on first use of ``x``: a backend that normalises inside
+    its graph (OpenVINO) takes ``chw`` and ``ranges`` as they are. A tiled image has ``tile_size``
+    set and no ``x``; ``resized`` then holds the normalised, resized image where ``zoom != 1``."""
 
     chw: np.ndarray
-    x: np.ndarray | None
+    normalized: np.ndarray | None = None
     source: str | None = None
     tile_size: int | None = None
     zoom: float = 1.0
     resized: np.ndarray | None = None
+    ranges: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile_size is not None
+
+    @property
+    def x(self) -> np.ndarray | None:
+        """The normalised (C, H, W) float32 network input (made from ``ranges`` on first use); None if tiled."""
+        if self.normalized is None and self.ranges is not None and not self.tiled:
+            self.normalized = apply_ranges(self.chw, *self.ranges)
+        return self.normalized
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of ``x``, without making it."""
+        return self.chw.shape if self.normalized is None else self.normalized.shape
+
+
+_GRAPH_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int8), np.dtype(np.int16))
+
+
+def _run_network(model, items: list[PreparedInput]) -> list[np.ndarray]:
+    """The network on same-shape whole images: their integer pixels and ranges where the backend
+    normalises inside its graph and none has ``x`` made yet, else the stacked ``x``."""
+    if getattr(model, "normalizes_in_graph", False) and all(
+            i.normalized is None and i.ranges is not None for i in items):
+        raw = items[0].chw[None] if len(items) == 1 else np.stack([i.chw for i in items])
+        low, scale = (np.stack([i.ranges[j] for i in items]) for j in (0, 1))
+        return model.run_normalizing(raw, low, scale)
+    return model.run(items[0].x[None] if len(items) == 1 else np.stack([i.x for i in items]))
 
 
 def _pick_channels(image: np.ndarray, index: tuple[int, ...], axis: int | None, source) -> tuple[np.ndarray, int]:
@@ -384,7 +417,7 @@ class Classifier:
                 raise ValueError(f"{chw.shape[1]} x {chw.shape[2]} px, read a tile at a time, cannot be resized by "
                                  f"{zoom:.3g} to {self.name}'s scale; resize it first, or pass the model's own "
                                  f"cell_diameter={self.info.cell_diameter:g} if it is at that scale")
-            return PreparedInput(chw=chw, x=None, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE)
+            return PreparedInput(chw=chw, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE)
         _, h, w = chw.shape
         resized = None
         if zoom != 1.0:  # normalise with the input's own statistics, then resize (NaN already 0)
@@ -392,15 +425,25 @@ class Classifier:
             h, w = resized.shape[1:]
         if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
             tile_size = constants.DEFAULT_TILE_SIZE
-        x = None
+        x = ranges = None
         if tile_size is None:
-            x = self._normalized(chw) if resized is None else self._padded(resized)
-            if pixel_size is None and cell_diameter is None:
-                self._check_scale(x, source)
-        return PreparedInput(chw=chw, x=x, source=source, tile_size=tile_size, zoom=zoom,
-                             resized=resized if tile_size is not None else None)
+            if resized is None and self._normalizes_in_graph(chw):
+                ranges = channel_ranges(chw, self.info.normalization)  # x is made only if asked for
+            else:
+                x = self._normalized(chw) if resized is None else self._padded(resized)
+        item = PreparedInput(chw=chw, normalized=x, source=source, tile_size=tile_size, zoom=zoom,
+                             resized=resized if tile_size is not None else None, ranges=ranges)
+        if not item.tiled and pixel_size is None and cell_diameter is None:
+            self._check_scale(item, source)
+        return item
 
-    def _check_scale(self, x: np.ndarray, source: str | None) -> None:
+    def _normalizes_in_graph(self, chw: np.ndarray) -> bool:
+        """Whether the backend can take ``chw`` as it is with its normalisation's ranges: OpenVINO,
+        an 8- or 16-bit image (exact in float32), at least the network's smallest size (no padding)."""
+        return (getattr(self.model, "normalizes_in_graph", False) and chw.dtype in _GRAPH_DTYPES
+                and min(chw.shape[1:]) >= self.info.min_size)
+
+    def _check_scale(self, item: PreparedInput, source: str | None) -> None:
         """One notice per Classifier when an image's cells measure far from the training images'.
 
         Only the first ``constants.SCALE_CHECKS`` images are measured (about 3 ms per 512 x 512
@@ -409,7 +452,7 @@ class Classifier:
         if self._scale_checks_left <= 0 or not expected or not self.info.cell_diameter:
             return
         self._scale_checks_left -= 1
-        measured = estimate_cell_diameter(x)
+        measured = estimate_cell_diameter(item.x)
         tolerance = self.info.measured_tolerance or SCALE_TOLERANCE
         if measured is None or 1 / tolerance <= measured / expected <= tolerance:
             return
@@ -429,15 +472,14 @@ class Classifier:
         passes one per inference stream). Tiled images always use ``self.model``.
         """
         results = []
-        whole = [item for item in inputs if item.x is not None]
-        if len({item.x.shape for item in whole}) > 1:
+        whole = [item for item in inputs if not item.tiled]
+        if len({item.input_shape for item in whole}) > 1:
             return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold, model=model)]
         if whole:
-            batch = whole[0].x[None] if len(whole) == 1 else np.stack([i.x for i in whole])
-            probs, maps = (model or self.model).run(batch)
+            probs, maps = _run_network(model or self.model, whole)
         batch_index = 0
         for item in inputs:
-            if item.x is None:
+            if item.tiled:
                 if item.resized is None:
                     p, m = self._run_tiled(item.chw, item.tile_size)
                 else:  # already normalised with the whole input's statistics
@@ -499,10 +541,10 @@ class Classifier:
         for image in images:
             item = self.prepare_input(image, channel_axis=channel_axis, pixel_size=pixel_size,
                                       cell_diameter=cell_diameter)
-            if group and (len(group) >= batch_size or item.x is None or group[0].x.shape != item.x.shape):
+            if group and (len(group) >= batch_size or item.tiled or group[0].input_shape != item.input_shape):
                 results += self.predict_prepared(group, threshold=threshold)
                 group = []
-            if item.x is None:
+            if item.tiled:
                 results += self.predict_prepared([item], threshold=threshold)
             else:
                 group.append(item)

@@ -150,7 +150,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
                     waiting.popleft().error = exc
                     continue
                 first = batch[0].item if batch else None
-                if first is not None and (item.x is None or first.x is None or item.x.shape != first.x.shape):
+                if first is not None and (item.tiled or first.tiled or item.input_shape != first.input_shape):
                     break
                 waiting.popleft()
                 slot.item = item
