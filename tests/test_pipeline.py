@@ -115,6 +115,36 @@ def test_banded_overlay_equals_the_whole_image_drawing(h, w):
     assert (sheet[h:, :w] == 20).all()  # background below a short image
 
 
+def test_an_overlay_from_the_images_ranges_equals_one_from_its_normalised_array():
+    from milcnn.preprocess import channel_ranges, normalize
+
+    chw = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")[:, :300, :200]
+    mask = np.zeros(chw.shape[1:], np.uint8)
+    mask[40:90, 30:160] = 2
+    expected = _overlay_array(chw, mask, ["a", "b"], title="t", normalized=normalize(chw))
+    np.testing.assert_array_equal(_overlay_array(chw, mask, ["a", "b"], title="t", ranges=channel_ranges(chw)),
+                                  expected)  # normalised a band at a time: the same pixels
+    np.testing.assert_array_equal(_overlay_array(chw, mask, ["a", "b"], title="t"), expected)  # its own ranges
+
+
+@pytest.mark.parametrize("cell_diameter", [14.5, 58.0])  # yeast-loc: 29 px, so the network sees 1/2 and 2x
+def test_a_rescaled_image_gets_its_overlay_at_its_own_size(clf, tmp_path, cell_diameter):
+    from milcnn.preprocess import normalize
+
+    path = tmp_path / "f.tif"
+    chw = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")[:, :256, :320]
+    tifffile.imwrite(path, chw)
+    got, errors = _run(clf, [path], tmp_path / "out", cell_diameter=cell_diameter)
+    assert not errors, errors
+    pred = got[0][1]
+    assert pred.zoom != 1.0 and pred.mask.shape == chw.shape[1:]
+    with Image.open(tmp_path / "out" / "overlays" / "f.png") as im:
+        sheet = np.asarray(im.convert("RGB"))
+    title = f"f.tif\n{pred.label} (p={pred.probabilities[pred.label]:.2f})"
+    np.testing.assert_array_equal(sheet, _overlay_array(chw, pred.mask, clf.classes, title=title,
+                                                        normalized=normalize(chw)))
+
+
 def _swatch_filled(sheet, width, title_lines, k):
     """Whether class k's legend square is filled (the class is in the mask) or only outlined."""
     y = 6 + 14 * title_lines + 6 + 16 * k + 7  # the middle of its square

@@ -106,11 +106,13 @@ class Prediction:
 
 @dataclass
 class PreparedInput:
-    """An image ready for the network: ``chw`` as read, the file it came from, and either the
-    network input ``normalized`` (normalised, resized by ``zoom`` and padded) or the per-channel
-    ``ranges`` (low, scale) it is made from on first use of ``x``: a backend that normalises inside
-    its graph (OpenVINO) takes ``chw`` and ``ranges`` as they are. A tiled image has ``tile_size``
-    set and no ``x``; ``resized`` then holds the normalised, resized image where ``zoom != 1``."""
+    """An image ready for the network: ``chw`` as read, the file it came from, the per-channel
+    ``ranges`` (low, scale) that normalise ``chw`` (``milcnn.preprocess.channel_ranges``; None for a
+    tiled image at zoom 1, whose tiles get them later), and the network input ``normalized``
+    (normalised, resized by ``zoom`` and padded), or None until ``x`` is first asked for: a backend
+    that normalises inside its graph (OpenVINO) takes ``chw`` and ``ranges`` as they are. A tiled
+    image has ``tile_size`` set and no ``x``; ``resized`` then holds the normalised, resized image
+    where ``zoom != 1``."""
 
     chw: np.ndarray
     normalized: np.ndarray | None = None
@@ -130,6 +132,12 @@ class PreparedInput:
         if self.normalized is None and self.ranges is not None and not self.tiled:
             self.normalized = apply_ranges(self.chw, *self.ranges)
         return self.normalized
+
+    @property
+    def display(self) -> dict:
+        """What overlays (``milcnn.overlay``) need besides ``chw`` to show it normalised, without
+        normalising it again: ``normalized`` where it is ``chw``'s own (not resized), and ``ranges``."""
+        return {"normalized": self.normalized if self.zoom == 1.0 else None, "ranges": self.ranges}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -419,18 +427,20 @@ class Classifier:
                                  f"cell_diameter={self.info.cell_diameter:g} if it is at that scale")
             return PreparedInput(chw=chw, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE)
         _, h, w = chw.shape
-        resized = None
+        resized = x = ranges = None
         if zoom != 1.0:  # normalise with the input's own statistics, then resize (NaN already 0)
-            resized = resize_chw(normalize(chw, self.info.normalization), zoomed_shape((h, w), zoom))
+            ranges = channel_ranges(chw, self.info.normalization)
+            resized = resize_chw(apply_ranges(chw, *ranges), zoomed_shape((h, w), zoom))
             h, w = resized.shape[1:]
         if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
             tile_size = constants.DEFAULT_TILE_SIZE
-        x = ranges = None
         if tile_size is None:
-            if resized is None and self._normalizes_in_graph(chw):
-                ranges = channel_ranges(chw, self.info.normalization)  # x is made only if asked for
+            if resized is not None:
+                x = self._padded(resized)
             else:
-                x = self._normalized(chw) if resized is None else self._padded(resized)
+                ranges = channel_ranges(chw, self.info.normalization)
+                if not self._normalizes_in_graph(chw):  # else x is made only if asked for
+                    x = self._padded(apply_ranges(chw, *ranges))
         item = PreparedInput(chw=chw, normalized=x, source=source, tile_size=tile_size, zoom=zoom,
                              resized=resized if tile_size is not None else None, ranges=ranges)
         if not item.tiled and pixel_size is None and cell_diameter is None:
@@ -556,9 +566,6 @@ class Classifier:
         """The normalised float32 (C, H, W) array the network sees (before any padding)."""
         chw, _ = self.prepare(image, channel_axis=channel_axis)
         return normalize(chw, self.info.normalization)
-
-    def _normalized(self, chw: np.ndarray) -> np.ndarray:
-        return self._padded(normalize(chw, self.info.normalization))
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         _, h, w = x.shape

@@ -169,7 +169,7 @@ def _predict_field_on(clf, item, options: dict):
         from milcnn.overlay import overlay_png, overlay_title
 
         title = overlay_title(getattr(item, "name", None) or Path(str(item)).name, pred)
-        overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, normalized=prepared.x))
+        overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, **prepared.display))
     pred.maps = pred.maps[:0]  # the client needs label, probabilities and mask only: send less
     return pred, overlay
 

@@ -23,26 +23,46 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 
 
-def composite(chw: np.ndarray, *, normalized: np.ndarray | None = None) -> np.ndarray:
+def composite(chw: np.ndarray, *, normalized: np.ndarray | None = None, ranges=None) -> np.ndarray:
     """(C, H, W) image -> (H, W, 3) uint8 for display: grey, green+magenta, or RGB for 3 channels.
 
-    ``normalized``: the image already percentile-normalised (the model's input), to skip doing it again.
+    ``normalized``: the image already percentile-normalised (the model's input), to skip doing it again;
+    or ``ranges``: its normalisation's per-channel (low, scale) (``milcnn.preprocess.channel_ranges``).
     """
-    x = _display_input(chw, normalized)
+    rows = _DisplayRows(chw, normalized, ranges)
+    x = rows(0, rows.height)
     out = np.empty((*x.shape[1:], 3), dtype=np.uint8)
     _composite_into(out, x, np.empty(x.shape, dtype=np.float32))
     return out
 
 
-def _display_input(chw, normalized) -> np.ndarray:
-    from milcnn.preprocess import normalize
+class _DisplayRows:
+    """The normalised image a band of rows at a time: ``rows(r0, r1)`` -> float32 (C, r1 - r0, W).
 
-    if normalized is not None:
-        if chw is None:
-            return normalized
-        h, w = np.asarray(chw).shape[1:]
-        return normalized[:, :h, :w]  # the model's input may be padded
-    return normalize(np.asarray(chw))
+    From ``normalized`` where given (cropped to ``chw``: the model's input may be padded), else from
+    ``chw`` and its ``ranges`` (its own, when none are given), normalising only the rows asked for:
+    the same float32 operations as ``milcnn.preprocess.normalize``, without the whole float image."""
+
+    def __init__(self, chw, normalized, ranges):
+        from milcnn.preprocess import channel_ranges
+
+        self.x = self.chw = None
+        if normalized is not None:
+            if chw is not None:
+                h, w = chw.shape[1:]
+                normalized = normalized[:, :h, :w]
+            self.x, self.height = normalized, normalized.shape[1]
+            return
+        self.chw = np.asarray(chw)
+        self.ranges = channel_ranges(self.chw) if ranges is None else ranges
+        self.height = self.chw.shape[1]
+
+    def __call__(self, r0: int, r1: int) -> np.ndarray:
+        from milcnn.preprocess import apply_ranges
+
+        if self.x is not None:
+            return self.x[:, r0:r1]
+        return apply_ranges(self.chw[:, r0:r1], *self.ranges)
 
 
 def _composite_into(out: np.ndarray, x: np.ndarray, scratch: np.ndarray) -> None:
@@ -69,14 +89,15 @@ def outlines(mask: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
-                   normalized: np.ndarray | None = None):
+                   normalized: np.ndarray | None = None, ranges=None):
     """A PIL image: the composite with coloured outlines, and a legend panel on the right."""
-    return Image.fromarray(_overlay_array(chw, mask, classes, title=title, normalized=normalized))
+    return Image.fromarray(_overlay_array(chw, mask, classes, title=title, normalized=normalized, ranges=ranges))
 
 
-def _overlay_array(chw, mask: np.ndarray, classes, *, title: str = "", normalized=None) -> np.ndarray:
+def _overlay_array(chw, mask: np.ndarray, classes, *, title: str = "", normalized=None, ranges=None) -> np.ndarray:
     """``render_overlay`` as an (H, W + legend, 3) uint8 array."""
-    bands = [rows.copy() for rows in _overlay_bands(chw, mask, classes, title=title, normalized=normalized)]
+    bands = [rows.copy() for rows in _overlay_bands(chw, mask, classes, title=title, normalized=normalized,
+                                                    ranges=ranges)]
     rows = np.concatenate(bands)
     return rows[:, 1:].reshape(rows.shape[0], -1, 3)
 
@@ -84,13 +105,13 @@ def _overlay_array(chw, mask: np.ndarray, classes, *, title: str = "", normalize
 _BAND = 64  # scanlines drawn and deflated at a time: the working set stays in the core's cache
 
 
-def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalized=None):
+def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalized=None, ranges=None):
     """The overlay as PNG scanlines, ``_BAND`` rows at a time: (n, 1 + 3 * (W + legend)) uint8
     arrays, each row a filter byte (0, none) then its RGB pixels. Every band is the same
     buffer, overwritten by the next: use (or copy) it before asking for the next one."""
     mask = np.asarray(mask)
     h, w = mask.shape
-    x = _display_input(chw, normalized)
+    image_rows = _DisplayRows(chw, normalized, ranges)
     edge = np.flatnonzero(outlines(mask))  # row-major, so each band's outline pixels are a slice
     labels = mask.ravel()[edge]
     # the outlines hold every label in the mask, unless it is one value throughout
@@ -102,7 +123,7 @@ def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalize
     height, width = max(h, legend.shape[0]), w + legend.shape[1]
     buffer = np.empty((_BAND, 1 + 3 * width), dtype=np.uint8)
     buffer[:, 0] = 0
-    scratch = np.empty((x.shape[0], _BAND, w), dtype=np.float32)
+    scratch = np.empty(0, np.float32)  # grown to the first band's size
     for r0 in range(0, height, _BAND):
         n = min(_BAND, height - r0)
         rows = buffer[:n]
@@ -110,7 +131,10 @@ def _overlay_bands(chw, mask: np.ndarray, classes, *, title: str = "", normalize
         m = max(0, min(n, h - r0))  # image rows in this band
         if m:
             rgb = sheet[:m, :w]
-            _composite_into(rgb, x[:, r0:r0 + m], scratch)
+            x = image_rows(r0, r0 + m)
+            if scratch.size < x.size:
+                scratch = np.empty(x.size, np.float32)
+            _composite_into(rgb, x, scratch)
             lo, hi = np.searchsorted(edge, (r0 * w, (r0 + m) * w))
             rr, cc = np.divmod(edge[lo:hi] - r0 * w, w)
             rgb[rr, cc] = colours[lo:hi]
@@ -191,10 +215,14 @@ def overlay_title(name: str, pred) -> str:
     return f"{name}\n{pred.label} (p={pred.probabilities.get(pred.label, 0):.2f})"
 
 
-def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None):
+def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None,
+                ranges=None):
     """The overlay as PNG pieces to write (``milcnn.png.png_chunks``). Images over ``OVERLAY_MAX_PIXELS``
     are drawn at a reduced scale (every f-th pixel), so an overlay never costs more memory than the
-    prediction itself; an image read a tile at a time (``milcnn.lazy``) is read at that scale only."""
+    prediction itself; an image read a tile at a time (``milcnn.lazy``) is read at that scale only.
+
+    ``normalized`` (``chw`` normalised) or ``ranges`` (its normalisation's per-channel low and scale)
+    save normalising it again; with neither, it is normalised by its own percentiles."""
     f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))) if mask.size > OVERLAY_MAX_PIXELS else 1
     if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.lazy): read every f-th pixel only
         chw, normalized = chw.strided(f), None
@@ -203,13 +231,13 @@ def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: 
     if f > 1:
         mask = mask[::f, ::f]
         title = f"{title}\n(shown at 1/{f} scale)"
-    return png_chunks(_overlay_bands(chw, mask, classes, title=title, normalized=normalized))
+    return png_chunks(_overlay_bands(chw, mask, classes, title=title, normalized=normalized, ranges=ranges))
 
 
 def save_overlay(path, chw: np.ndarray, mask: np.ndarray, classes, *, title: str = "",
-                 normalized: np.ndarray | None = None, durable: bool = True) -> None:
+                 normalized: np.ndarray | None = None, ranges=None, durable: bool = True) -> None:
     """Write the overlay PNG (``overlay_png``) atomically (fast deflate: overlays are for looking at,
     not archiving). ``durable=False`` skips the fsync (see ``write_atomic``)."""
-    pieces = overlay_png(chw, mask, classes, title=title, normalized=normalized)
+    pieces = overlay_png(chw, mask, classes, title=title, normalized=normalized, ranges=ranges)
     with write_atomic(path, "wb", durable=durable) as fh:
         fh.writelines(pieces)

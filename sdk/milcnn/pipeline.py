@@ -109,7 +109,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         if overlays:
             save_overlay(out_dir / "overlays" / f"{stem}.png", item.chw, pred.mask, clf.classes,
                          title=overlay_title(path.name, pred),
-                         normalized=item.x, durable=False)
+                         **item.display, durable=False)
 
     def fail(slot: _Slot) -> tuple[Path, None]:
         exc = slot.error
