@@ -12,7 +12,8 @@ all of them; the figure is the median over rounds of each round's median. Two in
 
 - SDK rows are end to end: the uint16 image in memory to its mask (``Classifier.predict(image).mask``;
   a batch: ``predict_batch(..., batch_size=8)``), at fp32 (onnxruntime), int8 and bf16 (the backend
-  ``auto`` picks: OpenVINO where installed), and int8 on onnxruntime.
+  ``auto`` picks: OpenVINO where installed), and int8 on onnxruntime; timed after the first
+  ``constants.SCALE_CHECKS`` images, which also measure their cells' size (once per Classifier).
 - Peer rows are the network alone on the normalised float32 input, each at its best settings here:
   onnxruntime (the same files, its default session with 2 threads), OpenVINO (``model.onnx`` in f32 and
   bf16, ``model.int8.onnx``; compiled for the input's static shape, latency hint), PyTorch eager fp32 and
@@ -55,9 +56,11 @@ def _gop(h: int, w: int) -> float:
 
 
 def _sdk(precision: str, backend: str, images: np.ndarray):
-    from milcnn import Classifier
+    from milcnn import Classifier, constants
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision=precision, backend=backend)
+    for _ in range(-(-constants.SCALE_CHECKS // len(images))):  # a Classifier's first images also measure
+        clf.predict_batch(list(images), batch_size=len(images))  # their cells' size: time what follows
     if len(images) == 1:
         return lambda: clf.predict(images[0]).mask
     return lambda: [p.mask for p in clf.predict_batch(list(images), batch_size=len(images))]
@@ -152,25 +155,28 @@ def time_configurations(images: np.ndarray, *, rounds: int, reps: int, skip: tup
 
 
 def sdk_steps(image: np.ndarray, *, reps: int = 7) -> dict:
-    """Median ms of each SDK step at int8 on the backend ``auto`` picks: normalising, network, mask."""
-    from milcnn import Classifier
-    from milcnn.preprocess import normalize
+    """Median ms of each step of ``Classifier.predict(image).mask`` at int8 on the backend ``auto`` picks:
+    preparing (the normalisation's percentiles, and normalising in numpy where the backend does not
+    normalise inside its graph), the network, the mask."""
+    from milcnn import Classifier, constants
+    from milcnn.classifier import _run_network
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
-    x = normalize(image, clf.info.normalization)[None]
-    probs, maps = clf.model.run(x)
-    out = {"normalise": [], "network": [], "mask": []}
+    for _ in range(constants.SCALE_CHECKS + 1):  # the first images also measure their cells' size
+        clf.predict(image).mask  # noqa: B018
+    out = {"prepare": [], "network": [], "mask": []}
     for _ in range(reps):
         t0 = time.perf_counter()
-        x = normalize(image, clf.info.normalization)[None]
+        item = clf.prepare_input(image)
         t1 = time.perf_counter()
-        probs, maps = clf.model.run(x)
+        probs, maps = _run_network(clf.model, [item])
         t2 = time.perf_counter()
         clf._prediction(probs[0], maps[0], image.shape[1:], source=None, threshold=0.5).mask  # noqa: B018
         t3 = time.perf_counter()
         for key, seconds in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
             out[key].append(seconds)
-    return {"backend": clf.model.backend, **{k: round(1000 * statistics.median(v), 2) for k, v in out.items()}}
+    return {"backend": clf.model.backend, "in_graph": item.normalized is None,
+            **{k: round(1000 * statistics.median(v), 2) for k, v in out.items()}}
 
 
 def cpu_per_image(*, reps: int = 20) -> dict:
@@ -419,8 +425,13 @@ def render(r: dict) -> str:
                          f"{rate / r['peaks']['peak'][v['precision']]:.2f} | {v['first_call_s']} |")
         lines.append("")
     s = r["steps_1024x1344"]
-    lines += [f"SDK int8 per step at 1024 x 1344 ({s['backend']}): normalise {s['normalise']} ms, network "
-              f"{s['network']} ms, mask {s['mask']} ms.", "",
+    if "prepare" in s:
+        steps = (f"prepare {s['prepare']} ms (the normalisation's percentiles"
+                 + ("; the normalising itself runs in the network's graph" if s.get("in_graph") else ", normalising")
+                 + f"), network {s['network']} ms, mask {s['mask']} ms")
+    else:  # results of the earlier step split
+        steps = f"normalise {s['normalise']} ms, network {s['network']} ms, mask {s['mask']} ms"
+    lines += [f"SDK int8 per step at 1024 x 1344 ({s['backend']}): {steps}.", "",
               "## `milzoo predict` on a folder of 512 x 512 images", "",
               f"{r['pipeline']['images']} two-channel fields, {r['pipeline']['rounds']} rounds in alternating order, "
               "images per second from each run's `run.json` (masks, overlays and CSV written unless said; 2 inference "
