@@ -104,6 +104,17 @@ def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(pr
     np.testing.assert_array_equal(pred.maps, again.maps)
 
 
+def test_a_batch_of_mixed_pixel_types_runs_each_image_as_alone():
+    clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
+    clf._scale_checks_left = 0
+    sample = tifffile.imread(SAMPLE)
+    images = [sample, (sample >> 8).astype(np.int8)]  # one batch's stack would be int32: numpy normalises
+    together = clf.predict_prepared([clf.prepare_input(image) for image in images])
+    for image, pred in zip(images, together):
+        alone = clf.predict(image)
+        assert pred.label == alone.label and np.array_equal(pred.mask, alone.mask)
+
+
 def test_images_openvino_cannot_take_as_they_are_are_normalised_first():
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
     clf._scale_checks_left = 0

@@ -150,8 +150,9 @@ _GRAPH_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int8), np.
 
 def _run_network(model, items: list[PreparedInput]) -> list[np.ndarray]:
     """The network on same-shape whole images: their integer pixels and ranges where the backend
-    normalises inside its graph and none has ``x`` made yet, else the stacked ``x``."""
-    if getattr(model, "normalizes_in_graph", False) and all(
+    normalises inside its graph, none has ``x`` made yet and all have one pixel type, else the
+    stacked ``x``."""
+    if getattr(model, "normalizes_in_graph", False) and len({i.chw.dtype for i in items}) == 1 and all(
             i.normalized is None and i.ranges is not None for i in items):
         raw = items[0].chw[None] if len(items) == 1 else np.stack([i.chw for i in items])
         low, scale = (np.stack([i.ranges[j] for i in items]) for j in (0, 1))
