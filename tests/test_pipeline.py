@@ -55,39 +55,36 @@ def test_streams_give_the_same_results_in_input_order(clf, folder, tmp_path, str
     assert [p for p, _ in got] == folder  # input order, failures in their place
     assert [p.name for p, pred in got if pred is None] == ["broken_a.tif", "broken_b.tif"]
     assert [p.name for p, _ in errors] == ["broken_a.tif", "broken_b.tif"]
+    _assert_as_predicted_alone(clf, got, tmp_path)
+
+
+def test_openvino_streams_normalising_in_their_graph_give_the_same_results(folder, tmp_path):
+    """Two OpenVINO streams, three image sizes (each compiled with the normalisation in its graph), in
+    batches: each image as ``predict`` alone gives it."""
+    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
+    got, errors = _run(int8, folder, tmp_path, streams=2, workers=2, batch_size=2)
+    assert [p.name for p, _ in errors] == ["broken_a.tif", "broken_b.tif"]
+    _assert_as_predicted_alone(int8, got, tmp_path)
+
+
+def _assert_as_predicted_alone(clf, got, out):
+    """Each result of the pipeline as ``clf.predict`` gives it alone (another session, other thread counts:
+    sums in another order), its mask TIFF, and its overlay as numpy's normalisation draws it."""
+    from milcnn.preprocess import normalize
+
     for path, pred in got:
         if pred is None:
             continue
         one = clf.predict(path)
         assert pred.label == one.label
-        np.testing.assert_allclose(pred.maps, one.maps, atol=1e-5)  # another session: other thread counts
-        mask = tifffile.imread(tmp_path / "masks" / f"{path.stem}.tif")
-        assert mask.shape == one.mask.shape and (mask != one.mask).mean() < 1e-3
-        with Image.open(tmp_path / "overlays" / f"{path.stem}.png") as im:
-            assert im.size[1] >= mask.shape[0] and im.size[0] > mask.shape[1]
-
-
-def test_openvino_streams_normalising_in_their_graph_give_the_same_results(folder, tmp_path):
-    """Two OpenVINO streams, three image sizes (each compiled with the normalisation in its graph), in
-    batches: each image as ``predict`` alone gives it, overlays as numpy's normalisation draws them."""
-    from milcnn.preprocess import normalize
-
-    int8 = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
-    got, errors = _run(int8, folder, tmp_path, streams=2, workers=2, batch_size=2)
-    assert [p.name for p, _ in errors] == ["broken_a.tif", "broken_b.tif"]
-    for path, pred in got:
-        if pred is None:
-            continue
-        one = int8.predict(path)
-        assert pred.label == one.label
-        np.testing.assert_allclose(pred.maps, one.maps, atol=1e-5)  # streams of one thread: other sums
-        mask = tifffile.imread(tmp_path / "masks" / f"{path.stem}.tif")
+        np.testing.assert_allclose(pred.maps, one.maps, atol=1e-5)
+        mask = tifffile.imread(out / "masks" / f"{path.stem}.tif")
         assert mask.shape == one.mask.shape and (mask != one.mask).mean() < 1e-3
         chw = tifffile.imread(path)
-        with Image.open(tmp_path / "overlays" / f"{path.stem}.png") as im:
+        with Image.open(out / "overlays" / f"{path.stem}.png") as im:
             sheet = np.asarray(im.convert("RGB"))
         title = f"{path.name}\n{pred.label} (p={pred.probabilities[pred.label]:.2f})"
-        np.testing.assert_array_equal(sheet, _overlay_array(chw, mask, int8.classes, title=title,
+        np.testing.assert_array_equal(sheet, _overlay_array(chw, mask, clf.classes, title=title,
                                                             normalized=normalize(chw)))
 
 
