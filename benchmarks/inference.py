@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_description
 from milcnn.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,7 +378,7 @@ def measure(reps: int) -> dict:
 
     field()
     model = torch_model()
-    results = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+    results = {"machine": {"cpu": cpu_description(), "cores": os.cpu_count(), "python": platform.python_version(),
                            "torch": torch.__version__, "onnxruntime": ort.__version__,
                            "providers": ort.get_available_providers()}}
     print("matmul peak ...", file=sys.stderr)
@@ -421,13 +422,6 @@ def weights_check() -> dict:
         ref = torch_model()(torch.from_numpy(x)).class_maps.numpy()
     _, maps = OnnxModel(ZOO / "model.onnx", device="cpu").run(x)
     return {"max_abs_map_difference_torch_vs_onnx": float(np.abs(ref - maps).max())}
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _fit(points: list[tuple[float, float]]) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inference import ROOT, ZOO, image_of, matmul_peak, torch_model
+from benchmarks.machine import cpu_description
 from training.data.real import DEFAULT_REAL_DATA
 from milcnn.io import write_atomic
 
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     small = np.stack([np.roll(image_of(512, 512), 61 * i, axis=2) for i in range(BATCH)])
     result = {
         "command": "python -m benchmarks.peers " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": THREADS,
+        "machine": {"cpu": cpu_description(), "cores": os.cpu_count(), "threads": THREADS,
                     "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                     "openvino": openvino.__version__, "torch": torch.__version__},
         "gop": {"1024x1344": round(_gop(1024, 1344), 2), "512x512": round(_gop(512, 512), 2)},

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import cpu_description
 from milcnn.logs import log_to_stderr
 from training.data.mcf7 import MCF7Params
 from training.data.yeast import YeastParams
@@ -202,7 +202,7 @@ def describe(bench: Benchmark, section: dict, command: str, epochs: int, steps_p
     budget = asdict(TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, crop=bench.crop,
                                 batch_size=bench.batch_size))
     return {**section, "command": command, "title": bench.title, "channels": bench.channels, "marker": bench.marker,
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__},
             "data": {"train": {"n": bench.n_train, "seed": bench.train_seed,
                                "non_showing": list(bench.params().non_showing)},

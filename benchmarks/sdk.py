@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_description
 from milcnn.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((args.results / "sdk.json").read_text())
         report["install"] = {**install_size(), "command": "python -m benchmarks.sdk --only-install"}
     else:
-        report = {"command": "python -m benchmarks.sdk", "cpu": _cpu(), "python": platform.python_version(),
+        report = {"command": "python -m benchmarks.sdk", "cpu": cpu_description(), "python": platform.python_version(),
                   "install": install_size(), "memory": peak_memory(), "accuracy": accuracy()}
     args.results.mkdir(parents=True, exist_ok=True)
     with write_atomic(args.results / "sdk.json", "w") as fh:
@@ -121,14 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render(r: dict) -> str:

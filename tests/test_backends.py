@@ -48,6 +48,12 @@ def test_openvino_fp32_equals_onnxruntime_fp32(fp32):
     assert (a.mask == b.mask).mean() > 0.999
 
 
+def test_bf16_on_a_cpu_without_bf16_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(backends, "bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match=r"^this CPU has no bf16 instructions \(AVX512-BF16 or AMX\); use fp32 or int8$"):
+        Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
+
+
 def test_bf16_variant_keeps_labels_and_masks(fp32):
     if not bf16_supported():
         pytest.skip("this CPU has no bf16 instructions")

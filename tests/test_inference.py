@@ -252,3 +252,14 @@ def test_providers_and_session_options_pass_through_with_a_cpu_fallback(clf, fie
     assert mine.model.session.get_session_options().intra_op_num_threads == 1
     assert mine.model.with_threads(2) is mine.model  # the caller's options are kept
     assert mine.predict(field).probabilities == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("flags, says", [
+    ("fpu avx2 avx512f avx512_vnni avx512_bf16", "AVX2, AVX-512, AVX-512 VNNI, AVX-512 BF16; no AMX)"),
+    ("fpu avx2 fma", "AVX2; no AVX-512, VNNI, BF16 or AMX)"),
+    ("avx2 avx_vnni amx_tile avx512f avx512_bf16 avx512_vnni", "AVX2, AVX-512, AVX-512 VNNI, AVX-VNNI, AVX-512 BF16, AMX)")])
+def test_benchmarks_name_the_cpu_with_its_int8_and_bf16_instructions(flags, says):
+    from benchmarks.machine import cpu_description
+
+    text = cpu_description(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert text.startswith("AMD EPYC (") and text.endswith(says)

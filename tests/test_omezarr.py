@@ -17,7 +17,8 @@ from milcnn.cli import main  # noqa: E402
 
 def _rebuild_validators() -> None:
     """ome-zarr-models 1.6 (the newest that installs beside olah's pydantic >= 2.13) leaves its models
-    'not fully defined' under pydantic 2.13+: rebuild them with pydantic-zarr's types in scope."""
+    'not fully defined' under pydantic 2.13+: rebuild them with pydantic-zarr's types in scope. Under 2.13
+    the v0.4 ones still fail (a generic's definition goes missing), hence pydantic >= 2.14 in the test extra."""
     import importlib
 
     import pydantic_zarr.v2 as spec2

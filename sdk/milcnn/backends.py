@@ -101,7 +101,7 @@ class OpenVinoModel:
         from milcnn.session import physical_cores
 
         core = _core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and not bf16_supported():
             raise ValueError("this CPU has no bf16 instructions (AVX512-BF16 or AMX); use fp32 or int8")
         self.path, self.precision, self.outputs, self.backend = Path(path), precision, outputs, "openvino"
         self.threads, self.streams = threads, max(1, streams)
