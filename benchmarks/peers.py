@@ -3,6 +3,7 @@
 Usage (the command behind ``benchmarks/results/peers.md`` and the README / BENCHMARKS.md figures)::
 
     python -m benchmarks.peers [--rounds 5] [--reps 3] [--pipeline-images 120] [--pipeline-rounds 3]
+                               [--out benchmarks/results/peers]
 
 Everything runs in this one process on the machine's cores (2 threads each), in interleaved rounds: each
 round times every configuration ``--reps`` times in turn, so a slow moment of this shared machine falls on
@@ -22,6 +23,13 @@ all of them; the figure is the median over rounds of each round's median. Two in
 - The matrix-multiply peaks of fp32, bf16 and int8 (``benchmarks.inference.matmul_peak``).
 - ``milzoo predict`` on a folder of 512 x 512 images (read, predict, masks, overlays and CSV written), in
   subprocesses in alternating order: the fp32 default against ``--precision int8`` and ``bf16``.
+- Accuracy at each precision and backend: the real sets of ``benchmarks.realdata``, measured in the run;
+  the simulated test sets measured in the run where their files are here (``zoo/release*.sh`` makes
+  them under ``data/``), else as ``training.quantize`` recorded them in each model's config.
+
+On a CPU without bf16 instructions every bf16 row is left out (OpenVINO would run them in fp32, and
+PyTorch would emulate them), and the report says so. ``--out`` names the report (``.json`` and ``.md``):
+runs on other CPUs go beside the committed one, which ``BENCHMARKS.md`` and the README quote.
 """
 
 from __future__ import annotations
@@ -105,9 +113,10 @@ def _torch(kind: str, x: np.ndarray):
     return step
 
 
-def configurations(images: np.ndarray, x: np.ndarray) -> dict:
-    """name -> (kind, precision, make step); the step is built lazily (compiling takes time)."""
-    return {
+def configurations(images: np.ndarray, x: np.ndarray, *, bf16: bool = True) -> dict:
+    """name -> (kind, precision, make step); the step is built lazily (compiling takes time). Without
+    ``bf16``, none of the bf16 ones."""
+    every = {
         "SDK fp32 (onnxruntime)": ("sdk", "fp32", lambda: _sdk("fp32", "auto", images)),
         "SDK int8 (OpenVINO)": ("sdk", "int8", lambda: _sdk("int8", "openvino", images)),
         "SDK int8 (onnxruntime)": ("sdk", "int8", lambda: _sdk("int8", "onnxruntime", images)),
@@ -121,15 +130,17 @@ def configurations(images: np.ndarray, x: np.ndarray) -> dict:
         "torch.compile fp32": ("peer", "fp32", lambda: _torch("compile", x)),
         "torch.compile bf16": ("peer", "bf16", lambda: _torch("compile-bf16", x)),
     }
+    return {name: c for name, c in every.items() if bf16 or c[1] != "bf16"}
 
 
-def time_configurations(images: np.ndarray, *, rounds: int, reps: int, skip: tuple[str, ...] = ()) -> dict:
+def time_configurations(images: np.ndarray, *, rounds: int, reps: int, skip: tuple[str, ...] = (),
+                        bf16: bool = True) -> dict:
     """Interleaved rounds over every configuration; ms per image (median over rounds of round medians)."""
     from milcnn.preprocess import normalize
 
     x = np.stack([normalize(image) for image in images]).astype(np.float32)
     steps, setup = {}, {}
-    for name, (kind, precision, make) in configurations(images, x).items():
+    for name, (kind, precision, make) in configurations(images, x, bf16=bf16).items():
         if name in skip:
             continue
         t0 = time.perf_counter()
@@ -229,7 +240,7 @@ def cpu_per_image(*, reps: int = 20) -> dict:
             "rest_for_3x": round((ms["network fp32"] - 3 * ms["network int8"]) / 2, 2)}
 
 
-def pipeline_throughput(n: int, rounds: int) -> dict:
+def pipeline_throughput(n: int, rounds: int, *, bf16: bool = True) -> dict:
     """``milzoo predict`` on ``n`` 512 x 512 fields: fp32 (the default) against int8 and bf16, images per
     second of each run's own ``run.json`` (after the model is loaded), rounds in alternating order.
 
@@ -241,6 +252,8 @@ def pipeline_throughput(n: int, rounds: int) -> dict:
     configs = {"fp32 (default)": ([], False), "int8": (int8, False), "bf16": (["--precision", "bf16"], False),
                "int8, no overlays": ([*int8, "--no-overlays"], False),
                "int8, 2 other CPU-bound processes": (int8, True)}
+    if not bf16:
+        del configs["bf16"]
     rates = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "fields"
@@ -276,14 +289,15 @@ def pipeline_throughput(n: int, rounds: int) -> dict:
 PRECISIONS = (("fp32", "onnxruntime"), ("int8", "openvino"), ("int8", "onnxruntime"), ("bf16", "openvino"))
 
 
-def real_accuracy(data_root: Path) -> dict:
-    """Every zoo model at each precision and backend on the real sets of ``benchmarks.realdata`` (4 x 4
-    mosaics and single cells, the images as they are): all fields, and the test half alone."""
+def real_accuracy(data_root: Path, *, precisions=None) -> dict:
+    """Every zoo model at each of ``precisions`` (precision, backend; default ``PRECISIONS``) on the real
+    sets of ``benchmarks.realdata`` (4 x 4 mosaics and single cells, the images as they are): all fields,
+    and the test half alone."""
     from benchmarks.realdata import run_scores
     from milcnn.registry import zoo
 
     out = {}
-    for precision, backend in PRECISIONS:
+    for precision, backend in precisions or PRECISIONS:
         scores = run_scores(sorted(zoo()), data_root, k=4, precision=precision, backend=backend)
         for model, entry in scores.items():
             for set_name, modes in entry["sets"].items():
@@ -296,21 +310,36 @@ def real_accuracy(data_root: Path) -> dict:
     return out
 
 
-def simulated_accuracy() -> dict:
-    """The variants' figures on the simulated test sets, as ``training.quantize`` recorded them."""
+def simulated_accuracy(*, precisions=None) -> dict:
+    """The variants' figures on each model's simulated test set: measured here, through the SDK at each of
+    ``precisions`` (default ``PRECISIONS``; masks compared with fp32's by IoU), where the test set's files
+    are in this checkout; else as ``training.quantize`` recorded them (``"measured": False``)."""
+    from milcnn import Classifier
     from milcnn.config import ModelInfo
     from milcnn.registry import lookup, zoo
+    from training.quantize import evaluate_classifier, mask_iou
 
     out = {}
     for name in sorted(zoo()):
         info = ModelInfo.from_file(lookup(name).bundled_dir / "config.json")
         first = next(iter(info.variants.values()))["metrics"]
+        test_set = first["test_set"]
+        if (ROOT / test_set).is_file():
+            rows, reference = {}, None
+            for precision, backend in precisions or PRECISIONS:
+                clf = Classifier.from_hub(name, device="cpu", precision=precision, backend=backend)
+                r = evaluate_classifier(clf, ROOT / test_set, keep_masks=True)
+                reference = reference or r["masks"]  # PRECISIONS starts with fp32
+                rows[f"{precision} ({backend})"] = {"accuracy": r["accuracy"],
+                                                    "mask_iou_vs_fp32": round(mask_iou(reference, r["masks"]), 4)}
+            out[name] = {"test_set": test_set, "rows": rows, "measured": True}
+            continue
         rows = {"fp32 (onnxruntime)": {"accuracy": first["fp32_accuracy_sdk"], "mask_iou_vs_fp32": 1.0}}
         for precision, variant in info.variants.items():
             for backend, m in variant["metrics"].get("by_backend", {}).items():
                 rows[f"{precision} ({backend})"] = {"accuracy": m["accuracy"], "mask_iou_vs_fp32": m["mask_iou_vs_fp32"],
                                                     "fp32_accuracy_sdk": variant["metrics"]["fp32_accuracy_sdk"]}
-        out[name] = {"test_set": next(iter(info.variants.values()))["metrics"]["test_set"], "rows": rows}
+        out[name] = {"test_set": test_set, "rows": rows, "measured": False}
     return out
 
 
@@ -322,10 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-rounds", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], help="a configuration to leave out (repeatable)")
     parser.add_argument("--data", type=Path, default=None, help="the real labelled data (default: benchmarks.realdata's)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "peers",
+                        help="the report's path without its suffix: .json and .md are written")
     args = parser.parse_args(argv)
     import onnxruntime
     import openvino
     import torch
+
+    from milcnn.backends import bf16_supported
+
+    bf16 = bf16_supported()
+    precisions = tuple(p for p in PRECISIONS if bf16 or p[0] != "bf16")
 
     big = image_of(1024, 1344)[None]
     small = np.stack([np.roll(image_of(512, 512), 61 * i, axis=2) for i in range(BATCH)])
@@ -333,28 +369,29 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.peers " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpu": cpu_description(), "cores": os.cpu_count(), "threads": THREADS,
                     "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-                    "openvino": openvino.__version__, "torch": torch.__version__},
+                    "openvino": openvino.__version__, "torch": torch.__version__, "bf16": bf16},
         "gop": {"1024x1344": round(_gop(1024, 1344), 2), "512x512": round(_gop(512, 512), 2)},
         "peaks_before": matmul_peak(),
-        "1024x1344": time_configurations(big, rounds=args.rounds, reps=args.reps, skip=tuple(args.skip)),
-        "512x512": time_configurations(small, rounds=args.rounds, reps=max(1, args.reps - 1), skip=tuple(args.skip)),
+        "1024x1344": time_configurations(big, rounds=args.rounds, reps=args.reps, skip=tuple(args.skip), bf16=bf16),
+        "512x512": time_configurations(small, rounds=args.rounds, reps=max(1, args.reps - 1), skip=tuple(args.skip),
+                                       bf16=bf16),
         "peaks_after": matmul_peak(),
         "steps_1024x1344": sdk_steps(big[0]),
         # before the pipeline, whose thousands of files are deleted when it ends: ext4 without a journal (this
         # machine's disk) then creates files slowly for a minute or more, skipping the freed inodes one by one
         # (recently_deleted in a profile), and the overlay's figure would carry that
         "cpu_per_image": cpu_per_image(),
-        "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds),
-        "simulated": simulated_accuracy(),
-        "real": real_accuracy(args.data or DEFAULT_REAL_DATA),
+        "pipeline": pipeline_throughput(args.pipeline_images, args.pipeline_rounds, bf16=bf16),
+        "simulated": simulated_accuracy(precisions=precisions),
+        "real": real_accuracy(args.data or DEFAULT_REAL_DATA, precisions=precisions),
     }
     result["peaks"] = peaks_of(result)
     result["targets"] = targets(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with write_atomic(RESULTS / "peers.json", "w") as fh:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with write_atomic(args.out.with_name(args.out.name + ".json"), "w") as fh:
         fh.write(json.dumps(result, indent=2) + "\n")
     text = render(result)
-    with write_atomic(RESULTS / "peers.md", "w") as fh:
+    with write_atomic(args.out.with_name(args.out.name + ".md"), "w") as fh:
         fh.write(text)
     print(text)
     return 0
@@ -412,7 +449,9 @@ def render(r: dict) -> str:
              + ": the best 4096 x 4096 matrix multiply of any library, measured before and after the timed "
              "rounds (" + ", ".join(f"{k} {v}" for k, v in r["peaks"]["by_library"].items())
              + "), or the fastest network of that precision in this run where it was faster ("
-             + ", ".join(f"{k} {v}" for k, v in r["peaks"].get("achieved", {}).items()) + ").", ""]
+             + ", ".join(f"{k} {v}" for k, v in r["peaks"].get("achieved", {}).items()) + ")."
+             + ("" if m.get("bf16", True) else " This CPU has no bf16 instructions: every bf16 row is left out "
+                "(its bf16 peak is PyTorch's emulation)."), ""]
     for size in ("1024x1344", "512x512"):
         rows = r[size]
         gop = r["gop"][size]
@@ -452,13 +491,15 @@ def render(r: dict) -> str:
                   f"the rest) = **{c['bound']:.2f}x**, the rest being {c['rest']:.2f} ms; 3x needs the rest under "
                   f"{c['rest_for_3x']:.2f} ms."]
     lines += ["", "## Accuracy at each precision", "",
-              "Simulated test sets (as `python -m training.quantize` measured each variant through the SDK; masks "
-              "compared with fp32's by IoU):", "",
-              "| model | test set | " + " | ".join(n for n, _ in _ROWS) + " |", "|---|---|" + "---|" * len(_ROWS)]
+              "Simulated test sets (each variant through the SDK, masks compared with fp32's by IoU; measured in "
+              "this run, or where the test set is not in the checkout as `python -m training.quantize` recorded it):",
+              "", "| model | test set | measured | " + " | ".join(n for n, _ in _ROWS) + " |",
+              "|---|---|---|" + "---|" * len(_ROWS)]
     for model, entry in r["simulated"].items():
         cells = [f"{v['accuracy']:.4f} (masks {v['mask_iou_vs_fp32']:.3f})" if (v := entry["rows"].get(n)) else "-"
                  for n, _ in _ROWS]
-        lines.append(f"| `{model}` | `{entry['test_set']}` | " + " | ".join(cells) + " |")
+        measured = {True: "in this run", False: "recorded"}.get(entry.get("measured"), "recorded")
+        lines.append(f"| `{model}` | `{entry['test_set']}` | {measured} | " + " | ".join(cells) + " |")
     lines += ["", "Real sets of `python -m benchmarks.realdata` (images as they are; 4 x 4 mosaics and single cells "
               "right, all fields, then the test half alone: fields that chose no setting of any model):", "",
               "| model on real set | " + " | ".join(n for n, _ in _ROWS) + " |", "|---|" + "---|" * len(_ROWS)]
