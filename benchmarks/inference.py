@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import cpu_description
+from benchmarks.machine import cpu_description, has_bf16
 from milcnn.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +166,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak() -> dict:
-    """Best GFLOP/s (int8: GOP/s) of 4096 x 4096 products per precision and library."""
+def matmul_peak(*, bf16: bool | None = None) -> dict:
+    """Best GFLOP/s (int8: GOP/s) of 4096 x 4096 products per precision and library; bf16 only where the
+    CPU has bf16 instructions (``bf16``, default ``benchmarks.machine.has_bf16()``)."""
     import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
@@ -185,8 +186,9 @@ def matmul_peak() -> dict:
     out["fp32 numpy"] = 2 * n**3 / best(lambda: a @ b) / 1e9
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     out["fp32 torch"] = 2 * n**3 / best(lambda: ta @ tb) / 1e9
-    ha, hb = ta.bfloat16(), tb.bfloat16()
-    out["bf16 torch"] = 2 * n**3 / best(lambda: ha @ hb) / 1e9
+    if has_bf16() if bf16 is None else bf16:
+        ha, hb = ta.bfloat16(), tb.bfloat16()
+        out["bf16 torch"] = 2 * n**3 / best(lambda: ha @ hb) / 1e9
     ia = torch.randint(-100, 100, (n, n), dtype=torch.int8)
     ib = torch.randint(-100, 100, (n, n), dtype=torch.int8)
     out["int8 torch"] = 2 * n**3 / best(lambda: torch._int_mm(ia, ib)) / 1e9

@@ -263,3 +263,6 @@ def test_benchmarks_name_the_cpu_with_its_int8_and_bf16_instructions(flags, says
 
     text = cpu_description(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert text.startswith("AMD EPYC (") and text.endswith(says)
+    from benchmarks.machine import has_bf16
+
+    assert has_bf16(f"flags\t: {flags}\n") == ("avx512_bf16" in flags)
