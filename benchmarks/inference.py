@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import cpu_description, has_bf16
+from benchmarks.machine import cpu_description, has_bf16, has_vnni
 from milcnn.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,8 @@ def peak_rss_mb() -> float:
 
 def matmul_peak(*, bf16: bool | None = None) -> dict:
     """Best GFLOP/s (int8: GOP/s) of 4096 x 4096 products per precision and library; bf16 only where the
-    CPU has bf16 instructions (``bf16``, default ``benchmarks.machine.has_bf16()``)."""
+    CPU has bf16 instructions (``bf16``, default ``benchmarks.machine.has_bf16()``), PyTorch's int8 only
+    where it has VNNI (``has_vnni``; onnxruntime's int8 is measured on every CPU)."""
     import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
@@ -189,9 +190,10 @@ def matmul_peak(*, bf16: bool | None = None) -> dict:
     if has_bf16() if bf16 is None else bf16:
         ha, hb = ta.bfloat16(), tb.bfloat16()
         out["bf16 torch"] = 2 * n**3 / best(lambda: ha @ hb) / 1e9
-    ia = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-    ib = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-    out["int8 torch"] = 2 * n**3 / best(lambda: torch._int_mm(ia, ib)) / 1e9
+    if has_vnni():
+        ia = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+        ib = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+        out["int8 torch"] = 2 * n**3 / best(lambda: torch._int_mm(ia, ib)) / 1e9
     for precision, op, dtype, feeds in (
             ("fp32", "MatMul", TensorProto.FLOAT, {"A": a, "B": b}),
             ("int8", "MatMulInteger", TensorProto.UINT8,

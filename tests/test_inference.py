@@ -259,10 +259,9 @@ def test_providers_and_session_options_pass_through_with_a_cpu_fallback(clf, fie
     ("fpu avx2 fma", "AVX2; no AVX-512, VNNI, BF16 or AMX)"),
     ("avx2 avx_vnni amx_tile avx512f avx512_bf16 avx512_vnni", "AVX2, AVX-512, AVX-512 VNNI, AVX-VNNI, AVX-512 BF16, AMX)")])
 def test_benchmarks_name_the_cpu_with_its_int8_and_bf16_instructions(flags, says):
-    from benchmarks.machine import cpu_description
+    from benchmarks.machine import cpu_description, has_bf16, has_vnni
 
     text = cpu_description(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert text.startswith("AMD EPYC (") and text.endswith(says)
-    from benchmarks.machine import has_bf16
-
     assert has_bf16(f"flags\t: {flags}\n") == ("avx512_bf16" in flags)
+    assert has_vnni(f"flags\t: {flags}\n") == ("vnni" in flags)
