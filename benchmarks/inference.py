@@ -394,7 +394,7 @@ def measure(reps: int) -> dict:
                         for h, w in sorted(set(SIZES + SCALING))}
     rows = []
     for h, w in SIZES:
-        for row in ROWS:
+        for row in ROWS if has_bf16() else [r for r in ROWS if PRECISION.get(r) != "bf16"]:  # bf16: emulated
             print(f"{row} {h}x{w} ...", file=sys.stderr)
             rows.append({"row": row, "height": h, "width": w, **in_subprocess("--row", row, f"{h}x{w}", str(reps))})
     results["rows"] = rows
@@ -454,7 +454,8 @@ def render(r: dict) -> str:
         "|---|---|---|",
         *[f"| {k.split()[0]} | {k.split()[1]} | {v:.1f} |" for k, v in r["matmul"]["by_library"].items()],
         "",
-        f"Peak used below: fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f}, int8 {peak['int8']:.1f} (best library).",
+        "Peak used below: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + " (best library)."
+        + ("" if "bf16" in peak else " This CPU has no bf16 instructions: no bf16 row."),
         "",
         "## Per image",
         "",
