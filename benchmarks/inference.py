@@ -393,8 +393,9 @@ def measure(reps: int) -> dict:
     results["flops"] = {f"{h}x{w}": count_flops(model, h, w) if h * w <= 2048 * 2048 else int(per_pixel * h * w)
                         for h, w in sorted(set(SIZES + SCALING))}
     rows = []
+    here = ROWS if has_bf16() else [r for r in ROWS if PRECISION.get(r) != "bf16"]  # else PyTorch emulates bf16
     for h, w in SIZES:
-        for row in ROWS if has_bf16() else [r for r in ROWS if PRECISION.get(r) != "bf16"]:  # bf16: emulated
+        for row in here:
             print(f"{row} {h}x{w} ...", file=sys.stderr)
             rows.append({"row": row, "height": h, "width": w, **in_subprocess("--row", row, f"{h}x{w}", str(reps))})
     results["rows"] = rows

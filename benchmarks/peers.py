@@ -329,7 +329,8 @@ def simulated_accuracy(*, precisions=None) -> dict:
             for precision, backend in precisions or PRECISIONS:
                 clf = Classifier.from_hub(name, device="cpu", precision=precision, backend=backend)
                 r = evaluate_classifier(clf, ROOT / test_set, keep_masks=True)
-                reference = reference or r["masks"]  # PRECISIONS starts with fp32
+                if reference is None:  # PRECISIONS starts with fp32
+                    reference = r["masks"]
                 rows[f"{precision} ({backend})"] = {"accuracy": r["accuracy"],
                                                     "mask_iou_vs_fp32": round(mask_iou(reference, r["masks"]), 4)}
             out[name] = {"test_set": test_set, "rows": rows, "measured": True}
@@ -507,7 +508,7 @@ def render(r: dict) -> str:
     for model, entry in r["simulated"].items():
         cells = [f"{v['accuracy']:.4f} (masks {v['mask_iou_vs_fp32']:.3f})" if (v := entry["rows"].get(n)) else "-"
                  for n, _ in _ROWS]
-        measured = {True: "in this run", False: "recorded"}.get(entry.get("measured"), "recorded")
+        measured = "in this run" if entry.get("measured") else "recorded"
         lines.append(f"| `{model}` | `{entry['test_set']}` | {measured} | " + " | ".join(cells) + " |")
     lines += ["", "Real sets of `python -m benchmarks.realdata` (images as they are; 4 x 4 mosaics and single cells "
               "right, all fields, then the test half alone: fields that chose no setting of any model):", "",

@@ -122,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
-
 def render(r: dict) -> str:
     i, m = r["install"], r["memory"]
     lines = [
