@@ -30,6 +30,10 @@ from training.data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
 
 SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image),
               "mcf7": (MCF7_CLASSES, MCF7Params, simulate_mcf7_image)}
+#: the pixel size (um) each simulator draws at, written into its images (ImageJ resolution and unit), so the
+#: SDK reads their scale. Yeast: mother cells 20-38 px at 0.17 um (3.4-6.5 um). MCF-7: cells drawn at 47 px
+#: stand for BBBC021's, which measure 1.9x that at its 0.65 um per pixel (benchmarks/results/sim_vs_real.md)
+PIXEL_SIZE_UM = {"yeast": 0.17, "mcf7": round(0.65 * 89 / 47, 4)}
 #: extra manifest columns per image, for simulators of drug screens
 TREATMENTS = {"mcf7": (("compound", "concentration"), mcf7_treatment)}
 
@@ -64,7 +68,7 @@ def _one(job: tuple) -> list:
     name = f"{kind}_{seed}_{index:06d}.tif"
     if not (keep and (out / "images" / name).is_file() and (out / "masks" / name).is_file()):
         image, mask = simulate(label, image_rng(seed, index), params)
-        write_tiff(out / "images" / name, image)
+        write_tiff(out / "images" / name, image, pixel_size=PIXEL_SIZE_UM[kind])
         write_tiff(out / "masks" / name, mask)
     row = [f"images/{name}", label, f"masks/{name}"]
     if kind in TREATMENTS:

@@ -11,7 +11,7 @@ import logging
 
 logging.getLogger("milcnn").addHandler(logging.NullHandler())  # silent unless the application says otherwise
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Classifier", "Prediction", "__version__"]
 
 

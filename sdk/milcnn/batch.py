@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from milcnn import constants
+from milcnn.decision import UNASSIGNED, decide
 from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
 from milcnn.omezarr import ZarrField, is_plate, plate_fields
 from milcnn.results import OutputFolderError, ResultsFolder, output_stems
@@ -28,7 +29,6 @@ __all__ = ["BatchOptions", "run_batch", "expand_inputs", "prediction_row", "UNAS
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
-UNASSIGNED = "unassigned"  # the label of an image where no class reaches the threshold
 RUN_FILE = "run.json"
 PROGRESS_SECONDS = 30.0  # a progress line this often when stderr is not a terminal
 REPEATS_SHOWN = 3  # a message repeated for many files is shown this many times, then counted
@@ -115,29 +115,30 @@ def _looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False,
+def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False, multi_label: bool = False,
                    location=None) -> list:
-    """A ``predictions.csv`` row (``header``): image, plate, well, field, label, max_probability,
-    p_<class>..., area_<class>... (the fraction of the image each class's mask covers). The label is
-    ``unassigned`` when no class reaches ``threshold`` (multi-label models: no class at all), unless
-    ``argmax`` keeps a single-label model's most probable class."""
+    """A ``predictions.csv`` row (``header``): image, plate, well, field, label, [labels,] qc, scale_source,
+    max_probability, p_<class>..., area_<class>... (the fraction of the image each class's mask covers).
+    The label is ``milcnn.decision.decide``'s: the top class where its probability reaches ``threshold``
+    (or any, with ``argmax``) and qc is ``ok``, else ``unassigned``; multi-label models also list every
+    class at or above ``threshold`` (``labels``)."""
     import numpy as np
 
     probs = [pred.probabilities[c] for c in classes]
-    top = max(probs)
-    label = pred.label
-    if not label or (top < threshold and not argmax):
-        label = UNASSIGNED
+    qc = getattr(pred, "qc", "ok")
+    call = decide(probs, classes, threshold=threshold, multi_label=multi_label, qc=qc, argmax=argmax)
     counts = getattr(pred, "areas", None)  # computed where the mask is (a Dask worker), or here
     if counts is None:
         counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
     where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
-    return [image, *where, label, f"{top:.6f}", *[f"{p:.6f}" for p in probs], *[f"{a:.6f}" for a in counts]]
+    return [image, *where, call.label, *([call.labels] if multi_label else []), qc,
+            getattr(pred, "scale_source", "model"), f"{call.probability:.6f}", *[f"{p:.6f}" for p in probs],
+            *[f"{a:.6f}" for a in counts]]
 
 
-def header(classes) -> list[str]:
-    return ["image", "plate", "well", "field", "label", "max_probability", *[f"p_{c}" for c in classes],
-            *[f"area_{c}" for c in classes]]
+def header(classes, multi_label: bool = False) -> list[str]:
+    return ["image", "plate", "well", "field", "label", *(["labels"] if multi_label else []), "qc", "scale_source",
+            "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
 
 
 def read_input_manifest(path: Path, channels: tuple[str, ...], taken: list[str]):
@@ -205,7 +206,11 @@ def provenance(clf, opts: BatchOptions) -> dict:
                       "sha256": clf.info.file_sha256(model_file.name) or _sha256(model_file),
                       "origin": str(getattr(clf.origin, "repo_id", None) or clf.folder)},
             "precision": clf.precision, "backend": clf.model.backend, "threshold": opts.threshold,
-            "argmax": opts.argmax, "sdk_version": __version__}
+            "argmax": opts.argmax, "calibration": clf.info.calibration.method if clf.info.calibration else None,
+            "scale": {"pixel_size": opts.pixel_size, "cell_diameter": opts.cell_diameter,
+                      "otherwise": "each image's own pixel size where it declares one, else the model's default"
+                      if clf.info.pixel_size else "the model's default"},
+            "sdk_version": __version__}
 
 
 def _sha256(path: Path) -> str:
@@ -229,7 +234,7 @@ def check_provenance(out: Path, mine: dict) -> dict | None:
         raise ProvenanceError(f"{path}: unreadable ({exc}); use --overwrite") from None
     then, now = before.get("model", {}), mine["model"]
     differ = []
-    if then.get("sha256") != now["sha256"]:
+    if then.get("sha256") != now["sha256"] or then.get("version") != now["version"]:
         differ.append(f"model {then.get('name')} {then.get('version')} (sha256 {str(then.get('sha256'))[:12]}), not "
                       f"{now['name']} {now['version']} ({now['sha256'][:12]})")
     for key in ("precision", "threshold", "argmax"):
@@ -338,7 +343,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     extras, extra_names, manifest_locations = {}, [], {}
     if opts.manifest is not None:
         listed, extras, extra_names, manifest_locations = read_input_manifest(opts.manifest, clf.channels,
-                                                                              header(clf.classes))
+                                                                              header(clf.classes, clf.info.multi_label))
         paths += listed
     try:
         pattern = re.compile(opts.well_pattern) if opts.well_pattern else None
@@ -367,7 +372,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
     mine = provenance(clf, opts)
-    results = ResultsFolder(out_dir, header(clf.classes) + extra_names, resume=opts.resume, overwrite=opts.overwrite)
+    results = ResultsFolder(out_dir, header(clf.classes, clf.info.multi_label) + extra_names, resume=opts.resume, overwrite=opts.overwrite)
     with results:
         before = check_provenance(out_dir, mine) if opts.resume else None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -422,7 +427,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                     where = (manifest_locations.get(path) or getattr(path, "location", None)
                              or locate(path, root=roots.get(path), pattern=pattern))
                     row = prediction_row(str(path), pred, clf.classes, threshold=opts.threshold, argmax=opts.argmax,
-                                         location=where) + extras.get(path, [""] * len(extra_names))
+                                         multi_label=clf.info.multi_label, location=where) + extras.get(path, [""] * len(extra_names))
                     plate_seconds += time.thread_time() - t0
                     results.add_prediction(row)
                     predicted += 1
@@ -436,7 +441,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             echo(line)
         if not interrupted:
             t0 = time.thread_time()
-            for line in _plate_outputs(out_dir, clf.classes, opts, plate_map):
+            for line in _plate_outputs(out_dir, clf.classes, opts, plate_map, multi_label=clf.info.multi_label):
                 echo(line)
             plate_seconds += time.thread_time() - t0
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -453,7 +458,8 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     return 1 if failed else 0
 
 
-def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plate_map) -> list[str]:
+def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plate_map, *,
+                   multi_label: bool = False) -> list[str]:
     """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from the finished
     ``predictions.csv``, when its images have wells; the lines to tell the user."""
     import csv
@@ -463,16 +469,16 @@ def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plat
 
     with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    table = well_table(rows, classes, threshold=opts.threshold, unassigned=UNASSIGNED)
+    table = well_table(rows, classes, threshold=opts.threshold, multi_label=multi_label)
     if not table:
         return []
     try:
-        write_wells(out / "wells.csv", table, classes)
+        write_wells(out / "wells.csv", table, classes, multi_label=multi_label)
         plates = write_plate_png(out / "plate.png", table, classes)
         lines = [f"milzoo: {len(table)} wells of {len(plates)} plate(s): {out / 'wells.csv'}, {out / 'plate.png'}"]
         if plate_map is not None:
             n = write_treatments(out / "treatments.csv", table, plate_map, classes, threshold=opts.threshold,
-                                 unassigned=UNASSIGNED)
+                                 multi_label=multi_label)
             lines.append(f"milzoo: {n} treatments: {out / 'treatments.csv'}")
     except OSError as exc:
         raise OutputFolderError(f"{out}: cannot write the plate results ({exc.strerror or exc})") from None

@@ -11,6 +11,7 @@ import numpy as np
 
 from milcnn import constants
 from milcnn.config import ModelInfo
+from milcnn.decision import decide
 from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.fields import ChannelFiles
 from milcnn.omezarr import ZarrField
@@ -18,6 +19,7 @@ from milcnn.io import open_image
 from milcnn.lazy import LazyTiff
 from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
+from milcnn.quality import QC_OK, Features, QualityLimits, assess, measure
 from milcnn.checksums import verify_sha256
 from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
                           zoomed_shape)
@@ -50,8 +52,10 @@ class Prediction:
     """One image's result.
 
     Attributes:
-        label: the predicted class (multi-label models: the classes >= 0.5 joined by ``|``).
-        probabilities: class -> image-level probability.
+        label: the top class where its probability reaches ``threshold`` and ``qc`` is ``ok``, else
+            ``unassigned`` (``milcnn.decision.decide``: the one rule, as ``milzoo predict`` writes it).
+        probabilities: class -> image-level probability, calibrated where the model carries a
+            calibration (``config.json`` calibration; single-label models: they sum to 1).
         classes: the model's class order (``mask`` value ``k + 1`` is ``classes[k]``).
         maps: (K, h, w) float32 class maps at the model's resolution (1 / ``stride``).
         stride: the model's output stride.
@@ -65,6 +69,14 @@ class Prediction:
             (computed on first access, so a pipeline can do it off the inference thread).
         class_maps: (K, H, W) float32 per-class instance probabilities at the input's resolution,
             computed from ``maps`` on first access (K x H x W x 4 bytes: large for huge images).
+        raw_probabilities: the network's own pooled outputs, before calibration.
+        qc: ``ok``, or why the call is not to be trusted (``milcnn.quality``: ``too_small``, ``no_cells``,
+            ``off_scale``, ``out_of_distribution``); not ``ok`` makes ``label`` ``unassigned``.
+        features: what qc read of the image (object diameter, texture, coverage), None where not read.
+        labels: multi-label models: every class at or above ``threshold``, joined by ``|``; else ``label``.
+        top: the most probable class, whatever its probability and qc.
+        scale_source: where ``zoom`` came from: ``argument`` (pixel_size / cell_diameter), ``image`` (the
+            file's own pixel size) or ``model`` (the model's default).
     """
 
     label: str
@@ -76,6 +88,12 @@ class Prediction:
     threshold: float = constants.DEFAULT_THRESHOLD
     source: str | None = None
     zoom: float = 1.0
+    raw_probabilities: dict[str, float] = field(default_factory=dict, repr=False)
+    qc: str = QC_OK
+    features: Features | None = field(default=None, repr=False)
+    labels: str = ""
+    top: str = ""
+    scale_source: str = "model"
 
     @property
     def network_shape(self) -> tuple[int, int]:
@@ -98,6 +116,8 @@ class Prediction:
         return {
             "image": self.source,
             "label": self.label,
+            "labels": self.labels,
+            "qc": self.qc,
             "probabilities": {c: round(float(p), 6) for c, p in self.probabilities.items()},
             "mask_pixels": {c: int(counts[k + 1]) for k, c in enumerate(self.classes)},
             "shape": list(self.mask.shape),
@@ -121,6 +141,7 @@ class PreparedInput:
     zoom: float = 1.0
     resized: np.ndarray | None = None
     ranges: tuple[np.ndarray, np.ndarray] | None = None
+    scale_source: str = "model"
 
     @property
     def tiled(self) -> bool:
@@ -310,6 +331,9 @@ class Classifier:
             else:
                 log.warning(f"{info.name}: running the fp16 variant on the CPU; it is meant for GPUs "
                        "(--precision auto keeps fp32 here)")
+        if info.calibration is None:
+            log.warning(f"{folder / constants.CONFIG_FILE}: no calibration block (an export from before milcnn-sdk "
+                        "0.2); its probabilities are the network's raw outputs, and 'unassigned' follows them")
         clf = cls(folder, info, model, precision=chosen)
         clf.origin = origin
         return clf
@@ -344,17 +368,27 @@ class Classifier:
 
         An OME-TIFF whose channels are named gives the model's channels by name (a clear error when
         none match); ``channel_index`` picks the model's channels, in order, from an image with more."""
+        chw, source, _ = self._read(image, channel_axis=channel_axis, channel_index=channel_index)
+        return chw, source
+
+    def _read(self, image, *, channel_axis: int | None = None, channel_index: tuple[int, ...] | None = None
+              ) -> tuple[np.ndarray, str | None, float | None]:
+        """``prepare``, and the pixel size (um) the input declares (None where it declares none)."""
         source = None
         if isinstance(image, ChannelFiles):  # one file per channel, in the model's order
-            return self._stack_channel_files(image), str(image)
+            chw, pixel_size = self._stack_channel_files(image)
+            return chw, str(image), pixel_size
         if isinstance(image, ZarrField):  # a field of an OME-Zarr plate, channels picked by name
-            return image.read(self.channels), str(image)
-        named = None
+            return image.read(self.channels), str(image), image.pixel_size()
+        meta = None
         if isinstance(image, (str, Path)):
             source = str(image)
-            image, named = open_image(image)
-        if named is not None and channel_index is None and not isinstance(image, LazyTiff):
-            image, channel_axis = self._by_name(np.asarray(image), *named, source=source)
+            image, meta = open_image(image)
+        pixel_size = meta.pixel_size if meta is not None else None
+        if meta is not None and meta.channel_names is not None and channel_index is None \
+                and not isinstance(image, LazyTiff):
+            image, channel_axis = self._by_name(np.asarray(image), list(meta.channel_names), meta.channel_axis,
+                                                source=source)
         elif channel_index is not None and not isinstance(image, LazyTiff):
             image, channel_axis = _pick_channels(np.asarray(image), channel_index, channel_axis, source)
         if isinstance(image, LazyTiff):  # too large to read whole: one page per channel, in file order
@@ -362,9 +396,9 @@ class Classifier:
                 raise ValueError(f"image of shape {image.shape} (read a tile at a time: one page per channel) has "
                                  f"{image.shape[0]} channels but the model needs {len(self.channels)} "
                                  f"({', '.join(self.channels)}, in that order)")
-            return image, source
+            return image, source, None
         chw = to_chw(image, len(self.channels), channel_axis=channel_axis, channel_names=self.channels)
-        return chw, source
+        return chw, source, pixel_size
 
     def _by_name(self, image: np.ndarray, names: list[str], axis: int, *, source) -> tuple[np.ndarray, int]:
         """The model's channels picked by the names an OME-TIFF gives them (case-insensitive)."""
@@ -382,10 +416,12 @@ class Classifier:
         raise ValueError(f"its channels are named {', '.join(names)}, none of the model's "
                          f"({', '.join(self.channels)}); pick them with channel_index / --channel-index")
 
-    def _stack_channel_files(self, field: ChannelFiles) -> np.ndarray:
-        planes = []
+    def _stack_channel_files(self, field: ChannelFiles) -> tuple[np.ndarray, float | None]:
+        """The channel files stacked, and the pixel size the first file declares."""
+        planes, sizes = [], []
         for channel, path in zip(self.channels, field.files):
-            plane, _ = open_image(path)
+            plane, meta = open_image(path)
+            sizes.append(meta.pixel_size)
             if isinstance(plane, LazyTiff) or np.squeeze(np.asarray(plane)).ndim != 2:
                 shape = plane.shape
                 raise ValueError(f"{path}: the {channel} file of {field.id.name} holds an image of shape {shape}; "
@@ -396,7 +432,7 @@ class Classifier:
             raise ValueError(f"{field.id}: its channel files differ in size "
                              f"({', '.join(f'{c} {p.shape}' for c, p in zip(self.channels, planes))})")
         dtype = np.result_type(*planes)
-        return np.stack([p.astype(dtype, copy=False) for p in planes])
+        return np.stack([p.astype(dtype, copy=False) for p in planes]), sizes[0]
 
     def zoom_for(self, *, pixel_size: float | None = None, cell_diameter: float | None = None) -> float:
         """The factor an image is resized by to match this model's scale; when neither is given, the model's
@@ -409,6 +445,21 @@ class Classifier:
                            model_pixel_size=self.info.pixel_size, model_cell_diameter=self.info.cell_diameter,
                            model_input_cell_diameter=self.info.input_cell_diameter, model_name=self.name)
 
+    def scale_for(self, *, pixel_size: float | None = None, cell_diameter: float | None = None,
+                  image_pixel_size: float | None = None) -> tuple[float, str]:
+        """The zoom an image gets and where its scale came from: the caller's ``pixel_size`` or
+        ``cell_diameter`` (``argument``), else the image's own pixel size where the model records the one it
+        was trained at (``image``), else the model's default (``model``: ``zoom_for()``).
+
+        Raises:
+            ValueError: as ``zoom_for``.
+        """
+        if pixel_size is not None or cell_diameter is not None:
+            return self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter), "argument"
+        if image_pixel_size is not None and self.info.pixel_size:
+            return self.zoom_for(pixel_size=image_pixel_size), "image"
+        return self.zoom_for(), "model"
+
     def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None,
                       pixel_size: float | None = None, cell_diameter: float | None = None,
                       channel_index: tuple[int, ...] | None = None) -> PreparedInput:
@@ -419,14 +470,17 @@ class Classifier:
         normalised tile by tile later instead. ``pixel_size`` / ``cell_diameter`` resize the
         image to the model's scale (see ``predict``).
         """
-        zoom = self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
-        chw, source = self.prepare(image, channel_axis=channel_axis, channel_index=channel_index)
+        self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)  # a bad value fails before any read
+        chw, source, image_pixel_size = self._read(image, channel_axis=channel_axis, channel_index=channel_index)
+        zoom, scale_source = self.scale_for(pixel_size=pixel_size, cell_diameter=cell_diameter,
+                                            image_pixel_size=image_pixel_size)
         if isinstance(chw, LazyTiff):
             if zoom != 1.0:
                 raise ValueError(f"{chw.shape[1]} x {chw.shape[2]} px, read a tile at a time, cannot be resized by "
                                  f"{zoom:.3g} to {self.name}'s scale; resize it first, or pass the model's own "
                                  f"cell_diameter={self.info.cell_diameter:g} if it is at that scale")
-            return PreparedInput(chw=chw, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE)
+            return PreparedInput(chw=chw, source=source, tile_size=tile_size or constants.DEFAULT_TILE_SIZE,
+                                 scale_source=scale_source)
         _, h, w = chw.shape
         resized = x = ranges = None
         if zoom != 1.0:  # normalise with the input's own statistics, then resize (NaN already 0)
@@ -443,8 +497,9 @@ class Classifier:
                 if not self._normalizes_in_graph(chw):  # else x is made only if asked for
                     x = self._padded(apply_ranges(chw, *ranges))
         item = PreparedInput(chw=chw, normalized=x, source=source, tile_size=tile_size, zoom=zoom,
-                             resized=resized if tile_size is not None else None, ranges=ranges)
-        if not item.tiled and pixel_size is None and cell_diameter is None:
+                             resized=resized if tile_size is not None else None, ranges=ranges,
+                             scale_source=scale_source)
+        if not item.tiled and scale_source == "model":
             self._check_scale(item, source)
         return item
 
@@ -498,8 +553,7 @@ class Classifier:
             else:
                 p, m = probs[batch_index], maps[batch_index]
                 batch_index += 1
-            results.append(self._prediction(p, m, item.chw.shape[1:], source=item.source, threshold=threshold,
-                                            zoom=item.zoom))
+            results.append(self._prediction(p, m, item, threshold=threshold))
         return results
 
     def predict(self, image, *, channel_axis: int | None = None, threshold: float = constants.DEFAULT_THRESHOLD,
@@ -619,29 +673,61 @@ class Classifier:
         (probs,) = self._pooling_model().run(np.ascontiguousarray(maps[None], dtype=np.float32))
         return probs[0]
 
-    def _prediction(self, probs: np.ndarray, maps: np.ndarray, shape: tuple[int, int], *, source,
-                    threshold, zoom: float = 1.0) -> Prediction:
+    def _prediction(self, probs: np.ndarray, maps: np.ndarray, item: PreparedInput, *, threshold: float) -> Prediction:
         stride = self.info.output_stride
-        h, w = zoomed_shape(shape, zoom) if zoom != 1.0 else shape
+        shape = item.chw.shape[1:]
+        h, w = zoomed_shape(shape, item.zoom) if item.zoom != 1.0 else shape
         valid = maps[:, : -(-h // stride), : -(-w // stride)]
         if valid.shape != maps.shape:  # padded to min_size: pool the image's own instances only
             probs = self._pool(valid, probs)
         maps = valid
-        if self.info.multi_label:
-            label = "|".join(c for c, p in zip(self.classes, probs) if p >= constants.LABEL_THRESHOLD)
-        else:
-            label = self.classes[int(np.argmax(probs))]
+        raw = np.asarray(probs, dtype=np.float64)
+        calibrated = raw if self.info.calibration is None else self.info.calibration.apply(raw)
+        features = None if min(h, w) < self.info.min_size else self._features(item, maps, (h, w))
+        qc = assess(features, self.qc_limits, shape=(h, w), min_size=self.info.min_size)
+        call = decide(calibrated, self.classes, threshold=threshold, multi_label=self.info.multi_label, qc=qc)
         return Prediction(
-            label=label,
-            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            label=call.label,
+            probabilities={c: float(p) for c, p in zip(self.classes, calibrated)},
             classes=self.classes,
             maps=np.ascontiguousarray(maps, dtype=np.float32),
             stride=stride,
             shape=(int(shape[0]), int(shape[1])),
             threshold=threshold,
-            source=source,
-            zoom=zoom,
+            source=item.source,
+            zoom=item.zoom,
+            raw_probabilities={c: float(p) for c, p in zip(self.classes, raw)},
+            qc=qc,
+            features=features,
+            labels=call.labels,
+            top=call.top,
+            scale_source=item.scale_source,
         )
+
+    @property
+    def qc_limits(self) -> QualityLimits | None:
+        """The limits qc checks against: the model's fitted ``qc`` block, else (older exports) its recorded
+        cell-size reading with its tolerance."""
+        return self.info.qc or QualityLimits.from_scale(self.info.measured_cell_diameter,
+                                                         self.info.measured_tolerance)
+
+    def _features(self, item: PreparedInput, maps: np.ndarray, shape: tuple[int, int]) -> Features | None:
+        """qc's reading of an image at the network's scale (``milcnn.quality.measure``); a tiled image is
+        read in its central ``constants.DEFAULT_TILE_SIZE`` square, an image read a tile at a time not at all."""
+        h, w = shape
+        if item.tiled:
+            if isinstance(item.chw, LazyTiff):
+                return None
+            t = constants.DEFAULT_TILE_SIZE
+            top, left = max(0, (h - t) // 2), max(0, (w - t) // 2)
+            window = (slice(None), slice(top, top + t), slice(left, left + t))
+            if item.resized is not None:
+                return measure(item.resized[window], None, maps, normalized=True)
+            crop = item.chw[window]
+            return measure(crop, channel_ranges(crop, self.info.normalization), maps)
+        if item.zoom != 1.0:
+            return measure(item.x[:, :h, :w], None, maps, normalized=True)
+        return measure(item.chw, item.ranges, maps)
 
     # ------------------------------------------------------------------ checks
 

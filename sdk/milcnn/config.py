@@ -9,17 +9,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from milcnn import constants
+from milcnn.calibration import Calibration
 from milcnn.errors import ModelConfigError
 from milcnn.preprocess import NormalizationConfig
+from milcnn.quality import QualityLimits
 
 __all__ = ["ModelInfo", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config"]
 
-#: the ``format_version`` that ``write_config`` stamps; 1 is every file written before it existed
-CONFIG_FORMAT = 2
+#: the ``format_version`` that ``write_config`` stamps; 1 is every file written before it existed, 2 added
+#: scale, files and variants, 3 the optional ``calibration`` and ``qc`` blocks
+CONFIG_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,9 @@ class ModelInfo:
     assumes of an image given without a scale: the SDK resizes such images by cell_diameter /
     input_cell_diameter); each None where unknown. Head: classes,
     multi_label, pooling, output_stride. Provenance: training_data, metrics. Files: files (name ->
-    sha256 and bytes), variants (precision -> record with its ``file``). ``format_version``: the
+    sha256 and bytes), variants (precision -> record with its ``file``). Trust: calibration
+    (``milcnn.calibration.Calibration``, None for a model exported before it was fitted: raw
+    probabilities) and qc (``milcnn.quality.QualityLimits``, None likewise). ``format_version``: the
     schema's version (``CONFIG_FORMAT``).
     """
 
@@ -58,6 +63,8 @@ class ModelInfo:
     format_version: int = CONFIG_FORMAT
     variants: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
+    calibration: Calibration | None = None
+    qc: QualityLimits | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     def file_sha256(self, name: str) -> str | None:
@@ -95,6 +102,14 @@ class ModelInfo:
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
+        try:  # checked against the classes read above: a block of another model is refused here
+            calibration = (None if d.get("calibration") is None else
+                           Calibration.from_dict(d["calibration"], n_classes=len(info.classes),
+                                                 multi_label=info.multi_label))
+            qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"])
+        except ValueError as exc:
+            raise ModelConfigError(f"{source}: {exc}") from None
+        info = replace(info, calibration=calibration, qc=qc)
         problem = info._problem()
         if problem:
             raise ModelConfigError(f"{source}: {problem}")
@@ -161,6 +176,8 @@ def migrate_config(d: dict, *, source: str = "config") -> dict:
     Format 1 (no ``format_version``; milcnn 1.x exports): ``scale``, ``files`` and ``variants`` may
     be missing and ``architecture`` may lack ``receptive_field``; they become an all-null scale,
     empty records and the SDK's default receptive field (``constants.DEFAULT_RECEPTIVE_FIELD``).
+    Format 2 has no ``calibration`` or ``qc``: it is format 3 without them (the SDK then reports raw
+    probabilities, with one notice at load).
 
     Raises:
         ModelConfigError: a ``format_version`` newer than this SDK knows (upgrade milcnn-sdk).
@@ -179,6 +196,8 @@ def migrate_config(d: dict, *, source: str = "config") -> dict:
         arch = d.setdefault("architecture", {})
         if isinstance(arch, dict):
             arch.setdefault("receptive_field", constants.DEFAULT_RECEPTIVE_FIELD)
+        version = 2
+    if version == 2:  # calibration and qc are optional: a file without them loads with raw probabilities
         d["format_version"] = CONFIG_FORMAT
     return d
 

@@ -394,7 +394,7 @@ def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: st
 
 
 def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.5, precision: str = "fp32"):
-    """A Dask bag of per-field results (``{"image", "label", "probabilities", "mask"}``) for graphs of your
+    """A Dask bag of per-field results (``{"image", "label", "qc", "probabilities", "mask"}``) for graphs of your
     own; each partition loads the model once."""
     import dask.bag as db
 
@@ -411,7 +411,7 @@ def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.
         out = []
         for item in chunk:
             pred = clf.predict(item, threshold=options["threshold"])
-            out.append({"image": str(item), "label": pred.label, "probabilities": pred.probabilities,
+            out.append({"image": str(item), "label": pred.label, "qc": pred.qc, "probabilities": pred.probabilities,
                         "mask": pred.mask})
         return out
 

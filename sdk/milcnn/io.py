@@ -12,13 +12,17 @@ import os
 import logging
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from milcnn.errors import ImageReadError
 
-__all__ = ["read_image", "open_image", "write_tiff", "write_label_tiff", "write_atomic", "TIFF_SUFFIXES", "PIL_SUFFIXES"]
+log = logging.getLogger(__name__)
+
+__all__ = ["read_image", "open_image", "ImageMeta", "pixel_size_um", "write_tiff", "write_label_tiff", "write_atomic",
+           "TIFF_SUFFIXES", "PIL_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _UMASK = os.umask(0)
@@ -73,9 +77,8 @@ def read_image(path, *, max_values: int | None = None) -> np.ndarray:
     return _read(path, max_values)[0]
 
 
-def _read(path, max_values: int | None) -> tuple[np.ndarray, tuple[list[str], int] | None]:
-    """``read_image``, and the channel names an OME-TIFF declares with their axis (None otherwise),
-    from the one opening of the file."""
+def _read(path, max_values: int | None) -> tuple[np.ndarray, "ImageMeta"]:
+    """``read_image``, and what the file says of itself (``ImageMeta``), from the one opening of the file."""
     from milcnn import constants
 
     path = Path(path)
@@ -92,7 +95,7 @@ def _read(path, max_values: int | None) -> tuple[np.ndarray, tuple[list[str], in
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path, budget)
     if suffix in PIL_SUFFIXES:
-        return _read_pil(path, budget), None
+        return _read_pil(path, budget), ImageMeta()
     raise ImageReadError(
         path, f"unsupported file type {suffix or '(no extension)'!r}; use {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}"
     )
@@ -104,8 +107,8 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
     ``max_lazy_pixels`` (default ``constants.MAX_LAZY_PIXELS``, env ``MILCNN_MAX_LAZY_PIXELS``).
 
     Returns:
-        (image, named): a numpy array or a ``LazyTiff`` (C, H, W); and the channel names an OME-TIFF
-        declares with the array axis that holds them (None for other files, or when they do not fit).
+        (image, meta): a numpy array or a ``LazyTiff`` (C, H, W); and what the file declares of itself
+        (``ImageMeta``: channel names and their axis, pixel size).
 
     Raises:
         ImageReadError: as ``read_image``; over the budget and not readable lazily (says why).
@@ -133,7 +136,84 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
             raise ImageReadError(path, f"{exc.reason}; read a tile at a time, its {image.shape[1]} x {image.shape[2]} "
                                        f"px planes are over the {lazy_budget:,} px its outputs may take (set "
                                        "MILCNN_MAX_LAZY_PIXELS to raise it)") from None
-        return image, None
+        return image, ImageMeta()
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What an image file declares of itself: the channel names of an OME-TIFF with the array axis that
+    holds them (None for other files, or when they are incomplete), and the pixel size in um (OME-TIFF
+    ``PhysicalSizeX``/``Y`` with their units, ImageJ TIFF resolution and unit; None where it gives none)."""
+
+    channel_names: tuple[str, ...] | None = None
+    channel_axis: int | None = None
+    pixel_size: float | None = None
+
+
+#: length units to um, by the names OME (UnitsLength), ImageJ and OME-Zarr (UDUNITS-2) give them
+_UNITS_UM = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+             "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
+             "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
+             "\u00e5": 1e-4, "angstrom": 1e-4,
+             "\\u00b5m": 1.0}  # the last: ImageJ's escaped micro sign, as some writers store it
+
+
+def pixel_size_um(sizes, unit, *, source) -> float | None:
+    """One pixel size in um from the x and y sizes a file gives (None where missing) in ``unit``.
+
+    A size that is not a positive finite number, or a unit that is not a length (ImageJ's ``pixel``,
+    ``inch`` DPI defaults), gives None with a logged notice naming ``source``: the image then runs at the
+    model's default scale. Anisotropic pixels give their geometric mean."""
+    factor = _UNITS_UM.get(str(unit).strip().lower() if unit is not None else "um")
+    if factor is None:
+        if str(unit).strip().lower() not in ("pixel", "pixels", "px", "", "none", "inch"):
+            log.info("%s: pixel size unit %r is not a length milcnn knows; its scale is not used", source, unit)
+        return None
+    values = []
+    for v in sizes:
+        if v is None:
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not (np.isfinite(v) and v > 0):
+            log.info("%s: declares a pixel size of %r; its scale is not used", source, v)
+            return None
+        values.append(v * factor)
+    if not values:
+        return None
+    size = float(np.exp(np.mean(np.log(values))))
+    return size if 1e-4 <= size <= 1e4 else None  # beyond: a placeholder, not a microscope's pixel
+
+
+def _tiff_pixel_size(tif, path) -> float | None:
+    """The pixel size of an open TIFF: OME-XML's PhysicalSize, else ImageJ's resolution and unit."""
+    import tifffile
+
+    if tif.is_ome:
+        try:
+            image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        except Exception:  # noqa: BLE001 - unreadable OME-XML: no scale to use
+            return None
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        x, y = pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeY")
+        unit = pixels.get("PhysicalSizeXUnit", "um")  # OME's default unit
+        return pixel_size_um((x, y), unit, source=path) if (x is not None or y is not None) else None
+    if tif.is_imagej:
+        unit = (tif.imagej_metadata or {}).get("unit")
+        if unit is None:
+            return None
+        page = tif.pages.first
+        sizes = []
+        for tag in ("XResolution", "YResolution"):
+            value = page.tags.get(tag)
+            if value is None:
+                continue
+            num, den = value.value if isinstance(value.value, tuple) else (value.value, 1)
+            sizes.append(den / num if num else None)
+        return pixel_size_um(sizes, unit, source=path) if sizes else None
+    return None
 
 
 def _ome_names(tif) -> tuple[list[str], int] | None:
@@ -178,7 +258,7 @@ def _over_budget(path: Path, shape, budget: int) -> None:
                                    f"{budget:,} (set MILCNN_MAX_IMAGE_VALUES to raise it, if the memory is there)")
 
 
-def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, tuple[list[str], int] | None]:
+def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, ImageMeta]:
     import tifffile
 
     try:
@@ -188,6 +268,8 @@ def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, tuple[list[str], in
                 raise ImageReadError(path, "not a readable TIFF (no image data)")
             _over_budget(path, series.shape, budget)  # from the header: no pixel read yet
             named = _ome_names(tif)
+            meta = ImageMeta(*(tuple(named[0]), named[1]) if named else (None, None),
+                             pixel_size=_tiff_pixel_size(tif, path))
             try:
                 array = series.asarray()
             except (ValueError, ImportError) as exc:
@@ -200,7 +282,7 @@ def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, tuple[list[str], in
         raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
     if array.size == 0 or array.ndim < 2:
         raise ImageReadError(path, f"not a readable TIFF (no image data: shape {array.shape})")
-    return array, named
+    return array, meta
 
 
 def _read_tiff_with_pillow(path: Path, cause: Exception) -> np.ndarray:
@@ -264,13 +346,22 @@ def write_atomic(path, mode: str = "wb", *, durable: bool = True, **kwargs):
         raise
 
 
-def write_tiff(path, array: np.ndarray, *, durable: bool = True) -> None:
+def write_tiff(path, array: np.ndarray, *, durable: bool = True, pixel_size: float | None = None) -> None:
     """Write ``array`` as a plain (deterministic, uncompressed-metadata-free) TIFF, atomically
-    (``durable``: see ``write_atomic``)."""
+    (``durable``: see ``write_atomic``). With ``pixel_size`` (um) it is an ImageJ TIFF whose resolution
+    and unit say so (``open_image`` reads it back), as Fiji and most microscope software write it."""
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.asarray(array), photometric="minisblack", metadata=None)
+    array = np.asarray(array)
+    if pixel_size is None:
+        tifffile.imwrite(buffer, array, photometric="minisblack", metadata=None)
+    else:
+        axes = {2: "YX", 3: "CYX"}.get(array.ndim)
+        if axes is None:
+            raise ValueError(f"a TIFF with a pixel size is written from (Y, X) or (C, Y, X), got shape {array.shape}")
+        tifffile.imwrite(buffer, array, imagej=True, resolution=(1.0 / pixel_size, 1.0 / pixel_size),
+                         metadata={"axes": axes, "unit": "um"})
     with write_atomic(path, "wb", durable=durable) as fh:
         fh.write(buffer.getbuffer())
 

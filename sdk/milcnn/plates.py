@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from milcnn.decision import UNASSIGNED, decide
 from milcnn.io import write_atomic
+from milcnn.quality import QC_OK
 
 __all__ = ["Location", "locate", "well_table", "write_wells", "write_plate_png", "write_treatments",
            "WELL_PATTERNS", "PlateMapError"]
@@ -96,13 +98,13 @@ def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None =
 
 # ---------------------------------------------------------------------------------------- wells
 
-def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float,
-               unassigned: str = "unassigned") -> list[dict]:
-    """Per (plate, well): fields, mean image probability per class, mean area fraction per class, and
-    the label (the class of the largest mean probability; ``unassigned`` below ``threshold``).
+def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, multi_label: bool = False) -> list[dict]:
+    """Per (plate, well): fields, fields whose qc is ``ok``, the mean image probability per class and mean
+    area fraction per class over those fields, and the label (``milcnn.decision.decide`` on the mean: the
+    top class where it reaches ``threshold``; ``unassigned`` below it, or where no field passed qc).
 
     Args:
-        rows: ``predictions.csv`` rows as dicts (with ``plate``, ``well``, ``p_<class>``, ``area_<class>``).
+        rows: ``predictions.csv`` rows as dicts (with ``plate``, ``well``, ``qc``, ``p_<class>``, ``area_<class>``).
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -110,11 +112,16 @@ def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float,
             groups.setdefault((row.get("plate", ""), row["well"]), []).append(row)
     table = []
     for (plate, well), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1][0], int(kv[0][1][1:]))):
-        p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in members]).mean(axis=0)
-        area = np.array([[float(r.get(f"area_{c}") or 0.0) for c in classes] for r in members]).mean(axis=0)
-        k = int(np.argmax(p))
-        table.append({"plate": plate, "well": well, "fields": len(members),
-                      "label": classes[k] if p[k] >= threshold else unassigned, "max_probability": float(p[k]),
+        ok = [r for r in members if r.get("qc", QC_OK) == QC_OK]
+        used = ok or members  # no field passed qc: the means of all, for the record; the label is unassigned
+        p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in used]).mean(axis=0)
+        area = np.array([[float(r.get(f"area_{c}") or 0.0) for c in classes] for r in used]).mean(axis=0)
+        reasons = [r.get("qc") for r in members]
+        qc = QC_OK if ok else max(set(reasons), key=reasons.count)
+        call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=qc)
+        table.append({"plate": plate, "well": well, "fields": len(members), "fields_qc_ok": len(ok),
+                      "label": call.label, **({"labels": call.labels} if multi_label else {}), "qc": qc,
+                      "max_probability": float(call.probability),
                       **{f"p_{c}": float(v) for c, v in zip(classes, p)},
                       **{f"area_{c}": float(v) for c, v in zip(classes, area)}})
     return table
@@ -127,9 +134,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         fh.write(buffer.getvalue())
 
 
-def write_wells(path: Path, table: list[dict], classes: tuple[str, ...]) -> None:
-    header = ["plate", "well", "fields", "label", "max_probability", *[f"p_{c}" for c in classes],
-              *[f"area_{c}" for c in classes]]
+def write_wells(path: Path, table: list[dict], classes: tuple[str, ...], *, multi_label: bool = False) -> None:
+    header = ["plate", "well", "fields", "fields_qc_ok", "label", *(["labels"] if multi_label else []), "qc",
+              "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
     _write_csv(path, header, [[_fmt(row[h]) for h in header] for row in table])
 
 
@@ -168,10 +175,11 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tuple[str, ...], *,
-                     threshold: float, unassigned: str = "unassigned") -> int:
+                     threshold: float, multi_label: bool = False) -> int:
     """``treatments.csv``: per (compound, concentration), the mean of its wells' probabilities (as the
-    treatment evaluation of ``training.treatments`` averages images), its label and, when the plate map
-    gives one, its MOA. Returns the number of treatments."""
+    treatment evaluation of ``training.treatments`` averages images) over the wells with a field that
+    passed qc, its label (``milcnn.decision.decide``) and, when the plate map gives one, its MOA.
+    Returns the number of treatments."""
     groups: dict[tuple[str, float], list[dict]] = {}
     moa: dict[tuple[str, float], str] = {}
     for row in table:
@@ -181,15 +189,16 @@ def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tu
         key = (entry["compound"], entry["concentration"])
         groups.setdefault(key, []).append(row)
         moa[key] = entry["moa"]
-    header = ["compound", "concentration", "moa", "wells", "fields", "label", "max_probability",
-              *[f"p_{c}" for c in classes]]
+    header = ["compound", "concentration", "moa", "wells", "fields", "label", *(["labels"] if multi_label else []),
+              "max_probability", *[f"p_{c}" for c in classes]]
     rows = []
     for (compound, concentration), members in sorted(groups.items()):
-        p = np.array([[m[f"p_{c}"] for c in classes] for m in members]).mean(axis=0)
-        k = int(np.argmax(p))
+        ok = [m for m in members if m.get("qc", QC_OK) == QC_OK]
+        p = np.array([[m[f"p_{c}"] for c in classes] for m in ok or members]).mean(axis=0)
+        call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=QC_OK if ok else "no_field_ok")
         rows.append([compound, f"{concentration:g}", moa[(compound, concentration)], len(members),
-                     sum(m["fields"] for m in members), classes[k] if p[k] >= threshold else unassigned,
-                     f"{p[k]:.6f}", *[f"{v:.6f}" for v in p]])
+                     sum(m["fields"] for m in members), call.label, *([call.labels] if multi_label else []),
+                     f"{call.probability:.6f}", *[f"{v:.6f}" for v in p]])
     _write_csv(path, header, rows)
     return len(rows)
 

@@ -20,7 +20,7 @@ def class_colours(classes) -> dict:
 
 
 def labels_layer(mask: np.ndarray, classes, *, name: str, probabilities: dict | None = None,
-                 label: str | None = None, model: str | None = None) -> tuple:
+                 label: str | None = None, model: str | None = None, qc: str | None = None) -> tuple:
     """A Labels layer data tuple: the mask (0 background, k + 1 class k), coloured as milcnn's overlays,
     with a ``features`` table naming each label's class and the image's probabilities in ``metadata``."""
     from napari.utils.colormaps import DirectLabelColormap
@@ -29,7 +29,8 @@ def labels_layer(mask: np.ndarray, classes, *, name: str, probabilities: dict | 
     features = {"index": np.arange(len(classes) + 1), "class": [BACKGROUND, *classes]}
     if probabilities is not None:
         features["probability"] = [float("nan"), *(float(probabilities[c]) for c in classes)]
-    metadata = {"milcnn": {"classes": classes, "label": label, "probabilities": probabilities, "model": model}}
+    metadata = {"milcnn": {"classes": classes, "label": label, "qc": qc, "probabilities": probabilities,
+                           "model": model}}
     return (mask, {"name": name, "features": features, "metadata": metadata,
                    "colormap": DirectLabelColormap(color_dict=class_colours(classes))}, "labels")
 
@@ -37,4 +38,4 @@ def labels_layer(mask: np.ndarray, classes, *, name: str, probabilities: dict | 
 def prediction_layers(pred, classes, *, name: str, model: str | None = None) -> list[tuple]:
     """The layers of one ``milcnn`` Prediction: its mask as a Labels layer."""
     return [labels_layer(pred.mask, classes, name=f"{name} milcnn mask", probabilities=pred.probabilities,
-                         label=pred.label, model=model)]
+                         label=pred.label, model=model, qc=pred.qc)]

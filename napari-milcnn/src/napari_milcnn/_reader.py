@@ -45,7 +45,8 @@ def read_results(path) -> list[tuple]:
                            {"name": f"{stem} overlay", "rgb": True, "visible": False}, "image"))
         probabilities = {c: float(row[f"p_{c}"]) for c in classes if f"p_{c}" in row}
         layers.append(labels_layer(tifffile.imread(mask_path), classes, name=f"{stem} milcnn mask",
-                                   probabilities=probabilities, label=row.get("label"), model=_model(folder)))
+                                   probabilities=probabilities, label=row.get("label"), model=_model(folder),
+                                   qc=row.get("qc")))
     return layers
 
 

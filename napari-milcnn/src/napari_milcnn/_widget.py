@@ -135,7 +135,9 @@ class MilcnnWidget(QWidget):
         if kwargs["name"] in self.viewer.layers:
             self.viewer.layers.remove(kwargs["name"])
         layer = self.viewer.add_labels(mask, **kwargs)
-        self.called.setText(f"{name}: {pred.label} (p={pred.probabilities[pred.label]:.2f}), {clf.name}")
+        qc = "" if pred.qc == "ok" else f", qc {pred.qc}"
+        self.called.setText(f"{name}: {pred.label} (top {pred.top}, p={pred.probabilities[pred.top]:.2f}{qc}), "
+                            f"{clf.name}")
         self.table.setRowCount(len(clf.classes))
         for row, (cls, p) in enumerate(sorted(pred.probabilities.items(), key=lambda kv: -kv[1])):
             self.table.setItem(row, 0, QTableWidgetItem(cls))

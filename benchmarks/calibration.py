@@ -1,0 +1,270 @@
+"""What a user reads: calibration, labels at the default threshold, qc, on simulated, real and junk images.
+
+Usage::
+
+    python -m benchmarks.calibration [--model NAME ...] [--data DIR]
+
+Per zoo model, everything through ``Classifier.predict`` with its defaults (the label and qc that
+``milzoo predict`` writes; the scale from the image, else the model's default):
+
+- **simulated**: a fresh simulator seed (seed 5; training used 1, validation 2, testing 3, calibration 4),
+  made under ``data/`` when missing;
+- **real**: the test half of each real set the model applies to, as ``4 x 4`` mosaics of a field's cells
+  (``training/data/real.py``; calibration and qc were fitted on the validation half at most);
+- **junk**: 12 kinds of images that hold no cells of the model's kind (``JUNK``), with the share given a label;
+- **another screen**: real cells of the other real set, the model's channel count taken in order (every
+  top class is then wrong): how often they are ``unassigned``.
+
+Figures: ECE (largest probability, 10 bins), Brier score, label accuracy at the default threshold
+(``unassigned`` counted wrong), ``unassigned`` among correctly ranked images, accuracy among assigned ones,
+and the share qc flags. Writes ``benchmarks/results/calibration.{json,md}`` and a reliability diagram per
+model (``benchmarks/results/calibration-<model>.png``, copied into the model folder for its card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.machine import cpu_description
+from milcnn import constants
+from milcnn.io import write_atomic
+from milcnn.logs import log_to_stderr
+from training.calibrate import expected_calibration_error
+from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, applicable_sets, load_fields, mosaics
+
+__all__ = ["junk_images", "score", "main", "JUNK", "SIMULATED"]
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("yeast-loc", "yeast-loc-gfp", "mcf7-moa")
+#: the fresh simulated set per model: simulator, channels, images, folder under data/
+SIMULATED = {"yeast-loc": ("yeast", "gfp,rfp", 220, "yeast2-fresh5"),
+             "yeast-loc-gfp": ("yeast", "gfp", 220, "yeast2-gfp-fresh5"),
+             "mcf7-moa": ("mcf7", "dna,tubulin,actin", 160, "mcf7v2-fresh5")}
+SEED = 5
+JUNK = ("uniform noise", "gaussian noise", "poisson noise", "salt and pepper", "blank", "constant", "stripes",
+        "gradient", "checkerboard", "one bright blob", "tiny crop", "another model's cells")
+
+
+def junk_images(channels: int, other: np.ndarray, rng: np.random.Generator, size: int = 512) -> dict:
+    """The 12 kinds of ``JUNK`` as (C, size, size) uint16 images (the tiny crop: 12 x 12 px); ``other``:
+    cells of another model's kind with at least ``channels`` channels (the first are used)."""
+    c, h, w = channels, size, size
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = 100 + 5000 * np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (2 * 20 ** 2))
+    sp = np.full((c, h, w), 100, np.uint16)
+    u = rng.random((c, h, w))
+    sp[u < 0.02], sp[u > 0.98] = 0, 4000
+
+    def same(plane):  # one plane in every channel
+        return np.broadcast_to(plane.astype(np.uint16), (c, h, w)).copy()
+
+    images = {
+        "uniform noise": rng.integers(0, 65535, (c, h, w)).astype(np.uint16),
+        "gaussian noise": np.clip(rng.normal(1000, 100, (c, h, w)), 0, 65535).astype(np.uint16),
+        "poisson noise": rng.poisson(5, (c, h, w)).astype(np.uint16),
+        "salt and pepper": sp,
+        "blank": np.zeros((c, h, w), np.uint16),
+        "constant": np.full((c, h, w), 1234, np.uint16),
+        "stripes": same((xx // 8) % 2 * 3000 + 100),
+        "gradient": same(xx * 50 + yy * 20),
+        "checkerboard": same(((xx // 16) + (yy // 16)) % 2 * 3000 + 100),
+        "one bright blob": same(blob) + rng.poisson(10, (c, h, w)).astype(np.uint16),
+        "tiny crop": rng.integers(0, 65535, (c, 12, 12)).astype(np.uint16),
+        "another model's cells": np.ascontiguousarray(other[:c]),
+    }
+    assert tuple(images) == JUNK
+    return images
+
+
+def _simulated_set(model: str) -> Path:
+    kind, channels, n, folder = SIMULATED[model]
+    out = ROOT / "data" / folder
+    if not (out / "manifest.csv").is_file():
+        subprocess.run([sys.executable, "-m", "training.simulate", kind, "--n", str(n), "--seed", str(SEED),
+                        "--channels", channels, "--out", str(out), "--workers", "2"], check=True, cwd=ROOT)
+    return out / "manifest.csv"
+
+
+def score(probabilities: np.ndarray, targets: np.ndarray, labels: list[str], qc: list[str], classes) -> dict:
+    """The table's figures for one set: ``probabilities`` (N, K) calibrated, ``targets`` (N, K) 0/1 (every
+    right class), ``labels`` and ``qc`` as the SDK gave them."""
+    n = len(labels)
+    top = probabilities.argmax(axis=1)
+    ranked = targets[np.arange(n), top] > 0
+    labelled = np.array([lab in classes for lab in labels])
+    right = np.array([lab in classes and targets[i, classes.index(lab)] > 0 for i, lab in enumerate(labels)])
+    onehot = np.zeros_like(probabilities)
+    onehot[np.arange(n), np.argmax(probabilities * targets + targets * 1e-9, axis=1)] = 1  # the right class
+    return {"n": n, "ece": expected_calibration_error(probabilities.max(axis=1), ranked),
+            "brier": float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1))),
+            "top_class_accuracy": float(ranked.mean()), "label_accuracy": float(right.mean()),
+            "unassigned_among_ranked_right": float((~labelled & ranked).sum() / max(1, ranked.sum())),
+            "accuracy_among_assigned": float(right.sum() / labelled.sum()) if labelled.any() else None,
+            "assigned": int(labelled.sum()), "qc_flagged": float(np.mean([q != "ok" for q in qc])),
+            "qc": {r: qc.count(r) for r in sorted(set(qc))},
+            "reliability": _reliability(probabilities.max(axis=1), ranked)}
+
+
+def _reliability(conf: np.ndarray, right: np.ndarray, bins: int = 10) -> list:
+    index = np.minimum((conf * bins).astype(int), bins - 1)
+    return [[float(conf[index == i].mean()), float(right[index == i].mean()), int((index == i).sum())]
+            for i in range(bins) if (index == i).any()]
+
+
+def _run(clf, images, targets) -> dict:
+    preds = [clf.predict(image) for image in images]
+    probs = np.array([[p.probabilities[c] for c in clf.classes] for p in preds])
+    raw = np.array([[p.raw_probabilities[c] for c in clf.classes] for p in preds])
+    out = score(probs, np.asarray(targets, dtype=float), [p.label for p in preds], [p.qc for p in preds],
+                list(clf.classes))
+    raw_ranked = np.asarray(targets)[np.arange(len(preds)), raw.argmax(axis=1)] > 0
+    out["raw_ece"] = expected_calibration_error(raw.max(axis=1), raw_ranked)
+    return out
+
+
+def _targets(classes, accepted_lists) -> list:
+    return [[1.0 if c in accepted else 0.0 for c in classes] for accepted in accepted_lists]
+
+
+def evaluate_model(name: str, data_root: Path) -> dict:
+    import csv
+
+    from milcnn import Classifier
+
+    clf = Classifier.from_hub(name, device="cpu")
+    entry = {"model": {"name": clf.name, "version": clf.info.version,
+                       "calibration": clf.info.calibration.method if clf.info.calibration else None},
+             "sets": {}}
+    manifest = _simulated_set(name)
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    images = [manifest.parent / r["path"] for r in rows]
+    entry["sets"][f"simulated, seed {SEED}"] = _run(clf, images, _targets(clf.classes, [[r["label"]] for r in rows]))
+    entry["sets"][f"simulated, seed {SEED}"]["images"] = str(manifest.relative_to(ROOT))
+    for rs in applicable_sets(clf.channels, clf.classes):
+        fields = [f for f in load_fields(rs, data_root, channels=clf.channels) if rs.half(f) == "test"]
+        mos, acc = [], []
+        for f in fields:
+            for m in mosaics(f.cells, 4):
+                mos.append(m)
+                acc.append(f.group.accepted)
+        entry["sets"][f"real {rs.name}, test half"] = _run(clf, mos, _targets(clf.classes, acc))
+        entry["sets"][f"real {rs.name}, test half"]["images"] = (
+            f"{len(mos)} mosaics of 4 x 4 cells of {', '.join(f.name for f in fields)}")
+    other_set = next(rs for rs in REAL_SETS.values() if rs not in applicable_sets(clf.channels, clf.classes))
+    other_fields = load_fields(other_set, data_root)
+    other = [np.concatenate([m] * 2)[:len(clf.channels)] for f in other_fields for m in mosaics(f.cells, 4)]
+    preds = [clf.predict(m) for m in other]
+    entry["another_screen"] = {"images": f"{len(other)} mosaics of 4 x 4 real cells of {other_set.name} (every "
+                                         f"field; its first {len(clf.channels)} channel(s), repeated where fewer)",
+                               "n": len(preds), "unassigned": float(np.mean([p.label == "unassigned" for p in preds])),
+                               "qc": {r: sum(p.qc == r for p in preds) for r in sorted({p.qc for p in preds})}}
+    rng = np.random.default_rng(0)
+    other_cells = other[0] if len(other[0]) >= len(clf.channels) else np.concatenate([other[0]] * 3)
+    other_cells = (other_cells.astype(np.float64) / max(1.0, float(other_cells.max())) * 4000).astype(np.uint16)
+    junk = {}
+    for kind, image in junk_images(len(clf.channels), other_cells, rng).items():
+        p = clf.predict(image[0] if len(clf.channels) == 1 else image)
+        junk[kind] = {"label": p.label, "top": p.top, "probability": round(p.probabilities[p.top], 4), "qc": p.qc}
+    entry["junk"] = junk
+    entry["junk_labelled"] = sum(v["label"] != "unassigned" for v in junk.values())
+    return entry
+
+
+def plot(entry: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+    for (name, s), colour in zip(entry["sets"].items(), ("tab:blue", "tab:orange", "tab:green")):
+        conf, acc, n = np.array(s["reliability"]).T
+        ax.plot(conf, acc, "o-", color=colour, label=f"{name} (ECE {s['ece']:.3f})", ms=3)
+    ax.set_xlabel("largest calibrated probability")
+    ax.set_ylabel("share of images ranked right")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
+    ax.set_title(f"{entry['model']['name']} {entry['model']['version']}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def render(results: dict) -> str:
+    lines = ["# Calibration, labels and qc: what `milzoo predict` writes with its defaults", "",
+             f"Command: `{results['command']}`. CPU: {results['cpu']}.", "",
+             "Every figure through `Classifier.predict` with its defaults (threshold 0.5; the scale from the image, "
+             "else the model's default), so the label and qc are the ones `milzoo predict` writes. ECE: expected "
+             "calibration error of the largest probability (10 bins); raw ECE: the same on the network's own "
+             "outputs. Label accuracy counts `unassigned` wrong. Calibration and qc limits were fitted on simulated "
+             "seed 4 and, where the card says so, the validation half of the real set (`python -m "
+             "training.calibrate`); nothing here was used to fit or choose them.", ""]
+    for name, e in results["models"].items():
+        lines += [f"## {name} {e['model']['version']} (calibration: {e['model']['calibration']})", "",
+                  f"![reliability](calibration-{name}.png)", "",
+                  "| set | images | ECE (raw) | Brier | top class right | label accuracy | unassigned among ranked "
+                  "right | accuracy among assigned | qc flagged |", "|---|---|---|---|---|---|---|---|---|"]
+        for set_name, s in e["sets"].items():
+            lines.append(f"| {set_name} | {s['n']}: {s['images']} | {s['ece']:.3f} ({s['raw_ece']:.3f}) | "
+                         f"{s['brier']:.3f} | {_pct(s['top_class_accuracy'])} | {_pct(s['label_accuracy'])} | "
+                         f"{_pct(s['unassigned_among_ranked_right'])} | {_pct(s['accuracy_among_assigned'])} | "
+                         f"{_pct(s['qc_flagged'])} {s['qc']} |")
+        a = e["another_screen"]
+        lines += ["", f"Another screen ({a['images']}): every top class is wrong; **{_pct(a['unassigned'])} "
+                      f"`unassigned`** (qc: {a['qc']}).", "",
+                  f"Junk: **{e['junk_labelled']} of {len(e['junk'])} kinds labelled**.", "",
+                  "| junk | label | top class (p) | qc |", "|---|---|---|---|"]
+        for kind, j in e["junk"].items():
+            lines.append(f"| {kind} | {j['label']} | {j['top']} ({j['probability']:.3f}) | {j['qc']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.calibration", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", choices=MODELS, help="default: every zoo model")
+    parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA, help="the real labelled data folder")
+    parser.add_argument("--out", type=Path, default=RESULTS / "calibration")
+    args = parser.parse_args(argv)
+    log_to_stderr(logging.WARNING)
+    models = args.model or list(MODELS)
+    results = {"command": "python -m benchmarks.calibration" + "".join(f" --model {m}" for m in args.model or []),
+               "cpu": cpu_description(), "models": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        entry = evaluate_model(name, args.data)
+        results["models"][name] = entry
+        png = args.out.parent / f"calibration-{name}.png"
+        plot(entry, png)
+        from milcnn.registry import lookup
+
+        folder = lookup(name).bundled_dir
+        if folder is not None and folder.is_dir() and (ROOT / "zoo" / name) == folder.resolve():
+            shutil.copyfile(png, folder / "reliability.png")
+    with write_atomic(args.out.with_suffix(".json"), "w") as fh:
+        fh.write(json.dumps(results, indent=2) + "\n")
+    with write_atomic(args.out.with_suffix(".md"), "w") as fh:
+        fh.write(render(results) + "\n")
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Quality control of one field: whether the model's call on it can be trusted at all (``qc``).
+
+A model answers every image it is given; on a blank field, a noise frame or a striped artefact it can
+still give one class a large probability. ``assess`` says, per image, ``ok`` or the first reason the
+image is unlike what the model was made for:
+
+- ``too_small``: the image (at the model's scale) is below the network's ``min_size``;
+- ``no_cells``: nothing stands out from the background in any channel (blank, constant or empty field);
+- ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``);
+- ``out_of_distribution``: its texture, the share of it the model marks or the likeness of its channels is
+  outside what the model's own reference images span (pixel noise has no texture; stripes and grids make
+  the model mark everything; an artefact, unlike stained cells, looks the same in every channel).
+
+The limits are fitted at export on in-distribution images (``training/calibrate.py``) and stored in
+``config.json`` (``qc``). A field whose qc is not ``ok`` is ``unassigned`` (``milcnn.decision``).
+Features are read from every other pixel of the normalised image (a quarter of its pixels: about
+1 ms for 512 x 512 px) and from the class maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from milcnn.preprocess import apply_ranges
+from milcnn.scale import SCALE_TOLERANCE, estimate_cell_diameter
+
+__all__ = ["QC_OK", "QC_REASONS", "QualityLimits", "Features", "measure", "assess"]
+
+QC_OK = "ok"
+#: the reasons ``assess`` gives, in the order it checks them
+QC_REASONS = ("too_small", "no_cells", "off_scale", "out_of_distribution")
+#: a map pixel counts as marked where its largest class map reaches this
+MARKED = 0.5
+_STEP = 2  # features from every other row and column
+
+
+@dataclass(frozen=True)
+class Features:
+    """What ``assess`` reads of one image: the typical object diameter in px at the network's scale
+    (None where nothing stands out), the texture (the largest over channels of the correlation of pixels
+    two apart: 0 for pixel noise, near 1 for cells), the share of map pixels the model marks, and the
+    similarity of its channels (the largest correlation between two of them; None for one channel)."""
+
+    diameter: float | None
+    texture: float
+    coverage: float
+    similarity: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"diameter": None if self.diameter is None else round(float(self.diameter), 3),
+                "texture": round(float(self.texture), 4), "coverage": round(float(self.coverage), 4),
+                "similarity": None if self.similarity is None else round(float(self.similarity), 4)}
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """``config.json``'s ``qc`` block: the range of object diameters (px, at the network's scale), the
+    lowest texture, the largest coverage and the largest channel similarity (None: not checked) that count
+    as in-distribution, and ``fitted_on`` (kept as written, for the card)."""
+
+    diameter: tuple[float, float]
+    texture_min: float
+    coverage_max: float
+    similarity_max: float | None = None
+    fitted_on: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"cell_diameter_px": [float(v) for v in self.diameter], "texture_min": float(self.texture_min),
+                "coverage_max": float(self.coverage_max),
+                "similarity_max": None if self.similarity_max is None else float(self.similarity_max),
+                "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, d) -> "QualityLimits":
+        """Read and check a ``qc`` block.
+
+        Raises:
+            ValueError: what is wrong, naming the field.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"qc must be an object, got {type(d).__name__}")
+        diameter = d.get("cell_diameter_px")
+        if (not isinstance(diameter, list) or len(diameter) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in diameter)
+                or not 0 < diameter[0] < diameter[1] < float("inf")):
+            raise ValueError(f"qc.cell_diameter_px must be [low, high] with 0 < low < high, got {diameter!r}")
+        values = {}
+        for key, lo, hi in (("texture_min", -1.0, 1.0), ("coverage_max", 0.0, 1.0), ("similarity_max", -1.0, 1.0)):
+            v = d.get(key)
+            if key == "similarity_max" and v is None:
+                values[key] = None
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"qc.{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+            values[key] = float(v)
+        return cls(diameter=(float(diameter[0]), float(diameter[1])), fitted_on=dict(d.get("fitted_on") or {}),
+                   **values)
+
+    @classmethod
+    def from_scale(cls, measured: float | None, tolerance: float | None) -> "QualityLimits | None":
+        """Limits for a model exported before qc was fitted: its recorded cell-size reading and tolerance
+        (``config.json`` scale), no texture or coverage limit; None where it records no reading."""
+        if not measured:
+            return None
+        t = tolerance or SCALE_TOLERANCE
+        return cls(diameter=(measured / t, measured * t), texture_min=-1.0, coverage_max=1.0,
+                   fitted_on={"from": "scale.measured_cell_diameter_px and measured_tolerance"})
+
+
+def measure(chw: np.ndarray, ranges, maps: np.ndarray, *, normalized: bool = False) -> Features:
+    """The features of one image.
+
+    Args:
+        chw: (C, H, W) at the network's scale: raw pixels with ``ranges`` (low, scale), or, with
+            ``normalized``, already normalised (a resized image).
+        maps: (K, h, w) class maps of the image's own pixels (no padding).
+    """
+    sub = np.asarray(chw)[:, ::_STEP, ::_STEP]
+    x = np.asarray(sub, dtype=np.float32) if normalized else apply_ranges(sub, *ranges)
+    np.clip(x, 0.0, 1.0, out=x)
+    diameter = estimate_cell_diameter(x, step=1)
+    texture = max((_texture(plane) for plane in x), default=0.0)
+    marked = float((maps.max(axis=0) >= MARKED).mean()) if maps.size else 0.0
+    return Features(None if diameter is None else diameter * _STEP, texture, marked, _similarity(x))
+
+
+def _similarity(x: np.ndarray) -> float | None:
+    """The largest correlation between two channels of (C, h, w); None for one channel."""
+    if x.shape[0] < 2:
+        return None
+    a = x.reshape(x.shape[0], -1).astype(np.float64)
+    a -= a.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", a, a))
+    if not np.all(norm > 1e-9):
+        return 1.0 if np.count_nonzero(norm <= 1e-9) >= 2 else 0.0  # two flat channels are alike
+    c = (a @ a.T) / np.outer(norm, norm)
+    return float(c[np.triu_indices(x.shape[0], 1)].max())
+
+
+def _texture(plane: np.ndarray) -> float:
+    """Correlation of pixels one step apart along rows, and along columns: the smaller of the two."""
+    a = plane - plane.mean(dtype=np.float64)
+    var = float(np.einsum("ij,ij->", a, a)) / a.size
+    if var < 1e-12 or min(a.shape) < 2:
+        return 0.0
+    rows = float(np.einsum("ij,ij->", a[:, 1:], a[:, :-1])) / (a.shape[0] * (a.shape[1] - 1))
+    cols = float(np.einsum("ij,ij->", a[1:], a[:-1])) / ((a.shape[0] - 1) * a.shape[1])
+    return min(rows, cols) / var
+
+
+def assess(features: Features | None, limits: QualityLimits | None, *, shape: tuple[int, int], min_size: int) -> str:
+    """``ok`` or the first reason (``QC_REASONS``) the model's call on this image is not to be trusted.
+
+    Args:
+        features: ``measure``'s reading (None: only the size is checked).
+        limits: the model's fitted limits (None: no scale or distribution check).
+        shape: (H, W) at the network's scale, before any padding.
+    """
+    if min(shape) < min_size:
+        return "too_small"
+    if features is None:
+        return QC_OK
+    if features.diameter is None:
+        return "no_cells"
+    if limits is None:
+        return QC_OK
+    if not limits.diameter[0] <= features.diameter <= limits.diameter[1]:
+        return "off_scale"
+    if features.texture < limits.texture_min or features.coverage > limits.coverage_max:
+        return "out_of_distribution"
+    if limits.similarity_max is not None and features.similarity is not None \
+            and features.similarity > limits.similarity_max:
+        return "out_of_distribution"
+    return QC_OK
