@@ -12,8 +12,8 @@ Per zoo model, everything through ``Classifier.predict`` with its defaults (the 
 - **real**: the test half of each real set the model applies to, as ``4 x 4`` mosaics of a field's cells
   (``training/data/real.py``; calibration and qc were fitted on the validation half at most);
 - **junk**: 12 kinds of images that hold no cells of the model's kind (``JUNK``), with the share given a label;
-- **another screen**: real cells of the other real set, the model's channel count taken in order (every
-  top class is then wrong): how often they are ``unassigned``.
+- **images it was not made for**: the real test half as another objective would show it (2x, 0.5x) and the
+  real cells of the other real set (every top class then wrong): how often a wrong top class is ``unassigned``.
 
 Figures: ECE (largest probability, 10 bins), Brier score, label accuracy at the default threshold
 (``unassigned`` counted wrong), ``unassigned`` among correctly ranked images, accuracy among assigned ones,
@@ -162,15 +162,10 @@ def evaluate_model(name: str, data_root: Path) -> dict:
         entry["sets"][f"real {rs.name}, test half"] = _run(clf, mos, _targets(clf.classes, acc))
         entry["sets"][f"real {rs.name}, test half"]["images"] = (
             f"{len(mos)} mosaics of 4 x 4 cells of {', '.join(f.name for f in fields)}")
-    other_set = next(rs for rs in REAL_SETS.values() if rs not in applicable_sets(clf.channels, clf.classes))
-    other_fields = load_fields(other_set, data_root)
-    other = [np.concatenate([m] * 2)[:len(clf.channels)] for f in other_fields for m in mosaics(f.cells, 4)]
-    preds = [clf.predict(m) for m in other]
-    entry["another_screen"] = {"images": f"{len(other)} mosaics of 4 x 4 real cells of {other_set.name} (every "
-                                         f"field; its first {len(clf.channels)} channel(s), repeated where fewer)",
-                               "n": len(preds), "unassigned": float(np.mean([p.label == "unassigned" for p in preds])),
-                               "qc": {r: sum(p.qc == r for p in preds) for r in sorted({p.qc for p in preds})}}
+    entry["another_screen"] = _another_screen(clf, data_root)
     rng = np.random.default_rng(0)
+    other_set = next(rs for rs in REAL_SETS.values() if rs not in applicable_sets(clf.channels, clf.classes))
+    other = mosaics(load_fields(other_set, data_root)[0].cells, 4)
     other_cells = other[0] if len(other[0]) >= len(clf.channels) else np.concatenate([other[0]] * 3)
     other_cells = (other_cells.astype(np.float64) / max(1.0, float(other_cells.max())) * 4000).astype(np.uint16)
     junk = {}
@@ -182,25 +177,80 @@ def evaluate_model(name: str, data_root: Path) -> dict:
     return entry
 
 
+def _another_screen(clf, data_root: Path) -> dict:
+    """Images the model was not made for, with labels to tell right from wrong: the real test half's mosaics
+    as another objective would show them (2x and 0.5x, no scale in the file), and every mosaic of the other
+    real set (every choice of its channels in order: the first C, and for a one-channel model each one)."""
+    from milcnn.scale import resize_chw, zoomed_shape
+
+    out = {}
+    for rs in applicable_sets(clf.channels, clf.classes):
+        fields = [f for f in load_fields(rs, data_root, channels=clf.channels) if rs.half(f) == "test"]
+        for zoom in (2.0, 0.5):
+            images, accepted = [], []
+            for f in fields:
+                for m in mosaics(f.cells, 4):
+                    images.append(resize_chw(m.astype(np.float32), zoomed_shape(m.shape[1:], zoom)))
+                    accepted.append(f.group.accepted)
+            out[f"{rs.name} test half at {zoom:g}x"] = _wrong_calls(clf, images, accepted)
+    other_set = next(rs for rs in REAL_SETS.values() if rs not in applicable_sets(clf.channels, clf.classes))
+    fields = load_fields(other_set, data_root)
+    c = len(clf.channels)
+    n = len(other_set.channels)  # fewer than the model's: repeated in order
+    picks = [tuple(i % n for i in range(c))] if c > 1 else [(i,) for i in range(n)]
+    for pick in picks:
+        images = [m[list(pick)] for f in fields for m in mosaics(f.cells, 4)]
+        out[f"{other_set.name} ({', '.join(other_set.channels[i] for i in pick)} as "
+            f"{', '.join(clf.channels)})"] = _wrong_calls(clf, images, [()] * len(images))
+    return out
+
+
+def _wrong_calls(clf, images, accepted) -> dict:
+    preds = [clf.predict(m[0] if len(clf.channels) == 1 else m) for m in images]
+    wrong = [p.top not in a for p, a in zip(preds, accepted)]
+    unassigned = [p.label == "unassigned" for p in preds]
+    n_wrong = sum(wrong)
+    return {"n": len(preds), "top_class_wrong": n_wrong,
+            "unassigned_where_top_wrong": (sum(u for u, w in zip(unassigned, wrong) if w) / n_wrong) if n_wrong else None,
+            "labelled_wrong": sum(1 for p, w in zip(preds, wrong) if w and p.label != "unassigned"),
+            "qc": {r: sum(p.qc == r for p in preds) for r in sorted({p.qc for p in preds})}}
+
+
 def plot(entry: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+    fig, ax = plt.subplots(figsize=(4.6, 4.6), dpi=100)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
     for (name, s), colour in zip(entry["sets"].items(), ("tab:blue", "tab:orange", "tab:green")):
         conf, acc, n = np.array(s["reliability"]).T
-        ax.plot(conf, acc, "o-", color=colour, label=f"{name} (ECE {s['ece']:.3f})", ms=3)
-    ax.set_xlabel("largest calibrated probability")
-    ax.set_ylabel("share of images ranked right")
-    ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
-    ax.set_title(f"{entry['model']['name']} {entry['model']['version']}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+        ax.plot(conf, acc, color=colour, lw=0.8, alpha=0.5)
+        ax.scatter(conf, acc, s=12 + 200 * n / n.sum(), color=colour, alpha=0.8,
+                   label=f"{name}: {int(n.sum())} images, ECE {s['ece']:.3f}")
+    ax.set_xlabel("largest calibrated probability (bin mean)")
+    ax.set_ylabel("share of images whose top class is right")
+    ax.set_xlim(0, 1.02), ax.set_ylim(-0.02, 1.05)
+    ax.set_title(f"{entry['model']['name']} {entry['model']['version']}: reliability (marker area: images)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _update_zoo(name: str, entry: dict, png: Path, command: str) -> None:
+    """The figures a card shows (``training.model_card``: "Probabilities, unassigned and qc") and its diagram."""
+    from training.model_card import update_folder
+
+    folder = ROOT / "zoo" / name
+    keep = ("n", "ece", "label_accuracy", "unassigned_among_ranked_right", "qc_flagged")
+    update_folder(folder, trust={
+        "command": command, "sets": {k: {f: v[f] for f in keep} for k, v in entry["sets"].items()},
+        "junk_labelled": entry["junk_labelled"], "junk_kinds": len(entry["junk"]),
+        "not_made_for": entry["another_screen"]})
+    shutil.copyfile(png, folder / "reliability.png")
 
 
 def _pct(v) -> str:
@@ -226,10 +276,14 @@ def render(results: dict) -> str:
                          f"{s['brier']:.3f} | {_pct(s['top_class_accuracy'])} | {_pct(s['label_accuracy'])} | "
                          f"{_pct(s['unassigned_among_ranked_right'])} | {_pct(s['accuracy_among_assigned'])} | "
                          f"{_pct(s['qc_flagged'])} {s['qc']} |")
-        a = e["another_screen"]
-        lines += ["", f"Another screen ({a['images']}): every top class is wrong; **{_pct(a['unassigned'])} "
-                      f"`unassigned`** (qc: {a['qc']}).", "",
-                  f"Junk: **{e['junk_labelled']} of {len(e['junk'])} kinds labelled**.", "",
+        lines += ["", "Images it was not made for (4 x 4 mosaics; another objective: the test half resized, no scale "
+                      "in the file; another screen: every top class is wrong):", "",
+                  "| images | n | top class wrong | `unassigned` where the top class is wrong | labelled wrong | qc |",
+                  "|---|---|---|---|---|---|"]
+        for set_name, a in e["another_screen"].items():
+            lines.append(f"| {set_name} | {a['n']} | {a['top_class_wrong']} | "
+                         f"**{_pct(a['unassigned_where_top_wrong'])}** | {a['labelled_wrong']} | {a['qc']} |")
+        lines += ["", f"Junk: **{e['junk_labelled']} of {len(e['junk'])} kinds labelled**.", "",
                   "| junk | label | top class (p) | qc |", "|---|---|---|---|"]
         for kind, j in e["junk"].items():
             lines.append(f"| {kind} | {j['label']} | {j['top']} ({j['probability']:.3f}) | {j['qc']} |")
@@ -242,22 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", choices=MODELS, help="default: every zoo model")
     parser.add_argument("--data", type=Path, default=DEFAULT_REAL_DATA, help="the real labelled data folder")
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration")
+    parser.add_argument("--update-zoo", action="store_true",
+                        help="write the figures and the diagram into the zoo folders' config.json and cards")
+    parser.add_argument("--plot-only", action="store_true", help="draw the diagrams again from the committed .json")
     args = parser.parse_args(argv)
     log_to_stderr(logging.WARNING)
     models = args.model or list(MODELS)
-    results = {"command": "python -m benchmarks.calibration" + "".join(f" --model {m}" for m in args.model or []),
+    results = {"command": "python -m benchmarks.calibration" + "".join(f" --model {m}" for m in args.model or [])
+               + (" --update-zoo" if args.update_zoo else ""),
                "cpu": cpu_description(), "models": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in models:
-        entry = evaluate_model(name, args.data)
+        if args.plot_only:
+            entry = json.loads(args.out.with_suffix(".json").read_text())["models"][name]
+        else:
+            entry = evaluate_model(name, args.data)
         results["models"][name] = entry
         png = args.out.parent / f"calibration-{name}.png"
         plot(entry, png)
-        from milcnn.registry import lookup
-
-        folder = lookup(name).bundled_dir
-        if folder is not None and folder.is_dir() and (ROOT / "zoo" / name) == folder.resolve():
-            shutil.copyfile(png, folder / "reliability.png")
+        if args.update_zoo:
+            _update_zoo(name, entry, png, results["command"])
     with write_atomic(args.out.with_suffix(".json"), "w") as fh:
         fh.write(json.dumps(results, indent=2) + "\n")
     with write_atomic(args.out.with_suffix(".md"), "w") as fh:

@@ -14,7 +14,8 @@ is what the SDK will apply:
   field's cells (the test half is never read); ``--real-qc-only`` uses the real half for the qc limits
   only (a model that was self-trained on it).
 - **qc** (``milcnn.quality``): the object-diameter range, the lowest texture, the largest coverage and the
-  largest channel similarity of the reference images, each widened by a margin (``MARGINS``).
+  range of channel similarity of the reference images, each widened by a margin (``MARGINS``), and the
+  feature distance's class means, shared covariance and limit (``fit_distance``).
 
 The folder's ``config.json`` gets both blocks (and ``--version``; ``--pixel-size`` corrects the recorded
 pixel size of the training images), ``sample_output.json`` is predicted again and the card re-rendered.
@@ -35,15 +36,17 @@ from scipy.optimize import minimize
 from milcnn import constants
 from milcnn.calibration import METHODS, Calibration, logit
 from milcnn.config import read_config, write_config
-from milcnn.quality import QualityLimits
+from milcnn.quality import FeatureDistance, QualityLimits, feature_vector
 
 __all__ = ["fit_calibration", "fit_limits", "reference_outputs", "expected_calibration_error", "MARGINS"]
 
 log = logging.getLogger(__name__)
 
-#: how far beyond the reference images' own range qc lets an image go: diameters by a factor, texture and
-#: coverage by an absolute amount, channel similarity by this share of its distance to 1
-MARGINS = {"diameter": 1.3, "texture": 0.1, "coverage": 0.1, "similarity": 0.5}
+#: how far beyond the reference images' own range qc lets an image go: diameters by a factor, texture,
+#: coverage and the lower channel similarity by an absolute amount, the upper one by this share of its
+#: distance to 1 (identical channels, 1.0, are an artefact's)
+MARGINS = {"diameter": 1.3, "texture": 0.1, "coverage": 0.1, "similarity": 0.1, "similarity_to_1": 0.5,
+           "distance": 1.2}  # the feature distance: a factor
 #: the reference images' quantiles that set the qc limits (a stray reading does not set them alone)
 QUANTILES = (0.005, 0.995)
 REGULARISATION = 1e-3  # L2 pull of weights towards 1 and biases towards 0 (per image)
@@ -57,7 +60,7 @@ def reference_outputs(clf, *, manifests=(), real: str | None = None, real_root=N
 
     Returns:
         ``{"raw": (N, K), "targets": (N, K) 0/1 (every accepted class of a real group), "features": [...],
-        "real": (N,) bool, "names": [...]}``.
+        "real": (N,) bool, "names": [...], "groups": (N,) the real group (protein, treatment) or "simulated"}``.
     """
     import csv
 
@@ -66,15 +69,16 @@ def reference_outputs(clf, *, manifests=(), real: str | None = None, real_root=N
     from training.data.real import REAL_SETS, load_fields, mosaics
 
     clf.info = replace(clf.info, calibration=None, qc=None)  # raw outputs, every feature read
-    raw, targets, features, is_real, names = [], [], [], [], []
+    raw, targets, features, is_real, names, groups = [], [], [], [], [], []
 
-    def add(image, accepted, name, real_image):
+    def add(image, accepted, name, real_image, group="simulated"):
         pred = clf.predict(image)
         raw.append([pred.raw_probabilities[c] for c in clf.classes])
         targets.append([1.0 if c in accepted else 0.0 for c in clf.classes])
         features.append(pred.features)
         is_real.append(real_image)
         names.append(name)
+        groups.append(group)
 
     for manifest in manifests:
         samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
@@ -91,9 +95,9 @@ def reference_outputs(clf, *, manifests=(), real: str | None = None, real_root=N
             if rs.half(f) != "validation":
                 continue  # the test half is never read here
             for i, mosaic in enumerate(mosaics(f.cells, k)):
-                add(mosaic, set(f.group.accepted), f"{f.name}#{i}", True)
+                add(mosaic, set(f.group.accepted), f"{f.name}#{i}", True, f.group.name)
     return {"raw": np.array(raw), "targets": np.array(targets), "features": features,
-            "real": np.array(is_real, dtype=bool), "names": names}
+            "real": np.array(is_real, dtype=bool), "names": names, "groups": np.array(groups)}
 
 
 # ---------------------------------------------------------------------------------------- calibration
@@ -179,23 +183,61 @@ def fit_calibration(raw: np.ndarray, targets: np.ndarray, *, multi_label: bool, 
 
 # ---------------------------------------------------------------------------------------- qc
 
-def fit_limits(features: list) -> QualityLimits:
+def _class_gaussians(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class means (k, D) and the precision of the covariance they share (shrunk by 0.1 % of its mean
+    variance, so a flat direction does not make it singular)."""
+    means = np.stack([x[y == c].mean(axis=0) if (y == c).any() else x.mean(axis=0) for c in range(k)])
+    r = x - means[y]
+    cov = r.T @ r / len(x)
+    cov += np.eye(len(cov)) * 1e-3 * np.trace(cov) / len(cov)
+    return means, np.linalg.inv(cov)
+
+
+def fit_distance(raw: np.ndarray, targets: np.ndarray, features: list, groups: np.ndarray, *,
+                 seed: int = 0) -> tuple[FeatureDistance, dict]:
+    """The feature distance of ``milcnn.quality`` and its limit: ``MARGINS["distance"]`` times the larger of
+    the reference images' 99.5th-percentile distance in 5-fold cross-validation and the largest distance of
+    a real group (protein, treatment) held out whole, as a new protein of the same screen would be."""
+    x = np.stack([feature_vector(r, f) for r, f in zip(raw, features)])
+    y = np.argmax(targets * (raw + 1e-9), axis=1)  # a group with two right classes: the one the model ranks higher
+    k = raw.shape[1]
+
+    def distances(train, test):
+        means, precision = _class_gaussians(x[train], y[train], k)
+        d = x[test][:, None, :] - means[None]
+        return np.sqrt(np.maximum(0, np.einsum("nkd,de,nke->nk", d, precision, d).min(axis=1)))
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    cv = np.zeros(len(x))
+    for fold in np.array_split(order, FOLDS):
+        cv[fold] = distances(np.setdiff1d(order, fold), fold)
+    held = {str(g): float(distances(np.flatnonzero(groups != g), np.flatnonzero(groups == g)).max())
+            for g in sorted(set(groups.tolist()) - {"simulated"})}
+    base = max([float(np.quantile(cv, QUANTILES[1])), *held.values()])
+    means, precision = _class_gaussians(x, y, k)
+    record = {"cross_validated_q995": round(float(np.quantile(cv, QUANTILES[1])), 3),
+              "group_held_out_max": {g: round(v, 3) for g, v in held.items()}, "margin": MARGINS["distance"]}
+    return FeatureDistance(means, precision, round(base * MARGINS["distance"], 3)), record
+
+
+def fit_limits(features: list, distance: FeatureDistance | None = None) -> QualityLimits:
     """qc limits from the reference images' features (``MARGINS`` beyond their ``QUANTILES``)."""
     lo, hi = QUANTILES
     diameters = np.array([f.diameter for f in features if f is not None and f.diameter is not None])
     texture = np.array([f.texture for f in features if f is not None])
     coverage = np.array([f.coverage for f in features if f is not None])
     similar = np.array([f.similarity for f in features if f is not None and f.similarity is not None])
-    similarity_max = None
+    similarity = None
     if similar.size:
-        q = float(np.quantile(similar, hi))
-        similarity_max = round(min(1.0, q + (1.0 - q) * MARGINS["similarity"]), 4)
+        top = float(np.quantile(similar, hi))
+        similarity = (round(max(-1.0, float(np.quantile(similar, lo)) - MARGINS["similarity"]), 4),
+                      round(min(1.0, top + (1.0 - top) * MARGINS["similarity_to_1"]), 4))
     return QualityLimits(
         diameter=(round(float(np.quantile(diameters, lo)) / MARGINS["diameter"], 3),
                   round(float(np.quantile(diameters, hi)) * MARGINS["diameter"], 3)),
         texture_min=round(max(-1.0, float(np.quantile(texture, lo)) - MARGINS["texture"]), 4),
         coverage_max=round(min(1.0, float(np.quantile(coverage, hi)) + MARGINS["coverage"]), 4),
-        similarity_max=similarity_max)
+        similarity=similarity, distance=distance)
 
 
 # ---------------------------------------------------------------------------------------- release
@@ -220,9 +262,10 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
     real_text = f"the validation half of {real} as 4 x 4 mosaics of a field's cells" if real else None
     calibration = replace(calibration, fitted_on={
         "images": int(use.sum()), "simulated": sets, "real": None if real_qc_only else real_text, **choice})
-    limits = replace(fit_limits(ref["features"]), fitted_on={
+    distance, distance_record = fit_distance(ref["raw"], ref["targets"], ref["features"], ref["groups"])
+    limits = replace(fit_limits(ref["features"], distance), fitted_on={
         "images": len(ref["raw"]), "simulated": sets, "real": real_text, "margins": MARGINS,
-        "quantiles": list(QUANTILES)})
+        "quantiles": list(QUANTILES), "distance": distance_record})
     config = read_config(folder)
     config["calibration"] = calibration.to_dict()
     config["qc"] = limits.to_dict()
@@ -268,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = config["calibration"]
     print(f"{args.folder}: {cal['method']} (cross-validated: "
           + ", ".join(f"{m} NLL {s['nll']:.3f} ECE {s['ece']:.3f}" for m, s in cal["fitted_on"]["cross_validated"].items())
-          + f"); qc {json.dumps({k: v for k, v in config['qc'].items() if k != 'fitted_on'})}")
+          + f"); qc {json.dumps({k: v for k, v in config['qc'].items() if k not in ('fitted_on', 'distance')})}, "
+          f"distance limit {config['qc']['distance']['limit']} ({config['qc']['fitted_on']['distance']})")
     if args.register:
         from training.export import register
 

@@ -72,7 +72,7 @@ def render_card(config: dict) -> str:
         "from milcnn import Classifier",
         f'clf = Classifier.from_hub("{config.get("repo_id") or name}")',
         'pred = clf.predict("image.tif")  # C x H x W or H x W x C TIFF, channels in the order above',
-        "print(pred.label, pred.probabilities)",
+        "print(pred.label, pred.qc, pred.probabilities)  # label: 'unassigned' below 0.5 or when qc is not 'ok'",
         "```",
         "",
         f"or `milzoo predict images/*.tif --model {config.get('repo_id') or name} --out results/`.",
@@ -131,6 +131,7 @@ def render_card(config: dict) -> str:
             iou = metrics.get("per_class_iou", {}).get(c)
             lines.append(f"| {c} | {metrics['per_class_f1'].get(c, 0):.4f} | {'' if iou is None else f'{iou:.4f}'} |")
         lines.append("")
+    lines += _trust_lines(config)
     lines += _real_image_lines(config.get("real_images"))
     for precision, variant in config.get("variants", {}).items():
         vm = variant["metrics"]
@@ -190,6 +191,50 @@ def _scale_lines(scale: dict) -> list[str]:
         line += (f" Given no scale, an image is assumed to have cells about {scale['input_cell_diameter_px']:g} px "
                  f"across{source} and is resized by {scale['cell_diameter_px'] / scale['input_cell_diameter_px']:.2f}.")
     return [line]
+
+
+def _trust_lines(config: dict) -> list[str]:
+    """The card's "Probabilities, unassigned and qc" section: the calibration and qc blocks, and what
+    ``python -m benchmarks.calibration`` measured with them (``config["trust"]``)."""
+    cal, qc, trust = config.get("calibration"), config.get("qc"), config.get("trust")
+    lines = ["## Probabilities, `unassigned` and qc", ""]
+    if not cal:
+        return lines + ["Not calibrated: probabilities are the network's raw outputs.", ""]
+    fitted = cal.get("fitted_on", {})
+    measured = ", ".join(f"{m} NLL {v['nll']:.3f} / ECE {v['ece']:.3f}"
+                         for m, v in fitted.get("cross_validated", {}).items())
+    sources = " and ".join(x for x in [", ".join(f"`{m}`" for m in fitted.get("simulated", [])), fitted.get("real")] if x)
+    lines += [f"Probabilities are calibrated ({cal['method'].replace('_', ' ')}, Guo et al. 2017) on "
+              f"{fitted.get('images', '?')} images the model was not trained on ({sources}); the method was chosen by "
+              f"{fitted.get('chosen_by', 'measurement')} ({measured}; `none`: the raw outputs). `label` is the top "
+              "class when its probability reaches 0.5 (`--threshold`) and `qc` is `ok`, else `unassigned`.", ""]
+    if qc:
+        similarity = (f", channel similarity {qc['channel_similarity'][0]:g} to {qc['channel_similarity'][1]:g}"
+                      if qc.get("channel_similarity") else "")
+        distance = (f", and a feature distance (Mahalanobis, to the nearest class) up to {qc['distance']['limit']:g}"
+                    if qc.get("distance") else "")
+        lines += [f"qc (`ok`, `too_small`, `no_cells`, `off_scale`, `out_of_distribution`) accepts what "
+                  f"{qc.get('fitted_on', {}).get('images', '?')} reference images span, with margins: objects "
+                  f"{qc['cell_diameter_px'][0]:g} to {qc['cell_diameter_px'][1]:g} px across at the network's scale, "
+                  f"texture from {qc['texture_min']:g}, coverage up to {qc['coverage_max']:g}{similarity}{distance} "
+                  "(`python -m training.calibrate`).", ""]
+    if trust:
+        lines += ["![reliability diagram](reliability.png)", "",
+                  f"Measured by `{trust['command']}` with the SDK's defaults (images not used to fit or choose "
+                  "anything):", "", "| images | ECE | label accuracy (`unassigned` wrong) | `unassigned` among "
+                  "ranked right | qc flagged |", "|---|---|---|---|---|"]
+        for name, row in trust["sets"].items():
+            lines.append(f"| {name} | {row['ece']:.3f} | {100 * row['label_accuracy']:.1f} % | "
+                         f"{100 * row['unassigned_among_ranked_right']:.1f} % | {100 * row['qc_flagged']:.1f} % |")
+        lines += ["", f"Junk (noise of four kinds, blank, constant, stripes, gradient, checkerboard, one bright blob, "
+                      f"a 12 px crop, another model's cells): {trust['junk_labelled']} of {trust['junk_kinds']} kinds "
+                      "given a label.", ""]
+        for name, row in trust.get("not_made_for", {}).items():
+            if row.get("unassigned_where_top_wrong") is not None:
+                lines.append(f"- {name}: top class wrong on {row['top_class_wrong']} of {row['n']}, of which "
+                             f"{100 * row['unassigned_where_top_wrong']:.0f} % `unassigned`.")
+        lines.append("")
+    return lines
 
 
 def _real_image_lines(real: dict | None) -> list[str]:

@@ -106,7 +106,7 @@ class ModelInfo:
             calibration = (None if d.get("calibration") is None else
                            Calibration.from_dict(d["calibration"], n_classes=len(info.classes),
                                                  multi_label=info.multi_label))
-            qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"])
+            qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], n_classes=len(info.classes))
         except ValueError as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
         info = replace(info, calibration=calibration, qc=qc)

@@ -9,7 +9,12 @@ image is unlike what the model was made for:
 - ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``);
 - ``out_of_distribution``: its texture, the share of it the model marks or the likeness of its channels is
   outside what the model's own reference images span (pixel noise has no texture; stripes and grids make
-  the model mark everything; an artefact, unlike stained cells, looks the same in every channel).
+  the model mark everything; an artefact looks the same in every channel, and another screen's stains
+  relate to each other otherwise than the model's: a yeast GFP lies inside the cells its RFP fills), or
+  its features are far from every class of the reference images: the Mahalanobis distance of
+  ``feature_vector`` (the logits of the pooled outputs and the four readings above) to the nearest class
+  mean, with one covariance shared by the classes (Lee et al. 2018, "A simple unified framework for
+  detecting out-of-distribution samples and adversarial attacks").
 
 The limits are fitted at export on in-distribution images (``training/calibrate.py``) and stored in
 ``config.json`` (``qc``). A field whose qc is not ``ok`` is ``unassigned`` (``milcnn.decision``).
@@ -26,7 +31,8 @@ import numpy as np
 from milcnn.preprocess import apply_ranges
 from milcnn.scale import SCALE_TOLERANCE, estimate_cell_diameter
 
-__all__ = ["QC_OK", "QC_REASONS", "QualityLimits", "Features", "measure", "assess"]
+__all__ = ["QC_OK", "QC_REASONS", "QualityLimits", "Features", "FeatureDistance", "feature_vector", "measure",
+           "assess"]
 
 QC_OK = "ok"
 #: the reasons ``assess`` gives, in the order it checks them
@@ -54,48 +60,93 @@ class Features:
                 "similarity": None if self.similarity is None else round(float(self.similarity), 4)}
 
 
+def feature_vector(raw, features: Features) -> np.ndarray:
+    """(K + 4,): the logits of the raw pooled probabilities, log diameter, texture, coverage and channel
+    similarity (0 for one channel): what ``FeatureDistance`` measures."""
+    from milcnn.calibration import logit
+
+    readings = [np.log(features.diameter or 1.0), features.texture, features.coverage, features.similarity or 0.0]
+    return np.concatenate([logit(raw), readings])
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureDistance:
+    """Class means (K, D) and the shared precision matrix (D, D) of the reference images' ``feature_vector``,
+    and the largest distance that counts as in-distribution (``limit``)."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    limit: float
+
+    def __call__(self, raw, features: Features) -> float:
+        """The distance of one image to the nearest class mean."""
+        d = feature_vector(raw, features)[None] - self.means  # (K, D)
+        return float(np.sqrt(max(0.0, np.einsum("kd,de,ke->k", d, self.precision, d).min())))
+
+    def to_dict(self) -> dict:
+        return {"means": np.round(self.means, 6).tolist(), "precision": np.round(self.precision, 6).tolist(),
+                "limit": float(self.limit)}
+
+    @classmethod
+    def from_dict(cls, d, *, n_classes: int) -> "FeatureDistance":
+        if not isinstance(d, dict):
+            raise ValueError(f"qc.distance must be an object, got {type(d).__name__}")
+        dim = n_classes + 4
+        arrays = {}
+        for key, shape in (("means", (n_classes, dim)), ("precision", (dim, dim))):
+            try:
+                a = np.asarray(d.get(key), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"qc.distance.{key} must be a table of numbers") from None
+            if a.shape != shape or not np.all(np.isfinite(a)):
+                raise ValueError(f"qc.distance.{key} must be {shape[0]} x {shape[1]} finite numbers (the model has "
+                                 f"{n_classes} classes), got shape {a.shape}")
+            arrays[key] = a
+        limit = d.get("limit")
+        if not _number(limit) or limit <= 0:
+            raise ValueError(f"qc.distance.limit must be a positive number, got {limit!r}")
+        return cls(arrays["means"], arrays["precision"], float(limit))
+
+
 @dataclass(frozen=True)
 class QualityLimits:
     """``config.json``'s ``qc`` block: the range of object diameters (px, at the network's scale), the
-    lowest texture, the largest coverage and the largest channel similarity (None: not checked) that count
-    as in-distribution, and ``fitted_on`` (kept as written, for the card)."""
+    lowest texture, the largest coverage and the range of channel similarity (None: one channel, not
+    checked) that count as in-distribution, and ``fitted_on`` (kept as written, for the card)."""
 
     diameter: tuple[float, float]
     texture_min: float
     coverage_max: float
-    similarity_max: float | None = None
+    similarity: tuple[float, float] | None = None
+    distance: FeatureDistance | None = None
     fitted_on: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         return {"cell_diameter_px": [float(v) for v in self.diameter], "texture_min": float(self.texture_min),
                 "coverage_max": float(self.coverage_max),
-                "similarity_max": None if self.similarity_max is None else float(self.similarity_max),
-                "fitted_on": self.fitted_on}
+                "channel_similarity": None if self.similarity is None else [float(v) for v in self.similarity],
+                "distance": None if self.distance is None else self.distance.to_dict(), "fitted_on": self.fitted_on}
 
     @classmethod
-    def from_dict(cls, d) -> "QualityLimits":
-        """Read and check a ``qc`` block.
+    def from_dict(cls, d, *, n_classes: int) -> "QualityLimits":
+        """Read and check a ``qc`` block against the model's number of classes.
 
         Raises:
             ValueError: what is wrong, naming the field.
         """
         if not isinstance(d, dict):
             raise ValueError(f"qc must be an object, got {type(d).__name__}")
-        diameter = d.get("cell_diameter_px")
-        if (not isinstance(diameter, list) or len(diameter) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in diameter)
-                or not 0 < diameter[0] < diameter[1] < float("inf")):
-            raise ValueError(f"qc.cell_diameter_px must be [low, high] with 0 < low < high, got {diameter!r}")
+        diameter = _pair(d.get("cell_diameter_px"), "cell_diameter_px", 0.0, float("inf"))
+        similarity = None if d.get("channel_similarity") is None else \
+            _pair(d["channel_similarity"], "channel_similarity", -1.0, 1.0, closed=True)
         values = {}
-        for key, lo, hi in (("texture_min", -1.0, 1.0), ("coverage_max", 0.0, 1.0), ("similarity_max", -1.0, 1.0)):
+        for key, lo, hi in (("texture_min", -1.0, 1.0), ("coverage_max", 0.0, 1.0)):
             v = d.get(key)
-            if key == "similarity_max" and v is None:
-                values[key] = None
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+            if not _number(v) or not lo <= v <= hi:
                 raise ValueError(f"qc.{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
             values[key] = float(v)
-        return cls(diameter=(float(diameter[0]), float(diameter[1])), fitted_on=dict(d.get("fitted_on") or {}),
+        distance = None if d.get("distance") is None else FeatureDistance.from_dict(d["distance"], n_classes=n_classes)
+        return cls(diameter=diameter, similarity=similarity, distance=distance, fitted_on=dict(d.get("fitted_on") or {}),
                    **values)
 
     @classmethod
@@ -107,6 +158,20 @@ class QualityLimits:
         t = tolerance or SCALE_TOLERANCE
         return cls(diameter=(measured / t, measured * t), texture_min=-1.0, coverage_max=1.0,
                    fitted_on={"from": "scale.measured_cell_diameter_px and measured_tolerance"})
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _pair(v, key: str, lo: float, hi: float, *, closed: bool = False) -> tuple[float, float]:
+    """``[low, high]`` of a ``qc`` field, within (lo, hi) (``closed``: [lo, hi])."""
+    inside = (lambda x: lo <= x <= hi) if closed else (lambda x: lo < x < hi)
+    if not (isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v) and v[0] < v[1]
+            and inside(v[0]) and inside(v[1])):
+        bounds = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
+        raise ValueError(f"qc.{key} must be [low, high] with low < high, both in {bounds}, got {v!r}")
+    return float(v[0]), float(v[1])
 
 
 def measure(chw: np.ndarray, ranges, maps: np.ndarray, *, normalized: bool = False) -> Features:
@@ -150,13 +215,15 @@ def _texture(plane: np.ndarray) -> float:
     return min(rows, cols) / var
 
 
-def assess(features: Features | None, limits: QualityLimits | None, *, shape: tuple[int, int], min_size: int) -> str:
+def assess(features: Features | None, limits: QualityLimits | None, *, shape: tuple[int, int], min_size: int,
+           raw=None) -> str:
     """``ok`` or the first reason (``QC_REASONS``) the model's call on this image is not to be trusted.
 
     Args:
         features: ``measure``'s reading (None: only the size is checked).
         limits: the model's fitted limits (None: no scale or distribution check).
         shape: (H, W) at the network's scale, before any padding.
+        raw: (K,) the network's pooled probabilities, for the feature distance.
     """
     if min(shape) < min_size:
         return "too_small"
@@ -170,7 +237,9 @@ def assess(features: Features | None, limits: QualityLimits | None, *, shape: tu
         return "off_scale"
     if features.texture < limits.texture_min or features.coverage > limits.coverage_max:
         return "out_of_distribution"
-    if limits.similarity_max is not None and features.similarity is not None \
-            and features.similarity > limits.similarity_max:
+    if limits.similarity is not None and features.similarity is not None \
+            and not limits.similarity[0] <= features.similarity <= limits.similarity[1]:
+        return "out_of_distribution"
+    if limits.distance is not None and raw is not None and limits.distance(raw, features) > limits.distance.limit:
         return "out_of_distribution"
     return QC_OK
