@@ -87,9 +87,11 @@ def _describe(folder: Path, work: Path, config: dict):
     np.save(work / "test_class_maps.npy", maps)
     save_overlay(work / "cover.png", whole, cover.mask, clf.classes,
                  title=overlay_title(constants.SAMPLE_INPUT_FILE, cover), durable=False)
+    calibration = clf.info.calibration
     for name in (constants.MODEL_FILE, constants.POOLING_FILE):
         if (folder / name).is_file():
-            (work / name).write_bytes((folder / name).read_bytes())
+            graph = (folder / name).read_bytes()
+            (work / name).write_bytes(graph if calibration is None else calibrated_graph(graph, calibration))
     (work / constants.CARD_FILE).write_text((folder / constants.CARD_FILE).read_text() + VALIDATION.format(
         n=config.get("metrics", {}).get("n_images", "the"), accuracy=config.get("metrics", {}).get("accuracy", "?")))
 
@@ -109,7 +111,9 @@ def _describe(folder: Path, work: Path, config: dict):
     )]
     outputs = [
         v.OutputTensorDescr(
-            id=v.TensorId("probabilities"), description="image-level probability of each class (MIL pooling)",
+            id=v.TensorId("probabilities"),
+            description="image-level probability of each class (MIL pooling, then the model's calibration)"
+            if clf.info.calibration else "image-level probability of each class (MIL pooling)",
             axes=[v.BatchAxis(), v.ChannelAxis(channel_names=class_names)],
             test_tensor=v.FileDescr(source=work / "test_probabilities.npy"),
             data=v.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0))),
@@ -146,6 +150,39 @@ def _describe(folder: Path, work: Path, config: dict):
                                                                    "pooling") if key in config},
                            "tiling": "pool class_maps with the attached pooling.onnx when tiling"}},
     )
+
+
+def calibrated_graph(model: bytes, calibration) -> bytes:
+    """An ONNX model whose ``probabilities`` output is calibrated as the SDK calibrates it
+    (``milcnn.calibration.Calibration.apply``, in float32): the network's pooled output is clipped, turned
+    into logits, scaled per class and passed through a softmax (single-label) or a sigmoid (``platt``)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from milcnn.calibration import CLIP
+
+    proto = onnx.load_from_string(model)
+    graph = proto.graph
+    raw = "milcnn_raw_probabilities"
+    for node in graph.node:
+        node.output[:] = [raw if o == "probabilities" else o for o in node.output]
+    for name, value in (("milcnn_cal_low", CLIP), ("milcnn_cal_high", 1.0 - CLIP), ("milcnn_cal_one", 1.0)):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    graph.initializer.append(numpy_helper.from_array(np.array(calibration.weight, np.float32), "milcnn_cal_weight"))
+    graph.initializer.append(numpy_helper.from_array(np.array(calibration.bias, np.float32), "milcnn_cal_bias"))
+    last = helper.make_node("Softmax", ["milcnn_cal_z"], ["probabilities"], axis=1) if calibration.exclusive \
+        else helper.make_node("Sigmoid", ["milcnn_cal_z"], ["probabilities"])
+    graph.node.extend([
+        helper.make_node("Clip", [raw, "milcnn_cal_low", "milcnn_cal_high"], ["milcnn_cal_p"]),
+        helper.make_node("Sub", ["milcnn_cal_one", "milcnn_cal_p"], ["milcnn_cal_q"]),
+        helper.make_node("Div", ["milcnn_cal_p", "milcnn_cal_q"], ["milcnn_cal_odds"]),
+        helper.make_node("Log", ["milcnn_cal_odds"], ["milcnn_cal_logit"]),
+        helper.make_node("Mul", ["milcnn_cal_logit", "milcnn_cal_weight"], ["milcnn_cal_scaled"]),
+        helper.make_node("Add", ["milcnn_cal_scaled", "milcnn_cal_bias"], ["milcnn_cal_z"]),
+        last,
+    ])
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
 
 
 def _input_text(config: dict) -> str:

@@ -8,6 +8,8 @@ Writes to ``--out``:
 
 - ``metrics.json``: image accuracy, macro F1, per-class precision/recall/F1, mean and
   per-class segmentation IoU of the model and of the Otsu baseline;
+- with ``--calibration MODEL_FOLDER``: the probabilities calibrated as the SDK calibrates them, and
+  ``calibration`` in ``metrics.json`` (ECE, label accuracy at ``--threshold``);
 - ``per_class.csv``, ``confusion.csv`` (rows true, columns predicted) and ``confusion.png``.
 
 The scores come from ``training.scoring.score_manifest`` (the one evaluation loop; its docstring
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from milcnn import constants
+from milcnn.calibration import Calibration
 from milcnn.io import write_atomic
 from training.data.manifest import read_manifest
 from training.model import MILCNN
@@ -37,12 +40,32 @@ __all__ = ["evaluate"]
 
 
 def evaluate(model: MILCNN, manifest, out, *, device=torch.device("cpu"),
-             threshold: float = constants.DEFAULT_THRESHOLD) -> dict:
-    """Evaluate ``model`` on every image of ``manifest``; write reports to ``out``; return the metrics."""
+             threshold: float = constants.DEFAULT_THRESHOLD, calibration: Calibration | None = None) -> dict:
+    """Evaluate ``model`` on every image of ``manifest``; write reports to ``out``; return the metrics.
+
+    ``calibration``: the exported model's (``config.json``), applied to every probability first, as the SDK
+    applies it; the metrics then also hold ``calibration`` (ECE of the largest probability, and the label
+    accuracy at ``threshold`` with ``unassigned`` counted wrong; qc is the SDK's and is not applied here)."""
     cfg = model.config
-    metrics, probs = score_manifest(torch_predictor(model, device=device, threshold=threshold), manifest,
-                                    channels=cfg.channels, classes=cfg.classes, multi_label=cfg.multi_label,
-                                    threshold=threshold)
+    predict = torch_predictor(model, device=device, threshold=threshold)
+    if calibration is not None:
+        base = predict
+
+        def predict(image):
+            p, mask = base(image)
+            return calibration.apply(p), mask
+
+    metrics, probs = score_manifest(predict, manifest, channels=cfg.channels, classes=cfg.classes,
+                                    multi_label=cfg.multi_label, threshold=threshold)
+    if calibration is not None:
+        samples, _, _ = read_manifest(manifest, channels=cfg.channels, classes=cfg.classes)
+        top = probs.argmax(axis=1)
+        right = np.array([cfg.classes[k] in s.labels for k, s in zip(top, samples)])
+        labelled = probs.max(axis=1) >= threshold
+        metrics["calibration"] = {"method": calibration.method,
+                                  "ece": expected_calibration_error(probs.max(axis=1), right),
+                                  "label_accuracy": float(np.mean(right & labelled)),
+                                  "unassigned": float(np.mean(~labelled))}
     confusion = np.array(metrics.pop("confusion"))
     treatments = read_treatments(manifest)
     if treatments is not None and not cfg.multi_label:
@@ -107,11 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="manifest CSV")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--threshold", type=float, default=constants.DEFAULT_THRESHOLD,
-                        help=f"class-map threshold for segmentation ({constants.DEFAULT_THRESHOLD})")
+                        help=f"class-map threshold for segmentation, and the label's ({constants.DEFAULT_THRESHOLD})")
+    parser.add_argument("--calibration", type=Path, metavar="MODEL_FOLDER",
+                        help="apply the calibration of this exported model folder (its config.json) to every "
+                             "probability, and report ECE and label accuracy")
     args = parser.parse_args(argv)
     try:
         model, _ = load_checkpoint(args.checkpoint)
-        metrics = evaluate(model, args.data, args.out, threshold=args.threshold)
+        calibration = None
+        if args.calibration is not None:
+            from milcnn.config import ModelInfo
+
+            calibration = ModelInfo.from_file(args.calibration / constants.CONFIG_FILE).calibration
+            if calibration is None:
+                raise ValueError(f"{args.calibration / constants.CONFIG_FILE}: no calibration block")
+        metrics = evaluate(model, args.data, args.out, threshold=args.threshold, calibration=calibration)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     line = f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
     if seg:
         line += f", mean IoU {seg['mean_iou']:.3f} (Otsu baseline {seg['otsu_mean_iou']:.3f})"
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        line += f"; calibrated ({c['method']}): ECE {c['ece']:.3f}, label accuracy {c['label_accuracy']:.4f}"
     print(line)
     return 0
 

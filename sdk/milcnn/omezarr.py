@@ -133,6 +133,30 @@ class ZarrField(FieldPath):
                                           f"({', '.join(channels)})")
         return data[: len(channels)]
 
+    def pixel_size(self) -> float | None:
+        """The field's pixel size in um at full resolution: the ``scale`` transformations of its first
+        dataset (and of the multiscale, where given) on the y and x axes, in the x axis's ``unit``; None where
+        it declares none, or no unit (NGFF leaves a scale without a unit in unknown units)."""
+        from milcnn.io import pixel_size_um
+
+        meta, _ = _ome_attrs(self._group().attrs)
+        ms = (meta.get("multiscales") or [{}])[0]
+        axes = ms.get("axes") or []
+        names = [a.get("name") if isinstance(a, dict) else str(a) for a in axes]
+        factors = None
+        for transforms in (ms.get("datasets", [{}])[0].get("coordinateTransformations"),
+                           ms.get("coordinateTransformations")):
+            for t in transforms or []:
+                if isinstance(t, dict) and t.get("type") == "scale" and isinstance(t.get("scale"), list):
+                    scale = t["scale"]
+                    factors = scale if factors is None else [a * b for a, b in zip(factors, scale)]
+        if not factors or len(factors) != len(names) or "x" not in names or "y" not in names:
+            return None
+        unit = next((a.get("unit") for a in axes if isinstance(a, dict) and a.get("name") == "x"), None)
+        if unit is None:
+            return None
+        return pixel_size_um((factors[names.index("y")], factors[names.index("x")]), unit, source=self.id)
+
     # ------------------------------------------------------------------ writing
 
     def write_label(self, mask: np.ndarray, classes: tuple[str, ...], colours: np.ndarray) -> None:
