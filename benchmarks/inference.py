@@ -358,7 +358,7 @@ def pipeline_stage_costs(n: int = 60, reps: int = 5) -> dict:
                                                     preds[i].threshold)),
             "mask_tiff": cpu_ms(lambda i: write_tiff(out / f"{i}.tif", masks[i], durable=False)),
             "overlay": cpu_ms(lambda i: save_overlay(out / f"{i}.png", items[i].chw, masks[i], clf.classes,
-                                                     title=f"{paths[i].name}\n{preds[i].label} (p=0.99)",
+                                                     title=f"{paths[i].name}\n{preds[i].top} (p=0.99)",
                                                      normalized=items[i].x, durable=False)),
         }
 

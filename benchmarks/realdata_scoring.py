@@ -61,15 +61,15 @@ def score_model(clf, fields, *, k: int = 4, cell_diameter: float | None = None, 
     for f in fields:
         accepted, half = f.group.accepted, f.set.half(f)
         for pred in clf.predict_batch(list(f.cells), batch_size=batch_size, cell_diameter=cell_diameter):
-            cell_units.append((f.group.name, pred.label, accepted, half))
-        labels = [p.label for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
+            cell_units.append((f.group.name, pred.top, accepted, half))
+        labels = [p.top for p in clf.predict_batch(mosaics(f.cells, k), cell_diameter=cell_diameter)]
         mosaic_units += [(f.group.name, label, accepted, half) for label in labels]
         whole = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter)
-        field_units.append((f.group.name, whole.label, accepted, half))
+        field_units.append((f.group.name, whole.top, accepted, half))
         per_field.append({"field": f.path.name, "group": f.group.name, "half": half, "n_cells": len(f.cells),
                           "n_mosaics": len(labels), "mosaics_correct": sum(lab in accepted for lab in labels),
-                          "called": dict(Counter(labels).most_common()), "whole_field": whole.label,
-                          "whole_field_probability": round(whole.probabilities[whole.label], 4)})
+                          "called": dict(Counter(labels).most_common()), "whole_field": whole.top,
+                          "whole_field_probability": round(whole.probabilities[whole.top], 4)})
     halves = {h: {kind: score_units([u[:3] for u in units if u[3] == h], order)
                   for kind, units in (("cells", cell_units), ("mosaics", mosaic_units), ("whole_fields", field_units))}
               for h in ("validation", "test") if any(u[3] == h for u in mosaic_units)}

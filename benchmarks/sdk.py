@@ -86,7 +86,7 @@ def accuracy() -> dict:
         clf = Classifier.from_hub(name, device="cpu")
         samples, _, _ = read_manifest(ROOT / manifest, channels=clf.channels, classes=clf.classes)
         t0 = time.perf_counter()
-        predicted = [clf.predict(s.paths[0]).label for s in samples]
+        predicted = [clf.predict(s.paths[0]).top for s in samples]
         seconds = (time.perf_counter() - t0) / len(samples)
         sdk_acc = float(np.mean([p == s.labels[0] for p, s in zip(predicted, samples)]))
         model, _ = load_checkpoint(ROOT / "runs" / name / "best.pt")

@@ -26,8 +26,9 @@ def test_predict_folder_writes_csv_masks_and_overlays(tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.tif", "b.tif"]
-    assert list(rows[0])[:7] == ["image", "plate", "well", "field", "label", "max_probability", "p_ER"]
-    assert list(rows[0])[-1] == "area_vacuole_membrane" and len(rows[0]) == 6 + 2 * 11
+    assert list(rows[0])[:9] == ["image", "plate", "well", "field", "label", "qc", "scale_source", "max_probability",
+                                 "p_ER"]
+    assert list(rows[0])[-1] == "area_vacuole_membrane" and len(rows[0]) == 8 + 2 * 11
     mask = tifffile.imread(tmp_path / "out" / "masks" / "b.tif")
     assert mask.shape == (200, 300) and mask.dtype == np.uint8
     overlay = Image.open(tmp_path / "out" / "overlays" / "a.png")
@@ -70,12 +71,12 @@ def test_labels_below_the_threshold_are_unassigned_unless_argmax(tmp_path):
     """No class reaches --threshold: label 'unassigned' (max_probability says how close), or the arg-max
     with --argmax; the mask threshold is the same number."""
     shutil.copy(SAMPLE, tmp_path / "a.tif")
-    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "out", "--threshold", "0.99")
+    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "out", "--threshold", "0.9999")
     assert result.exit_code == 0, result.output
     row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     top = max(float(v) for k, v in row.items() if k.startswith("p_"))
-    assert float(row["max_probability"]) == top < 0.99 and row["label"] == "unassigned"
-    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "argmax", "--threshold", "0.99", "--argmax")
+    assert float(row["max_probability"]) == top < 0.9999 and row["label"] == "unassigned"
+    result = run("predict", tmp_path / "a.tif", "--out", tmp_path / "argmax", "--threshold", "0.9999", "--argmax")
     row = next(csv.DictReader(open(tmp_path / "argmax" / "predictions.csv")))
     assert row["label"] == Classifier.from_hub("yeast-loc").predict(SAMPLE).label
 

@@ -143,7 +143,7 @@ def test_pseudo_labels_are_the_models_whole_field_calls_not_the_sets_labels(real
     assert calls(swapped.parent, tmp_path / "b") == original
     clf = Classifier.from_hub("mcf7-moa", device="cpu")
     field = load_fields("bbbc021-cells", real_labelled, channels=clf.channels)[0]
-    assert original[field.path.name] == clf.predict(field_mosaic(field.cells)).label
+    assert original[field.path.name] == clf.predict(field_mosaic(field.cells)).top
     assert tifffile.imread(tmp_path / "a" / "00000.tif").shape == (3, 2 * field.cells.shape[2], 2 * field.cells.shape[3])
 
 

@@ -188,7 +188,7 @@ def test_quantize_adds_a_measured_int8_variant_or_refuses(exported, tiny_yeast, 
     assert config["files"]["model.int8.onnx"]["sha256"]
     assert "## int8 variant" in (folder / "README.md").read_text()
     clf = Classifier.from_dir(folder, device="cpu", precision="int8")
-    assert clf.predict(folder / "sample_input.tif").label in clf.classes
+    assert clf.predict(folder / "sample_input.tif").top in clf.classes
 
 
 def test_fp16_variant_is_measured_added_beside_int8_and_runs(exported, tiny_yeast, tmp_path):
@@ -212,5 +212,5 @@ def test_fp16_variant_is_measured_added_beside_int8_and_runs(exported, tiny_yeas
     assert "## fp16 variant" in (folder / "README.md").read_text()
     fp32 = Classifier.from_dir(folder, device="cpu", precision="fp32").predict(folder / "sample_input.tif")
     fp16 = Classifier.from_dir(folder, device="cpu", precision="fp16").predict(folder / "sample_input.tif")
-    assert fp16.label == fp32.label
+    assert fp16.top == fp32.top
     assert max(abs(fp16.probabilities[c] - fp32.probabilities[c]) for c in fp32.classes) < 1e-2

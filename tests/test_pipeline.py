@@ -12,6 +12,7 @@ import tifffile
 from PIL import Image
 
 from milcnn import Classifier
+from milcnn.overlay import overlay_title
 from milcnn.io import write_atomic
 from milcnn.overlay import PALETTE, _overlay_array, composite, outlines, save_overlay
 from milcnn.png import encode_png
@@ -83,7 +84,7 @@ def _assert_as_predicted_alone(clf, got, out):
         chw = tifffile.imread(path)
         with Image.open(out / "overlays" / f"{path.stem}.png") as im:
             sheet = np.asarray(im.convert("RGB"))
-        title = f"{path.name}\n{pred.label} (p={pred.probabilities[pred.label]:.2f})"
+        title = overlay_title(path.name, pred)
         np.testing.assert_array_equal(sheet, _overlay_array(chw, mask, clf.classes, title=title,
                                                             normalized=normalize(chw)))
 
@@ -161,7 +162,7 @@ def test_a_rescaled_image_gets_its_overlay_at_its_own_size(clf, tmp_path, cell_d
     assert pred.zoom != 1.0 and pred.mask.shape == chw.shape[1:]
     with Image.open(tmp_path / "out" / "overlays" / "f.png") as im:
         sheet = np.asarray(im.convert("RGB"))
-    title = f"f.tif\n{pred.label} (p={pred.probabilities[pred.label]:.2f})"
+    title = overlay_title("f.tif", pred)
     np.testing.assert_array_equal(sheet, _overlay_array(chw, pred.mask, clf.classes, title=title,
                                                         normalized=normalize(chw)))
 

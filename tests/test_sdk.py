@@ -117,7 +117,7 @@ def test_small_images_are_padded_and_pooled_over_their_own_instances(clf, sample
     assert pred.maps.shape == (11, 10, 13)
     pooling = OnnxModel(clf.folder / "pooling.onnx", device="cpu", outputs=("probabilities",))
     (pooled,) = pooling.run(pred.maps[None])
-    np.testing.assert_allclose([pred.probabilities[c] for c in clf.classes], pooled[0], atol=1e-6)
+    np.testing.assert_allclose([pred.raw_probabilities[c] for c in clf.classes], pooled[0], atol=1e-6)
     padded_probs, _ = clf.model.run(clf.prepare_input(small).x[None])  # what pooling the padding gives
     assert np.abs(padded_probs[0] - pooled[0]).max() > 1e-3
 
@@ -171,14 +171,21 @@ def _edit_config(folder, edit):
     path.write_text(json.dumps(config))
 
 
+def _without_trust_blocks(edit):
+    """``edit``, on a config without its calibration and qc (blocks of 11 classes that a changed class list
+    would fail first: tests/test_calibration.py checks those)."""
+    return lambda c: (c.pop("calibration", None), c.pop("qc", None), edit(c))
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c.update(classes=c["classes"][:3]), "lists 3 classes but model.onnx outputs 11"),
+    (_without_trust_blocks(lambda c: c.update(classes=c["classes"][:3])), "lists 3 classes but model.onnx outputs 11"),
     (lambda c: c.update(output_stride=0), "output_stride must be a positive power of two, got 0"),
     (lambda c: c.update(output_stride=-4), "output_stride must be a positive power of two, got -4"),
     (lambda c: c["variants"]["int8"].update(file="../model.int8.onnx"),
      "variants.int8.file must be a file name inside the model folder, got '../model.int8.onnx'"),
     (lambda c: c.update(format_version=99), "format_version 99 is newer than this milcnn-sdk reads"),
     (lambda c: c.update(classes=["a", "a"]), "classes must be distinct"),
+    (lambda c: c.update(classes=c["classes"][:3]), r"calibration\.weight must list one number per class \(3\), got 11"),
 ])
 def test_a_config_that_does_not_fit_its_model_is_refused_at_load(tmp_path, edit, message):
     folder = _copy_zoo_model(tmp_path)
@@ -189,8 +196,8 @@ def test_a_config_that_does_not_fit_its_model_is_refused_at_load(tmp_path, edit,
 
 
 def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
-    """A 1.x config.json (no format_version, scale, files or variants records) still loads, as format 2,
-    with an unknown scale; write_config stamps the current format."""
+    """A 1.x config.json (no format_version, scale, files, variants, calibration or qc records) still loads, as
+    the current format, with an unknown scale and raw probabilities; write_config stamps the current format."""
     import json
 
     from milcnn.config import CONFIG_FORMAT, ModelInfo, migrate_config, read_config, write_config
@@ -198,19 +205,20 @@ def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
     folder = _copy_zoo_model(tmp_path)
 
     def old(c):
-        for key in ("format_version", "scale", "files", "variants"):
+        for key in ("format_version", "scale", "files", "variants", "calibration", "qc"):
             c.pop(key, None)
         c["architecture"].pop("receptive_field")
     _edit_config(folder, old)
     raw = json.loads((folder / "config.json").read_text())
     migrated = migrate_config(raw)
-    assert migrated["format_version"] == CONFIG_FORMAT == 2 and "format_version" not in raw
+    assert migrated["format_version"] == CONFIG_FORMAT == 3 and "format_version" not in raw
     info = ModelInfo.from_file(folder / "config.json")
-    assert info.format_version == 2 and info.cell_diameter is None and info.variants == {} and info.receptive_field == 64
+    assert info.format_version == 3 and info.calibration is None and info.qc is None and info.cell_diameter is None and info.variants == {} and info.receptive_field == 64
     clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
-    assert clf.predict(tifffile.imread(folder / "sample_input.tif")).label in clf.classes
+    pred = clf.predict(tifffile.imread(folder / "sample_input.tif"))
+    assert pred.top in clf.classes and pred.probabilities == pred.raw_probabilities
     written = write_config(folder, read_config(folder))
-    assert json.loads((folder / "config.json").read_text()) == written and written["format_version"] == 2
+    assert json.loads((folder / "config.json").read_text()) == written and written["format_version"] == 3
     with pytest.raises(ModelConfigError, match="output_stride"):
         write_config(folder, {**written, "output_stride": 3})
     assert json.loads((folder / "config.json").read_text()) == written  # nothing written

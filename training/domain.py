@@ -219,7 +219,7 @@ def write_pseudo_labelled_mosaics(set_name: str, model, out, *, root=None, half:
     for f in load_fields(rs, root, channels=clf.channels):
         if half != "all" and rs.half(f) != half:
             continue
-        call = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter).label
+        call = clf.predict(field_mosaic(f.cells), cell_diameter=cell_diameter).top
         calls[call] = calls.get(call, 0) + 1
         for m in shuffled_mosaics(f.cells, k, views, rng):
             name = f"{len(rows):05d}.tif"

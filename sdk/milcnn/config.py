@@ -102,6 +102,9 @@ class ModelInfo:
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
+        problem = info._problem()
+        if problem:
+            raise ModelConfigError(f"{source}: {problem}")
         try:  # checked against the classes read above: a block of another model is refused here
             calibration = (None if d.get("calibration") is None else
                            Calibration.from_dict(d["calibration"], n_classes=len(info.classes),
@@ -109,11 +112,7 @@ class ModelInfo:
             qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], n_classes=len(info.classes))
         except ValueError as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
-        info = replace(info, calibration=calibration, qc=qc)
-        problem = info._problem()
-        if problem:
-            raise ModelConfigError(f"{source}: {problem}")
-        return info
+        return replace(info, calibration=calibration, qc=qc)
 
     def _problem(self) -> str | None:
         """What makes this config unusable, in words (None when nothing does)."""

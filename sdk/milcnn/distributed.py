@@ -107,8 +107,10 @@ class FieldResult:
     """What a worker that wrote a field's files itself sends back: the row's contents (``mask`` is
     None, or the mask when the plate's label image is to be written by the client)."""
 
-    def __init__(self, label: str, probabilities: dict, areas, mask=None):
+    def __init__(self, label: str, probabilities: dict, areas, mask=None, *, qc: str = "ok",
+                 scale_source: str = "model"):
         self.label, self.probabilities, self.areas, self.mask = label, probabilities, areas, mask
+        self.qc, self.scale_source = qc, scale_source
 
 
 def _predict_chunk(items: list, options: dict) -> list:
@@ -135,8 +137,8 @@ def _predict_chunk(items: list, options: dict) -> list:
             out.append((None, errors.get(str(item), "failed")))
             continue
         areas = np.bincount(pred.mask.ravel(), minlength=k + 1)[1:k + 1] / max(1, pred.mask.size)
-        out.append((FieldResult(pred.label, pred.probabilities, areas,
-                                pred.mask if options.get("send_mask") else None), None))
+        out.append((FieldResult(pred.label, pred.probabilities, areas, pred.mask if options.get("send_mask") else None,
+                                qc=pred.qc, scale_source=pred.scale_source), None))
     return out
 
 
