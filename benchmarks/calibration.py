@@ -163,6 +163,7 @@ def evaluate_model(name: str, data_root: Path) -> dict:
         entry["sets"][f"real {rs.name}, test half"]["images"] = (
             f"{len(mos)} mosaics of 4 x 4 cells of {', '.join(f.name for f in fields)}")
     entry["another_screen"] = _another_screen(clf, data_root)
+    entry["other_screens"] = _other_screens(clf, data_root.parent / "realdata")
     rng = np.random.default_rng(0)
     other_set = next(rs for rs in REAL_SETS.values() if rs not in applicable_sets(clf.channels, clf.classes))
     other = mosaics(load_fields(other_set, data_root)[0].cells, 4)
@@ -202,6 +203,36 @@ def _another_screen(clf, data_root: Path) -> dict:
         images = [m[list(pick)] for f in fields for m in mosaics(f.cells, 4)]
         out[f"{other_set.name} ({', '.join(other_set.channels[i] for i in pick)} as "
             f"{', '.join(clf.channels)})"] = _wrong_calls(clf, images, [()] * len(images))
+    return out
+
+
+#: unlabelled real images of other screens (../shared/realdata, none a yeast GFP or BBBC021 MOA screen), as the
+#: channels of each model: name -> files in the model's channel order
+OTHER_SCREENS = {
+    1: {f"{name} ({what})": [name] for name, what in (
+        ("AS_09125_050116030001_D03f00d0.tif", "HT29 DNA"), ("AS_09125_050116030001_D03f00d2.tif", "HT29 cell body"),
+        ("AS_09047_050428030001_O01f00d2.TIF", "Transfluor GFP"), ("W00001_P00001_cherry.tif", "mCherry"),
+        ("1-162hrhoe2.tif", "Hoechst"), ("01_POS002_D.TIF", "Drosophila DNA"), ("0_1_N_G.png", "nucleosomes"))},
+    2: {"HT29 (DNA, cell body)": ["AS_09125_050116030001_D03f00d0.tif", "AS_09125_050116030001_D03f00d2.tif"],
+        "HT29 (phospho-H3, cell body)": ["AS_09125_050116030001_D03f00d1.tif", "AS_09125_050116030001_D03f00d2.tif"]},
+    3: {"HT29 (DNA, phospho-H3, cell body)": ["AS_09125_050116030001_D03f00d0.tif", "AS_09125_050116030001_D03f00d1.tif",
+                                             "AS_09125_050116030001_D03f00d2.tif"]},
+}
+
+
+def _other_screens(clf, root: Path) -> dict:
+    """Each model's calls on real images of other screens (``OTHER_SCREENS``): none is of its kind of cells,
+    so a label on one is a wrong call (for ``mcf7-moa``, HT29 human cells are the closest: reported, not judged)."""
+    from milcnn.io import read_image
+
+    out = {}
+    for name, files in OTHER_SCREENS[len(clf.channels)].items():
+        if not all((root / f).is_file() for f in files):
+            continue
+        planes = [np.squeeze(read_image(root / f)) for f in files]
+        pred = clf.predict(np.stack(planes) if len(planes) > 1 else planes[0])
+        out[name] = {"label": pred.label, "top": pred.top, "probability": round(pred.probabilities[pred.top], 4),
+                     "qc": pred.qc}
     return out
 
 
@@ -266,6 +297,12 @@ def render(results: dict) -> str:
              "outputs. Label accuracy counts `unassigned` wrong. Calibration and qc limits were fitted on simulated "
              "seed 4 and, where the card says so, the validation half of the real set (`python -m "
              "training.calibrate`); nothing here was used to fit or choose them.", ""]
+    t = results.get("throughput")
+    if t:
+        lines += ["## Cost", "", f"`milzoo predict` with its defaults on {t['images']} fields of 512 x 512 px, "
+                  f"{t['model']}, {t['rounds']} rounds in alternating order: images per second "
+                  + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in t["images_per_second"].items())
+                  + f". This tree / the baseline (median of the rounds' ratios): **{t['ratio_median']:.3f}**.", ""]
     for name, e in results["models"].items():
         lines += [f"## {name} {e['model']['version']} (calibration: {e['model']['calibration']})", "",
                   f"![reliability](calibration-{name}.png)", "",
@@ -283,12 +320,64 @@ def render(results: dict) -> str:
         for set_name, a in e["another_screen"].items():
             lines.append(f"| {set_name} | {a['n']} | {a['top_class_wrong']} | "
                          f"**{_pct(a['unassigned_where_top_wrong'])}** | {a['labelled_wrong']} | {a['qc']} |")
+        others = e.get("other_screens") or {}
+        if others:
+            lines += ["", "Real images of other screens (`../shared/realdata`, unlabelled; not of this model's kind of "
+                          f"cells): **{sum(o['label'] != 'unassigned' for o in others.values())} of {len(others)} "
+                          "labelled**.", "", "| image | label | top class (p) | qc |", "|---|---|---|---|"]
+            lines += [f"| {k} | {o['label']} | {o['top']} ({o['probability']:.3f}) | {o['qc']} |" for k, o in others.items()]
         lines += ["", f"Junk: **{e['junk_labelled']} of {len(e['junk'])} kinds labelled**.", "",
                   "| junk | label | top class (p) | qc |", "|---|---|---|---|"]
         for kind, j in e["junk"].items():
             lines.append(f"| {kind} | {j['label']} | {j['top']} ({j['probability']:.3f}) | {j['qc']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+BASELINE_COMMIT = "ce30b88"  # the last commit before calibration and qc (issue 37)
+
+
+def throughput(n: int = 120, rounds: int = 4, *, baseline: str = BASELINE_COMMIT) -> dict:
+    """``milzoo predict`` with its defaults on ``n`` 512 x 512 fields of ``yeast-loc``: this tree against the
+    tree of commit ``baseline`` (checked out into a temporary folder, its own SDK and zoo folder), rounds in
+    alternating order; images per second from each run's ``run.json``."""
+    import statistics
+    import tempfile
+
+    import tifffile
+
+    rates = {"this tree": [], f"commit {baseline}": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        old = tmp / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), baseline], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            folder = tmp / "fields"
+            folder.mkdir()
+            sample = tifffile.imread(ROOT / "zoo" / "yeast-loc" / "sample_input.tif")
+            for i in range(n):
+                tifffile.imwrite(folder / f"f{i:03d}.tif", np.roll(sample, 37 * i, axis=2), photometric="minisblack")
+            runs = {"this tree": (ROOT, ROOT / "zoo" / "yeast-loc"),
+                    f"commit {baseline}": (old, old / "zoo" / "yeast-loc")}
+            for r in range(rounds):
+                for name, (tree, model) in (list(runs.items())[::-1] if r % 2 else runs.items()):
+                    out = tmp / f"out-{r}-{name.replace(' ', '_')}"
+                    env = {**__import__("os").environ, "PYTHONPATH": str(tree / "sdk")}
+                    proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--out",
+                                           str(out), "--model", str(model)], capture_output=True, text=True,
+                                          timeout=3600, env=env, cwd=tmp)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"milzoo predict ({name}) failed: {proc.stderr[-2000:]}")
+                    record = json.loads((out / "run.json").read_text())
+                    rates[name].append(record["counts"]["predicted"] / record["seconds"]["run"])
+                    shutil.rmtree(out)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+    new, base = rates["this tree"], rates[f"commit {baseline}"]
+    return {"images": n, "rounds": rounds, "model": "yeast-loc (fp32, the default)",
+            "images_per_second": {k: [round(v, 2) for v in vals] for k, vals in rates.items()},
+            "ratio_median": round(statistics.median(a / b for a, b in zip(new, base)), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-zoo", action="store_true",
                         help="write the figures and the diagram into the zoo folders' config.json and cards")
     parser.add_argument("--plot-only", action="store_true", help="draw the diagrams again from the committed .json")
+    parser.add_argument("--throughput", action="store_true",
+                        help=f"also time milzoo predict against commit {BASELINE_COMMIT} (before calibration and qc)")
     args = parser.parse_args(argv)
     log_to_stderr(logging.WARNING)
     models = args.model or list(MODELS)
@@ -316,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         plot(entry, png)
         if args.update_zoo:
             _update_zoo(name, entry, png, results["command"])
+    if args.throughput:
+        results["throughput"] = throughput()
+        results["command"] += " --throughput"
+    elif args.plot_only and args.out.with_suffix(".json").is_file():
+        kept = json.loads(args.out.with_suffix(".json").read_text()).get("throughput")
+        if kept:
+            results["throughput"] = kept
     with write_atomic(args.out.with_suffix(".json"), "w") as fh:
         fh.write(json.dumps(results, indent=2) + "\n")
     with write_atomic(args.out.with_suffix(".md"), "w") as fh:

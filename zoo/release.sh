@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-create the zoo's yeast models from scratch: simulate, train, evaluate, export, register, int8 variant.
 # Usage: bash zoo/release.sh [yeast-loc|yeast-loc-gfp ...]   (default: both; about 25 min each on 2 CPU cores)
+# 2.1.0: calibrated probabilities and qc limits (training/calibrate.py), same weights as 2.0.0.
 # 2.0.0: the simulator randomises the microscope (docs/simulator.md) and training adds intensity and scale
 # augmentations; settings were chosen on the validation half of the real yeast (AAC1, AAP1, AAH1 fields).
 # A finished run in runs/<name>/best.pt is exported, not retrained.
@@ -64,6 +65,12 @@ PY
   python -m training.quantize "zoo/$name" --calibration "data/$prefix-train/manifest.csv" \
     --eval-data "data/$prefix-test/manifest.csv"
   python -m training.quantize "zoo/$name" --precision fp16 --eval-data "data/$prefix-test/manifest.csv"
+  # 2.1.0 (same weights): calibration and qc limits, fitted on simulated seed 4 and the real validation half
+  [ -f "data/$prefix-cal/manifest.csv" ] || \
+    python -m training.simulate yeast --n 220 --seed 4 --channels "$channels" --out "data/$prefix-cal"
+  python -m training.calibrate "zoo/$name" --data "data/$prefix-cal/manifest.csv" --real yeast-chong --version 2.1.0 \
+    --register "milcnn/$name@v2.1.0"
   python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)
+  python -m benchmarks.calibration --model "$name" --update-zoo   # the card's Probabilities, unassigned and qc
   python -m training.bioimageio "zoo/$name" --out "dist/$name.bioimageio.zip"   # bioimage.io package (format 0.5)
 done

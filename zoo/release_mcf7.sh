@@ -15,6 +15,9 @@
 # time): each image is seen fewer times and the microscope and cells vary more. Validation half: 75/89 mosaics
 # (DMSO 44/52, PSI 31/37) against 68/89; with another training seed 70/89, on 4,800 images 54/89, so part of the
 # gain is the luck of one training run (benchmarks/results/realdata.md, zoo ablation).
+# 2.6.0: calibrated probabilities and qc limits (training/calibrate.py), same weights as 2.5.0; its training images'
+# pixel size recorded as 1.2309 um (the simulator draws BBBC021's cells, 89 px at 0.65 um, at 47 px), so images that
+# declare their pixel size are resized right.
 # 2.5.0: 2.4's network self-trained on the same real cells, still without their labels (training/domain.py,
 # pseudo-labels): each field of the validation half is called whole by 2.4 (as a screen calls a field), 8 shuffled
 # 4 x 4 mosaics of its cells get that call, and training.finetune teaches the network to give each small group of
@@ -117,5 +120,11 @@ python -m training.quantize "zoo/$name" --precision bf16 --eval-data data/mcf7v2
   || echo "bf16 variant not added (it must keep accuracy within 1 point)" >&2
 python -m training.quantize "zoo/$name" --precision fp16 --eval-data data/mcf7v2-test/manifest.csv \
   || echo "fp16 variant not added (it must keep accuracy within 1 point)" >&2
+# 2.6.0 (same weights): calibration fitted on simulated seed 4 only (the real validation half is its self-training
+# data), qc limits on seed 4 and that half; the recorded training pixel size corrected to 0.65 x 89 / 47 um
+[ -f data/mcf7v2-cal/manifest.csv ] || python -m training.simulate mcf7 --n 160 --seed 4 --out data/mcf7v2-cal
+python -m training.calibrate "zoo/$name" --data data/mcf7v2-cal/manifest.csv --real bbbc021-cells --real-qc-only \
+  --pixel-size 1.2309 --version 2.6.0 --register "milcnn/$name@v2.6.0"
 python -m benchmarks.realdata --model "$name" --update-zoo   # the card's Real images (../shared/realdata-labelled)
+python -m benchmarks.calibration --model "$name" --update-zoo   # the card's Probabilities, unassigned and qc
 python -m training.bioimageio "zoo/$name" --out "dist/$name.bioimageio.zip"   # bioimage.io package (format 0.5)
