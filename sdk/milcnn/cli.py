@@ -241,6 +241,20 @@ def info(model: str) -> None:
             click.echo(f"           given no scale, images are taken to have cells about {cfg.input_cell_diameter:g} px "
                        f"across and resized by {cfg.cell_diameter / cfg.input_cell_diameter:.2f}")
     click.echo(f"pooling    {cfg.pooling.get('name')} {cfg.pooling.get('params', {})}; maps at 1/{cfg.output_stride}")
+    if cfg.calibration is not None:
+        click.echo(f"calibrated {cfg.calibration.method.replace('_', ' ')} on {cfg.calibration.fitted_on.get('images', '?')} "
+                   "held-out images; label: the top class at p >= --threshold (0.5) and qc ok, else unassigned")
+    else:
+        click.echo("calibrated no: probabilities are the network's raw outputs")
+    if cfg.qc is not None:
+        click.echo(f"qc         objects {cfg.qc.diameter[0]:g}-{cfg.qc.diameter[1]:g} px at the model's scale, texture >= "
+                   f"{cfg.qc.texture_min:g}, coverage <= {cfg.qc.coverage_max:g}"
+                   + (", a feature distance" if cfg.qc.distance is not None else "")
+                   + " (else too_small, no_cells, off_scale, out_of_distribution)")
+    trust = cfg.raw.get("trust") or {}
+    for name, row in trust.get("sets", {}).items():
+        click.echo(f"trust      {name}: label accuracy {100 * row['label_accuracy']:.1f} %, ECE {row['ece']:.3f}, "
+                   f"qc flagged {100 * row['qc_flagged']:.1f} %")
     if data:
         click.echo(f"trained on {'SIMULATED data: ' if data.get('simulated') else ''}{data.get('name', '')}")
     if m:

@@ -195,18 +195,18 @@ def _similarity(x: np.ndarray) -> float | None:
     """The largest correlation between two channels of (C, h, w); None for one channel."""
     if x.shape[0] < 2:
         return None
-    a = x.reshape(x.shape[0], -1).astype(np.float64)
-    a -= a.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", a, a))
+    a = x.reshape(x.shape[0], -1)
+    a = a - a.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
     if not np.all(norm > 1e-9):
         return 1.0 if np.count_nonzero(norm <= 1e-9) >= 2 else 0.0  # two flat channels are alike
-    c = (a @ a.T) / np.outer(norm, norm)
+    c = (a @ a.T).astype(np.float64) / np.outer(norm, norm)
     return float(c[np.triu_indices(x.shape[0], 1)].max())
 
 
 def _texture(plane: np.ndarray) -> float:
     """Correlation of pixels one step apart along rows, and along columns: the smaller of the two."""
-    a = plane - plane.mean(dtype=np.float64)
+    a = plane - np.float32(plane.mean(dtype=np.float64))
     var = float(np.einsum("ij,ij->", a, a)) / a.size
     if var < 1e-12 or min(a.shape) < 2:
         return 0.0
