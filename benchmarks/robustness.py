@@ -164,6 +164,7 @@ class Case:
     args: list[str] = field(default_factory=list)
     note: str = ""
     others_predicted: bool = False  # the input is a folder whose other, good image must be predicted
+    qc: str | None = None  # a predicted image's qc (predictions.csv), where the case says what it must be
 
 
 CASES = [
@@ -194,9 +195,10 @@ CASES = [
     Case("NaN and Inf pixels", _tif(_with_nan, photometric="minisblack"), "predicted",
          note="non-finite pixels become the low percentile (0 after normalisation), with a warning"),
     Case("constant image", _tif(lambda: np.full((2, 256, 256), 100, np.uint16), photometric="minisblack"),
-         "predicted", note="normalises to zeros: a label with low confidence and an empty mask"),
+         "predicted", note="normalises to zeros, an empty mask; qc no_cells, label unassigned", qc="no_cells"),
     Case("image below the minimum size (20 x 30)", _tif(lambda: _sample()[:, :20, :30], photometric="minisblack"),
-         "predicted", note="padded with background to 64 px, outputs cropped back"),
+         "predicted", note="padded with background to 64 px, outputs cropped back; qc too_small, label unassigned",
+         qc="too_small"),
     Case("4096 x 4096 field (over the tiling threshold)", _tif(lambda: np.tile(_sample(), (1, 8, 8)),
                                                                photometric="minisblack"),
          "predicted", note="run in 1024 px tiles with a receptive-field margin: memory stays bounded "
@@ -249,9 +251,16 @@ def run_case(case: Case, folder: Path) -> dict:
     stderr = result.stderr if hasattr(result, "stderr") else result.output
     lines = [line for line in stderr.splitlines() if line.startswith("milzoo: ") or line.startswith("Error: ")]
     predicted = (out / "predictions.csv").is_file() and len((out / "predictions.csv").read_text().splitlines()) == 2
+    qc = None
+    if predicted:
+        import csv
+
+        with open(out / "predictions.csv", newline="") as fh:
+            row = next(csv.DictReader(fh))
+        qc = (row["qc"], row["label"])
     message = lines[0].replace(str(path), path.name) if lines else ""  # the temporary folder is not news
     message = message.split(": ", 1)[1] if message else ""
-    return {"exit_code": result.exit_code, "predicted": predicted, "message": message,
+    return {"exit_code": result.exit_code, "predicted": predicted, "message": message, "qc": qc,
             "warnings": [str(w.message) for w in caught], "traceback": "Traceback" in stderr,
             "exception": repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2) else None}
 
@@ -329,7 +338,8 @@ def run_large(folder: Path, side: int = 16384) -> dict:
 
 def outcome_matches(case: Case, r: dict) -> bool:
     if case.expect == "predicted":
-        return r["exit_code"] == 0 and r["predicted"]
+        qc_right = case.qc is None or r["qc"] == (case.qc, "unassigned")
+        return r["exit_code"] == 0 and r["predicted"] and qc_right
     if case.others_predicted:
         return r["exit_code"] == 1 and r["predicted"] and case.expect in r["message"] and not r["traceback"]
     return r["exit_code"] in (1, 2) and not r["predicted"] and case.expect in r["message"] and not r["traceback"]
