@@ -35,7 +35,7 @@ from scipy.optimize import minimize
 
 from milcnn import constants
 from milcnn.calibration import METHODS, Calibration, logit
-from milcnn.config import read_config, write_config
+from milcnn.config import read_config
 from milcnn.quality import FeatureDistance, QualityLimits, feature_vector
 
 __all__ = ["fit_calibration", "fit_limits", "reference_outputs", "expected_calibration_error", "MARGINS"]
@@ -246,14 +246,12 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
                      pixel_size=None) -> dict:
     """Fit and write calibration and qc into ``folder`` (see the module's docstring); returns the config."""
     from milcnn import Classifier
-    from training.model_card import render_card
     from milcnn.io import write_atomic
+    from training.model_card import update_folder
 
     folder = Path(folder)
-    config = read_config(folder)
     if pixel_size is not None:
-        config["scale"]["pixel_size_um"] = pixel_size
-        config = write_config(folder, config)
+        update_folder(folder, scale=read_config(folder)["scale"] | {"pixel_size_um": pixel_size})
     clf = Classifier.from_dir(folder, device="cpu")
     ref = reference_outputs(clf, manifests=manifests, real=real, real_root=real_root)
     use = ~ref["real"] if real_qc_only else np.ones(len(ref["raw"]), dtype=bool)
@@ -266,14 +264,10 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
     limits = replace(fit_limits(ref["features"], distance), fitted_on={
         "images": len(ref["raw"]), "simulated": sets, "real": real_text, "margins": MARGINS,
         "quantiles": list(QUANTILES), "distance": distance_record})
-    config = read_config(folder)
-    config["calibration"] = calibration.to_dict()
-    config["qc"] = limits.to_dict()
-    if version:
-        config["version"] = version
-    config = write_config(folder, config)
+    config = update_folder(folder, calibration=calibration.to_dict(), qc=limits.to_dict(),
+                           **({"version": version} if version else {}))
     sample = folder / constants.SAMPLE_OUTPUT_FILE
-    if sample.is_file():
+    if sample.is_file():  # the self-test's record: the calibrated call on the bundled sample
         before = json.loads(sample.read_text())
         pred = Classifier.from_dir(folder, device="cpu").predict(folder / constants.SAMPLE_INPUT_FILE)
         after = pred.to_dict() | {"image": constants.SAMPLE_INPUT_FILE}
@@ -281,8 +275,6 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
             after["true_label"] = before["true_label"]
         with write_atomic(sample, "w") as fh:
             fh.write(json.dumps(after, indent=2) + "\n")
-    with write_atomic(folder / constants.CARD_FILE, "w") as fh:
-        fh.write(render_card(config))
     return config
 
 
