@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,40 @@ def test_evaluate_end_to_end(trained, tiny_yeast, tmp_path):
     assert len(rows) == 12 and sum(map(sum, counts)) == 22
     assert metrics["accuracy"] == pytest.approx(sum(counts[i][i] for i in range(11)) / 22)
     assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "cli")]) == 0
+
+
+def test_evaluate_applies_a_calibration_as_the_sdk_does(trained, tiny_yeast, tmp_path):
+    """--calibration MODEL_FOLDER: every probability calibrated first (the metrics follow the calibrated top
+    class), and ECE and the label accuracy at the threshold reported; a folder without the block is refused."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from milcnn.calibration import Calibration
+
+    _, best = trained
+    model, _ = load_checkpoint(best)
+    # a calibration that favours the last class strongly: the calibrated top class is then always that class
+    k = len(model.config.classes)
+    strong = Calibration("vector_scaling", (1.0,) * k, (0.0,) * (k - 1) + (50.0,))
+    metrics = evaluate(model, tiny_yeast, tmp_path / "cal", calibration=strong)
+    assert metrics["accuracy"] == pytest.approx(2 / 22)  # 2 of the 22 tiny images are of the last class
+    assert metrics["calibration"]["method"] == "vector_scaling" and metrics["calibration"]["unassigned"] == 0.0
+    folder = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "zoo" / "yeast-loc", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["calibration"] = strong.to_dict()
+    config.pop("qc")
+    (folder / "config.json").write_text(json.dumps(config))
+    assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "cli"),
+                          "--calibration", str(folder)]) == 0
+    written = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert written["accuracy"] == pytest.approx(2 / 22) and np.isfinite(written["calibration"]["ece"])
+    config.pop("calibration")
+    (folder / "config.json").write_text(json.dumps(config))
+    assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "none"),
+                          "--calibration", str(folder)]) == 2
 
 
 def test_cli_reports_bad_manifest_rows(tmp_path, capsys):
