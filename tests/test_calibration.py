@@ -183,6 +183,9 @@ def test_python_api_and_milzoo_give_the_same_label_and_qc(tmp_path):
     assert rows["scaled.tif"]["scale_source"] == "image" and rows["sample.tif"]["scale_source"] == "model"
     run = json.loads((out / "run.json").read_text())
     assert run["calibration"] == "vector_scaling" and "own pixel size" in run["scale"]["otherwise"]
+    assert run["counts"]["scale_source"] == {"image": 1, "model": 5}
+    assert run["counts"]["qc"] == {r: sum(row["qc"] == r for row in rows.values()) for r in run["counts"]["qc"]}
+    assert run["counts"]["unassigned"] == sum(row["label"] == UNASSIGNED for row in rows.values())
 
 
 def test_wells_average_only_fields_that_passed_qc():

@@ -446,7 +446,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             plate_seconds += time.thread_time() - t0
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       counts={"inputs": len(paths) + len(missing), "predicted": predicted,
-                              "failed": failed, "skipped_in_subfolders": skipped},
+                              "failed": failed, "skipped_in_subfolders": skipped, **_row_counts(out_dir)},
                       seconds={"run": round(time.perf_counter() - t_start, 3),  # wall clock
                                "plate_outputs": round(plate_seconds, 3)})  # CPU time of the plate work
         write_run(out_dir, record)
@@ -456,6 +456,25 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         echo("milzoo: interrupted; the results so far are complete: continue with --resume")
         return 130
     return 1 if failed else 0
+
+
+def _row_counts(out: Path) -> dict:
+    """How many rows of ``predictions.csv`` have each label kind, qc and scale source (for ``run.json``)."""
+    import csv
+    from collections import Counter
+
+    from milcnn.results import PREDICTIONS
+
+    qc, scale, unassigned = Counter(), Counter(), 0
+    try:
+        with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                qc[row.get("qc", "")] += 1
+                scale[row.get("scale_source", "")] += 1
+                unassigned += row.get("label") == UNASSIGNED
+    except OSError:
+        return {}
+    return {"unassigned": unassigned, "qc": dict(sorted(qc.items())), "scale_source": dict(sorted(scale.items()))}
 
 
 def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plate_map, *,
