@@ -280,7 +280,8 @@ def _update_zoo(name: str, entry: dict, png: Path, command: str) -> None:
     update_folder(folder, trust={
         "command": command, "sets": {k: {f: v[f] for f in keep} for k, v in entry["sets"].items()},
         "junk_labelled": entry["junk_labelled"], "junk_kinds": len(entry["junk"]),
-        "not_made_for": entry["another_screen"]})
+        "not_made_for": entry["another_screen"],
+        "other_screens": {k: v["label"] for k, v in (entry.get("other_screens") or {}).items()}})
     shutil.copyfile(png, folder / "reliability.png")
 
 
@@ -411,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         results["throughput"] = throughput()
         results["command"] += " --throughput"
     elif args.plot_only and args.out.with_suffix(".json").is_file():
-        kept = json.loads(args.out.with_suffix(".json").read_text()).get("throughput")
-        if kept:
-            results["throughput"] = kept
+        kept = json.loads(args.out.with_suffix(".json").read_text())
+        results["command"] = kept["command"]  # the run that measured these figures
+        if kept.get("throughput"):
+            results["throughput"] = kept["throughput"]
     with write_atomic(args.out.with_suffix(".json"), "w") as fh:
         fh.write(json.dumps(results, indent=2) + "\n")
     with write_atomic(args.out.with_suffix(".md"), "w") as fh:

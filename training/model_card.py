@@ -233,6 +233,12 @@ def _trust_lines(config: dict) -> list[str]:
             if row.get("unassigned_where_top_wrong") is not None:
                 lines.append(f"- {name}: top class wrong on {row['top_class_wrong']} of {row['n']}, of which "
                              f"{100 * row['unassigned_where_top_wrong']:.0f} % `unassigned`.")
+        others = trust.get("other_screens") or {}
+        if others:
+            called = {k: v for k, v in others.items() if v != "unassigned"}
+            lines.append(f"- real images of other screens (`../shared/realdata`, none of this model's kind of cells): "
+                         f"{len(called)} of {len(others)} given a label"
+                         + (f" ({'; '.join(f'{k}: {v}' for k, v in called.items())})" if called else "") + ".")
         lines.append("")
     return lines
 
