@@ -37,7 +37,7 @@ from benchmarks.machine import cpu_description
 from milcnn import constants
 from milcnn.io import write_atomic
 from milcnn.logs import log_to_stderr
-from training.calibrate import expected_calibration_error
+from training.metrics import expected_calibration_error
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, applicable_sets, load_fields, mosaics
 
 __all__ = ["junk_images", "score", "main", "JUNK", "SIMULATED"]

@@ -94,7 +94,8 @@ def test_a_calibration_or_qc_block_that_does_not_fit_is_refused_naming_the_file_
 
 
 def test_fit_calibration_recovers_a_temperature_and_chooses_by_likelihood():
-    from training.calibrate import expected_calibration_error, fit_calibration
+    from training.calibrate import fit_calibration
+    from training.metrics import expected_calibration_error
 
     rng = np.random.default_rng(0)
     n, k = 600, 4

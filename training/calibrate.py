@@ -37,8 +37,9 @@ from milcnn import constants
 from milcnn.calibration import METHODS, Calibration, logit
 from milcnn.config import read_config
 from milcnn.quality import FeatureDistance, QualityLimits, feature_vector
+from training.metrics import expected_calibration_error
 
-__all__ = ["fit_calibration", "fit_limits", "reference_outputs", "expected_calibration_error", "MARGINS"]
+__all__ = ["fit_calibration", "fit_limits", "fit_distance", "reference_outputs", "MARGINS"]
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +139,6 @@ def _fit(method: str, z: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
 
 def _apply(method, w, b, raw) -> np.ndarray:
     return Calibration(method, tuple(w), tuple(b)).apply(raw)
-
-
-def expected_calibration_error(probabilities: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
-    """ECE of the largest probability (``bins`` equal-width bins; Guo et al. 2017): the mean gap between
-    confidence and accuracy, weighted by the share of images in each bin."""
-    conf = np.asarray(probabilities, dtype=np.float64)
-    right = np.asarray(right, dtype=np.float64)
-    index = np.minimum((conf * bins).astype(int), bins - 1)
-    total = 0.0
-    for i in range(bins):
-        sel = index == i
-        if sel.any():
-            total += sel.mean() * abs(conf[sel].mean() - right[sel].mean())
-    return float(total)
 
 
 def _scores(probabilities: np.ndarray, targets: np.ndarray) -> dict:

@@ -31,7 +31,7 @@ import torch
 from milcnn import constants
 from milcnn.calibration import Calibration
 from milcnn.io import write_atomic
-from training.calibrate import expected_calibration_error
+from training.metrics import expected_calibration_error
 from training.data.manifest import read_manifest
 from training.model import MILCNN
 from training.scoring import score_manifest, torch_predictor

@@ -6,7 +6,8 @@ import numpy as np
 
 from milcnn import constants
 
-__all__ = ["predicted_labels", "image_accuracy", "confusion_matrix", "precision_recall_f1", "otsu_threshold", "IoU"]
+__all__ = ["predicted_labels", "image_accuracy", "confusion_matrix", "precision_recall_f1", "otsu_threshold", "IoU",
+           "expected_calibration_error"]
 
 
 def predicted_labels(probs: np.ndarray, *, multi_label: bool, threshold: float = constants.LABEL_THRESHOLD) -> np.ndarray:
@@ -75,3 +76,17 @@ class IoU:
     def mean(self) -> float:
         v = self.per_class()
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def expected_calibration_error(probabilities: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """ECE of the largest probability (``bins`` equal-width bins; Guo et al. 2017): the mean gap between
+    confidence and accuracy, weighted by the share of images in each bin."""
+    conf = np.asarray(probabilities, dtype=np.float64)
+    right = np.asarray(right, dtype=np.float64)
+    index = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for i in range(bins):
+        sel = index == i
+        if sel.any():
+            total += sel.mean() * abs(conf[sel].mean() - right[sel].mean())
+    return float(total)
