@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import cpu_description
-from milcnn import constants
 from milcnn.io import write_atomic
 from milcnn.logs import log_to_stderr
 from training.metrics import expected_calibration_error

@@ -264,7 +264,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
                   font=font)
     y = top + margin + 16 * len(classes)
     draw.rectangle((lx, y + 2, lx + 10, y + 12), outline=(230, 230, 230))
-    draw.text((lx + 16, y), "unassigned", fill=(200, 200, 200), font=font)
+    draw.text((lx + 16, y), UNASSIGNED, fill=(200, 200, 200), font=font)
     draw.rectangle((lx, y + 18, lx + 10, y + 28), fill=_GREY)
     draw.text((lx + 16, y + 16), "no image", fill=(200, 200, 200), font=font)
     oy = maps_top
