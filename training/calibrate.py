@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 #: coverage and the lower channel similarity by an absolute amount, the upper one by this share of its
 #: distance to 1 (identical channels, 1.0, are an artefact's)
 MARGINS = {"diameter": 1.3, "texture": 0.1, "coverage": 0.1, "similarity": 0.1, "similarity_to_1": 0.5,
-           "distance": 1.2}  # the feature distance: a factor
+           "distance": 1.2,  # the feature distance: a factor
+           "diameter_by_class": 1.5}  # a factor; chosen on the validation half (see fit_limits)
+#: a class's own diameter range needs this many reference images whose top class it is
+MIN_PER_CLASS = 5
 #: the reference images' quantiles that set the qc limits (a stray reading does not set them alone)
 QUANTILES = (0.005, 0.995)
 REGULARISATION = 1e-3  # L2 pull of weights towards 1 and biases towards 0 (per image)
@@ -216,8 +219,15 @@ def fit_distance(raw: np.ndarray, targets: np.ndarray, features: list, fields: n
     return FeatureDistance(means, precision, round(base * MARGINS["distance"], 3)), record
 
 
-def fit_limits(features: list, distance: FeatureDistance | None = None) -> QualityLimits:
-    """qc limits from the reference images' features (``MARGINS`` beyond their ``QUANTILES``)."""
+def fit_limits(features: list, distance: FeatureDistance | None = None, *, raw: np.ndarray | None = None,
+               classes: tuple[str, ...] = ()) -> QualityLimits:
+    """qc limits from the reference images' features (``MARGINS`` beyond their ``QUANTILES``); with ``raw``, also
+    each class's own diameter range over the images whose largest raw probability it is (``MIN_PER_CLASS``).
+
+    The per-class ranges and their margin 1.5 were chosen on the validation half (half of its fields fitted with
+    the simulated images, the other half measured as they are and at 2x and 0.5x): ``yeast-loc-gfp``, whose one
+    channel reads anything from puncta to whole cells (a global range of 3.6 to 41 px), flagged 84 % of the
+    fields at 2x against 0 %, and 1 of 25 at 1x, the one it called wrong; ``yeast-loc`` none at 1x (at 1.3: 1 of 25)."""
     lo, hi = QUANTILES
     diameters = np.array([f.diameter for f in features if f is not None and f.diameter is not None])
     texture = np.array([f.texture for f in features if f is not None])
@@ -228,7 +238,17 @@ def fit_limits(features: list, distance: FeatureDistance | None = None) -> Quali
         top = float(np.quantile(similar, hi))
         similarity = (round(max(-1.0, float(np.quantile(similar, lo)) - MARGINS["similarity"]), 4),
                       round(min(1.0, top + (1.0 - top) * MARGINS["similarity_to_1"]), 4))
+    by_class = {}
+    if raw is not None:
+        top = np.argmax(raw, axis=1)
+        for k, name in enumerate(classes):
+            d = np.array([f.diameter for f, t in zip(features, top)
+                          if t == k and f is not None and f.diameter is not None])
+            if len(d) >= MIN_PER_CLASS:
+                by_class[name] = (round(float(np.quantile(d, lo)) / MARGINS["diameter_by_class"], 3),
+                                  round(float(np.quantile(d, hi)) * MARGINS["diameter_by_class"], 3))
     return QualityLimits(
+        diameter_by_class=by_class,
         diameter=(round(float(np.quantile(diameters, lo)) / MARGINS["diameter"], 3),
                   round(float(np.quantile(diameters, hi)) * MARGINS["diameter"], 3)),
         texture_min=round(max(-1.0, float(np.quantile(texture, lo)) - MARGINS["texture"]), 4),
@@ -257,7 +277,7 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
     calibration = replace(calibration, fitted_on={
         "images": int(use.sum()), "simulated": sets, "real": None if real_qc_only else real_text, **choice})
     distance, distance_record = fit_distance(ref["raw"], ref["targets"], ref["features"], ref["fields"])
-    limits = replace(fit_limits(ref["features"], distance), fitted_on={
+    limits = replace(fit_limits(ref["features"], distance, raw=ref["raw"], classes=clf.classes), fitted_on={
         "images": len(ref["raw"]), "simulated": sets, "real": real_text, "margins": MARGINS,
         "quantiles": list(QUANTILES), "distance": distance_record})
     config = update_folder(folder, calibration=calibration.to_dict(), qc=limits.to_dict(),

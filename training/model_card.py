@@ -215,7 +215,10 @@ def _trust_lines(config: dict) -> list[str]:
                     if qc.get("distance") else "")
         lines += [f"qc (`ok`, `too_small`, `no_cells`, `off_scale`, `out_of_distribution`) accepts what "
                   f"{qc.get('fitted_on', {}).get('images', '?')} reference images span, with margins: objects "
-                  f"{qc['cell_diameter_px'][0]:g} to {qc['cell_diameter_px'][1]:g} px across at the network's scale, "
+                  f"{qc['cell_diameter_px'][0]:g} to {qc['cell_diameter_px'][1]:g} px across at the network's scale"
+                  + (f" (and within the range of the reference images of the same top class, for "
+                     f"{len(qc['cell_diameter_px_by_class'])} classes)" if qc.get("cell_diameter_px_by_class") else "")
+                  + ", "
                   f"texture from {qc['texture_min']:g}, coverage up to {qc['coverage_max']:g}{similarity}{distance} "
                   "(`python -m training.calibrate`).", ""]
     if trust:

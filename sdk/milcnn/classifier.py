@@ -684,7 +684,8 @@ class Classifier:
         raw = np.asarray(probs, dtype=np.float64)
         calibrated = raw if self.info.calibration is None else self.info.calibration.apply(raw)
         features = None if min(h, w) < self.info.min_size else self._features(item, maps, (h, w))
-        qc = assess(features, self.qc_limits, shape=(h, w), min_size=self.info.min_size, raw=raw)
+        qc = assess(features, self.qc_limits, shape=(h, w), min_size=self.info.min_size, raw=raw,
+                    top=self.classes[int(np.argmax(raw))])
         call = decide(calibrated, self.classes, threshold=threshold, multi_label=self.info.multi_label, qc=qc)
         return Prediction(
             label=call.label,

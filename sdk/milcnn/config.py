@@ -109,7 +109,7 @@ class ModelInfo:
             calibration = (None if d.get("calibration") is None else
                            Calibration.from_dict(d["calibration"], n_classes=len(info.classes),
                                                  multi_label=info.multi_label))
-            qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], n_classes=len(info.classes))
+            qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], classes=info.classes)
         except ValueError as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
         return replace(info, calibration=calibration, qc=qc)

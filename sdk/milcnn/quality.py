@@ -6,7 +6,9 @@ image is unlike what the model was made for:
 
 - ``too_small``: the image (at the model's scale) is below the network's ``min_size``;
 - ``no_cells``: nothing stands out from the background in any channel (blank, constant or empty field);
-- ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``);
+- ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``),
+  or from those of the reference images the model gave the same top class (a punctate pattern reads smaller
+  than a cytosolic one: per class, the range is tighter);
 - ``out_of_distribution``: its texture, the share of it the model marks or the likeness of its channels is
   outside what the model's own reference images span (pixel noise has no texture; stripes and grids make
   the model mark everything; an artefact looks the same in every channel, and another screen's stains
@@ -119,17 +121,19 @@ class QualityLimits:
     coverage_max: float
     similarity: tuple[float, float] | None = None
     distance: FeatureDistance | None = None
+    diameter_by_class: dict = field(default_factory=dict)  # top class -> (low, high)
     fitted_on: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         return {"cell_diameter_px": [float(v) for v in self.diameter], "texture_min": float(self.texture_min),
                 "coverage_max": float(self.coverage_max),
                 "channel_similarity": None if self.similarity is None else [float(v) for v in self.similarity],
+                "cell_diameter_px_by_class": {c: [float(v) for v in r] for c, r in self.diameter_by_class.items()},
                 "distance": None if self.distance is None else self.distance.to_dict(), "fitted_on": self.fitted_on}
 
     @classmethod
-    def from_dict(cls, d, *, n_classes: int) -> "QualityLimits":
-        """Read and check a ``qc`` block against the model's number of classes.
+    def from_dict(cls, d, *, classes: tuple[str, ...]) -> "QualityLimits":
+        """Read and check a ``qc`` block against the model's classes.
 
         Raises:
             ValueError: what is wrong, naming the field.
@@ -145,9 +149,18 @@ class QualityLimits:
             if not _number(v) or not lo <= v <= hi:
                 raise ValueError(f"qc.{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
             values[key] = float(v)
-        distance = None if d.get("distance") is None else FeatureDistance.from_dict(d["distance"], n_classes=n_classes)
-        return cls(diameter=diameter, similarity=similarity, distance=distance, fitted_on=dict(d.get("fitted_on") or {}),
-                   **values)
+        distance = None if d.get("distance") is None else FeatureDistance.from_dict(d["distance"],
+                                                                                     n_classes=len(classes))
+        by_class = d.get("cell_diameter_px_by_class") or {}
+        if not isinstance(by_class, dict):
+            raise ValueError(f"qc.cell_diameter_px_by_class must map classes to [low, high], got {by_class!r}")
+        unknown = [c for c in by_class if c not in classes]
+        if unknown:
+            raise ValueError(f"qc.cell_diameter_px_by_class names {', '.join(map(repr, unknown))}, not a class of the "
+                             "model")
+        by_class = {c: _pair(r, f"cell_diameter_px_by_class.{c}", 0.0, float("inf")) for c, r in by_class.items()}
+        return cls(diameter=diameter, similarity=similarity, distance=distance, diameter_by_class=by_class,
+                   fitted_on=dict(d.get("fitted_on") or {}), **values)
 
     @classmethod
     def from_scale(cls, measured: float | None, tolerance: float | None) -> "QualityLimits | None":
@@ -216,7 +229,7 @@ def _texture(plane: np.ndarray) -> float:
 
 
 def assess(features: Features | None, limits: QualityLimits | None, *, shape: tuple[int, int], min_size: int,
-           raw=None) -> str:
+           raw=None, top: str | None = None) -> str:
     """``ok`` or the first reason (``QC_REASONS``) the model's call on this image is not to be trusted.
 
     Args:
@@ -224,6 +237,7 @@ def assess(features: Features | None, limits: QualityLimits | None, *, shape: tu
         limits: the model's fitted limits (None: no scale or distribution check).
         shape: (H, W) at the network's scale, before any padding.
         raw: (K,) the network's pooled probabilities, for the feature distance.
+        top: the class of the largest raw probability, for its own diameter range.
     """
     if min(shape) < min_size:
         return "too_small"
@@ -234,6 +248,9 @@ def assess(features: Features | None, limits: QualityLimits | None, *, shape: tu
     if limits is None:
         return QC_OK
     if not limits.diameter[0] <= features.diameter <= limits.diameter[1]:
+        return "off_scale"
+    own = limits.diameter_by_class.get(top)
+    if own is not None and not own[0] <= features.diameter <= own[1]:
         return "off_scale"
     if features.texture < limits.texture_min or features.coverage > limits.coverage_max:
         return "out_of_distribution"
