@@ -83,6 +83,8 @@ def test_a_folder_without_calibration_loads_with_one_notice_and_raw_probabilitie
      "qc.distance.means must be 11 x 15 finite numbers (the model has 11 classes)"),
     (lambda c: c["qc"].update(cell_diameter_px=[40, 8]), "qc.cell_diameter_px must be [low, high]"),
     (lambda c: c["qc"].update(coverage_max=2), "qc.coverage_max must be a number in [0, 1]"),
+    (lambda c: c["qc"]["cell_diameter_px_by_class"].update(nope=[1, 2]),
+     "qc.cell_diameter_px_by_class names 'nope', not a class of the model"),
 ])
 def test_a_calibration_or_qc_block_that_does_not_fit_is_refused_naming_the_file_and_field(tmp_path, change, message):
     folder = _copy_model(tmp_path)
@@ -139,6 +141,9 @@ def test_assess_gives_the_first_reason():
     assert assess(Features(60.0, 0.9, 0.2, 0.5), limits, shape=(256, 256), min_size=64) == "off_scale"
     for bad in (Features(20.0, 0.1, 0.2, 0.5), Features(20.0, 0.9, 0.9, 0.5), Features(20.0, 0.9, 0.2, 1.0)):
         assert assess(bad, limits, shape=(256, 256), min_size=64) == "out_of_distribution"
+    own = QualityLimits(diameter=(10.0, 40.0), texture_min=0.5, coverage_max=0.4, diameter_by_class={"a": (10.0, 25.0)})
+    assert assess(Features(30.0, 0.9, 0.2), own, shape=(256, 256), min_size=64, top="a") == "off_scale"
+    assert assess(Features(30.0, 0.9, 0.2), own, shape=(256, 256), min_size=64, top="b") == QC_OK
 
 
 def test_junk_gets_no_label_and_the_reason():
