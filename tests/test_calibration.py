@@ -227,6 +227,9 @@ def test_pixel_size_is_read_from_imagej_and_ome_tiffs(tmp_path):
     assert pred.scale_source == "image" and pred.zoom == pytest.approx(2.0) and pred.mask.shape == image.shape[1:]
     given = clf.predict(tmp_path / "ome.ome.tif", cell_diameter=29)
     assert given.scale_source == "argument" and given.zoom == 1.0
+    write_tiff(tmp_path / "absurd.tif", image, pixel_size=50.0)  # 294x the model's: not used, the image is not blown up
+    absurd = clf.predict(tmp_path / "absurd.tif")
+    assert absurd.scale_source == "model" and absurd.zoom == 1.0 and absurd.mask.shape == image.shape[1:]
 
 
 def test_the_simulators_write_their_pixel_size_and_the_sdk_reads_it(tmp_path):

@@ -449,7 +449,9 @@ class Classifier:
                   image_pixel_size: float | None = None) -> tuple[float, str]:
         """The zoom an image gets and where its scale came from: the caller's ``pixel_size`` or
         ``cell_diameter`` (``argument``), else the image's own pixel size where the model records the one it
-        was trained at (``image``), else the model's default (``model``: ``zoom_for()``).
+        was trained at and it gives a zoom within ``constants.MAX_IMAGE_ZOOM`` either way (``image``: a file
+        that claims 100 um pixels must not make a 512 px image 300,000 px wide), else the model's default
+        (``model``: ``zoom_for()``).
 
         Raises:
             ValueError: as ``zoom_for``.
@@ -457,7 +459,11 @@ class Classifier:
         if pixel_size is not None or cell_diameter is not None:
             return self.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter), "argument"
         if image_pixel_size is not None and self.info.pixel_size:
-            return self.zoom_for(pixel_size=image_pixel_size), "image"
+            zoom = self.zoom_for(pixel_size=image_pixel_size)
+            if 1 / constants.MAX_IMAGE_ZOOM <= zoom <= constants.MAX_IMAGE_ZOOM:
+                return zoom, "image"
+            log.info("an image declares %g um per pixel, %.3gx %s's %g: not used (pass --pixel-size to use it)",
+                     image_pixel_size, zoom, self.name, self.info.pixel_size)
         return self.zoom_for(), "model"
 
     def prepare_input(self, image, *, channel_axis: int | None = None, tile_size: int | None = None,

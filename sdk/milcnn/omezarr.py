@@ -136,7 +136,13 @@ class ZarrField(FieldPath):
     def pixel_size(self) -> float | None:
         """The field's pixel size in um at full resolution: the ``scale`` transformations of its first
         dataset (and of the multiscale, where given) on the y and x axes, in the x axis's ``unit``; None where
-        it declares none, or no unit (NGFF leaves a scale without a unit in unknown units)."""
+        it declares none, no unit (NGFF leaves a scale without a unit in unknown units), or malformed metadata."""
+        try:
+            return self._pixel_size()
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):  # malformed: no scale to use
+            return None
+
+    def _pixel_size(self) -> float | None:
         from milcnn.io import pixel_size_um
 
         meta, _ = _ome_attrs(self._group().attrs)
