@@ -138,8 +138,9 @@ def test_assess_gives_the_first_reason():
     assert assess(good, limits, shape=(256, 256), min_size=64) == QC_OK
     assert assess(good, limits, shape=(40, 256), min_size=64) == "too_small"
     assert assess(Features(None, 0.0, 0.0), limits, shape=(256, 256), min_size=64) == "no_cells"
+    assert assess(Features(5.0, 0.01, 0.3, 0.0), limits, shape=(256, 256), min_size=64) == "no_cells"  # camera noise
     assert assess(Features(60.0, 0.9, 0.2, 0.5), limits, shape=(256, 256), min_size=64) == "off_scale"
-    for bad in (Features(20.0, 0.1, 0.2, 0.5), Features(20.0, 0.9, 0.9, 0.5), Features(20.0, 0.9, 0.2, 1.0)):
+    for bad in (Features(20.0, 0.3, 0.2, 0.5), Features(20.0, 0.9, 0.9, 0.5), Features(20.0, 0.9, 0.2, 1.0)):
         assert assess(bad, limits, shape=(256, 256), min_size=64) == "out_of_distribution"
     own = QualityLimits(diameter=(10.0, 40.0), texture_min=0.5, coverage_max=0.4, diameter_by_class={"a": (10.0, 25.0)})
     assert assess(Features(30.0, 0.9, 0.2), own, shape=(256, 256), min_size=64, top="a") == "off_scale"
@@ -156,7 +157,7 @@ def test_junk_gets_no_label_and_the_reason():
     stripes = np.stack([(xx // 8) % 2 * 3000 + 100] * 2).astype(np.uint16)
     got = {name: clf.predict(image) for name, image in
            {"blank": blank, "noise": noise, "tiny": tiny, "stripes": stripes}.items()}
-    assert {n: p.qc for n, p in got.items()} == {"blank": "no_cells", "noise": "off_scale", "tiny": "too_small",
+    assert {n: p.qc for n, p in got.items()} == {"blank": "no_cells", "noise": "no_cells", "tiny": "too_small",
                                                  "stripes": "out_of_distribution"}
     assert all(p.label == UNASSIGNED for p in got.values())
     assert max(got["stripes"].probabilities.values()) > 0.9  # confident, and still not called

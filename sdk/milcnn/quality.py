@@ -5,7 +5,8 @@ still give one class a large probability. ``assess`` says, per image, ``ok`` or 
 image is unlike what the model was made for:
 
 - ``too_small``: the image (at the model's scale) is below the network's ``min_size``;
-- ``no_cells``: nothing stands out from the background in any channel (blank, constant or empty field);
+- ``no_cells``: nothing stands out from the background in any channel (blank or constant), or every channel
+  is pixel noise without structure (an empty field: texture below ``NOISE_TEXTURE``);
 - ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``),
   or from those of the reference images the model gave the same top class (a punctate pattern reads smaller
   than a cytosolic one: per class, the range is tighter);
@@ -41,6 +42,9 @@ QC_OK = "ok"
 QC_REASONS = ("too_small", "no_cells", "off_scale", "out_of_distribution")
 #: a map pixel counts as marked where its largest class map reaches this
 MARKED = 0.5
+#: below this texture every channel is structureless pixel noise (an empty field's camera noise reads about 0;
+#: the zoo's reference images, simulated and real, read 0.47 and more)
+NOISE_TEXTURE = 0.2
 _STEP = 2  # features from every other row and column
 
 
@@ -243,7 +247,7 @@ def assess(features: Features | None, limits: QualityLimits | None, *, shape: tu
         return "too_small"
     if features is None:
         return QC_OK
-    if features.diameter is None:
+    if features.diameter is None or features.texture < NOISE_TEXTURE:
         return "no_cells"
     if limits is None:
         return QC_OK
