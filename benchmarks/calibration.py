@@ -337,7 +337,7 @@ def render(results: dict) -> str:
 BASELINE_COMMIT = "ce30b88"  # the last commit before calibration and qc (issue 37)
 
 
-def throughput(n: int = 120, rounds: int = 4, *, baseline: str = BASELINE_COMMIT) -> dict:
+def throughput(n: int = 120, rounds: int = 6, *, baseline: str = BASELINE_COMMIT) -> dict:
     """``milzoo predict`` with its defaults on ``n`` 512 x 512 fields of ``yeast-loc``: this tree against the
     tree of commit ``baseline`` (checked out into a temporary folder, its own SDK and zoo folder), rounds in
     alternating order; images per second from each run's ``run.json``."""

@@ -210,25 +210,35 @@ def measure(chw: np.ndarray, ranges, maps: np.ndarray, *, normalized: bool = Fal
 
 def _similarity(x: np.ndarray) -> float | None:
     """The largest correlation between two channels of (C, h, w); None for one channel."""
-    if x.shape[0] < 2:
+    c = x.shape[0]
+    if c < 2:
         return None
-    a = x.reshape(x.shape[0], -1)
-    a = a - a.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
-    norm = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
-    if not np.all(norm > 1e-9):
-        return 1.0 if np.count_nonzero(norm <= 1e-9) >= 2 else 0.0  # two flat channels are alike
-    c = (a @ a.T).astype(np.float64) / np.outer(norm, norm)
-    return float(c[np.triu_indices(x.shape[0], 1)].max())
+    a = [np.ascontiguousarray(plane - np.float32(plane.mean(dtype=np.float64))).ravel() for plane in x]
+    norm = [float(np.sqrt(np.dot(v, v))) for v in a]
+    best = -1.0
+    for i in range(c):
+        for j in range(i + 1, c):  # pairwise 1-D dot products: no BLAS threads started for a 2 x N product
+            if norm[i] <= 1e-9 or norm[j] <= 1e-9:
+                r = 1.0 if norm[i] <= 1e-9 and norm[j] <= 1e-9 else 0.0  # two flat channels are alike
+            else:
+                r = float(np.dot(a[i], a[j])) / (norm[i] * norm[j])
+            best = max(best, r)
+    return best
 
 
 def _texture(plane: np.ndarray) -> float:
     """Correlation of pixels one step apart along rows, and along columns: the smaller of the two."""
-    a = plane - np.float32(plane.mean(dtype=np.float64))
-    var = float(np.einsum("ij,ij->", a, a)) / a.size
-    if var < 1e-12 or min(a.shape) < 2:
+    a = np.ascontiguousarray(plane - np.float32(plane.mean(dtype=np.float64)))
+    h, w = a.shape
+    if h < 2 or w < 2:
         return 0.0
-    rows = float(np.einsum("ij,ij->", a[:, 1:], a[:, :-1])) / (a.shape[0] * (a.shape[1] - 1))
-    cols = float(np.einsum("ij,ij->", a[1:], a[:-1])) / ((a.shape[0] - 1) * a.shape[1])
+    flat = a.ravel()
+    var = float(np.dot(flat, flat)) / a.size
+    if var < 1e-12:
+        return 0.0
+    # neighbours along a row, by one dot product over the flat image less the pairs that wrap to the next row
+    rows = (float(np.dot(flat[1:], flat[:-1])) - float(np.dot(a[:-1, -1], a[1:, 0]))) / (h * (w - 1))
+    cols = float(np.dot(flat[w:], flat[:-w])) / ((h - 1) * w)
     return min(rows, cols) / var
 
 

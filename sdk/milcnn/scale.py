@@ -137,7 +137,7 @@ def _disc_diameter(plane: np.ndarray) -> float | None:
         between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
     between[~np.isfinite(between)] = -1
     fg = plane > centres[int(np.argmax(between))]
-    area = int(fg.sum())
+    area = int(np.count_nonzero(fg))
     if area < 16 or area > 0.95 * fg.size:
         return None
     transitions = int(np.count_nonzero(fg[1:] != fg[:-1]) + np.count_nonzero(fg[:, 1:] != fg[:, :-1]))
