@@ -285,3 +285,27 @@ def test_model_info_round_trips_the_new_blocks():
     again = ModelInfo.from_dict(info.to_dict())
     assert again.calibration == info.calibration and again.qc.diameter == info.qc.diameter
     assert info.format_version == 3
+
+
+def test_a_multi_label_model_lists_every_class_at_the_threshold(tmp_path):
+    """A multi-label model (yeast-loc's network declared multi-label, with a Platt calibration that gives two
+    classes >= 0.5): predictions.csv has a labels column 'a|b', label the top class, as Prediction says."""
+    folder = _copy_model(tmp_path)
+    clf = Classifier.from_hub("yeast-loc")
+    raw = clf.predict(SAMPLE).raw_probabilities
+    first, second = sorted(raw, key=raw.get, reverse=True)[:2]
+    bias = [20.0 if c in (first, second) else -20.0 for c in clf.classes]
+    _edit_config(folder, lambda c: (c.update(multi_label=True), c.pop("qc"), c.update(
+        calibration={"method": "platt", "weight": [1.0] * 11, "bias": bias})))
+    multi = Classifier.from_dir(folder)
+    pred = multi.predict(SAMPLE)
+    assert pred.label == first and pred.labels == "|".join(c for c in clf.classes if c in (first, second))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["predict", str(SAMPLE), "--out", str(out), "--model", str(folder),
+                                       "--no-overlays"])
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader(open(out / "predictions.csv")))
+    assert (row["label"], row["labels"], row["qc"]) == (pred.label, pred.labels, pred.qc)
+    with pytest.raises(ModelConfigError, match="makes the classes exclusive, but the model is multi-label"):
+        _edit_config(folder, lambda c: c["calibration"].update(method="vector_scaling"))
+        Classifier.from_dir(folder)
