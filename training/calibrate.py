@@ -64,46 +64,36 @@ def reference_outputs(clf, *, manifests=(), real: str | None = None, real_root=N
 
     Returns:
         ``{"raw": (N, K), "targets": (N, K) 0/1 (every accepted class of a real group), "features": [...],
-        "real": (N,) bool, "names": [...], "groups": (N,) the real group (protein, treatment) or "simulated",
-        "fields": (N,) the real field or "simulated"}``.
+        "real": (N,) bool, "fields": (N,) the real field or "simulated"}``.
     """
-    import csv
-
-    from training.data.manifest import load_image
-    from training.data.manifest import read_manifest
+    from training.data.manifest import load_image, read_manifest
     from training.data.real import REAL_SETS, load_fields, mosaics
 
     clf.info = replace(clf.info, calibration=None, qc=None)  # raw outputs, every feature read
-    raw, targets, features, is_real, names, groups, fields = [], [], [], [], [], [], []
+    raw, targets, features, is_real, fields = [], [], [], [], []
 
-    def add(image, accepted, name, real_image, group="simulated", field="simulated"):
+    def add(image, accepted, real_image, field="simulated"):
         pred = clf.predict(image)
         raw.append([pred.raw_probabilities[c] for c in clf.classes])
         targets.append([1.0 if c in accepted else 0.0 for c in clf.classes])
         features.append(pred.features)
         is_real.append(real_image)
-        names.append(name)
-        groups.append(group)
         fields.append(field)
 
     for manifest in manifests:
         samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)
-        base = Path(manifest).parent
-        with open(manifest, newline="") as fh:
-            paths = [row["path"] for row in csv.DictReader(fh)]
-        for sample, rel in zip(samples, paths):
-            path = base / rel
-            add(path if path.is_file() else load_image(sample, len(clf.channels)), set(sample.labels), str(path),
-                False)
+        for sample in samples:  # a file as users give it (its own pixel size); channel files stacked
+            image = sample.paths[0] if len(sample.paths) == 1 else load_image(sample, len(clf.channels))
+            add(image, set(sample.labels), False)
     if real:
         rs = REAL_SETS[real]
         for f in load_fields(rs, real_root, channels=clf.channels):
             if rs.half(f) != "validation":
                 continue  # the test half is never read here
-            for i, mosaic in enumerate(mosaics(f.cells, k)):
-                add(mosaic, set(f.group.accepted), f"{f.name}#{i}", True, f.group.name, f.name)
+            for mosaic in mosaics(f.cells, k):
+                add(mosaic, set(f.group.accepted), True, f.name)
     return {"raw": np.array(raw), "targets": np.array(targets), "features": features,
-            "real": np.array(is_real, dtype=bool), "names": names, "groups": np.array(groups),
+            "real": np.array(is_real, dtype=bool),
             "fields": np.array(fields)}
 
 

@@ -125,14 +125,13 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
     import numpy as np
 
     probs = [pred.probabilities[c] for c in classes]
-    qc = getattr(pred, "qc", "ok")
-    call = decide(probs, classes, threshold=threshold, multi_label=multi_label, qc=qc, argmax=argmax)
+    call = decide(probs, classes, threshold=threshold, multi_label=multi_label, qc=pred.qc, argmax=argmax)
     counts = getattr(pred, "areas", None)  # computed where the mask is (a Dask worker), or here
     if counts is None:
         counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
     where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
-    return [image, *where, call.label, *([call.labels] if multi_label else []), qc,
-            getattr(pred, "scale_source", "model"), f"{call.probability:.6f}", *[f"{p:.6f}" for p in probs],
+    return [image, *where, call.label, *([call.labels] if multi_label else []), pred.qc,
+            pred.scale_source, f"{call.probability:.6f}", *[f"{p:.6f}" for p in probs],
             *[f"{a:.6f}" for a in counts]]
 
 
@@ -439,14 +438,15 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         results.finish(list(missing) + [name for name, _ in problems] + [str(p) for p in paths])
         for line in messages.summary():
             echo(line)
+        t0 = time.thread_time()
+        rows = _read_rows(out_dir)
         if not interrupted:
-            t0 = time.thread_time()
-            for line in _plate_outputs(out_dir, clf.classes, opts, plate_map, multi_label=clf.info.multi_label):
+            for line in _plate_outputs(out_dir, rows, clf.classes, opts, plate_map, multi_label=clf.info.multi_label):
                 echo(line)
-            plate_seconds += time.thread_time() - t0
+        plate_seconds += time.thread_time() - t0
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       counts={"inputs": len(paths) + len(missing), "predicted": predicted,
-                              "failed": failed, "skipped_in_subfolders": skipped, **_row_counts(out_dir)},
+                              "failed": failed, "skipped_in_subfolders": skipped, **_row_counts(rows)},
                       seconds={"run": round(time.perf_counter() - t_start, 3),  # wall clock
                                "plate_outputs": round(plate_seconds, 3)})  # CPU time of the plate work
         write_run(out_dir, record)
@@ -458,36 +458,32 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     return 1 if failed else 0
 
 
-def _row_counts(out: Path) -> dict:
-    """How many rows of ``predictions.csv`` have each label kind, qc and scale source (for ``run.json``)."""
-    import csv
-    from collections import Counter
-
-    from milcnn.results import PREDICTIONS
-
-    qc, scale, unassigned = Counter(), Counter(), 0
-    try:
-        with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                qc[row.get("qc", "")] += 1
-                scale[row.get("scale_source", "")] += 1
-                unassigned += row.get("label") == UNASSIGNED
-    except OSError:
-        return {}
-    return {"unassigned": unassigned, "qc": dict(sorted(qc.items())), "scale_source": dict(sorted(scale.items()))}
-
-
-def _plate_outputs(out: Path, classes: tuple[str, ...], opts: BatchOptions, plate_map, *,
-                   multi_label: bool = False) -> list[str]:
-    """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from the finished
-    ``predictions.csv``, when its images have wells; the lines to tell the user."""
+def _read_rows(out: Path) -> list[dict]:
+    """The finished ``predictions.csv`` (this run's rows and any resumed ones), read once for the plate outputs
+    and ``run.json``'s counts."""
     import csv
 
-    from milcnn.plates import well_table, write_plate_png, write_treatments, write_wells
     from milcnn.results import PREDICTIONS
 
     with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def _row_counts(rows: list[dict]) -> dict:
+    """How many rows are ``unassigned``, and have each qc and scale source (for ``run.json``)."""
+    from collections import Counter
+
+    return {"unassigned": sum(row["label"] == UNASSIGNED for row in rows),
+            "qc": dict(sorted(Counter(row["qc"] for row in rows).items())),
+            "scale_source": dict(sorted(Counter(row["scale_source"] for row in rows).items()))}
+
+
+def _plate_outputs(out: Path, rows: list[dict], classes: tuple[str, ...], opts: BatchOptions, plate_map, *,
+                   multi_label: bool = False) -> list[str]:
+    """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from the finished
+    ``predictions.csv``'s ``rows``, when its images have wells; the lines to tell the user."""
+    from milcnn.plates import well_table, write_plate_png, write_treatments, write_wells
+
     table = well_table(rows, classes, threshold=opts.threshold, multi_label=multi_label)
     if not table:
         return []

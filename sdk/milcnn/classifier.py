@@ -21,8 +21,7 @@ from milcnn.postprocess import mask_from_maps, upsample_maps
 from milcnn.preprocess import apply_ranges, channel_ranges, normalize, to_chw
 from milcnn.quality import QC_OK, Features, QualityLimits, assess, measure
 from milcnn.checksums import verify_sha256
-from milcnn.scale import (SCALE_TOLERANCE, estimate_cell_diameter, resize_chw, resize_labels, zoom_factor,
-                          zoomed_shape)
+from milcnn.scale import SCALE_TOLERANCE, resize_chw, resize_labels, zoom_factor, zoomed_shape
 from milcnn.backends import OpenVinoModel, choose_backend
 from milcnn.session import OnnxModel, gpu_usable
 from milcnn.tiling import stitch_maps
@@ -505,8 +504,6 @@ class Classifier:
         item = PreparedInput(chw=chw, normalized=x, source=source, tile_size=tile_size, zoom=zoom,
                              resized=resized if tile_size is not None else None, ranges=ranges,
                              scale_source=scale_source)
-        if not item.tiled and scale_source == "model":
-            self._check_scale(item, source)
         return item
 
     def _normalizes_in_graph(self, chw: np.ndarray) -> bool:
@@ -515,16 +512,14 @@ class Classifier:
         return (getattr(self.model, "normalizes_in_graph", False) and chw.dtype in _GRAPH_DTYPES
                 and min(chw.shape[1:]) >= self.info.min_size)
 
-    def _check_scale(self, item: PreparedInput, source: str | None) -> None:
-        """One notice per Classifier when an image's cells measure far from the training images'.
-
-        Only the first ``constants.SCALE_CHECKS`` images are measured (about 3 ms per 512 x 512
-        image): a screen is imaged at one scale, and a plate need not pay for it 10^5 times."""
+    def _scale_notice(self, measured: float | None, source: str | None) -> None:
+        """One notice per Classifier when one of its first ``constants.SCALE_CHECKS`` images whose scale was
+        guessed has cells far from the training images' (``measured``: qc's reading of it, the same
+        ``milcnn.scale.estimate_cell_diameter``): a screen is imaged at one scale, so one notice says it."""
         expected = self.info.measured_cell_diameter
         if self._scale_checks_left <= 0 or not expected or not self.info.cell_diameter:
             return
         self._scale_checks_left -= 1
-        measured = estimate_cell_diameter(item.x)
         tolerance = self.info.measured_tolerance or SCALE_TOLERANCE
         if measured is None or 1 / tolerance <= measured / expected <= tolerance:
             return
@@ -690,6 +685,8 @@ class Classifier:
         raw = np.asarray(probs, dtype=np.float64)
         calibrated = raw if self.info.calibration is None else self.info.calibration.apply(raw)
         features = None if min(h, w) < self.info.min_size else self._features(item, maps, (h, w))
+        if features is not None and not item.tiled and item.scale_source == "model":
+            self._scale_notice(features.diameter, item.source)
         qc = assess(features, self.qc_limits, shape=(h, w), min_size=self.info.min_size, raw=raw,
                     top=self.classes[int(np.argmax(raw))])
         call = decide(calibrated, self.classes, threshold=threshold, multi_label=self.info.multi_label, qc=qc)

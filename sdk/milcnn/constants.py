@@ -31,7 +31,7 @@ MAX_IMAGE_VALUES = int(os.environ.get("MILCNN_MAX_IMAGE_VALUES", str(2**27)))
 # most this many pixels: the input then costs a tile row, but the outputs still grow with the image
 # (the mask 1 byte per pixel, class maps 4 bytes x classes / stride**2): 2**29 px is 23170 x 23170.
 MAX_LAZY_PIXELS = int(os.environ.get("MILCNN_MAX_LAZY_PIXELS", str(2**29)))
-SCALE_CHECKS = 8  # images per Classifier whose cell size is measured for the scale notice
+SCALE_CHECKS = 8  # images per Classifier whose cell size (qc's reading) may raise the scale notice
 MAX_IMAGE_ZOOM = 8.0  # a pixel size read from a file is used only for a zoom within 1/8x to 8x
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 

@@ -187,16 +187,26 @@ def pixel_size_um(sizes, unit, *, source) -> float | None:
     return size if 1e-4 <= size <= 1e4 else None  # beyond: a placeholder, not a microscope's pixel
 
 
-def _tiff_pixel_size(tif, path) -> float | None:
-    """The pixel size of an open TIFF: OME-XML's PhysicalSize, else ImageJ's resolution and unit."""
+def _ome_pixels(tif) -> dict | None:
+    """The ``Pixels`` element of an open OME-TIFF's first image, parsed once; None when it is not OME or
+    its OME-XML is unreadable."""
     import tifffile
 
+    if not tif.is_ome:
+        return None
+    try:
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+    except Exception:  # noqa: BLE001 - unreadable OME-XML: no names or scale to use
+        return None
+    image = image[0] if isinstance(image, list) else image
+    return image.get("Pixels", {}) if isinstance(image, dict) else None
+
+
+def _tiff_pixel_size(tif, pixels: dict | None, path) -> float | None:
+    """The pixel size of an open TIFF: OME-XML's PhysicalSize (``pixels``), else ImageJ's resolution and unit."""
     if tif.is_ome:
-        try:
-            image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
-        except Exception:  # noqa: BLE001 - unreadable OME-XML: no scale to use
+        if not isinstance(pixels, dict):
             return None
-        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
         x, y = pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeY")
         unit = pixels.get("PhysicalSizeXUnit", "um")  # OME's default unit
         return pixel_size_um((x, y), unit, source=path) if (x is not None or y is not None) else None
@@ -216,20 +226,12 @@ def _tiff_pixel_size(tif, path) -> float | None:
     return None
 
 
-def _ome_names(tif) -> tuple[list[str], int] | None:
-    """The channel names an open OME-TIFF declares and the axis of its first series that holds them;
-    None when it is not OME or the names are missing or incomplete."""
-    import tifffile
-
-    if not tif.is_ome or not tif.series or "C" not in tif.series[0].axes:
+def _ome_names(tif, pixels: dict | None) -> tuple[list[str], int] | None:
+    """The channel names an open OME-TIFF declares (``pixels``: ``_ome_pixels``) and the axis of its first
+    series that holds them; None when it is not OME or the names are missing or incomplete."""
+    if pixels is None or not tif.series or "C" not in tif.series[0].axes:
         return None
-    try:
-        meta = tifffile.xml2dict(tif.ome_metadata)
-    except Exception:  # noqa: BLE001 - unreadable OME-XML: no names to use
-        return None
-    image = meta.get("OME", {}).get("Image", {})
-    image = image[0] if isinstance(image, list) else image
-    channels = image.get("Pixels", {}).get("Channel", [])
+    channels = pixels.get("Channel", [])
     channels = channels if isinstance(channels, list) else [channels]
     names = [str(c.get("Name", "")) for c in channels if isinstance(c, dict)]
     if not names or not all(names):
@@ -267,9 +269,10 @@ def _read_tiff(path: Path, budget: int) -> tuple[np.ndarray, ImageMeta]:
             if series is None:
                 raise ImageReadError(path, "not a readable TIFF (no image data)")
             _over_budget(path, series.shape, budget)  # from the header: no pixel read yet
-            named = _ome_names(tif)
+            pixels = _ome_pixels(tif)
+            named = _ome_names(tif, pixels)
             meta = ImageMeta(*(tuple(named[0]), named[1]) if named else (None, None),
-                             pixel_size=_tiff_pixel_size(tif, path))
+                             pixel_size=_tiff_pixel_size(tif, pixels, path))
             try:
                 array = series.asarray()
             except (ValueError, ImportError) as exc:

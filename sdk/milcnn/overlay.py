@@ -212,12 +212,11 @@ def _class_list(classes: tuple[str, ...], present: tuple[bool, ...]) -> np.ndarr
 def overlay_title(name: str, pred) -> str:
     """The legend's title of a prediction's overlay: the file (or field) name, the label and the top class's
     probability (and, for an ``unassigned`` field, its top class or why qc refused it)."""
-    top = getattr(pred, "top", "") or max(pred.probabilities, key=pred.probabilities.get)
-    p = pred.probabilities.get(top, 0)
-    if pred.label == top:
+    p = pred.probabilities.get(pred.top, 0)
+    if pred.label == pred.top:
         return f"{name}\n{pred.label} (p={p:.2f})"
-    qc = getattr(pred, "qc", "ok")
-    return f"{name}\n{pred.label} ({f'qc {qc}' if qc != 'ok' else f'top {top}'}, p={p:.2f})"
+    why = f"qc {pred.qc}" if pred.qc != "ok" else f"top {pred.top}"
+    return f"{name}\n{pred.label} ({why}, p={p:.2f})"
 
 
 def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None,

@@ -112,12 +112,10 @@ def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, 
             groups.setdefault((row.get("plate", ""), row["well"]), []).append(row)
     table = []
     for (plate, well), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1][0], int(kv[0][1][1:]))):
-        ok = [r for r in members if r.get("qc", QC_OK) == QC_OK]
-        used = ok or members  # no field passed qc: the means of all, for the record; the label is unassigned
+        used, qc = _trusted(members)
+        ok = used if qc == QC_OK else []
         p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in used]).mean(axis=0)
         area = np.array([[float(r.get(f"area_{c}") or 0.0) for c in classes] for r in used]).mean(axis=0)
-        reasons = [r.get("qc") for r in members]
-        qc = QC_OK if ok else max(set(reasons), key=reasons.count)
         call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=qc)
         table.append({"plate": plate, "well": well, "fields": len(members), "fields_qc_ok": len(ok),
                       "label": call.label, **({"labels": call.labels} if multi_label else {}), "qc": qc,
@@ -125,6 +123,16 @@ def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, 
                       **{f"p_{c}": float(v) for c, v in zip(classes, p)},
                       **{f"area_{c}": float(v) for c, v in zip(classes, area)}})
     return table
+
+
+def _trusted(members: list[dict]) -> tuple[list[dict], str]:
+    """The members (fields of a well, wells of a treatment) whose qc is ``ok`` and qc ``ok``; where none is,
+    all of them (their means, for the record) and their most common qc, which makes the label ``unassigned``."""
+    ok = [m for m in members if m.get("qc", QC_OK) == QC_OK]
+    if ok:
+        return ok, QC_OK
+    reasons = [m.get("qc") for m in members]
+    return members, max(set(reasons), key=reasons.count)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -193,9 +201,9 @@ def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tu
               "max_probability", *[f"p_{c}" for c in classes]]
     rows = []
     for (compound, concentration), members in sorted(groups.items()):
-        ok = [m for m in members if m.get("qc", QC_OK) == QC_OK]
-        p = np.array([[m[f"p_{c}"] for c in classes] for m in ok or members]).mean(axis=0)
-        call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=QC_OK if ok else "no_field_ok")
+        used, qc = _trusted(members)
+        p = np.array([[m[f"p_{c}"] for c in classes] for m in used]).mean(axis=0)
+        call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=qc)
         rows.append([compound, f"{concentration:g}", moa[(compound, concentration)], len(members),
                      sum(m["fields"] for m in members), call.label, *([call.labels] if multi_label else []),
                      f"{call.probability:.6f}", *[f"{v:.6f}" for v in p]])
