@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.data.mcf7 import MCF7_CHANNELS, MCF7_CLASSES
 from training.data.yeast import YEAST_CHANNELS, YEAST_CLASSES

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import cpu_description
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from training.metrics import expected_calibration_error
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, applicable_sets, load_fields, mosaics
@@ -181,7 +181,7 @@ def _another_screen(clf, data_root: Path) -> dict:
     """Images the model was not made for, with labels to tell right from wrong: the real test half's mosaics
     as another objective would show them (2x and 0.5x, no scale in the file), and every mosaic of the other
     real set (every choice of its channels in order: the first C, and for a one-channel model each one)."""
-    from milcnn.scale import resize_chw, zoomed_shape
+    from milcnn.process.scale import resize_chw, zoomed_shape
 
     out = {}
     for rs in applicable_sets(clf.channels, clf.classes):
@@ -222,7 +222,7 @@ OTHER_SCREENS = {
 def _other_screens(clf, root: Path) -> dict:
     """Each model's calls on real images of other screens (``OTHER_SCREENS``): none is of its kind of cells,
     so a label on one is a wrong call (for ``mcf7-moa``, HT29 human cells are the closest: reported, not judged)."""
-    from milcnn.io import read_image
+    from milcnn.io.images import read_image
 
     out = {}
     for name, files in OTHER_SCREENS[len(clf.channels)].items():

@@ -78,9 +78,9 @@ def client_cost(images: Path, n: int = 40) -> dict:
     import pickle
 
     from milcnn import Classifier
-    from milcnn.distributed import _predict_field_on
-    from milcnn.io import write_atomic, write_label_tiff
-    from milcnn.overlay import PALETTE
+    from milcnn.batch.distributed import _predict_field_on
+    from milcnn.io.images import write_atomic, write_label_tiff
+    from milcnn.outputs.overlay import PALETTE
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     options = {"channel_axis": None, "tile_size": None, "pixel_size": None, "cell_diameter": None,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     with tempfile.TemporaryDirectory() as tmp:
         images = _fields(Path(tmp) / "fields", args.fields)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import cpu_description, has_bf16, has_vnni
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo" / "yeast-loc"
@@ -79,7 +79,7 @@ def torch_model():
     import torch
     from onnx import numpy_helper
 
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
     from training.model import MILCNN, ModelConfig
 
     info = ModelInfo.from_file(ZOO / "config.json")
@@ -113,8 +113,8 @@ def run_row(row: str, h: int, w: int, reps: int) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     image = image_of(h, w)
     from milcnn import Classifier
-    from milcnn.preprocess import normalize
-    from milcnn.session import OnnxModel
+    from milcnn.process.preprocess import normalize
+    from milcnn.runtime.onnx import OnnxModel
 
     x = normalize(image)[None]
     extra = {}
@@ -264,7 +264,7 @@ def pipeline_check(rounds: int = 10, chunk: int = 110) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from milcnn import Classifier
-    from milcnn.pipeline import default_streams, run_pipeline
+    from milcnn.batch.pipeline import default_streams, run_pipeline
 
     paths = sorted(TEST_IMAGES.glob("*.tif"))
     clf = Classifier.from_hub("yeast-loc", device="cpu")
@@ -329,9 +329,9 @@ def pipeline_stage_costs(n: int = 60, reps: int = 5) -> dict:
     """CPU time per image (ms, best of ``reps`` passes over ``n`` test images, one thread) of
     each step ``milzoo predict`` does beside the network."""
     from milcnn import Classifier
-    from milcnn.io import read_image, write_tiff
-    from milcnn.overlay import save_overlay
-    from milcnn.postprocess import mask_from_maps
+    from milcnn.io.images import read_image, write_tiff
+    from milcnn.outputs.overlay import save_overlay
+    from milcnn.process.postprocess import mask_from_maps
 
     paths = sorted(TEST_IMAGES.glob("*.tif"))[:n]
     clf = Classifier.from_hub("yeast-loc", device="cpu")
@@ -419,8 +419,8 @@ def measure(reps: int) -> dict:
 def weights_check() -> dict:
     import torch
 
-    from milcnn.preprocess import normalize
-    from milcnn.session import OnnxModel
+    from milcnn.process.preprocess import normalize
+    from milcnn.runtime.onnx import OnnxModel
 
     x = normalize(image_of(512, 512))[None]
     with torch.no_grad():

@@ -50,7 +50,7 @@ import numpy as np
 from benchmarks.inference import ROOT, ZOO, image_of, matmul_peak, torch_model
 from benchmarks.machine import cpu_description
 from training.data.real import DEFAULT_REAL_DATA
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 
 RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2
@@ -136,7 +136,7 @@ def configurations(images: np.ndarray, x: np.ndarray, *, bf16: bool = True) -> d
 def time_configurations(images: np.ndarray, *, rounds: int, reps: int, skip: tuple[str, ...] = (),
                         bf16: bool = True) -> dict:
     """Interleaved rounds over every configuration; ms per image (median over rounds of round medians)."""
-    from milcnn.preprocess import normalize
+    from milcnn.process.preprocess import normalize
 
     x = np.stack([normalize(image) for image in images]).astype(np.float32)
     steps, setup = {}, {}
@@ -171,7 +171,7 @@ def sdk_steps(image: np.ndarray, *, reps: int = 7) -> dict:
     preparing (the normalisation's percentiles, and normalising in numpy where the backend does not
     normalise inside its graph), the network, the mask."""
     from milcnn import Classifier, constants
-    from milcnn.classifier import _run_network
+    from milcnn.predict.runner import run_network
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
     for _ in range(constants.SCALE_CHECKS + 1):  # the first images also measure their cells' size
@@ -181,9 +181,9 @@ def sdk_steps(image: np.ndarray, *, reps: int = 7) -> dict:
         t0 = time.perf_counter()
         item = clf.prepare_input(image)
         t1 = time.perf_counter()
-        probs, maps = _run_network(clf.model, [item])
+        probs, maps = run_network(clf.model, [item])
         t2 = time.perf_counter()
-        clf._prediction(probs[0], maps[0], image.shape[1:], source=None, threshold=0.5).mask  # noqa: B018
+        clf.results.make(probs[0], maps[0], item, threshold=0.5).mask  # noqa: B018
         t3 = time.perf_counter()
         for key, seconds in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
             out[key].append(seconds)
@@ -200,8 +200,8 @@ def cpu_per_image(*, reps: int = 20) -> dict:
     import tifffile
 
     from milcnn import Classifier
-    from milcnn.io import write_label_tiff
-    from milcnn.overlay import PALETTE, overlay_title, save_overlay
+    from milcnn.io.images import write_label_tiff
+    from milcnn.outputs.overlay import PALETTE, overlay_title, save_overlay
 
     def cpu_ms(step, clock=time.thread_time) -> float:
         step()
@@ -221,8 +221,7 @@ def cpu_per_image(*, reps: int = 20) -> dict:
         pred = int8.predict_prepared([item])[0]
         ms = {"read and prepare": cpu_ms(lambda: int8.prepare_input(path))}
         probs, maps = int8.model.run(item.x[None])
-        ms["mask"] = cpu_ms(lambda: int8._prediction(probs[0], maps[0], item.chw.shape[1:], source=None,
-                                                     threshold=0.5).mask)
+        ms["mask"] = cpu_ms(lambda: int8.results.make(probs[0], maps[0], item, threshold=0.5).mask)
         mask = pred.mask
         ms["mask TIFF"] = cpu_ms(lambda: write_label_tiff(Path(tmp) / "mask.tif", mask, int8.classes, PALETTE,
                                                           durable=False))
@@ -294,7 +293,7 @@ def real_accuracy(data_root: Path, *, precisions=None) -> dict:
     sets of ``benchmarks.realdata`` (4 x 4 mosaics and single cells, the images as they are): all fields,
     and the test half alone."""
     from benchmarks.realdata import run_scores
-    from milcnn.registry import zoo
+    from milcnn.model.registry import zoo
 
     out = {}
     for precision, backend in precisions or PRECISIONS:
@@ -315,8 +314,8 @@ def simulated_accuracy(*, precisions=None) -> dict:
     ``precisions`` (default ``PRECISIONS``; masks compared with fp32's by IoU), where the test set's files
     are in this checkout; else as ``training.quantize`` recorded them (``"measured": False``)."""
     from milcnn import Classifier
-    from milcnn.config import ModelInfo
-    from milcnn.registry import lookup, zoo
+    from milcnn.model.config import ModelInfo
+    from milcnn.model.registry import lookup, zoo
     from training.quantize import evaluate_classifier, mask_iou
 
     out = {}
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     import openvino
     import torch
 
-    from milcnn.backends import bf16_supported
+    from milcnn.runtime.openvino import bf16_supported
 
     bf16 = bf16_supported()
     precisions = tuple(p for p in PRECISIONS if bf16 or p[0] != "bf16")

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.plates", description=__doc__.split("\n")[0])
     parser.add_argument("--fields", type=int, default=1000)
     args = parser.parse_args(argv)
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     r = run(args.fields)
     RESULTS.mkdir(parents=True, exist_ok=True)

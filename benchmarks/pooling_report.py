@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 
 __all__ = ["write_report", "render_markdown", "render_dataset", "render_baseline", "RESULTS"]
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from benchmarks.realdata_scoring import pct, score_model
 from training.data.real import DEFAULT_REAL_DATA, REAL_SETS, RealDataMissingError, applicable_sets, load_fields
@@ -248,7 +248,7 @@ def load(out_dir: Path = RESULTS) -> dict:
 
 
 def _update_zoo(scores: dict, *, k: int) -> None:
-    from milcnn.registry import zoo
+    from milcnn.model.registry import zoo
     from training.model_card import update_folder
 
     for name, entry in scores.items():
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 curve["runs"] = sorted(kept + curve["runs"], key=lambda r: order.index(r["name"]))
             results["learning_curve"] = curve
         else:
-            from milcnn.registry import zoo
+            from milcnn.model.registry import zoo
 
             models = args.model or sorted(zoo())
             if args.update_zoo and (args.half != "all" or args.record):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.realdata_scoring import pct as _pct
-from milcnn.io import write_tiff
+from milcnn.io.images import write_tiff
 from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
 
 __all__ = ["learning_curve", "render_curve", "run_names", "write_manifest", "EXPERIMENTS"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.realdata_scoring import pct, score_units
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from training.data.real import DEFAULT_REAL_DATA, load_fields, mosaics
 

@@ -374,7 +374,7 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
         lines += ["", "## An image too large to read whole", "",
                   f"`run_large`: a two-channel {large['side']} x {large['side']} uint16 TIFF in zlib-compressed "
                   f"1024 px tiles ({large['file_mb']:.0f} MB on disk, {large['raw_mb']:.0f} MB of pixels) is over "
-                  "the budget, so `milzoo predict` reads it a tile at a time (`milcnn.lazy`: only the tiles a "
+                  "the budget, so `milzoo predict` reads it a tile at a time (`milcnn.io.lazy`: only the tiles a "
                   "window overlaps are decoded; the normalisation's percentiles come from histograms added up "
                   f"tile by tile, exactly the whole image's): exit {large['exit_code']}, peak memory "
                   f"{large['peak_mb']:.0f} MB, {large['seconds']:.0f} s on this machine's CPU with the mask and "
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.robustness", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "robustness.md")
     args = parser.parse_args(argv)
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     results = []
     for case in CASES:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import cpu_description
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_SETS = {"yeast-loc": "data/yeast-test/manifest.csv", "yeast-loc-gfp": "data/yeast-gfp-test/manifest.csv"}

@@ -114,7 +114,7 @@ def simulated_crops(kind: str, classes: list[str], *, n_images: int, zoom: float
     """Cells of ``n_images`` simulated images per class, resized by ``zoom`` and cropped ``size`` px
     around each object of the segmentation channel (as the real crops were cut around each cell).
     ``settings``: simulator settings that differ from the defaults (e.g. ``{"expression": (0.2, 0.5)}``)."""
-    from milcnn.scale import resize_chw
+    from milcnn.process.scale import resize_chw
     from training.simulate import SIMULATORS, image_rng
 
     sim_classes, params_cls, simulate = SIMULATORS[kind]
@@ -277,7 +277,7 @@ def render(all_results: list[dict]) -> str:
 def main(argv=None) -> int:
     from PIL import Image
 
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sim_vs_real", description=__doc__.split("\n")[0])
     parser.add_argument("--kind", nargs="+", choices=sorted(KINDS), default=sorted(KINDS, reverse=True))

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from milcnn import Classifier, backends
-from milcnn.backends import OpenVinoModel, bf16_supported, choose_backend
+from milcnn import Classifier
+from milcnn.runtime import openvino as backends
+from milcnn.runtime.openvino import OpenVinoModel, bf16_supported
+from milcnn.runtime.select import choose_backend
 from milcnn.errors import ModelConfigError
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -24,7 +26,7 @@ def test_auto_picks_the_fastest_installed_backend_per_precision(monkeypatch):
     assert choose_backend("auto", "fp32") == "onnxruntime"
     assert choose_backend("auto", "int8") == "openvino" and choose_backend("auto", "bf16") == "openvino"
     assert choose_backend("auto", "int8", on_gpu=True) == "onnxruntime"
-    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    monkeypatch.setattr("milcnn.runtime.select.openvino_available", lambda: False)
     assert choose_backend("auto", "int8") == "onnxruntime"
     with pytest.raises(ImportError, match=r"bf16 runs on OpenVINO, which is not installed: pip install 'milcnn-sdk\[openvino\]'"):
         choose_backend("auto", "bf16")
@@ -90,10 +92,10 @@ def test_openvino_streams_run_side_by_side_with_the_same_results():
 
 @pytest.mark.parametrize("precision, dtype", [("int8", np.uint16), ("fp32", np.uint8), ("int8", np.int16)])
 def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(precision, dtype):
-    from milcnn.preprocess import normalize
+    from milcnn.process.preprocess import normalize
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision=precision, backend="openvino")
-    clf._scale_checks_left = 0  # the scale notice would make x to measure it
+    clf.results.scale_checks_left = 0  # the scale notice would make x to measure it
     sample = tifffile.imread(SAMPLE)
     image = (sample >> 4).astype(dtype) if dtype == np.uint8 else sample.astype(dtype) - (1000 if dtype == np.int16 else 0)
     item = clf.prepare_input(image)
@@ -112,7 +114,7 @@ def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(pr
 
 def test_a_batch_of_mixed_pixel_types_runs_each_image_as_alone():
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
-    clf._scale_checks_left = 0
+    clf.results.scale_checks_left = 0
     sample = tifffile.imread(SAMPLE)
     images = [sample, (sample >> 8).astype(np.int8)]  # one batch's stack would be int32: numpy normalises
     together = clf.predict_prepared([clf.prepare_input(image) for image in images])
@@ -123,7 +125,7 @@ def test_a_batch_of_mixed_pixel_types_runs_each_image_as_alone():
 
 def test_images_openvino_cannot_take_as_they_are_are_normalised_first():
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
-    clf._scale_checks_left = 0
+    clf.results.scale_checks_left = 0
     sample = tifffile.imread(SAMPLE)
     for image in (sample.astype(np.float32), sample.astype(np.int32), sample[:, :40, :40]):  # 40 px: padded
         item = clf.prepare_input(image)
@@ -137,7 +139,7 @@ def test_openvino_that_cannot_load_a_file_falls_back_or_says_so(monkeypatch, cap
     def refuse(*args, **kwargs):
         raise RuntimeError("Conversion is failed for: QLinearConv-18")
 
-    monkeypatch.setattr("milcnn.classifier.OpenVinoModel", refuse)
+    monkeypatch.setattr("milcnn.runtime.select.OpenVinoModel", refuse)
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8")
     assert clf.model.backend == "onnxruntime" and "OpenVINO cannot run model.int8.onnx" in caplog.text
     with pytest.raises(ModelConfigError, match="model.int8.onnx: OpenVINO cannot run it: Conversion is failed"):

@@ -12,13 +12,13 @@ import tifffile
 from click.testing import CliRunner
 
 from milcnn import Classifier
-from milcnn.calibration import Calibration
+from milcnn.process.calibration import Calibration
 from milcnn.cli import main
-from milcnn.config import ModelInfo
-from milcnn.decision import UNASSIGNED, decide
+from milcnn.model.config import CONFIG_FORMAT, ModelInfo
+from milcnn.process.decision import UNASSIGNED, decide
 from milcnn.errors import ModelConfigError
-from milcnn.io import open_image, write_tiff
-from milcnn.quality import QC_OK, Features, QualityLimits, assess
+from milcnn.io.images import open_image, write_tiff
+from milcnn.process.quality import QC_OK, Features, QualityLimits, assess
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
@@ -31,8 +31,13 @@ def _copy_model(tmp_path, name="yeast-loc") -> Path:
 
 
 def _edit_config(folder: Path, change) -> None:
+    """``change`` the folder's config.json, its checksum made again (what is tested is the check of the
+    content: an edit without it is refused first, tests/test_sdk.py)."""
+    from milcnn.model.config import content_sha256
+
     config = json.loads((folder / "config.json").read_text())
     change(config)
+    config["checksum"] = f"sha256:{content_sha256(config)}"
     (folder / "config.json").write_text(json.dumps(config))
 
 
@@ -196,7 +201,7 @@ def test_python_api_and_milzoo_give_the_same_label_and_qc(tmp_path):
 
 
 def test_wells_average_only_fields_that_passed_qc():
-    from milcnn.plates import well_table
+    from milcnn.outputs.plates import well_table
 
     classes = ("a", "b")
     rows = [{"plate": "p", "well": "A01", "qc": "ok", "p_a": "0.9", "p_b": "0.1"},
@@ -246,7 +251,7 @@ def test_the_simulators_write_their_pixel_size_and_the_sdk_reads_it(tmp_path):
 
 def test_pixel_size_is_read_from_ome_zarr_with_a_unit(tmp_path):
     zarr = pytest.importorskip("zarr")
-    from milcnn.omezarr import ZarrField
+    from milcnn.io.omezarr import ZarrField
 
     for unit, expected in (("micrometer", 0.5), ("nanometer", 0.0005), (None, None)):
         path = tmp_path / f"{unit}.zarr"
@@ -284,7 +289,7 @@ def test_model_info_round_trips_the_new_blocks():
     info = ModelInfo.from_file(ZOO / "yeast-loc" / "config.json")
     again = ModelInfo.from_dict(info.to_dict())
     assert again.calibration == info.calibration and again.qc.diameter == info.qc.diameter
-    assert info.format_version == 3
+    assert info.format_version == CONFIG_FORMAT
 
 
 def test_a_multi_label_model_lists_every_class_at_the_threshold(tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from milcnn import Classifier
 from milcnn.cli import main
-from milcnn.registry import lookup
+from milcnn.model.registry import lookup
 
 SAMPLE = lookup("yeast-loc").bundled_dir / "sample_input.tif"
 
@@ -123,7 +123,7 @@ def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeyp
     for i in range(5):
         (tmp_path / f"bad{i}.tif").write_bytes(b"")
     shutil.copy(SAMPLE, tmp_path / "good.tif")
-    code = ("import sys; import milcnn.batch as b; b.PROGRESS_SECONDS = 0.0; from milcnn.cli import main; "
+    code = ("import sys; import milcnn.batch.run as b; b.PROGRESS_SECONDS = 0.0; from milcnn.cli import main; "
             "sys.argv = ['milzoo', 'predict', *sys.argv[1:]]; main()")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
@@ -138,7 +138,7 @@ def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeyp
 def test_masks_open_coloured_in_fiji_and_legends_scale_with_the_image(tmp_path):
     """Masks carry an ImageJ lookup table (class k's overlay colour at k + 1) and the class names; the
     overlay's legend is magnified on large images."""
-    from milcnn.overlay import PALETTE
+    from milcnn.outputs.overlay import PALETTE
 
     sample = tifffile.imread(SAMPLE)
     tifffile.imwrite(tmp_path / "big.tif", np.tile(sample, (1, 4, 4)), photometric="minisblack")  # 2048 x 2048

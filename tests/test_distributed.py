@@ -122,7 +122,7 @@ def test_client_killed_then_resumed_without_the_cluster(images, local, tmp_path)
 
 
 def test_workers_that_cannot_load_the_model_fail_in_one_line():
-    from milcnn.distributed import DaskRunner
+    from milcnn.batch.distributed import DaskRunner
 
     with pytest.raises(RuntimeError, match=r"the Dask workers could not load no-such-model: ") as err:
         DaskRunner(model="no-such-model", classes=("a",), workers=1)
@@ -130,7 +130,7 @@ def test_workers_that_cannot_load_the_model_fail_in_one_line():
 
 
 def test_predict_from_python_and_the_lazy_form(images, local, tmp_path):
-    from milcnn.distributed import predict, predict_lazy
+    from milcnn.batch.distributed import predict, predict_lazy
 
     assert predict([images], "yeast-loc", out=tmp_path / "out", workers=2) == 1
     assert snapshot(tmp_path / "out") == local
@@ -143,7 +143,7 @@ def test_predict_from_python_and_the_lazy_form(images, local, tmp_path):
 def test_worker_environment_is_what_dask_reads(monkeypatch):
     """The exported form of WORKER_CONFIG gives the same settings when Dask reads it back."""
     import dask
-    from milcnn.distributed import WORKER_CONFIG, worker_environment
+    from milcnn.batch.distributed import WORKER_CONFIG, worker_environment
 
     for key, value in worker_environment().items():
         monkeypatch.setenv(key, value)
@@ -155,7 +155,7 @@ def test_worker_environment_is_what_dask_reads(monkeypatch):
 def test_the_slurm_job_script(monkeypatch):
     """--cluster slurm: one single-process worker per node with all its cores, the shared model cache exported;
     the script is checked, not submitted (there is no sbatch here)."""
-    from milcnn.distributed import slurm_cluster
+    from milcnn.batch.distributed import slurm_cluster
 
     monkeypatch.setenv("HF_HOME", "/shared/hf-cache")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

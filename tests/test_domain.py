@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import torch
 
-from milcnn.preprocess import NormalizationConfig
+from milcnn.process.preprocess import NormalizationConfig
 from training.domain import GradientReversal, domain_weight_schedule, load_unlabelled
 from training.train import TrainConfig, train
 

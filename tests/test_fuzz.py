@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from milcnn.errors import ImageReadError
-from milcnn.io import read_image
-from milcnn.preprocess import apply_ranges, channel_ranges, to_chw
+from milcnn.io.images import read_image
+from milcnn.process.preprocess import apply_ranges, channel_ranges, to_chw
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 SAMPLE = (ZOO / "yeast-loc" / "sample_input.tif").read_bytes()

@@ -14,7 +14,7 @@ import pytest
 
 from hub_server import OTHER, PINNED, OlahServer, sdk_env
 from milcnn import Classifier
-from milcnn.registry import lookup
+from milcnn.model.registry import lookup
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
@@ -124,7 +124,7 @@ def test_tampered_model_raises_and_deletes_nothing(hub, tmp_path):
     tampered = list((tmp_path / "hf").rglob("models--milcnn--tampered/snapshots/*/model.onnx"))
     assert len(tampered) == 1  # kept for inspection, not deleted
     # a registry pin is checked too: OTHER's model is not the pinned file
-    code = ("from milcnn.hub import download; from milcnn.registry import lookup; "
+    code = ("from milcnn.model.hub import download; from milcnn.model.registry import lookup; "
             f"download('milcnn/yeast-loc', revision='{OTHER}', expected_sha256=lookup('yeast-loc').sha256)")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "ChecksumMismatchError" in proc.stderr

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from milcnn import Classifier, constants
 from milcnn.cli import main
 from milcnn.errors import ChecksumMismatchError, ModelConfigError
-from milcnn.postprocess import label_mask, mask_from_maps, upsample_maps
-from milcnn.preprocess import percentiles
-from milcnn.session import gpu_providers
+from milcnn.process.postprocess import label_mask, mask_from_maps, upsample_maps
+from milcnn.process.preprocess import percentiles
+from milcnn.runtime.onnx import gpu_providers
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
@@ -97,8 +97,8 @@ def test_tiled_inference_matches_whole_image(clf, field):
 
 def test_large_images_are_tiled_automatically(clf, field, monkeypatch):
     calls = []
-    original = clf._run_tiled
-    monkeypatch.setattr(clf, "_run_tiled", lambda chw, tile: calls.append(tile) or original(chw, tile))
+    original = clf.tiles.run_tiled
+    monkeypatch.setattr(clf.tiles, "run_tiled", lambda chw, tile, **kw: calls.append(tile) or original(chw, tile, **kw))
     clf.predict(field)
     assert calls == []
     monkeypatch.setattr(constants, "TILE_THRESHOLD_PIXELS", 100_000)
@@ -225,7 +225,7 @@ def test_png_encoder_round_trips():
 
     from PIL import Image
 
-    from milcnn.png import encode_png
+    from milcnn.outputs.png import encode_png
 
     rng = np.random.default_rng(0)
     for shape in ((1, 1, 3), (7, 13, 3), (64, 90, 3)):

@@ -1,4 +1,4 @@
-"""Images too large to read whole are read a tile at a time (milcnn.lazy), with the same results."""
+"""Images too large to read whole are read a tile at a time (milcnn.io.lazy), with the same results."""
 
 import os
 import subprocess
@@ -10,9 +10,10 @@ import pytest
 import tifffile
 
 from milcnn.errors import ImageReadError
-from milcnn.io import open_image
-from milcnn.lazy import LazyTiff, NotLazy
-from milcnn.preprocess import NormalizationConfig, channel_ranges
+from milcnn.io.images import open_image
+from milcnn.errors import NotLazy
+from milcnn.io.lazy import LazyTiff
+from milcnn.process.preprocess import NormalizationConfig, channel_ranges
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 

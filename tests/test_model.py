@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from milcnn.preprocess import NormalizationConfig
+from milcnn.process.preprocess import NormalizationConfig
 from training.model import MILCNN, ModelConfig, count_flops
 
 

@@ -12,13 +12,14 @@ import tifffile
 from PIL import Image
 
 from milcnn import Classifier
-from milcnn.overlay import overlay_title
-from milcnn.io import write_atomic
-from milcnn.overlay import PALETTE, _overlay_array, composite, outlines, save_overlay
-from milcnn.png import encode_png
-from milcnn.pipeline import default_streams, run_pipeline
-from milcnn.results import ResultsFolder
-from milcnn.session import physical_cores
+from milcnn.outputs.overlay import overlay_title
+from milcnn.io.images import write_atomic
+from milcnn.outputs.overlay import PALETTE, _overlay_array, composite, outlines, save_overlay
+from milcnn.outputs.png import encode_png
+from milcnn.batch.pipeline import default_streams, run_pipeline
+from milcnn.predict.options import PredictOptions
+from milcnn.outputs.results import ResultsFolder
+from milcnn.runtime.onnx import physical_cores
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
@@ -71,7 +72,7 @@ def test_openvino_streams_normalising_in_their_graph_give_the_same_results(folde
 def _assert_as_predicted_alone(clf, got, out):
     """Each result of the pipeline as ``clf.predict`` gives it alone (another session, other thread counts:
     sums in another order), its mask TIFF, and its overlay as numpy's normalisation draws it."""
-    from milcnn.preprocess import normalize
+    from milcnn.process.preprocess import normalize
 
     for path, pred in got:
         if pred is None:
@@ -138,7 +139,7 @@ def test_banded_overlay_equals_the_whole_image_drawing(h, w):
 
 
 def test_an_overlay_from_the_images_ranges_equals_one_from_its_normalised_array():
-    from milcnn.preprocess import channel_ranges, normalize
+    from milcnn.process.preprocess import channel_ranges, normalize
 
     chw = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")[:, :300, :200]
     mask = np.zeros(chw.shape[1:], np.uint8)
@@ -151,12 +152,12 @@ def test_an_overlay_from_the_images_ranges_equals_one_from_its_normalised_array(
 
 @pytest.mark.parametrize("cell_diameter", [14.5, 58.0])  # yeast-loc: 29 px, so the network sees 1/2 and 2x
 def test_a_rescaled_image_gets_its_overlay_at_its_own_size(clf, tmp_path, cell_diameter):
-    from milcnn.preprocess import normalize
+    from milcnn.process.preprocess import normalize
 
     path = tmp_path / "f.tif"
     chw = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")[:, :256, :320]
     tifffile.imwrite(path, chw)
-    got, errors = _run(clf, [path], tmp_path / "out", cell_diameter=cell_diameter)
+    got, errors = _run(clf, [path], tmp_path / "out", options=PredictOptions(cell_diameter=cell_diameter))
     assert not errors, errors
     pred = got[0][1]
     assert pred.zoom != 1.0 and pred.mask.shape == chw.shape[1:]

@@ -10,8 +10,8 @@ import tifffile
 from click.testing import CliRunner
 
 from milcnn.cli import main
-from milcnn.fields import channel_rules, group_channels
-from milcnn.plates import locate
+from milcnn.io.fields import channel_rules, group_channels
+from milcnn.io.locations import locate
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"

@@ -4,8 +4,8 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from milcnn.postprocess import label_mask, upsample_maps
-from milcnn.preprocess import NormalizationConfig, normalize, to_chw
+from milcnn.process.postprocess import label_mask, upsample_maps
+from milcnn.process.preprocess import NormalizationConfig, normalize, to_chw
 
 
 def test_to_chw_layouts():

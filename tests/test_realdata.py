@@ -191,7 +191,7 @@ def test_scale_notice_once_and_not_when_scale_given(caplog):
     clf.predict(big)
     clf.predict(big)
     assert caplog.text.count("cells look about") == 1 and "--cell-diameter" in caplog.text
-    assert [r.name for r in caplog.records if "cells look" in r.getMessage()] == ["milcnn.classifier"]
+    assert [r.name for r in caplog.records if "cells look" in r.getMessage()] == ["milcnn.predict.result"]
     caplog.clear()
     clf2 = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
     clf2.predict(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"))
@@ -233,7 +233,7 @@ def test_cli_rescales_and_refuses_bad_scale(tmp_path):
 
 
 def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
     from training.export import export_folder
     from training.checkpoint import load_checkpoint
     from training.train import TrainConfig, train
@@ -247,7 +247,7 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     out = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1", eval_data=str(tiny_yeast))
     info = ModelInfo.from_file(out / "config.json")
     assert (info.pixel_size, info.cell_diameter) == (0.2, 23.0) and info.measured_cell_diameter > 0
-    from milcnn.scale import SCALE_TOLERANCE
+    from milcnn.process.scale import SCALE_TOLERANCE
 
     assert info.measured_tolerance >= SCALE_TOLERANCE
     assert "0.2 um per pixel" in (out / "README.md").read_text()
@@ -261,7 +261,7 @@ def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tiny_yeast, tmp
     that cell_diameter were passed; an explicit scale wins); its sample input is drawn at that scale and
     passes the self-test; the card says where the value comes from; --update-scale keeps it and will not
     change it under a sample drawn at the old scale."""
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
     from training.export import export_folder
     from training.export import main as export_main
     from training.train import TrainConfig, train

@@ -185,16 +185,18 @@ def test_a_full_disk_at_the_first_error_stops_with_one_line_and_keeps_what_was_w
     the rows of the images finished before."""
     import errno
 
+    from milcnn.errors import OutputFolderError
+
     from click.testing import CliRunner
 
-    from milcnn import results as results_module
+    from milcnn.outputs import results as results_module
     from milcnn.cli import main
 
     real_open = results_module.ResultsFolder._open
 
     def full(self, name, header):
         if name == results_module.ERRORS:
-            raise results_module.OutputFolderError(f"{self.out / name}: cannot write "
+            raise OutputFolderError(f"{self.out / name}: cannot write "
                                                    f"({os.strerror(errno.ENOSPC)})")
         return real_open(self, name, header)
 

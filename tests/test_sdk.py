@@ -8,15 +8,15 @@ import tifffile
 
 from milcnn import Classifier
 from milcnn.errors import ChecksumMismatchError, ImageReadError, ModelConfigError, ModelNotFoundError
-from milcnn.postprocess import label_mask
-from milcnn.checksums import sha256_of
-from milcnn.registry import lookup, zoo
+from milcnn.process.postprocess import label_mask
+from milcnn.model.checksums import sha256_of
+from milcnn.model.registry import lookup, zoo
 
 ZOO = sorted(zoo())
 
 
 def test_the_sdk_never_imports_torch():
-    code = ("import sys, milcnn, milcnn.cli, milcnn.hub, milcnn.overlay; from milcnn import Classifier; "
+    code = ("import sys, milcnn, milcnn.cli, milcnn.model.hub, milcnn.outputs.overlay; from milcnn import Classifier; "
             "c = Classifier.from_hub('yeast-loc'); c.predict(c.folder / 'sample_input.tif'); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -109,7 +109,7 @@ def test_wrong_channels_and_bad_files_are_clear_errors(clf, sample, tmp_path):
 def test_small_images_are_padded_and_pooled_over_their_own_instances(clf, sample):
     """An image below min_size is padded for the network, but its probabilities are the model's
     pooling of the maps it returns (the padding is not an instance); the whole-image path agrees."""
-    from milcnn.session import OnnxModel
+    from milcnn.runtime.onnx import OnnxModel
 
     small = sample[:, :40, :50]
     pred = clf.predict(small)
@@ -134,7 +134,7 @@ def test_masks_are_computed_once_and_in_parallel_across_predictions(clf, sample,
     would hold one lock for every Prediction, and the barrier below would never fill."""
     import threading
 
-    import milcnn.classifier as classifier
+    import milcnn.predict.prediction as classifier
 
     first, second = clf.predict(sample), clf.predict(sample)
     barrier, calls, real = threading.Barrier(2, timeout=10), [], classifier.mask_from_maps
@@ -162,12 +162,18 @@ def _copy_zoo_model(tmp_path, name="yeast-loc"):
     return copy
 
 
-def _edit_config(folder, edit):
+def _edit_config(folder, edit, *, restamp: bool = True):
+    """``edit`` the folder's config.json; ``restamp``: with its checksum made again (as a tool that writes
+    configs does), so what is tested is the check of the content, not the checksum's."""
     import json
+
+    from milcnn.model.config import content_sha256
 
     path = folder / "config.json"
     config = json.loads(path.read_text())
     edit(config)
+    if restamp:
+        config["checksum"] = f"sha256:{content_sha256(config)}"
     path.write_text(json.dumps(config))
 
 
@@ -200,7 +206,7 @@ def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
     the current format, with an unknown scale and raw probabilities; write_config stamps the current format."""
     import json
 
-    from milcnn.config import CONFIG_FORMAT, ModelInfo, migrate_config, read_config, write_config
+    from milcnn.model.config import CONFIG_FORMAT, ModelInfo, migrate_config, read_config, write_config
 
     folder = _copy_zoo_model(tmp_path)
 
@@ -211,14 +217,14 @@ def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
     _edit_config(folder, old)
     raw = json.loads((folder / "config.json").read_text())
     migrated = migrate_config(raw)
-    assert migrated["format_version"] == CONFIG_FORMAT == 3 and "format_version" not in raw
+    assert migrated["format_version"] == CONFIG_FORMAT == 4 and "format_version" not in raw
     info = ModelInfo.from_file(folder / "config.json")
-    assert info.format_version == 3 and info.calibration is None and info.qc is None and info.cell_diameter is None and info.variants == {} and info.receptive_field == 64
+    assert info.format_version == CONFIG_FORMAT and info.calibration is None and info.qc is None and info.cell_diameter is None and info.variants == {} and info.receptive_field == 64
     clf = Classifier.from_dir(folder, device="cpu", precision="fp32")
     pred = clf.predict(tifffile.imread(folder / "sample_input.tif"))
     assert pred.top in clf.classes and pred.probabilities == pred.raw_probabilities
     written = write_config(folder, read_config(folder))
-    assert json.loads((folder / "config.json").read_text()) == written and written["format_version"] == 3
+    assert json.loads((folder / "config.json").read_text()) == written and written["format_version"] == CONFIG_FORMAT
     with pytest.raises(ModelConfigError, match="output_stride"):
         write_config(folder, {**written, "output_stride": 3})
     assert json.loads((folder / "config.json").read_text()) == written  # nothing written
@@ -251,3 +257,42 @@ def test_a_huge_config_is_refused_before_parsing(tmp_path):
     with pytest.raises(ModelConfigError, match=r"bytes, over the 1,048,576 a model config may take") as err:
         Classifier.from_dir(folder, device="cpu")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.update(classes=[c["classes"][1], c["classes"][0], *c["classes"][2:]]),  # two names swapped
+    lambda c: c["normalization"].update(high=90),
+    lambda c: c.pop("checksum"),
+])
+def test_a_config_edited_by_hand_is_refused_at_load_and_by_milzoo(tmp_path, edit):
+    """config.json carries its own checksum: an edit that still parses (two class names swapped, another
+    percentile) would load and predict silently; it is refused with one line naming the file."""
+    from click.testing import CliRunner
+
+    from milcnn.cli import main
+
+    folder = _copy_zoo_model(tmp_path)
+    Classifier.from_dir(folder)  # loads as released
+    _edit_config(folder, edit, restamp=False)
+    with pytest.raises(ModelConfigError, match=r"config\.json: edited since it was written") as err:
+        Classifier.from_dir(folder)
+    assert "\n" not in str(err.value)
+    result = CliRunner().invoke(main, ["predict", str(folder / "sample_input.tif"), "--model", str(folder),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "edited since it was written" in result.output
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_the_registry_pins_each_zoo_config(tmp_path, monkeypatch):
+    """A zoo model's config.json is pinned in the registry beside model.onnx: the bundled copies match, and a
+    folder whose config differs from the pin is refused (ChecksumMismatchError names the file)."""
+    from milcnn.model.config import ModelInfo
+    from milcnn.model.registry import zoo
+
+    for entry in zoo().values():
+        assert entry.config_sha256 == sha256_of(entry.bundled_dir / "config.json")
+    folder = _copy_zoo_model(tmp_path)
+    _edit_config(folder, lambda c: c.update(summary="changed"))  # a valid, re-stamped config: not the pinned one
+    ModelInfo.from_file(folder / "config.json")
+    with pytest.raises(ChecksumMismatchError, match="config.json: sha256"):
+        ModelInfo.from_file(folder / "config.json", sha256=zoo()["yeast-loc"].config_sha256)

@@ -109,12 +109,14 @@ def test_evaluate_end_to_end(trained, tiny_yeast, tmp_path):
 def test_evaluate_applies_a_calibration_as_the_sdk_does(trained, tiny_yeast, tmp_path):
     """--calibration MODEL_FOLDER: every probability calibrated first (the metrics follow the calibrated top
     class), and ECE and the label accuracy at the threshold reported; a folder without the block is refused."""
+    from milcnn.model.config import write_config
+
     import json
     import shutil
 
     import numpy as np
 
-    from milcnn.calibration import Calibration
+    from milcnn.process.calibration import Calibration
 
     _, best = trained
     model, _ = load_checkpoint(best)
@@ -129,13 +131,13 @@ def test_evaluate_applies_a_calibration_as_the_sdk_does(trained, tiny_yeast, tmp
     config = json.loads((folder / "config.json").read_text())
     config["calibration"] = strong.to_dict()
     config.pop("qc")
-    (folder / "config.json").write_text(json.dumps(config))
+    write_config(folder, config)
     assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "cli"),
                           "--calibration", str(folder)]) == 0
     written = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert written["accuracy"] == pytest.approx(2 / 22) and np.isfinite(written["calibration"]["ece"])
     config.pop("calibration")
-    (folder / "config.json").write_text(json.dumps(config))
+    write_config(folder, config)
     assert evaluate_main([str(best), "--data", str(tiny_yeast), "--out", str(tmp_path / "none"),
                           "--calibration", str(folder)]) == 2
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from milcnn import constants
-from milcnn.config import read_config
+from milcnn.model.config import read_config
 
 __all__ = ["build_package", "PAPER_DOI"]
 
@@ -64,7 +64,7 @@ def _describe(folder: Path, work: Path, config: dict):
     from bioimageio.spec.generic.v0_3 import Author, CiteEntry, Doi
 
     from milcnn import Classifier
-    from milcnn.overlay import overlay_title, save_overlay
+    from milcnn.outputs.overlay import overlay_title, save_overlay
 
     clf = Classifier.from_dir(folder, device="cpu", precision="fp32", backend="onnxruntime")
     norm, stride = config["normalization"], config["output_stride"]
@@ -154,12 +154,12 @@ def _describe(folder: Path, work: Path, config: dict):
 
 def calibrated_graph(model: bytes, calibration) -> bytes:
     """An ONNX model whose ``probabilities`` output is calibrated as the SDK calibrates it
-    (``milcnn.calibration.Calibration.apply``, in float32): the network's pooled output is clipped, turned
+    (``milcnn.process.calibration.Calibration.apply``, in float32): the network's pooled output is clipped, turned
     into logits, scaled per class and passed through a softmax (single-label) or a sigmoid (``platt``)."""
     import onnx
     from onnx import helper, numpy_helper
 
-    from milcnn.calibration import CLIP
+    from milcnn.process.calibration import CLIP
 
     proto = onnx.load_from_string(model)
     graph = proto.graph

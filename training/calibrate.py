@@ -7,13 +7,13 @@ Every reference image goes through the SDK as a user's image would (``Classifier
 image, the model's default otherwise), with the folder's calibration and qc switched off, so what is fitted
 is what the SDK will apply:
 
-- **calibration** (``milcnn.calibration``): ``temperature`` and ``vector_scaling`` (single-label models) or
+- **calibration** (``milcnn.process.calibration``): ``temperature`` and ``vector_scaling`` (single-label models) or
   ``platt`` (multi-label ones), each scored by 5-fold cross-validated negative log-likelihood on the
   reference images; the best is fitted on all of them. Reference images: ``--data`` (simulated images of
   held-out seeds) and, with ``--real``, the validation half of that real set as ``4 x 4`` mosaics of a
   field's cells (the test half is never read); ``--real-qc-only`` uses the real half for the qc limits
   only (a model that was self-trained on it).
-- **qc** (``milcnn.quality``): the object-diameter range, the lowest texture, the largest coverage and the
+- **qc** (``milcnn.process.quality``): the object-diameter range, the lowest texture, the largest coverage and the
   range of channel similarity of the reference images, each widened by a margin (``MARGINS``), and the
   feature distance's class means, shared covariance and limit (``fit_distance``).
 
@@ -34,9 +34,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from milcnn import constants
-from milcnn.calibration import METHODS, Calibration, logit
-from milcnn.config import read_config
-from milcnn.quality import FeatureDistance, QualityLimits, feature_vector
+from milcnn.process.calibration import METHODS, Calibration, logit
+from milcnn.model.config import read_config
+from milcnn.process.quality import FeatureDistance, QualityLimits, feature_vector
 from training.metrics import expected_calibration_error
 
 __all__ = ["fit_calibration", "fit_limits", "fit_distance", "reference_outputs", "MARGINS"]
@@ -178,7 +178,7 @@ def _class_gaussians(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 def fit_distance(raw: np.ndarray, targets: np.ndarray, features: list, fields: np.ndarray, *,
                  seed: int = 0) -> tuple[FeatureDistance, dict]:
-    """The feature distance of ``milcnn.quality`` and its limit: ``MARGINS["distance"]`` times the larger of
+    """The feature distance of ``milcnn.process.quality`` and its limit: ``MARGINS["distance"]`` times the larger of
     the reference images' 99.5th-percentile distance in 5-fold cross-validation and the largest distance of
     a real field held out whole, as a new field of the same screen would be.
 
@@ -252,7 +252,7 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
                      pixel_size=None) -> dict:
     """Fit and write calibration and qc into ``folder`` (see the module's docstring); returns the config."""
     from milcnn import Classifier
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
     from training.model_card import update_folder
 
     folder = Path(folder)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from milcnn.preprocess import NormalizationConfig, to_chw
+from milcnn.process.preprocess import NormalizationConfig, to_chw
 
 __all__ = ["DomainAdversary", "GradientReversal", "domain_weight_schedule", "load_unlabelled", "write_unlabelled_mosaics",
            "write_pseudo_labelled_mosaics"]
@@ -82,7 +82,7 @@ def load_unlabelled(folder, channels: tuple[str, ...], n_classes: int, normaliza
         FileNotFoundError: no such folder, or no ``.tif``/``.tiff`` in it.
         ValueError: an image without the model's channel count (the message names the file).
     """
-    from milcnn.io import read_image
+    from milcnn.io.images import read_image
     from training.data.dataset import prepared_image
 
     folder = Path(folder)
@@ -174,7 +174,7 @@ def write_unlabelled_mosaics(set_name: str, out, *, root=None, half: str = "vali
                              views: int = 4, seed: int = 0) -> int:
     """Write ``views`` mosaics of ``k x k`` shuffled cells of each field of ``half`` as ``out/*.tif``,
     without labels; returns how many were written."""
-    from milcnn.io import write_tiff
+    from milcnn.io.images import write_tiff
     from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
 
     rs = REAL_SETS[set_name]
@@ -207,7 +207,7 @@ def write_pseudo_labelled_mosaics(set_name: str, model, out, *, root=None, half:
         how many fields were called each class.
     """
     from milcnn import Classifier
-    from milcnn.io import write_atomic, write_tiff
+    from milcnn.io.images import write_atomic, write_tiff
     from training.data.real import REAL_SETS, field_mosaic, load_fields, shuffled_mosaics
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device="cpu")

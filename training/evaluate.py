@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from milcnn import constants
-from milcnn.calibration import Calibration
-from milcnn.io import write_atomic
+from milcnn.process.calibration import Calibration
+from milcnn.io.images import write_atomic
 from training.metrics import expected_calibration_error
 from training.data.manifest import read_manifest
 from training.model import MILCNN
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_checkpoint(args.checkpoint)
         calibration = None
         if args.calibration is not None:
-            from milcnn.config import ModelInfo
+            from milcnn.model.config import ModelInfo
 
             calibration = ModelInfo.from_file(args.calibration / constants.CONFIG_FILE).calibration
             if calibration is None:

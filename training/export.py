@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from milcnn import constants
-from milcnn.checksums import sha256_of
-from milcnn.config import read_config, write_config
+from milcnn.model.checksums import sha256_of
+from milcnn.model.config import read_config, write_config
 from milcnn.errors import HubTokenError
-from milcnn.io import write_tiff
+from milcnn.io.images import write_tiff
 from training.data.manifest import load_image, read_manifest
 from training.model import MILCNN, receptive_field
 
@@ -107,7 +107,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
     records (its ``--pixel-size`` / ``--cell-diameter`` at training; a fine-tuned model's source's);
     ``input_cell_diameter_from`` says where the last comes from (for the card). With an input cell
     diameter, ``sample_input.tif`` is the test image resized to that scale, as users' images come."""
-    from milcnn.classifier import Classifier
+    from milcnn.predict.classifier import Classifier
     from training.evaluate import evaluate
     from training.model_card import render_card
     from training.checkpoint import load_checkpoint
@@ -157,7 +157,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             sample = load_image(samples[sample_index], len(cfg.channels))
             scale = config["scale"]
             if scale["input_cell_diameter_px"] and scale["cell_diameter_px"]:  # the sample at the input scale
-                from milcnn.scale import resize_chw, zoomed_shape
+                from milcnn.process.scale import resize_chw, zoomed_shape
 
                 zoom = scale["input_cell_diameter_px"] / scale["cell_diameter_px"]
                 resized = resize_chw(sample.astype(np.float32), zoomed_shape(sample.shape[1:], zoom))
@@ -255,15 +255,15 @@ def scale_block(pixel_size, cell_diameter, manifest, channels, classes, normaliz
                 max_images: int = 256) -> dict:
     """``config.json``'s ``scale``: the training scale and the cell-size reading of ``manifest``'s images.
 
-    ``measured_cell_diameter_px`` is the median of ``milcnn.scale.estimate_cell_diameter`` over
+    ``measured_cell_diameter_px`` is the median of ``milcnn.process.scale.estimate_cell_diameter`` over
     up to ``max_images`` images: the yardstick the SDK compares users' images with.
     ``measured_tolerance`` is the factor around it that holds 98 % of those readings (at least
-    ``milcnn.scale.SCALE_TOLERANCE``), so the model's own kind of image is not reported as off-scale.
+    ``milcnn.process.scale.SCALE_TOLERANCE``), so the model's own kind of image is not reported as off-scale.
     """
-    from milcnn.scale import SCALE_TOLERANCE
+    from milcnn.process.scale import SCALE_TOLERANCE
 
-    from milcnn.preprocess import normalize
-    from milcnn.scale import estimate_cell_diameter
+    from milcnn.process.preprocess import normalize
+    from milcnn.process.scale import estimate_cell_diameter
 
     measured = tolerance = None
     if manifest:
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_diameter=None, source=None) -> int:
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
     from training.model_card import update_folder
 
     info = ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE)
@@ -404,7 +404,7 @@ def check_push(repo_id: str, *, revision: str | None = None, api=None):
     """
     from huggingface_hub import get_token
     from huggingface_hub import errors as hf_errors
-    from milcnn.hub import is_repo_id
+    from milcnn.model.hub import is_repo_id
 
     if not is_repo_id(repo_id):
         raise ValueError(f"--push {repo_id!r}: expected a Hub repo id 'org/name'")
@@ -450,7 +450,7 @@ def push_to_hub(folder, repo_id: str, *, revision: str | None = None, private: b
 
 def set_version(folder: Path, version: str) -> dict:
     """Give an exported model folder a new version (same weights: a patch release) in config.json and its card."""
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
     from training.model_card import render_card
 
     config = read_config(folder)
@@ -462,16 +462,16 @@ def set_version(folder: Path, version: str) -> dict:
 
 
 def register(registry: Path, *, name: str, spec: str, folder: Path, summary: str) -> None:
-    """Pin ``name`` in the zoo registry to ``org/name@revision`` and the sha256 of its model.onnx."""
-    from milcnn.io import write_atomic
+    """Pin ``name`` in the zoo registry to ``org/name@revision`` and the sha256 of its model.onnx and
+    config.json."""
+    from milcnn.model.registry import ZooEntry, read_registry, write_registry
 
     repo_id, _, revision = spec.partition("@")
-    data = json.loads(registry.read_text()) if registry.is_file() else {"models": {}}
-    data["models"][name] = {"repo_id": repo_id, "revision": revision or "main",
-                            "sha256": sha256_of(folder / constants.MODEL_FILE), "summary": summary}
-    data["models"] = dict(sorted(data["models"].items()))
-    with write_atomic(registry, "w") as fh:
-        fh.write(json.dumps(data, indent=2) + "\n")
+    entries = read_registry(registry)
+    entries[name] = ZooEntry(name=name, repo_id=repo_id, revision=revision or "main",
+                             sha256=sha256_of(folder / constants.MODEL_FILE), summary=summary,
+                             config_sha256=sha256_of(folder / constants.CONFIG_FILE))
+    write_registry(registry, entries)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ Usage::
 ``model.onnx``, whose batch norms are folded into the convolutions) or a training checkpoint.
 The manifest has the format of ``training/data/manifest.py``; its labels must be classes of
 the model (``a|b`` where an image shows two). Images are pre-processed exactly as the SDK
-does (``milcnn.preprocess``; with ``--pixel-size`` / ``--cell-diameter`` resized to the
-model's scale, ``milcnn.scale``) and augmented as in training (random crops, flips, 90-degree
+does (``milcnn.process.preprocess``; with ``--pixel-size`` / ``--cell-diameter`` resized to the
+model's scale, ``milcnn.process.scale``) and augmented as in training (random crops, flips, 90-degree
 rotations).
 
 Rehearsal: half of every batch (``--rehearsal-fraction``) comes from simulated images of
@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
-from milcnn.config import read_config
+from milcnn.model.config import read_config
 from milcnn.errors import MilcnnError
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
@@ -98,7 +98,7 @@ def model_from_onnx(folder) -> MILCNN:
     import onnx
     from onnx import numpy_helper
 
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
 
     folder = Path(folder)
     info = ModelInfo.from_file(folder / "config.json")
@@ -171,7 +171,7 @@ def load_source(spec: str) -> tuple[MILCNN, dict]:
         model, ckpt = load_checkpoint(path)
         return model, {"source": spec, "kind": "checkpoint", "training_data": {},
                        "train_config": ckpt.get("train_config", {})}
-    from milcnn.hub import resolve
+    from milcnn.model.hub import resolve
 
     name, _, revision = spec.partition("@")
     folder = resolve(name, revision=revision or None).folder
@@ -271,7 +271,7 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
         ValueError: bad settings, labels the model does not know, or a source that cannot be rebuilt.
         FileNotFoundError: a missing manifest or source.
     """
-    from milcnn.scale import zoom_factor
+    from milcnn.process.scale import zoom_factor
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from training.metrics import confusion_matrix
 from training.treatments import CONTROLS, compound_folds, read_treatments, treatment_metrics

@@ -12,7 +12,7 @@ Architecture (``width = w``, ``output_stride = 2**k``)::
 Downsampling uses 2x2 stride-2 convolutions, so map pixel ``i`` covers exactly input
 pixels ``[i * stride, (i + 1) * stride)``; inputs whose size is not a multiple of the
 stride are zero-padded at the bottom and right (zero is the background after percentile
-normalisation). ``milcnn.postprocess.upsample_maps`` inverts that geometry.
+normalisation). ``milcnn.process.postprocess.upsample_maps`` inverts that geometry.
 
 With the defaults (``width=24``, ``output_stride=4``, ``context=1``) a class-map pixel
 covers 4 x 4 input pixels and sees 26 px, about one yeast cell; see docs/model.md for the
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from milcnn.preprocess import NormalizationConfig
+from milcnn.process.preprocess import NormalizationConfig
 from training.pooling import POOLINGS, build_pooling
 
 __all__ = ["ModelConfig", "MILCNN", "MILOutput", "count_flops", "valid_instances"]
@@ -44,7 +44,7 @@ class ModelConfig:
 
     Input:
         channels: channel names, in the order the model expects them.
-        normalization: per-channel percentile normalisation (``milcnn.preprocess``).
+        normalization: per-channel percentile normalisation (``milcnn.process.preprocess``).
         min_size: smallest height or width accepted, in pixels.
         pixel_size: um per pixel of the training images (None: unknown).
         cell_diameter: their typical cell diameter in px (None: unknown); the SDK resizes

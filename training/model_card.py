@@ -287,8 +287,8 @@ def update_folder(folder, **changes) -> dict:
     """
     from pathlib import Path
 
-    from milcnn.config import read_config, write_config
-    from milcnn.io import write_atomic
+    from milcnn.model.config import read_config, write_config
+    from milcnn.io.images import write_atomic
 
     folder = Path(folder)
     config = write_config(folder, {**read_config(folder), **changes})

@@ -23,7 +23,7 @@ within ``--max-drop`` points of fp32 and its masks agree with fp32's at IoU >= 0
 (``mask_iou``). Otherwise nothing is written and the command fails with the figures.
 
 ``--precision bf16`` adds no file: OpenVINO runs ``model.onnx`` in bf16 on CPUs with bf16
-instructions (``milcnn.backends``). ``--precision fp16`` converts weights and activations to
+instructions (``milcnn.runtime.openvino``). ``--precision fp16`` converts weights and activations to
 float16 (inputs and outputs stay float32), the form GPUs run fastest (CUDA, TensorRT);
 ``milzoo predict --device cuda`` then uses it (``--precision auto``).
 
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from milcnn import constants
-from milcnn.config import read_config, write_config
-from milcnn.io import write_atomic
+from milcnn.model.config import read_config, write_config
+from milcnn.io.images import write_atomic
 from training.data.manifest import load_image, read_manifest
 
 __all__ = ["quantize_folder", "half_folder", "bf16_folder", "requantize_as_qdq", "qoperator_to_qdq",
@@ -189,7 +189,7 @@ def bf16_folder(folder, *, eval_data, max_drop: float = 1.0, min_mask_iou: float
     """Measure ``model.onnx`` run in bf16 by OpenVINO against fp32 and add the ``bf16`` variant (no new file)
     if it keeps accuracy and masks. Needs OpenVINO and a CPU with bf16 instructions."""
     from milcnn import Classifier
-    from milcnn.backends import bf16_supported
+    from milcnn.runtime.openvino import bf16_supported
 
     if not bf16_supported():
         raise ValueError("bf16 needs OpenVINO (pip install 'milcnn-sdk[openvino]') and a CPU with bf16 instructions")
@@ -217,7 +217,7 @@ def quantize_folder(folder, *, calibration, eval_data, n_calibration: int = 64, 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from milcnn import Classifier
-    from milcnn.preprocess import normalize
+    from milcnn.process.preprocess import normalize
 
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(METHODS)}")
@@ -300,8 +300,8 @@ def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precisio
     runs it; if on each it keeps accuracy within ``max_drop`` points and its masks agree with fp32's
     (``mask_iou`` >= ``min_mask_iou``), move it into ``folder`` and record it in config.json and the card."""
     from milcnn import Classifier
-    from milcnn.backends import OpenVinoModel, openvino_available
-    from milcnn.session import OnnxModel
+    from milcnn.runtime.openvino import OpenVinoModel, openvino_available
+    from milcnn.runtime.onnx import OnnxModel
     from training.export import file_records
     from training.model_card import render_card
 

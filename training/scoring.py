@@ -2,7 +2,7 @@
 classifiers alike (``Predictor``), and PyTorch predictions of a whole image set.
 
 Segmentation IoU, per class ``k``, pooled over the images labelled ``k``: the pixels the model
-assigns to ``k`` (``milcnn.postprocess.mask_from_maps``: ``k``'s upsampled map is the largest and >=
+assigns to ``k`` (``milcnn.process.postprocess.mask_from_maps``: ``k``'s upsampled map is the largest and >=
 the threshold) against the pixels of cells showing ``k`` (mask value ``k + 1``). The baseline
 thresholds the marker channel (``MARKER_CHANNELS``, else the first) with Otsu's method after a 1-px
 Gaussian smoothing: it finds cells, not phenotypes, so it cannot tell cells showing the pattern from
@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 
 from milcnn import constants
-from milcnn.postprocess import mask_from_maps
+from milcnn.process.postprocess import mask_from_maps
 from training.data.dataset import ImageSet, label_vector, prepared_image
 from training.data.manifest import load_image, load_mask, read_manifest
 from training.metrics import IoU, confusion_matrix, image_accuracy, otsu_threshold, precision_recall_f1, predicted_labels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milcnn.io import write_atomic, write_tiff
+from milcnn.io.images import write_atomic, write_tiff
 from training.data.mcf7 import MCF7_CLASSES, MCF7Params, mcf7_treatment, simulate_mcf7_image
 from training.data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
 

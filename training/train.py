@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from milcnn.io import write_atomic
+from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
-from milcnn.preprocess import NormalizationConfig
+from milcnn.process.preprocess import NormalizationConfig
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
@@ -69,7 +69,7 @@ class TrainConfig:
     cell_mosaic: float = 0.0  # share of crops made of single-cell tiles (training.data.dataset.CellMosaic)
     mosaic_channel: str | None = None  # the channel whose objects centre those tiles (default: the first)
     # the per-image upper percentile of the input normalisation, recorded in the model for the SDK
-    # (milcnn.preprocess.NormalizationConfig): lower keeps a few very bright cells or debris from
+    # (milcnn.process.preprocess.NormalizationConfig): lower keeps a few very bright cells or debris from
     # setting the contrast of the rest of an image
     norm_high: float = NormalizationConfig.high
     epochs: int = 20
@@ -304,7 +304,7 @@ def _parse_params(items: list[str]) -> dict:
 def _domain_adversary(cfg: TrainConfig, model: MILCNN, *, photometric):
     if not cfg.domain_data:
         return None
-    from milcnn.scale import zoom_factor
+    from milcnn.process.scale import zoom_factor
     from training.domain import DomainAdversary, load_unlabelled
 
     mc = model.config

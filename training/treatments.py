@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.out:
-        from milcnn.io import write_atomic
+        from milcnn.io.images import write_atomic
 
         with write_atomic(args.out, "w") as fh:
             fh.write(json.dumps(report, indent=2) + "\n")

@@ -61,7 +61,7 @@ def test_widget_adds_the_mask_with_class_names_colours_and_probabilities(make_vi
     meta = layer.metadata["milcnn"]
     assert meta["label"] == expected.label and meta["probabilities"] == pytest.approx(expected.probabilities)
     assert widget.table.rowCount() == len(classes) and widget.table.item(0, 0).text() == expected.label
-    from milcnn.overlay import PALETTE
+    from milcnn.outputs.overlay import PALETTE
 
     np.testing.assert_allclose(layer.colormap.map(1)[..., :3].ravel(), PALETTE[0] / 255, atol=1e-6)
     assert expected.label in widget.called.text()

@@ -18,8 +18,8 @@ from milcnn import constants
 from milcnn.logs import log_to_stderr
 
 def _load(model: str, device: str, precision: str = "auto", backend: str = "auto"):
-    from milcnn.classifier import Classifier
-    from milcnn.hub import parse_model_spec
+    from milcnn.predict.classifier import Classifier
+    from milcnn.model.hub import parse_model_spec
 
     name, revision = parse_model_spec(model)
     try:
@@ -29,7 +29,7 @@ def _load(model: str, device: str, precision: str = "auto", backend: str = "auto
 
 
 def _resolve(model: str, revision: str | None = None, **kwargs):
-    from milcnn.hub import parse_model_spec, resolve
+    from milcnn.model.hub import parse_model_spec, resolve
 
     name, spec_revision = parse_model_spec(model)
     try:
@@ -134,8 +134,9 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
     image succeeded, 1 when some failed (listed in OUT/errors.csv), 2 for usage errors or an unusable
     output folder, 130 when interrupted.
     """
-    from milcnn.batch import BatchOptions, run_batch
-    from milcnn.results import OutputFolderError, ResultsFolderError
+    from milcnn.batch.run import BatchOptions, run_batch
+    from milcnn.errors import OutputFolderError, ResultsFolderError
+    from milcnn.predict.options import PredictOptions
 
     if not inputs and manifest is None:
         raise click.UsageError("give INPUTS (files, folders, globs, OME-Zarr plates) or --manifest FILE.csv")
@@ -153,17 +154,16 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
         clf.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
     except ValueError as exc:
         raise click.UsageError(_one_line(exc)) from None
-    opts = BatchOptions(channel_axis=channel_axis, threshold=threshold, argmax=argmax, tile_size=tile_size,
-                        pixel_size=pixel_size, cell_diameter=cell_diameter, workers=workers, streams=streams,
-                        batch_size=batch_size, overlays=overlays, resume=resume, overwrite=overwrite, debug=debug,
-                        recursive=recursive, channels=tuple(channels), layout=layout, well_pattern=well_pattern,
-                        plate_map=plate_map, write_labels=write_labels, manifest=manifest, channel_index=index,
-
-                        command=["milzoo", *sys.argv[1:]])
+    settings = PredictOptions(channel_axis=channel_axis, channel_index=index, tile_size=tile_size,
+                              pixel_size=pixel_size, cell_diameter=cell_diameter, threshold=threshold)
+    opts = BatchOptions(predict=settings, argmax=argmax, workers=workers, streams=streams, batch_size=batch_size,
+                        overlays=overlays, resume=resume, overwrite=overwrite, debug=debug, recursive=recursive,
+                        channels=tuple(channels), layout=layout, well_pattern=well_pattern, plate_map=plate_map,
+                        write_labels=write_labels, manifest=manifest, command=["milzoo", *sys.argv[1:]])
     runner = None
     try:
         if cluster_kind == "slurm":
-            from milcnn.distributed import DaskRunner, slurm_cluster
+            from milcnn.batch.distributed import DaskRunner, slurm_cluster
 
             if not (cores and memory and walltime):
                 raise click.UsageError("--cluster slurm needs --cores, --memory and --walltime")
@@ -171,7 +171,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
                                 workers=dask_workers, cluster=slurm_cluster(cores=cores, memory=memory, walltime=walltime),
                                 write=dask_write)
         elif scheduler or dask_workers or cluster_kind == "local":
-            from milcnn.distributed import DaskRunner
+            from milcnn.batch.distributed import DaskRunner
 
             runner = DaskRunner(model=model_name, classes=clf.classes, precision=clf.precision, backend=backend,
                                 scheduler=scheduler, workers=dask_workers, write=dask_write)
@@ -199,8 +199,8 @@ def _output_failed(exc: BaseException):
 @main.command()
 def models() -> None:
     """List the zoo: name, version, channels, classes and key metrics."""
-    from milcnn.config import ModelInfo
-    from milcnn.registry import zoo
+    from milcnn.model.config import ModelInfo
+    from milcnn.model.registry import zoo
 
     click.echo(f"{'name':16s} {'version':8s} {'channels':10s} {'classes':>7s}  {'accuracy':>8s}  {'IoU':>5s}  summary")
     for name, entry in sorted(zoo().items()):
@@ -218,7 +218,7 @@ def models() -> None:
 @click.argument("model")
 def info(model: str) -> None:
     """Summarise MODEL's card: what it expects, what it predicts, how well, and on what data."""
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
     from milcnn.errors import MilcnnError
 
     origin = _resolve(model)
@@ -287,7 +287,7 @@ def download(model: str, revision: str | None, cache_dir: Path | None, force: bo
     there, `milzoo predict --model MODEL` then loads it with no network. Prints the folder.
     """
     origin = _resolve(model, revision, cache_dir=cache_dir, force_download=force)
-    from milcnn.classifier import Classifier
+    from milcnn.predict.classifier import Classifier
 
     try:  # a model that will not load is not worth caching silently
         Classifier.from_dir(origin.folder, device="cpu", sha256=origin.sha256)

@@ -27,7 +27,7 @@ DEFAULT_TILE_SIZE = 1024
 # The most values (pixels x channels x pages) an input may declare: checked from the file's header,
 # before any pixel is read. 2**27 is an 8192 x 8192 two-channel image (which peaks near 1.9 GB).
 MAX_IMAGE_VALUES = int(os.environ.get("MILCNN_MAX_IMAGE_VALUES", str(2**27)))
-# Larger TIFFs that can be read a tile at a time (milcnn.lazy) are predicted if each plane holds at
+# Larger TIFFs that can be read a tile at a time (milcnn.io.lazy) are predicted if each plane holds at
 # most this many pixels: the input then costs a tile row, but the outputs still grow with the image
 # (the mask 1 byte per pixel, class maps 4 bytes x classes / stride**2): 2**29 px is 23170 x 23170.
 MAX_LAZY_PIXELS = int(os.environ.get("MILCNN_MAX_LAZY_PIXELS", str(2**29)))

@@ -14,6 +14,11 @@ __all__ = [
     "HubOfflineError",
     "HubTokenError",
     "SelfTestError",
+    "PlateMapError",
+    "ResultsFolderError",
+    "OutputFolderError",
+    "ProvenanceError",
+    "NotLazy",
 ]
 
 
@@ -97,3 +102,25 @@ class HubTokenError(MilcnnError, PermissionError):
 
 class SelfTestError(MilcnnError, AssertionError):
     """A model's output on its bundled sample differs from the recorded output."""
+
+
+class PlateMapError(MilcnnError, ValueError):
+    """A ``--plate-map`` file that cannot be used (names the file, line and what is wrong)."""
+
+
+class ResultsFolderError(MilcnnError, FileExistsError):
+    """``--out`` already holds results (and neither ``--resume`` nor ``--overwrite`` was given),
+    or what it holds cannot be resumed."""
+
+
+class OutputFolderError(MilcnnError, OSError):
+    """The output folder itself fails (not a folder, read-only, full, locked by another run): the
+    run stops, as no result could be kept."""
+
+
+class ProvenanceError(OutputFolderError):
+    """``--resume`` into a folder made with another model, precision or threshold."""
+
+
+class NotLazy(MilcnnError, ValueError):
+    """A TIFF cannot be read a window at a time (its layout, dtype or codec): it is read whole instead."""

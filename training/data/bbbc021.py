@@ -119,7 +119,7 @@ def read_bbbc021(root, *, check_files: bool = True) -> list[Field]:
 def write_manifest(fields: list[Field], out) -> Path:
     """Write a training manifest (``path_dna, path_tubulin, path_actin, label, group`` and the
     treatment columns); paths are written relative to the manifest's folder when possible."""
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from milcnn.preprocess import NormalizationConfig, normalize
-from milcnn.scale import resize_chw, zoomed_shape
+from milcnn.process.preprocess import NormalizationConfig, normalize
+from milcnn.process.scale import resize_chw, zoomed_shape
 from training.data.manifest import Sample, load_image
 
 __all__ = ["ImageSet", "CropDataset", "CellMosaic", "Photometric", "label_vector", "balanced_weights",

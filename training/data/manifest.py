@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.errors import ImageReadError
-from milcnn.io import TIFF_SUFFIXES, read_image
-from milcnn.preprocess import to_chw
+from milcnn.io.images import TIFF_SUFFIXES, read_image
+from milcnn.process.preprocess import to_chw
 
 __all__ = ["Sample", "ManifestError", "read_manifest", "load_image", "load_mask", "SPLITS"]
 

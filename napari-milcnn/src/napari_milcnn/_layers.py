@@ -9,8 +9,8 @@ BACKGROUND = "background"
 
 
 def class_colours(classes) -> dict:
-    """Label -> RGBA in 0..1: milcnn's overlay palette (``milcnn.overlay.PALETTE``), background transparent."""
-    from milcnn.overlay import PALETTE
+    """Label -> RGBA in 0..1: milcnn's overlay palette (``milcnn.outputs.overlay.PALETTE``), background transparent."""
+    from milcnn.outputs.overlay import PALETTE
 
     colours = {0: (0.0, 0.0, 0.0, 0.0), None: (0.0, 0.0, 0.0, 0.0)}
     for k, _ in enumerate(classes):

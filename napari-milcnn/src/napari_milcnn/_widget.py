@@ -18,7 +18,7 @@ class MilcnnWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        from milcnn.registry import zoo
+        from milcnn.model.registry import zoo
 
         self.viewer = napari_viewer
         self._models: dict = {}
@@ -98,7 +98,7 @@ class MilcnnWidget(QWidget):
     def classifier(self, name: str | None = None):
         """The model, loaded once per name (``Classifier.from_hub``: zoo name, Hub repo or folder)."""
         from milcnn import Classifier
-        from milcnn.hub import parse_model_spec
+        from milcnn.model.hub import parse_model_spec
 
         name = name or self.model.currentText()
         if name not in self._models:

@@ -1,106 +1,28 @@
-"""Plates: where each image sits (plate, well, field), and the per-well, per-plate and per-treatment
-results built from ``predictions.csv`` at the end of a run (``wells.csv``, ``plate.png``,
-``treatments.csv``).
-
-Locations come from the file name (ImageXpress ``..._B03_s1_w1.tif``, Operetta/Opera
-``r02c03f01p01-ch1...``, BBBC021 ``..._B02_s1_...``), from a well subfolder (``plate/B03/f1.tif``),
-or from ``--well-pattern`` (a regular expression with named groups ``well`` or ``row`` and ``col``,
-and optionally ``field`` and ``plate``).
-"""
+"""Plates: the per-well, per-plate and per-treatment results built from ``predictions.csv`` at the end of a
+run (``wells.csv``, ``plate.png``, ``treatments.csv``), and the ``--plate-map`` they join. Where each image
+sits is ``milcnn.io.locations``'s job."""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from milcnn.decision import UNASSIGNED, decide
-from milcnn.io import write_atomic
-from milcnn.quality import QC_OK
+from milcnn.process.decision import UNASSIGNED, decide
+from milcnn.io.images import write_atomic
+from milcnn.process.quality import QC_OK
+from milcnn.errors import PlateMapError
+from milcnn.io.locations import parse_well
 
-__all__ = ["Location", "locate", "well_table", "write_wells", "write_plate_png", "write_treatments",
-           "WELL_PATTERNS", "PlateMapError"]
-
-#: built-in file-name patterns, tried in order
-WELL_PATTERNS = {
-    "operetta": re.compile(r"r(?P<row>\d{1,2})c(?P<col>\d{1,2})f(?P<field>\d{1,3})", re.IGNORECASE),
-    "imagexpress": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})_s(?P<field>\d{1,3})(?=$|[_\-.])"),
-    "well_field": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})[_\-](?:f|fld|field|site)?(?P<field>\d{1,3})"
-                             r"(?=$|[_\-.])", re.IGNORECASE),
-}
-_WELL_FOLDER = re.compile(r"^(?:well[_\-]?)?(?P<well>[A-Pa-p]\d{1,2})$", re.IGNORECASE)
-
-
-class PlateMapError(ValueError):
-    """A ``--plate-map`` file that cannot be used (names the file, line and what is wrong)."""
-
-
-class Location(NamedTuple):
-    """Where an image sits: plate name, well (``B03``) and field (``""`` when unknown)."""
-
-    plate: str
-    well: str  # "B03"
-    field: str  # "" when unknown
-
-    @property
-    def row(self) -> int:
-        return ord(self.well[0]) - ord("A")
-
-    @property
-    def col(self) -> int:
-        return int(self.well[1:]) - 1
-
-
-def _well(row_letter: str | None = None, col: str | int | None = None, *, row_number: str | int | None = None) -> str:
-    letter = row_letter.upper() if row_letter else chr(ord("A") + int(row_number) - 1)
-    return f"{letter}{int(col):02d}"
-
-
-def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None = None) -> Location | None:
-    """Where an image sits on its plate, from its name or its well folder; None when nothing matches.
-
-    Args:
-        path: the image.
-        root: the input folder it was found under (its name is the plate's, unless the pattern says).
-        pattern: ``--well-pattern``, tried before the built-in patterns, on the path below ``root``.
-    """
-    if _WELL_FOLDER.match(path.parent.name):  # plate/B03/field.tif: the plate is the well folder's parent
-        plate = path.parent.parent.name
-    else:
-        plate = root.name if root is not None else path.parent.name
-    relative = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name
-    if pattern is not None:
-        m = pattern.search(relative)
-        if m:
-            groups = m.groupdict()
-            well = (_well(groups["well"][0], groups["well"][1:]) if groups.get("well") else
-                    _well(col=groups["col"], row_number=groups["row"]) if groups["row"].isdigit() else
-                    _well(groups["row"], groups["col"]))
-            return Location(groups.get("plate") or plate, well, str(int(groups["field"])) if groups.get("field") else "")
-    name = path.name
-    m = WELL_PATTERNS["operetta"].search(name)
-    if m:
-        return Location(plate, _well(col=m["col"], row_number=m["row"]), str(int(m["field"])))
-    for key in ("imagexpress", "well_field"):
-        m = WELL_PATTERNS[key].search(Path(name).stem)
-        if m:
-            return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(m["field"])))
-    m = _WELL_FOLDER.match(path.parent.name)
-    if m:
-        digits = re.findall(r"\d+", path.stem)
-        return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(digits[-1])) if digits else path.stem)
-    return None
-
+__all__ = ["well_table", "write_wells", "write_plate_png", "write_treatments", "read_plate_map"]
 
 # ---------------------------------------------------------------------------------------- wells
 
 def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, multi_label: bool = False) -> list[dict]:
     """Per (plate, well): fields, fields whose qc is ``ok``, the mean image probability per class and mean
-    area fraction per class over those fields, and the label (``milcnn.decision.decide`` on the mean: the
+    area fraction per class over those fields, and the label (``milcnn.process.decision.decide`` on the mean: the
     top class where it reaches ``threshold``; ``unassigned`` below it, or where no field passed qc).
 
     Args:
@@ -170,14 +92,14 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
         raise PlateMapError(f"{path}: needs columns well, compound, concentration (has {reader.fieldnames})")
     out = {}
     for line, row in enumerate(reader, 2):
-        m = re.fullmatch(r"\s*([A-Pa-p])(\d{1,2})\s*", row["well"] or "")
-        if not m:
+        well = parse_well(row["well"])
+        if well is None:
             raise PlateMapError(f"{path}, line {line}: well {row['well']!r} is not like B03")
         try:
             concentration = float(row["concentration"])
         except ValueError:
             raise PlateMapError(f"{path}, line {line}: concentration {row['concentration']!r} is not a number") from None
-        out[(row.get("plate") or "", _well(m[1], m[2]))] = {"compound": row["compound"], "concentration": concentration,
+        out[(row.get("plate") or "", well)] = {"compound": row["compound"], "concentration": concentration,
                                                             "moa": row.get("moa") or ""}
     return out
 
@@ -186,7 +108,7 @@ def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tu
                      threshold: float, multi_label: bool = False) -> int:
     """``treatments.csv``: per (compound, concentration), the mean of its wells' probabilities (as the
     treatment evaluation of ``training.treatments`` averages images) over the wells with a field that
-    passed qc, its label (``milcnn.decision.decide``) and, when the plate map gives one, its MOA.
+    passed qc, its label (``milcnn.process.decision.decide``) and, when the plate map gives one, its MOA.
     Returns the number of treatments."""
     groups: dict[tuple[str, float], list[dict]] = {}
     moa: dict[tuple[str, float], str] = {}
@@ -230,7 +152,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
     a legend, and one small map per class of its mean probability (black 0 to white 1)."""
     from PIL import Image, ImageDraw
 
-    from milcnn.overlay import PALETTE, _drawable, _font
+    from milcnn.outputs.overlay import PALETTE, _drawable, _font
 
     n_rows, n_cols = _layout(table)
     by_well = {t["well"]: t for t in table}
@@ -297,7 +219,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
 
 def write_plate_png(path: Path, table: list[dict], classes: tuple[str, ...]) -> list[str]:
     """``plate.png``: every plate of ``table``, one above the other. Returns the plates drawn."""
-    from milcnn.png import encode_png
+    from milcnn.outputs.png import encode_png
 
     plates = sorted({t["plate"] for t in table})
     panels = [render_plate([t for t in table if t["plate"] == p], classes, title=f"plate {p or '(unnamed)'}: "

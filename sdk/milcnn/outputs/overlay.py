@@ -8,8 +8,8 @@ import threading
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from milcnn.io import write_atomic
-from milcnn.png import png_chunks
+from milcnn.io.images import write_atomic
+from milcnn.outputs.png import png_chunks
 
 __all__ = ["PALETTE", "composite", "outlines", "render_overlay", "save_overlay", "overlay_png", "overlay_title", "OVERLAY_MAX_PIXELS"]
 
@@ -27,7 +27,7 @@ def composite(chw: np.ndarray, *, normalized: np.ndarray | None = None, ranges=N
     """(C, H, W) image -> (H, W, 3) uint8 for display: grey, green+magenta, or RGB for 3 channels.
 
     ``normalized``: the image already percentile-normalised (the model's input), to skip doing it again;
-    or ``ranges``: its normalisation's per-channel (low, scale) (``milcnn.preprocess.channel_ranges``).
+    or ``ranges``: its normalisation's per-channel (low, scale) (``milcnn.process.preprocess.channel_ranges``).
     """
     rows = _DisplayRows(chw, normalized, ranges)
     x = rows(0, rows.height)
@@ -41,10 +41,10 @@ class _DisplayRows:
 
     From ``normalized`` where given (cropped to ``chw``: the model's input may be padded), else from
     ``chw`` and its ``ranges`` (its own, when none are given), normalising only the rows asked for:
-    the same float32 operations as ``milcnn.preprocess.normalize``, without the whole float image."""
+    the same float32 operations as ``milcnn.process.preprocess.normalize``, without the whole float image."""
 
     def __init__(self, chw, normalized, ranges):
-        from milcnn.preprocess import channel_ranges
+        from milcnn.process.preprocess import channel_ranges
 
         self.x = self.chw = None
         if normalized is not None:
@@ -58,7 +58,7 @@ class _DisplayRows:
         self.height = self.chw.shape[1]
 
     def __call__(self, r0: int, r1: int) -> np.ndarray:
-        from milcnn.preprocess import apply_ranges
+        from milcnn.process.preprocess import apply_ranges
 
         if self.x is not None:
             return self.x[:, r0:r1]
@@ -221,14 +221,14 @@ def overlay_title(name: str, pred) -> str:
 
 def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: np.ndarray | None = None,
                 ranges=None):
-    """The overlay as PNG pieces to write (``milcnn.png.png_chunks``). Images over ``OVERLAY_MAX_PIXELS``
+    """The overlay as PNG pieces to write (``milcnn.outputs.png.png_chunks``). Images over ``OVERLAY_MAX_PIXELS``
     are drawn at a reduced scale (every f-th pixel), so an overlay never costs more memory than the
-    prediction itself; an image read a tile at a time (``milcnn.lazy``) is read at that scale only.
+    prediction itself; an image read a tile at a time (``milcnn.io.lazy``) is read at that scale only.
 
     ``normalized`` (``chw`` normalised) or ``ranges`` (its normalisation's per-channel low and scale)
     save normalising it again; with neither, it is normalised by its own percentiles."""
     f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))) if mask.size > OVERLAY_MAX_PIXELS else 1
-    if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.lazy): read every f-th pixel only
+    if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.io.lazy): read every f-th pixel only
         chw, normalized = chw.strided(f), None
     elif f > 1:
         chw, normalized = np.asarray(chw)[:, ::f, ::f], None

@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 from milcnn import constants
 from milcnn.errors import ImageReadError, MilcnnError
-from milcnn.io import write_label_tiff
+from milcnn.io.images import write_label_tiff
+from milcnn.predict.options import PredictOptions
 
 __all__ = ["run_pipeline", "default_streams", "FAILURES"]
 
@@ -42,7 +43,7 @@ def error_line(exc: BaseException) -> str:
 def default_streams(clf) -> int:
     """Inference streams for ``clf``: 2 on a CPU with at least 2 threads to share (its cores,
     or ``MILCNN_NUM_THREADS``), else 1 (a GPU is kept busy by batches, not streams)."""
-    from milcnn.session import physical_cores
+    from milcnn.runtime.onnx import physical_cores
 
     on_cpu = clf.model.on_cpu
     return 2 if on_cpu and (clf.model.threads or physical_cores()) >= 2 else 1
@@ -63,12 +64,10 @@ class _Slot:
         return self.error is not None or (self.write is not None and self.write.done())
 
 
-def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, threshold: float = constants.DEFAULT_THRESHOLD,
-                 tile_size: int | None = None, workers: int = 2, streams: int | None = None,
-                 batch_size: int = 1, overlays: bool = True, on_error: Callable[..., None] | None = None,
-                 stems: dict[Path, str] | None = None, pixel_size: float | None = None,
-                 cell_diameter: float | None = None,
-                 channel_index: tuple[int, ...] | None = None) -> Iterator[tuple[Path, object]]:
+def run_pipeline(clf, paths: list[Path], out_dir: Path, options: PredictOptions | None = None, *, workers: int = 2,
+                 streams: int | None = None, batch_size: int = 1, overlays: bool = True,
+                 on_error: Callable[..., None] | None = None,
+                 stems: dict[Path, str] | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
 
     Yields ``(path, Prediction)`` in input order, once its files are written, or ``(path, None)``
@@ -81,11 +80,11 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
             are the cores shared among the streams (the classifier's own session, on every
             core, still runs tiled images).
         batch_size: consecutive same-size images per network call.
+        options: how each image is predicted (``PredictOptions``: threshold, tiles, scale, channels).
         stems: each image's output file stem (default: the file's stem).
-        pixel_size, cell_diameter: the images' scale (``Classifier.predict``).
     """
-    from milcnn.overlay import PALETTE, overlay_title, save_overlay
-    from milcnn.session import physical_cores
+    from milcnn.outputs.overlay import PALETTE, overlay_title, save_overlay
+    from milcnn.runtime.onnx import physical_cores
 
     stems = stems or {}
     streams = default_streams(clf) if streams is None else max(1, streams)
@@ -94,12 +93,13 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, *, channel_axis=None, th
         total = clf.model.threads or physical_cores()
         model = clf.model.with_threads(max(1, total // streams))
 
+    options = options or PredictOptions()
+
     def prepare(path: Path):
-        return clf.prepare_input(path, channel_axis=channel_axis, tile_size=tile_size, pixel_size=pixel_size,
-                                 cell_diameter=cell_diameter, channel_index=channel_index)
+        return clf.prepare_input(path, options)
 
     def infer(items):
-        return clf.predict_prepared(items, threshold=threshold, model=model)
+        return clf.predict_prepared(items, threshold=options.threshold, model=model)
 
     def write(path: Path, item, pred) -> None:
         stem = stems.get(path, path.stem)

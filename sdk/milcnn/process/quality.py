@@ -7,7 +7,7 @@ image is unlike what the model was made for:
 - ``too_small``: the image (at the model's scale) is below the network's ``min_size``;
 - ``no_cells``: nothing stands out from the background in any channel (blank or constant), or every channel
   is pixel noise without structure (an empty field: texture below ``NOISE_TEXTURE``);
-- ``off_scale``: its objects measure far from the training images' (``milcnn.scale.estimate_cell_diameter``),
+- ``off_scale``: its objects measure far from the training images' (``milcnn.process.scale.estimate_cell_diameter``),
   or from those of the reference images the model gave the same top class (a punctate pattern reads smaller
   than a cytosolic one: per class, the range is tighter);
 - ``out_of_distribution``: its texture, the share of it the model marks or the likeness of its channels is
@@ -20,7 +20,7 @@ image is unlike what the model was made for:
   detecting out-of-distribution samples and adversarial attacks").
 
 The limits are fitted at export on in-distribution images (``training/calibrate.py``) and stored in
-``config.json`` (``qc``). A field whose qc is not ``ok`` is ``unassigned`` (``milcnn.decision``).
+``config.json`` (``qc``). A field whose qc is not ``ok`` is ``unassigned`` (``milcnn.process.decision``).
 Features are read from every other pixel of the normalised image (a quarter of its pixels: about
 1 ms for 512 x 512 px) and from the class maps.
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from milcnn.preprocess import apply_ranges
-from milcnn.scale import SCALE_TOLERANCE, estimate_cell_diameter
+from milcnn.process.preprocess import apply_ranges
+from milcnn.process.scale import SCALE_TOLERANCE, estimate_cell_diameter
 
 __all__ = ["QC_OK", "QC_REASONS", "QualityLimits", "Features", "FeatureDistance", "feature_vector", "measure",
            "assess"]
@@ -69,7 +69,7 @@ class Features:
 def feature_vector(raw, features: Features) -> np.ndarray:
     """(K + 4,): the logits of the raw pooled probabilities, log diameter, texture, coverage and channel
     similarity (0 for one channel): what ``FeatureDistance`` measures."""
-    from milcnn.calibration import logit
+    from milcnn.process.calibration import logit
 
     readings = [np.log(features.diameter or 1.0), features.texture, features.coverage, features.similarity or 0.0]
     return np.concatenate([logit(raw), readings])

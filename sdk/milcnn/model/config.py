@@ -4,25 +4,33 @@
 ``write_config`` are the only readers and writers of the file (``training/export.py``,
 ``training/quantize.py``, ``training/model_card.py`` and ``training/finetune.py`` go through them);
 ``migrate_config`` is the one place that brings older files up to ``CONFIG_FORMAT``.
+
+The file carries its own checksum (``checksum``: the sha256 of its content without that field, written
+by ``write_config``), beside the weights' (``files``); a file edited by hand (two class names swapped, a
+normalisation percentile changed) no longer matches it and is refused at load. A zoo model's registry
+entry also pins the file's sha256 (``milcnn.model.registry.ZooEntry.config_sha256``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from milcnn import constants
-from milcnn.calibration import Calibration
-from milcnn.errors import ModelConfigError
-from milcnn.preprocess import NormalizationConfig
-from milcnn.quality import QualityLimits
+from milcnn.process.calibration import Calibration
+from milcnn.errors import ChecksumMismatchError, ModelConfigError
+from milcnn.process.preprocess import NormalizationConfig
+from milcnn.process.quality import QualityLimits
 
-__all__ = ["ModelInfo", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config"]
+__all__ = ["ModelInfo", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config", "content_sha256"]
 
 #: the ``format_version`` that ``write_config`` stamps; 1 is every file written before it existed, 2 added
-#: scale, files and variants, 3 the optional ``calibration`` and ``qc`` blocks
-CONFIG_FORMAT = 3
+#: scale, files and variants, 3 the optional ``calibration`` and ``qc`` blocks, 4 the ``checksum``
+CONFIG_FORMAT = 4
+#: the field that holds the file's own checksum (``content_sha256``), from format 4 on
+CHECKSUM_KEY = "checksum"
 
 
 @dataclass(frozen=True)
@@ -31,15 +39,15 @@ class ModelInfo:
 
     Identity: name, version. Input: channels, normalization, min_size. Scale (``scale``):
     pixel_size (um per pixel of the training images), cell_diameter (their typical cell
-    diameter in px) and measured_cell_diameter (``milcnn.scale.estimate_cell_diameter`` on
+    diameter in px) and measured_cell_diameter (``milcnn.process.scale.estimate_cell_diameter`` on
     them, the yardstick for the scale warning) and measured_tolerance (the factor around it that
     holds the training images' readings), and input_cell_diameter (the cell diameter in px the model
     assumes of an image given without a scale: the SDK resizes such images by cell_diameter /
     input_cell_diameter); each None where unknown. Head: classes,
     multi_label, pooling, output_stride. Provenance: training_data, metrics. Files: files (name ->
     sha256 and bytes), variants (precision -> record with its ``file``). Trust: calibration
-    (``milcnn.calibration.Calibration``, None for a model exported before it was fitted: raw
-    probabilities) and qc (``milcnn.quality.QualityLimits``, None likewise). ``format_version``: the
+    (``milcnn.process.calibration.Calibration``, None for a model exported before it was fitted: raw
+    probabilities) and qc (``milcnn.process.quality.QualityLimits``, None likewise). ``format_version``: the
     schema's version (``CONFIG_FORMAT``).
     """
 
@@ -140,26 +148,51 @@ class ModelInfo:
                 "input_cell_diameter_px": self.input_cell_diameter}
 
     @classmethod
-    def from_file(cls, path) -> "ModelInfo":
-        """Read, migrate and validate ``config.json``.
+    def from_file(cls, path, *, sha256: str | None = None) -> "ModelInfo":
+        """Read, check, migrate and validate ``config.json``.
+
+        Args:
+            sha256: the sha256 the file's bytes must have (a registry pin), if any.
 
         Raises:
-            ModelConfigError: the file is missing, not JSON, or not a valid config (one line).
+            ModelConfigError: the file is missing, not JSON, edited since it was written (its ``checksum``
+                does not match its content), or not a valid config (one line).
+            ChecksumMismatchError: its bytes differ from ``sha256``.
         """
-        return cls.from_dict(_read_json(Path(path)), source=str(path))
+        path = Path(path)
+        d = _read_json(path, sha256)
+        version = d.get("format_version", 1)
+        if isinstance(version, int) and 4 <= version <= CONFIG_FORMAT:  # a newer one: migrate_config says so
+            stored, actual = d.get(CHECKSUM_KEY), content_sha256(d)
+            if stored != f"sha256:{actual}":
+                what = "has no checksum" if stored is None else f"does not match its checksum ({str(stored)[:19]}...)"
+                raise ModelConfigError(f"{path}: edited since it was written: its content (sha256:{actual[:12]}...) "
+                                       f"{what}; restore the file, or write it with "
+                                       "milcnn.model.config.write_config if the change is meant")
+        return cls.from_dict(d, source=str(path))
 
 
 def _plain_file_name(name) -> bool:
     return isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
-def _read_json(path: Path) -> dict:
+def content_sha256(d: dict) -> str:
+    """The hex sha256 of a config's content without its ``checksum`` (keys sorted, compact JSON)."""
+    body = {k: v for k, v in d.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_json(path: Path, sha256: str | None = None) -> dict:
     try:
         size = path.stat().st_size
         if size > constants.MAX_CONFIG_BYTES:  # before parsing: a huge file would take the memory first
             raise ModelConfigError(f"{path}: {size:,} bytes, over the {constants.MAX_CONFIG_BYTES:,} a model config "
                                    "may take; not a milcnn config")
-        d = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ChecksumMismatchError(path, sha256, hashlib.sha256(data).hexdigest())
+        d = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ModelConfigError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -176,7 +209,7 @@ def migrate_config(d: dict, *, source: str = "config") -> dict:
     be missing and ``architecture`` may lack ``receptive_field``; they become an all-null scale,
     empty records and the SDK's default receptive field (``constants.DEFAULT_RECEPTIVE_FIELD``).
     Format 2 has no ``calibration`` or ``qc``: it is format 3 without them (the SDK then reports raw
-    probabilities, with one notice at load).
+    probabilities, with one notice at load). Format 3 has no ``checksum``: format 4 unchecked.
 
     Raises:
         ModelConfigError: a ``format_version`` newer than this SDK knows (upgrade milcnn-sdk).
@@ -196,7 +229,7 @@ def migrate_config(d: dict, *, source: str = "config") -> dict:
         if isinstance(arch, dict):
             arch.setdefault("receptive_field", constants.DEFAULT_RECEPTIVE_FIELD)
         version = 2
-    if version == 2:  # calibration and qc are optional: a file without them loads with raw probabilities
+    if version in (2, 3):  # calibration, qc and checksum are optional in what was written before them
         d["format_version"] = CONFIG_FORMAT
     return d
 
@@ -207,7 +240,8 @@ def read_config(folder) -> dict:
 
 
 def write_config(folder, config: dict) -> dict:
-    """Validate ``config``, stamp ``format_version`` and write ``folder/config.json`` atomically.
+    """Validate ``config``, stamp ``format_version`` and its ``checksum``, and write ``folder/config.json``
+    atomically.
 
     Returns:
         the dict written.
@@ -215,11 +249,12 @@ def write_config(folder, config: dict) -> dict:
     Raises:
         ModelConfigError: the config is not valid (nothing is written).
     """
-    from milcnn.io import write_atomic
+    from milcnn.io.images import write_atomic
 
     path = Path(folder) / constants.CONFIG_FILE
     config = ModelInfo.from_dict({**config, "format_version": config.get("format_version", CONFIG_FORMAT)},
                                  source=str(path)).to_dict()
+    config[CHECKSUM_KEY] = f"sha256:{content_sha256(config)}"
     with write_atomic(path, "w") as fh:
         fh.write(json.dumps(config, indent=2) + "\n")
     return config

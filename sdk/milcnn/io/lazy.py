@@ -1,12 +1,12 @@
 """Large TIFFs read a window at a time: only the tiles or strips a window overlaps are decoded, so an
 image too large to read whole is predicted with the input's memory bounded by a tile row.
 
-``LazyTiff`` serves the tiled path of ``Classifier`` (``milcnn.tiling``): ``image[:, y0:y1, x0:x1]``
+``LazyTiff`` serves the tiled path of ``Classifier`` (``milcnn.process.tiling``): ``image[:, y0:y1, x0:x1]``
 decodes that window, ``channel_ranges`` computes the normalisation's whole-image percentiles from
 histograms accumulated segment by segment (exactly those of the whole image), and ``strided``
 gives every f-th pixel for overlays. Supported: one 8- or 16-bit unsigned sample per page, one page
 per channel, tiled or stripped, with a compression tifffile decodes itself (none, deflate,
-PackBits, ...); anything else is read whole, within the budget of ``milcnn.io.read_image``.
+PackBits, ...); anything else is read whole, within the budget of ``milcnn.io.images.read_image``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LazyTiff", "NotLazy"]
+from milcnn.errors import NotLazy
 
-
-class NotLazy(ValueError):
-    """This file cannot be read a window at a time (its layout, dtype or codec)."""
+__all__ = ["LazyTiff"]
 
 
 class LazyTiff:
@@ -100,7 +98,7 @@ class LazyTiff:
         return np.concatenate(rows, axis=1)
 
     def channel_ranges(self, config) -> tuple[np.ndarray, np.ndarray]:
-        """``milcnn.preprocess.channel_ranges`` of the whole image, from per-segment histograms."""
+        """``milcnn.process.preprocess.channel_ranges`` of the whole image, from per-segment histograms."""
         low = np.zeros(self.shape[0], dtype=np.float32)
         scale = np.zeros(self.shape[0], dtype=np.float32)
         _, h, w = self.shape
@@ -120,7 +118,7 @@ class LazyTiff:
 
     @staticmethod
     def _set_range(c: int, counts: np.ndarray, config, low: np.ndarray, scale: np.ndarray) -> None:
-        from milcnn.preprocess import percentiles_from_counts, range_of
+        from milcnn.process.preprocess import percentiles_from_counts, range_of
 
         low[c], scale[c] = range_of(percentiles_from_counts(counts, 0, (config.low, config.high)), config)
 

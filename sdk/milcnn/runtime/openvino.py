@@ -1,11 +1,5 @@
-"""Which runtime runs a model file, and the one class that owns an OpenVINO compiled model.
-
-Two backends run the same ONNX files: onnxruntime (``milcnn.session.OnnxModel``, always installed) and
-OpenVINO (``OpenVinoModel``, the optional extra ``milcnn-sdk[openvino]``). ``backend="auto"`` picks,
-per precision, the one that was fastest on a CPU in ``benchmarks/results/peers.md``: onnxruntime for
-fp32 (and for anything on a GPU), OpenVINO for int8 and bf16 when it is installed. bf16 runs only on
-OpenVINO (onnxruntime's CPU provider has no bf16 convolutions), on CPUs with bf16 instructions.
-"""
+"""The one class that owns an OpenVINO compiled model (the optional extra ``milcnn-sdk[openvino]``), a
+``milcnn.runtime.base.Runtime``. Which backend runs a model is ``milcnn.runtime.select``'s choice."""
 
 from __future__ import annotations
 
@@ -18,14 +12,10 @@ import numpy as np
 
 from milcnn import constants
 
-__all__ = ["BACKENDS", "OpenVinoModel", "choose_backend", "openvino_available", "bf16_supported"]
+__all__ = ["OpenVinoModel", "openvino_available", "openvino_core", "bf16_supported", "OPENVINO_HINT"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "openvino")
-#: the fastest installed backend per precision on a CPU (benchmarks/results/peers.md)
-FASTEST_ON_CPU = {"fp32": ("onnxruntime", "openvino"), "int8": ("openvino", "onnxruntime"),
-                  "bf16": ("openvino",), "fp16": ("onnxruntime",)}
 OPENVINO_HINT = "pip install 'milcnn-sdk[openvino]'"
 COMPILED_SHAPES = 4  # input shapes an OpenVinoModel keeps compiled
 
@@ -38,7 +28,7 @@ def openvino_available() -> bool:
     return True
 
 
-def _core():
+def openvino_core():
     try:
         import openvino as ov
     except ImportError:
@@ -48,36 +38,7 @@ def _core():
 
 def bf16_supported() -> bool:
     """Whether OpenVINO is installed and this CPU runs bf16 (AVX512-BF16 or AMX)."""
-    return openvino_available() and "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def choose_backend(backend: str, precision: str, *, on_gpu: bool = False) -> str:
-    """The backend to run ``precision`` on: ``backend`` itself unless it is ``auto``.
-
-    Raises:
-        ValueError: an unknown backend, or a precision the backend cannot run (bf16 on onnxruntime,
-            fp16 on OpenVINO, OpenVINO on a GPU).
-        ImportError: OpenVINO asked for (or needed, for bf16) but not installed (says what to install).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        if on_gpu:
-            return "onnxruntime"
-        for candidate in FASTEST_ON_CPU.get(precision, ("onnxruntime",)):
-            if candidate == "onnxruntime" or openvino_available():
-                return candidate
-        raise ImportError(f"precision {precision} runs on OpenVINO, which is not installed: {OPENVINO_HINT}")
-    if backend == "onnxruntime" and precision == "bf16":
-        raise ValueError("precision bf16 runs on the OpenVINO backend only (onnxruntime has no bf16 convolutions "
-                         "on a CPU); use backend='openvino' or 'auto'")
-    if backend == "openvino":
-        if on_gpu:
-            raise ValueError("the OpenVINO backend runs on the CPU here; use device='cpu' or backend='onnxruntime'")
-        if precision == "fp16":
-            raise ValueError("the fp16 variant is for GPUs (onnxruntime); on a CPU use fp32, bf16 or int8")
-        _core()  # raises ImportError with the install hint
-    return backend
+    return openvino_available() and "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoModel:
@@ -98,9 +59,9 @@ class OpenVinoModel:
 
     def __init__(self, path, *, precision: str = "fp32", threads: int = constants.NUM_THREADS, streams: int = 1,
                  outputs: tuple[str, ...] = ("probabilities", "class_maps"), config: dict | None = None):
-        from milcnn.session import physical_cores
+        from milcnn.runtime.onnx import physical_cores
 
-        core = _core()
+        core = openvino_core()
         if precision == "bf16" and not bf16_supported():
             raise ValueError("this CPU has no bf16 instructions (AVX512-BF16 or AMX); use fp32 or int8")
         self.path, self.precision, self.outputs, self.backend = Path(path), precision, outputs, "openvino"
@@ -152,7 +113,7 @@ class OpenVinoModel:
     def with_threads(self, threads: int) -> "OpenVinoModel":
         """The same file compiled for callers that each want ``threads`` threads: as many streams as
         fit on the cores this model uses (made once, then kept)."""
-        from milcnn.session import physical_cores
+        from milcnn.runtime.onnx import physical_cores
 
         total = self.threads or physical_cores()
         streams = max(1, total // max(1, threads))
@@ -169,13 +130,13 @@ class OpenVinoModel:
         return self._infer({input_name or self.input_name: batch}, batch.shape, None)
 
     def run_normalizing(self, raw: np.ndarray, low: np.ndarray, scale: np.ndarray) -> list[np.ndarray]:
-        """``run`` on ``(raw - low) * scale`` per channel (``milcnn.preprocess.apply_ranges``), computed
+        """``run`` on ``(raw - low) * scale`` per channel (``milcnn.process.preprocess.apply_ranges``), computed
         inside the compiled graph: the integer image goes in as it is (a half or a quarter of float32's
         bytes) and is normalised in the pass that feeds the first layer, on every thread.
 
         Args:
             raw: (B, C, H, W) integer pixels of a type in ``normalizes_in_graph``'s list (8 or 16 bits).
-            low, scale: (B, C) float32, as ``milcnn.preprocess.channel_ranges`` gives them per image.
+            low, scale: (B, C) float32, as ``milcnn.process.preprocess.channel_ranges`` gives them per image.
         """
         raw = np.ascontiguousarray(raw)
         b, c = raw.shape[:2]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from milcnn.quality import QC_OK
+from milcnn.process.quality import QC_OK
 
 __all__ = ["UNASSIGNED", "Call", "decide"]
 
@@ -38,7 +38,7 @@ def decide(probabilities, classes, *, threshold: float, multi_label: bool = Fals
     Args:
         probabilities: (K,) in the order of ``classes``.
         threshold: the probability the top class must reach.
-        qc: the image's qc (``milcnn.quality``); anything but ``ok`` makes it ``unassigned``.
+        qc: the image's qc (``milcnn.process.quality``); anything but ``ok`` makes it ``unassigned``.
         argmax: keep the top class below ``threshold`` (never when qc is not ok).
     """
     p = np.asarray(probabilities, dtype=np.float64)

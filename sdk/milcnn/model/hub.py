@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from milcnn import constants
-from milcnn.checksums import verify_sha256
+from milcnn.model.checksums import verify_sha256
 from milcnn.errors import (ChecksumMismatchError, HubOfflineError, ModelConfigError, ModelNotFoundError,
                            RepositoryNotFoundError, RevisionNotFoundError)
-from milcnn.registry import lookup, zoo
+from milcnn.model.registry import lookup, zoo
 
 __all__ = ["ResolvedModel", "resolve", "download", "parse_model_spec", "model_sha256", "is_repo_id"]
 
@@ -43,6 +43,8 @@ class ResolvedModel:
             (checked against the Hub just now) or ``cache`` (the Hub was not asked or not reachable).
         repo_id, revision, commit: the Hub repository, the revision asked for and the commit it
             resolved to (None for a local folder).
+        config_sha256: the checksum ``config.json`` must have (a registry pin; None where nothing pins it
+            beyond the file's own ``checksum``).
     """
 
     folder: Path
@@ -51,6 +53,7 @@ class ResolvedModel:
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None
+    config_sha256: str | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "folder": str(self.folder)}
@@ -69,7 +72,7 @@ def is_repo_id(text: str) -> bool:
 
 def model_sha256(folder) -> str | None:
     """The sha256 of ``model.onnx`` that the folder's ``config.json`` records, if it records one."""
-    from milcnn.config import ModelInfo
+    from milcnn.model.config import ModelInfo
 
     try:
         return ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE).file_sha256(constants.MODEL_FILE)
@@ -108,14 +111,16 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
             if bundled is not None:
                 try:
                     verify_sha256(bundled / constants.MODEL_FILE, entry.sha256)
-                    return ResolvedModel(bundled, entry.sha256, "bundled", entry.repo_id, entry.revision)
+                    verify_sha256(bundled / constants.CONFIG_FILE, entry.config_sha256)
+                    return ResolvedModel(bundled, entry.sha256, "bundled", entry.repo_id, entry.revision,
+                                         config_sha256=entry.config_sha256)
                 except ChecksumMismatchError:
                     pass
-                log.warning(f"the bundled copy of {entry.name} ({bundled}) does not match the registry's sha256; "
+                log.warning(f"the bundled copy of {entry.name} ({bundled}) does not match the registry's sha256 pins; "
                        f"fetching {entry.repo_id}@{entry.revision} from the Hub instead")
             return download(entry.repo_id, revision=entry.revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, force_download=force_download,
-                            expected_sha256=entry.sha256)
+                            expected_sha256=entry.sha256, expected_config_sha256=entry.config_sha256)
         return download(entry.repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                         force_download=force_download)
     if not is_repo_id(name_or_repo):
@@ -125,7 +130,8 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
 
 
 def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-             force_download: bool = False, expected_sha256: str | None = None) -> ResolvedModel:
+             force_download: bool = False, expected_sha256: str | None = None,
+             expected_config_sha256: str | None = None) -> ResolvedModel:
     """Fetch a model folder from the Hub into the Hugging Face cache (or find it there).
 
     The Hub is asked first which commit ``revision`` is; if it cannot be reached (or
@@ -139,6 +145,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
         force_download: download again even if cached.
         expected_sha256: the checksum ``model.onnx`` must have; defaults to the one its
             ``config.json`` records.
+        expected_config_sha256: the checksum ``config.json`` must have (a registry pin), if any.
 
     Returns:
         ResolvedModel with source ``hub`` or ``cache``.
@@ -175,7 +182,8 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir=None, local
         source = "hub"
     sha256 = expected_sha256 or model_sha256(folder)
     verify_sha256(folder / constants.MODEL_FILE, sha256)
-    return ResolvedModel(folder, sha256, source, repo_id, revision, folder.name)
+    verify_sha256(folder / constants.CONFIG_FILE, expected_config_sha256)
+    return ResolvedModel(folder, sha256, source, repo_id, revision, folder.name, expected_config_sha256)
 
 
 class _Unreachable(Exception):

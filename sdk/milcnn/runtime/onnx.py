@@ -1,4 +1,4 @@
-"""The one place that owns an onnxruntime ``InferenceSession``."""
+"""The one place that owns an onnxruntime ``InferenceSession``: ``OnnxModel``, a ``milcnn.runtime.base.Runtime``."""
 
 from __future__ import annotations
 
@@ -146,7 +146,16 @@ class OnnxModel:
                                                 providers=self._provider_request)
         return self._siblings[threads]
 
+    #: onnxruntime takes normalised float32 images (``run_normalizing`` normalises in numpy first)
+    normalizes_in_graph = False
+
     def run(self, batch: np.ndarray, *, input_name: str | None = None) -> list[np.ndarray]:
         """Run on a float32 batch: (B, C, H, W) normalised images for a model file."""
         feed = {input_name or self.input_name: np.ascontiguousarray(batch, np.float32)}
         return self.session.run(self.output_names, feed)
+
+    def run_normalizing(self, raw: np.ndarray, low: np.ndarray, scale: np.ndarray) -> list[np.ndarray]:
+        """``run`` on raw pixels (B, C, H, W) with their ranges (B, C, ...): normalised here, in numpy."""
+        from milcnn.process.preprocess import apply_ranges
+
+        return self.run(np.stack([apply_ranges(image, lo, sc) for image, lo, sc in zip(raw, low, scale)]))

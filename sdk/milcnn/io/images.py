@@ -103,7 +103,7 @@ def _read(path, max_values: int | None) -> tuple[np.ndarray, "ImageMeta"]:
 
 def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | None = None):
     """``read_image``, except that a TIFF over the budget is opened to be read a window at a time
-    (``milcnn.lazy.LazyTiff``) when its layout allows and each plane holds at most
+    (``milcnn.io.lazy.LazyTiff``) when its layout allows and each plane holds at most
     ``max_lazy_pixels`` (default ``constants.MAX_LAZY_PIXELS``, env ``MILCNN_MAX_LAZY_PIXELS``).
 
     Returns:
@@ -122,7 +122,8 @@ def open_image(path, *, max_values: int | None = None, max_lazy_pixels: int | No
         path = Path(path)
         if "over the budget" not in exc.reason or path.suffix.lower() not in TIFF_SUFFIXES:
             raise
-        from milcnn.lazy import LazyTiff, NotLazy
+        from milcnn.errors import NotLazy
+        from milcnn.io.lazy import LazyTiff
 
         lazy_budget = constants.MAX_LAZY_PIXELS if max_lazy_pixels is None else max_lazy_pixels
         try:

@@ -1,5 +1,5 @@
 """The ``milzoo predict`` job: inputs to an output folder of results, with provenance, progress and
-resumption. ``milcnn.cli`` parses the flags; ``milcnn.pipeline`` runs the images; this module decides
+resumption. ``milcnn.cli`` parses the flags; ``milcnn.batch.pipeline`` runs the images; this module decides
 what to run, what each row says, and what the folder records.
 """
 
@@ -12,16 +12,18 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from milcnn import constants
-from milcnn.decision import UNASSIGNED, decide
-from milcnn.io import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
-from milcnn.omezarr import ZarrField, is_plate, plate_fields
-from milcnn.results import OutputFolderError, ResultsFolder, output_stems
+from milcnn.process.decision import UNASSIGNED, decide
+from milcnn.io.images import PIL_SUFFIXES, TIFF_SUFFIXES, write_atomic
+from milcnn.io.omezarr import ZarrField, is_plate, plate_fields
+from milcnn.errors import OutputFolderError, ProvenanceError
+from milcnn.outputs.results import ResultsFolder, output_stems
+from milcnn.predict.options import PredictOptions
 
 __all__ = ["BatchOptions", "run_batch", "expand_inputs", "prediction_row", "UNASSIGNED", "RUN_FILE",
            "ProvenanceError"]
@@ -34,20 +36,13 @@ PROGRESS_SECONDS = 30.0  # a progress line this often when stderr is not a termi
 REPEATS_SHOWN = 3  # a message repeated for many files is shown this many times, then counted
 
 
-class ProvenanceError(OutputFolderError):
-    """``--resume`` into a folder made with another model, precision or threshold."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class BatchOptions:
-    """What ``milzoo predict`` was asked to do, besides the model and the inputs."""
+    """What ``milzoo predict`` was asked to do, besides the model and the inputs: how each image is
+    predicted (``predict``, a ``PredictOptions``) and how the run goes."""
 
-    channel_axis: int | None = None
-    threshold: float = constants.DEFAULT_THRESHOLD
+    predict: PredictOptions = field(default_factory=PredictOptions)
     argmax: bool = False
-    tile_size: int | None = None
-    pixel_size: float | None = None
-    cell_diameter: float | None = None
     workers: int = constants.DEFAULT_WORKERS
     streams: int | None = None
     batch_size: int = 1
@@ -61,9 +56,15 @@ class BatchOptions:
     well_pattern: str | None = None
     plate_map: Path | None = None
     write_labels: bool = False  # OME-Zarr plates: write each field's mask as the label image labels/milcnn
-    channel_index: tuple[int, ...] | None = None  # the model's channels from images with more
     manifest: Path | None = None  # inputs from a CSV (path or path_<channel>), its other columns carried
     command: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, **settings) -> "BatchOptions":
+        """Options from flat keywords: ``PredictOptions``'s fields go to ``predict``, the rest are this class's."""
+        names = {f.name for f in fields(PredictOptions)}
+        predict = PredictOptions(**{k: v for k, v in settings.items() if k in names})
+        return cls(predict=predict, **{k: v for k, v in settings.items() if k not in names})
 
 
 def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[str], int, dict[Path, Path]]:
@@ -119,7 +120,7 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
                    location=None) -> list:
     """A ``predictions.csv`` row (``header``): image, plate, well, field, label, [labels,] qc, scale_source,
     max_probability, p_<class>..., area_<class>... (the fraction of the image each class's mask covers).
-    The label is ``milcnn.decision.decide``'s: the top class where its probability reaches ``threshold``
+    The label is ``milcnn.process.decision.decide``'s: the top class where its probability reaches ``threshold``
     (or any, with ``argmax``) and qc is ``ok``, else ``unassigned``; multi-label models also list every
     class at or above ``threshold`` (``labels``)."""
     import numpy as np
@@ -155,8 +156,8 @@ def read_input_manifest(path: Path, channels: tuple[str, ...], taken: list[str])
     import csv
     import io
 
-    from milcnn.fields import ChannelFiles
-    from milcnn.plates import Location
+    from milcnn.io.fields import ChannelFiles
+    from milcnn.io.locations import Location, parse_well
 
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -184,13 +185,9 @@ def read_input_manifest(path: Path, channels: tuple[str, ...], taken: list[str])
         item = files[0] if len(files) == 1 else ChannelFiles(files[0].with_suffix(""), tuple(files))
         inputs.append(item)
         extras[item] = [row.get(c, "") for c in carried]
-        if place:
-            import re
-
-            m = re.fullmatch(r"\s*([A-Pa-p])(\d{1,2})\s*", row.get("well") or "")
-            if m:
-                locations[item] = Location(row.get("plate") or base.name, f"{m[1].upper()}{int(m[2]):02d}",
-                                           row.get("field") or "")
+        well = parse_well(row.get("well")) if place else None
+        if well is not None:
+            locations[item] = Location(row.get("plate") or base.name, well, row.get("field") or "")
     return inputs, extras, names, locations
 
 
@@ -204,16 +201,16 @@ def provenance(clf, opts: BatchOptions) -> dict:
     return {"model": {"name": clf.name, "version": clf.info.version, "file": model_file.name,
                       "sha256": clf.info.file_sha256(model_file.name) or _sha256(model_file),
                       "origin": str(getattr(clf.origin, "repo_id", None) or clf.folder)},
-            "precision": clf.precision, "backend": clf.model.backend, "threshold": opts.threshold,
+            "precision": clf.precision, "backend": clf.model.backend, "threshold": opts.predict.threshold,
             "argmax": opts.argmax, "calibration": clf.info.calibration.method if clf.info.calibration else None,
-            "scale": {"pixel_size": opts.pixel_size, "cell_diameter": opts.cell_diameter,
+            "scale": {"pixel_size": opts.predict.pixel_size, "cell_diameter": opts.predict.cell_diameter,
                       "otherwise": "each image's own pixel size where it declares one, else the model's default"
                       if clf.info.pixel_size else "the model's default"},
             "sdk_version": __version__}
 
 
 def _sha256(path: Path) -> str:
-    from milcnn.checksums import sha256_of
+    from milcnn.model.checksums import sha256_of
 
     return sha256_of(path)
 
@@ -326,17 +323,18 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     """Predict ``inputs`` into ``out_dir``; returns the exit code (0 all predicted, 1 some failed,
     130 interrupted).
 
-    ``runner(items, out_dir, opts, on_error=, stems=)`` replaces the local pipeline (``milcnn.pipeline``)
+    ``runner(items, out_dir, opts, on_error=, stems=)`` replaces the local pipeline (``milcnn.batch.pipeline``)
     with another engine that yields ``(item, Prediction or None)`` in input order once the item's files
-    are written: ``milcnn.distributed.DaskRunner``.
+    are written: ``milcnn.batch.distributed.DaskRunner``.
 
     Raises:
         ResultsFolderError, OutputFolderError: the folder cannot take these results (exit 2).
         ValueError: no input images.
     """
-    from milcnn.overlay import PALETTE
-    from milcnn.pipeline import run_pipeline
-    from milcnn.plates import locate, read_plate_map
+    from milcnn.outputs.overlay import PALETTE
+    from milcnn.batch.pipeline import run_pipeline
+    from milcnn.io.locations import locate
+    from milcnn.outputs.plates import read_plate_map
 
     paths, missing, skipped, roots = expand_inputs(inputs, recursive=opts.recursive)
     extras, extra_names, manifest_locations = {}, [], {}
@@ -353,7 +351,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     plate_map = read_plate_map(opts.plate_map) if opts.plate_map else None
     problems: list[tuple[str, str]] = []
     if opts.channels or opts.layout:
-        from milcnn.fields import channel_rules, group_channels
+        from milcnn.io.fields import channel_rules, group_channels
 
         rule, mapping = channel_rules(clf.channels, tuple(opts.channels), opts.layout)
         files = paths
@@ -407,11 +405,8 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         if runner is not None:
             stream = runner(todo, out_dir, opts, on_error=on_error, stems=stems)
         else:
-            stream = run_pipeline(clf, todo, out_dir, channel_axis=opts.channel_axis, threshold=opts.threshold,
-                                  tile_size=opts.tile_size, workers=opts.workers, streams=opts.streams,
-                                  batch_size=opts.batch_size, pixel_size=opts.pixel_size,
-                                  cell_diameter=opts.cell_diameter, overlays=opts.overlays, on_error=on_error,
-                                  stems=stems, channel_index=opts.channel_index)
+            stream = run_pipeline(clf, todo, out_dir, opts.predict, workers=opts.workers, streams=opts.streams,
+                                  batch_size=opts.batch_size, overlays=opts.overlays, on_error=on_error, stems=stems)
         try:
             for path, pred in stream:
                 if pred is not None and opts.write_labels and isinstance(path, ZarrField) and pred.mask is not None:
@@ -425,7 +420,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                     t0 = time.thread_time()  # where the image sits and what its mask covers: the plate's CPU cost
                     where = (manifest_locations.get(path) or getattr(path, "location", None)
                              or locate(path, root=roots.get(path), pattern=pattern))
-                    row = prediction_row(str(path), pred, clf.classes, threshold=opts.threshold, argmax=opts.argmax,
+                    row = prediction_row(str(path), pred, clf.classes, threshold=opts.predict.threshold, argmax=opts.argmax,
                                          multi_label=clf.info.multi_label, location=where) + extras.get(path, [""] * len(extra_names))
                     plate_seconds += time.thread_time() - t0
                     results.add_prediction(row)
@@ -463,7 +458,7 @@ def _read_rows(out: Path) -> list[dict]:
     and ``run.json``'s counts."""
     import csv
 
-    from milcnn.results import PREDICTIONS
+    from milcnn.outputs.results import PREDICTIONS
 
     with open(out / PREDICTIONS, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -482,9 +477,9 @@ def _plate_outputs(out: Path, rows: list[dict], classes: tuple[str, ...], opts: 
                    multi_label: bool = False) -> list[str]:
     """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from the finished
     ``predictions.csv``'s ``rows``, when its images have wells; the lines to tell the user."""
-    from milcnn.plates import well_table, write_plate_png, write_treatments, write_wells
+    from milcnn.outputs.plates import well_table, write_plate_png, write_treatments, write_wells
 
-    table = well_table(rows, classes, threshold=opts.threshold, multi_label=multi_label)
+    table = well_table(rows, classes, threshold=opts.predict.threshold, multi_label=multi_label)
     if not table:
         return []
     try:
@@ -492,7 +487,7 @@ def _plate_outputs(out: Path, rows: list[dict], classes: tuple[str, ...], opts: 
         plates = write_plate_png(out / "plate.png", table, classes)
         lines = [f"milzoo: {len(table)} wells of {len(plates)} plate(s): {out / 'wells.csv'}, {out / 'plate.png'}"]
         if plate_map is not None:
-            n = write_treatments(out / "treatments.csv", table, plate_map, classes, threshold=opts.threshold,
+            n = write_treatments(out / "treatments.csv", table, plate_map, classes, threshold=opts.predict.threshold,
                                  multi_label=multi_label)
             lines.append(f"milzoo: {n} treatments: {out / 'treatments.csv'}")
     except OSError as exc:

@@ -1,14 +1,14 @@
 """``milzoo predict`` on a Dask cluster (the optional extra ``milcnn-sdk[dask]``).
 
 Each worker loads the model once (``ModelPlugin``). By default a task is a chunk of fields that the
-worker runs through the local pipeline (``milcnn.pipeline``), writing their masks and overlays into the
+worker runs through the local pipeline (``milcnn.batch.pipeline``), writing their masks and overlays into the
 output folder (which the workers and the client share) and sending back the rows; with
 ``write="client"`` a task is one field whose prediction and overlay PNG come back for the client to
 write (no shared output folder needed). Either way the client writes the CSV rows after the files, so
-``--resume``, ``run.json`` and the plate outputs are those of ``milcnn.batch`` unchanged, and a killed
+``--resume``, ``run.json`` and the plate outputs are those of ``milcnn.batch.run`` unchanged, and a killed
 worker's fields, re-run by Dask elsewhere, are written once.
 
->>> from milcnn.distributed import predict
+>>> from milcnn.batch.distributed import predict
 >>> predict(["plate/"], "yeast-loc", out="results", client=client)          # doctest: +SKIP
 """
 
@@ -69,8 +69,8 @@ class ModelPlugin(_WorkerPlugin):
         self.model, self.precision, self.device, self.backend = model, precision, device, backend
 
     def setup(self, worker) -> None:
-        from milcnn.classifier import Classifier
-        from milcnn.hub import parse_model_spec
+        from milcnn.predict.classifier import Classifier
+        from milcnn.model.hub import parse_model_spec
 
         name, revision = parse_model_spec(self.model)
         clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision,
@@ -115,23 +115,20 @@ class FieldResult:
 
 def _predict_chunk(items: list, options: dict) -> list:
     """On a worker, fields that the worker writes itself: run through the local pipeline
-    (``milcnn.pipeline.run_pipeline``: reading the next field and writing the last one overlap the
+    (``milcnn.batch.pipeline.run_pipeline``: reading the next field and writing the last one overlap the
     network, as on one machine), one ``(FieldResult or None, error line)`` per field, in order."""
     import numpy as np
     from distributed import get_worker
 
-    from milcnn.pipeline import run_pipeline
+    from milcnn.batch.pipeline import run_pipeline
 
     clf = get_worker().milcnn_classifier
     errors: dict = {}
     out: list = []
     k = len(clf.classes)
     stems = {item: options["stems"].get(str(item)) or Path(str(item)).stem for item in items}
-    for item, pred in run_pipeline(clf, items, Path(options["write_to"]), channel_axis=options["channel_axis"],
-                                   threshold=options["threshold"], tile_size=options["tile_size"], workers=1,
+    for item, pred in run_pipeline(clf, items, Path(options["write_to"]), options["predict"], workers=1,
                                    streams=1, overlays=options["overlays"], stems=stems,
-                                   pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
-                                   channel_index=options["channel_index"],
                                    on_error=lambda path, message, exc=None: errors.__setitem__(str(path), message)):
         if pred is None:
             out.append((None, errors.get(str(item), "failed")))
@@ -148,7 +145,7 @@ def _predict_fields(items: list, options: dict) -> list:
     traceback)."""
     from distributed import get_worker
 
-    from milcnn.pipeline import error_line
+    from milcnn.batch.pipeline import error_line
 
     clf, out = get_worker().milcnn_classifier, []
     for item in items:
@@ -161,14 +158,12 @@ def _predict_fields(items: list, options: dict) -> list:
 
 def _predict_field_on(clf, item, options: dict):
     """One field on a worker: the prediction (mask computed, maps dropped) and the overlay's PNG."""
-    prepared = clf.prepare_input(item, channel_axis=options["channel_axis"], tile_size=options["tile_size"],
-                                 pixel_size=options["pixel_size"], cell_diameter=options["cell_diameter"],
-                                 channel_index=options["channel_index"])
-    pred = clf.predict_prepared([prepared], threshold=options["threshold"])[0]
+    prepared = clf.prepare_input(item, options["predict"])
+    pred = clf.predict_prepared([prepared], threshold=options["predict"].threshold)[0]
     pred.mask  # noqa: B018 - computed here, on the worker, and sent with the prediction
     overlay = None
     if options["overlays"]:
-        from milcnn.overlay import overlay_png, overlay_title
+        from milcnn.outputs.overlay import overlay_png, overlay_title
 
         title = overlay_title(getattr(item, "name", None) or Path(str(item)).name, pred)
         overlay = b"".join(overlay_png(prepared.chw, pred.mask, clf.classes, title=title, **prepared.display))
@@ -177,7 +172,7 @@ def _predict_field_on(clf, item, options: dict):
 
 
 class DaskRunner:
-    """The engine ``milcnn.batch.run_batch`` runs fields on when given a cluster: connects (or starts a
+    """The engine ``milcnn.batch.run.run_batch`` runs fields on when given a cluster: connects (or starts a
     local cluster of ``workers`` processes on 127.0.0.1), has every worker load ``model`` once, then
     streams fields through ``run_distributed``. ``close()`` ends what it started.
 
@@ -229,9 +224,7 @@ class DaskRunner:
             raise RuntimeError(f"the Dask workers could not load {model}: {text}") from None
 
     def __call__(self, items, out_dir: Path, opts, *, on_error, stems):
-        options = {"channel_axis": opts.channel_axis, "tile_size": opts.tile_size, "pixel_size": opts.pixel_size,
-                   "cell_diameter": opts.cell_diameter, "channel_index": opts.channel_index,
-                   "threshold": opts.threshold, "overlays": opts.overlays}
+        options = {"predict": opts.predict, "overlays": opts.overlays}
         if self.write == "workers":
             options.update(write_to=str(Path(out_dir).absolute()), stems={str(k): v for k, v in stems.items()},
                            send_mask=bool(opts.write_labels))
@@ -308,14 +301,14 @@ def slurm_cluster(*, cores: int, memory: str, walltime: str, queue: str | None =
 
 def run_distributed(client, items: list, out_dir: Path, *, options: dict, classes, on_error: Callable,
                     stems: dict, overlays: bool, in_flight: int | None = None) -> Iterator[tuple[object, object]]:
-    """The Dask counterpart of ``milcnn.pipeline.run_pipeline``: yields ``(item, Prediction or
+    """The Dask counterpart of ``milcnn.batch.pipeline.run_pipeline``: yields ``(item, Prediction or
     FieldResult)`` in input order once its files are written, or ``(item, None)`` after ``on_error``.
     Workers that write (``options["write_to"]``) take chunks of 4 fields per task; otherwise a task is
     one field and the client writes it. At most ``in_flight`` single fields (default four per worker
     thread) or half as many chunks are in flight, so memory stays bounded."""
-    from milcnn.io import write_atomic, write_label_tiff
-    from milcnn.overlay import PALETTE
-    from milcnn.pipeline import error_line
+    from milcnn.io.images import write_atomic, write_label_tiff
+    from milcnn.outputs.overlay import PALETTE
+    from milcnn.batch.pipeline import error_line
 
     limit = in_flight or 4 * (sum(client.nthreads().values()) or 1)
     workers_write = options.get("write_to") is not None
@@ -349,7 +342,7 @@ def _in_order(client, task, items: list, options: dict, *, chunk: int, limit: in
     lost twice, gives ``(None, error line)`` for each of its items)."""
     from distributed import wait
 
-    from milcnn.pipeline import error_line
+    from milcnn.batch.pipeline import error_line
 
     queue = iter([items[i:i + chunk] for i in range(0, len(items), chunk)])
     running: deque = deque()
@@ -379,18 +372,18 @@ def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: st
             workers: int | None = None, precision: str = "fp32", **options) -> int:
     """``milzoo predict`` on a Dask cluster, from Python: ``inputs`` (files, folders, globs, OME-Zarr
     plates) into the folder ``out``, on ``client`` (or the cluster at ``scheduler``, or a new local
-    cluster of ``workers`` processes); the other keyword options are ``milcnn.batch.BatchOptions``'s.
+    cluster of ``workers`` processes); the other keyword options are ``milcnn.batch.run.BatchOptions``'s.
     Returns the exit code (0 all predicted, 1 some failed)."""
-    from milcnn.batch import BatchOptions, run_batch
-    from milcnn.classifier import Classifier
-    from milcnn.hub import parse_model_spec
+    from milcnn.batch.run import BatchOptions, run_batch
+    from milcnn.predict.classifier import Classifier
+    from milcnn.model.hub import parse_model_spec
 
     name, revision = parse_model_spec(model)
     clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
     runner = DaskRunner(model=model, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
                         workers=workers, client=client)
     try:
-        return run_batch(clf, list(inputs), Path(out), BatchOptions(**options), echo=log.info, runner=runner)
+        return run_batch(clf, list(inputs), Path(out), BatchOptions.from_settings(**options), echo=log.info, runner=runner)
     finally:
         runner.close()
 
@@ -400,19 +393,17 @@ def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.
     own; each partition loads the model once."""
     import dask.bag as db
 
-    options = {"channel_axis": None, "tile_size": None, "pixel_size": None, "cell_diameter": None,
-               "channel_index": None, "threshold": threshold}
 
     def partition(chunk):
-        from milcnn.classifier import Classifier
-        from milcnn.hub import parse_model_spec
+        from milcnn.predict.classifier import Classifier
+        from milcnn.model.hub import parse_model_spec
 
         name, revision = parse_model_spec(model)
         clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
         _keep_freed_buffers()
         out = []
         for item in chunk:
-            pred = clf.predict(item, threshold=options["threshold"])
+            pred = clf.predict(item, threshold=threshold)
             out.append({"image": str(item), "label": pred.label, "qc": pred.qc, "probabilities": pred.probabilities,
                         "mask": pred.mask})
         return out

@@ -26,7 +26,7 @@ LAYOUTS = {
 
 class FieldPath:
     """Path-like behaviour, from ``self.id``, for inputs that are not one file (``ChannelFiles``,
-    ``milcnn.omezarr.ZarrField``): outputs, stems, locations and rows name them by ``id``."""
+    ``milcnn.io.omezarr.ZarrField``): outputs, stems, locations and rows name them by ``id``."""
 
     id: Path
 
@@ -68,6 +68,29 @@ class ChannelFiles(FieldPath):
 
     id: Path
     files: tuple[Path, ...]
+
+    def read(self, channels: tuple[str, ...]):
+        """The channel files stacked as (C, H, W) (``milcnn.io.readers.Readable``), with the pixel size the
+        first file declares."""
+        import numpy as np
+
+        from milcnn.io.images import open_image
+        from milcnn.io.lazy import LazyTiff
+        from milcnn.io.readers import ReadImage
+
+        planes, sizes = [], []
+        for channel, path in zip(channels, self.files):
+            plane, meta = open_image(path)
+            sizes.append(meta.pixel_size)
+            if isinstance(plane, LazyTiff) or np.squeeze(np.asarray(plane)).ndim != 2:
+                raise ValueError(f"{path}: the {channel} file of {self.id.name} holds an image of shape "
+                                 f"{plane.shape}; one plane per channel file is expected")
+            planes.append(np.squeeze(np.asarray(plane)))
+        if len({p.shape for p in planes}) > 1:
+            raise ValueError(f"{self.id}: its channel files differ in size "
+                             f"({', '.join(f'{c} {p.shape}' for c, p in zip(channels, planes))})")
+        dtype = np.result_type(*planes)
+        return ReadImage(np.stack([p.astype(dtype, copy=False) for p in planes]), str(self), sizes[0])
 
 
 def channel_rules(model_channels: tuple[str, ...], channels: tuple[str, ...] = (), layout: str | None = None):

@@ -1,6 +1,6 @@
 """Pre-processing shared by training and inference: one definition, numpy only.
 
-Post-processing (class maps to masks) is ``milcnn.postprocess``.
+Post-processing (class maps to masks) is ``milcnn.process.postprocess``.
 
 Training (``training/``) and the SDK both call these functions, and the model's
 ``config.json`` stores their parameters (``NormalizationConfig``), so an image is
@@ -152,7 +152,7 @@ def percentiles(values, q) -> np.ndarray:
 def percentiles_from_counts(counts: np.ndarray, lowest: int, q) -> np.ndarray:
     """``np.percentile`` (linear interpolation) of integer values given as a histogram: ``counts[i]``
     values equal ``lowest + i``. Used by ``percentiles`` and by images read a tile at a time
-    (``milcnn.lazy``), whose histograms add up segment by segment."""
+    (``milcnn.io.lazy``), whose histograms add up segment by segment."""
     q = np.asarray(q, dtype=np.float64)
     cumulative = np.cumsum(counts)
     n = int(cumulative[-1])

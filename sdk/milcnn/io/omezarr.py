@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.errors import ImageReadError
-from milcnn.fields import FieldPath
+from milcnn.io.fields import FieldPath
 
 __all__ = ["ZarrField", "is_plate", "plate_fields", "LABEL_NAME"]
 
@@ -84,7 +84,7 @@ class ZarrField(FieldPath):
 
     @property
     def location(self):
-        from milcnn.plates import Location
+        from milcnn.io.locations import Location
 
         return Location(self.plate, self.well, self.field)
 
@@ -93,8 +93,15 @@ class ZarrField(FieldPath):
     def _group(self, mode: str = "r"):
         return _zarr().open_group(str(self.id), mode=mode)
 
-    def read(self, channels: tuple[str, ...]) -> np.ndarray:
-        """The field at full resolution as (C, H, W), the model's ``channels`` in order.
+    def read(self, channels: tuple[str, ...]):
+        """The field at full resolution as (C, H, W), the model's ``channels`` in order, with its pixel size
+        (``milcnn.io.readers.Readable``)."""
+        from milcnn.io.readers import ReadImage
+
+        return ReadImage(self._channels(channels), str(self), self.pixel_size())
+
+    def _channels(self, channels: tuple[str, ...]) -> np.ndarray:
+        """The model's ``channels`` of the field at full resolution, as (C, H, W).
 
         Raises:
             ImageReadError: no multiscales, no channel axis of the right size, or omero labels that name
@@ -143,7 +150,7 @@ class ZarrField(FieldPath):
             return None
 
     def _pixel_size(self) -> float | None:
-        from milcnn.io import pixel_size_um
+        from milcnn.io.images import pixel_size_um
 
         meta, _ = _ome_attrs(self._group().attrs)
         ms = (meta.get("multiscales") or [{}])[0]

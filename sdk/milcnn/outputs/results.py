@@ -14,23 +14,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from milcnn.errors import MilcnnError
+from milcnn.errors import MilcnnError, OutputFolderError, ResultsFolderError
 
-__all__ = ["ResultsFolder", "ResultsFolderError", "OutputFolderError", "output_stems", "PREDICTIONS", "ERRORS"]
+__all__ = ["ResultsFolder", "output_stems", "PREDICTIONS", "ERRORS"]
 
 PREDICTIONS = "predictions.csv"
 ERRORS = "errors.csv"
 _OUTPUT_DIRS = ("masks", "overlays")
-
-
-class ResultsFolderError(MilcnnError, FileExistsError):
-    """``--out`` already holds results (and neither ``--resume`` nor ``--overwrite`` was given),
-    or what it holds cannot be resumed."""
-
-
-class OutputFolderError(MilcnnError, OSError):
-    """The output folder itself fails (not a folder, read-only, full, locked by another run): the
-    run stops, as no result could be kept."""
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
@@ -123,7 +113,7 @@ class ResultsFolder:
 
     def _remove_partial_files(self) -> None:
         """Delete the temporary files of a killed run (``.<name>.<random>.part``, see
-        ``milcnn.io.write_atomic``): their images have no row, so they are predicted again."""
+        ``milcnn.io.images.write_atomic``): their images have no row, so they are predicted again."""
         for name in _OUTPUT_DIRS:
             folder = self.out / name
             if folder.is_dir():
@@ -213,7 +203,7 @@ class ResultsFolder:
 
     def _rewrite(self, name: str, header: list[str], rows: list[list[str]]) -> None:
         """Replace a file's rows atomically (an open append handle is reopened on the new file)."""
-        from milcnn.io import write_atomic
+        from milcnn.io.images import write_atomic
 
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([header, *rows])

@@ -1,0 +1,1 @@
+"""What a released model is: its config.json, checksums, the zoo registry and the Hub."""

@@ -1,0 +1,1 @@
+"""What a run writes: the results folder, overlays, PNG encoding, per-well tables and plate maps."""
