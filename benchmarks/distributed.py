@@ -78,13 +78,14 @@ def client_cost(images: Path, n: int = 40) -> dict:
     import pickle
 
     from milcnn import Classifier
-    from milcnn.batch.distributed import _predict_field_on
+    from milcnn.batch.dask_worker import _predict_field_on
     from milcnn.io.images import write_atomic, write_label_tiff
     from milcnn.outputs.overlay import PALETTE
 
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
-    options = {"channel_axis": None, "tile_size": None, "pixel_size": None, "cell_diameter": None,
-               "channel_index": None, "threshold": 0.5, "overlays": True}
+    from milcnn.predict.options import PredictOptions
+
+    options = {"predict": PredictOptions(), "overlays": True}
     paths = sorted(images.glob("*.tif"))[:n]
     blobs = [pickle.dumps(_predict_field_on(clf, p, options)) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ from training.data.mcf7 import MCF7Params
 from training.data.yeast import YeastParams
 from training.evaluate import evaluate
 from training.simulate import simulate_dataset
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, read_checkpoint
 from training.train import TrainConfig, train
 from benchmarks.pooling_report import write_report
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds = time.time() - t0
         model, ckpt = load_checkpoint(run / "best.pt")
         if train_seconds < 5:  # reused: report the time the run took (last.pt holds every epoch)
-            history = torch.load(run / "last.pt", weights_only=True)["history"]
+            history = read_checkpoint(run / "last.pt")["history"]
             train_seconds = sum(h["seconds"] for h in history)
         row = {"pooling": pooling, "params": params, "smoothness": cfg.smoothness,
                "train_seconds": round(train_seconds, 1), "best_epoch": ckpt["best"]["epoch"],
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         name, _, checkpoint = args.reference.partition("=")
         model, ckpt = load_checkpoint(checkpoint)
-        history = torch.load(Path(checkpoint).with_name("last.pt"), weights_only=True)["history"]
+        history = read_checkpoint(Path(checkpoint).with_name("last.pt"))["history"]
         section.setdefault("references", {})[name] = {
             "command": command, "checkpoint": checkpoint, "epochs": len(history), "best_epoch": ckpt["best"]["epoch"],
             "train_seconds": round(sum(h["seconds"] for h in history), 1),

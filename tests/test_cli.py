@@ -123,7 +123,7 @@ def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeyp
     for i in range(5):
         (tmp_path / f"bad{i}.tif").write_bytes(b"")
     shutil.copy(SAMPLE, tmp_path / "good.tif")
-    code = ("import sys; import milcnn.batch.run as b; b.PROGRESS_SECONDS = 0.0; from milcnn.cli import main; "
+    code = ("import sys; import milcnn.batch.report as b; b.PROGRESS_SECONDS = 0.0; from milcnn.cli import main; "
             "sys.argv = ['milzoo', 'predict', *sys.argv[1:]]; main()")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)

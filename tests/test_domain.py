@@ -10,6 +10,7 @@ import tifffile
 import torch
 
 from milcnn.process.preprocess import NormalizationConfig
+from training.checkpoint import read_checkpoint
 from training.domain import GradientReversal, domain_weight_schedule, load_unlabelled
 from training.train import TrainConfig, train
 
@@ -46,7 +47,7 @@ def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny
 
     whole = tmp_path / "whole"
     best = train(_cfg(tiny_yeast, whole, unlabelled, domain_class_weighting=True), progress=False)
-    ckpt = torch.load(whole / "last.pt", weights_only=True)
+    ckpt = read_checkpoint(whole / "last.pt")
     assert set(ckpt["domain"]) >= {"head.0.weight", "head.2.bias", "target_prior"}
     assert not torch.allclose(ckpt["domain"]["target_prior"], torch.full((11,), 1 / 11))  # estimated as it trained
     assert json.loads((whole / "train_config.json").read_text())["domain_data"] == str(unlabelled)
@@ -54,7 +55,7 @@ def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny
     part = tmp_path / "part"
     train(_cfg(tiny_yeast, part, unlabelled, domain_class_weighting=True), progress=False, stop_after=1)
     train(_cfg(tiny_yeast, part, unlabelled, domain_class_weighting=True), resume=str(part / "last.pt"), progress=False)
-    resumed = torch.load(part / "last.pt", weights_only=True)
+    resumed = read_checkpoint(part / "last.pt")
     for key in ckpt["model"]:
         assert torch.equal(ckpt["model"][key], resumed["model"][key]), key
     for key in ckpt["domain"]:
@@ -62,7 +63,7 @@ def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny
     # the adversary changes what is learnt (same seed, same labelled crops)
     plain = tmp_path / "plain"
     train(_cfg(tiny_yeast, plain, unlabelled, domain_data=None), progress=False)
-    other = torch.load(plain / "last.pt", weights_only=True)["model"]
+    other = read_checkpoint(plain / "last.pt")["model"]
     assert not torch.equal(other["backbone.0.0.weight"], ckpt["model"]["backbone.0.0.weight"])
     folder = export_folder(best, tmp_path / "model", name="tiny", version="0.0.1")
     from milcnn import Classifier

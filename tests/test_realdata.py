@@ -11,6 +11,7 @@ import tifffile
 import torch
 
 from milcnn import Classifier
+from training.checkpoint import read_checkpoint
 from training.data.real import (REAL_SETS, RealDataMissingError, applicable_sets, load_fields,
                                 mosaics, shuffled_mosaics)
 
@@ -352,7 +353,7 @@ def test_finetune_resumes_and_refuses_unknown_labels(tmp_path, tiny_yeast):
                          steps_per_epoch=2, batch_size=2, crop=64, rehearsal=0, threads=2)
     finetune(cfg, stop_after=1)
     resumed = finetune(cfg, resume=str(tmp_path / "run" / "last.pt"))
-    history = torch.load(resumed, weights_only=True)["history"]
+    history = read_checkpoint(resumed)["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\n" + Path(tiny_yeast).read_text().splitlines()[1].split(",")[0] + ",golgi\n")
@@ -387,7 +388,7 @@ def test_finetune_with_distillation_runs_and_checks_its_weight(tmp_path, tiny_ye
     cfg = FinetuneConfig(source="yeast-loc", data=str(tiny_yeast), out=str(tmp_path / "run"), steps=2,
                          steps_per_epoch=2, batch_size=4, crop=64, rehearsal_data=str(tiny_yeast),
                          distillation=1.0, threads=2)
-    history = torch.load(finetune(cfg), weights_only=True)["history"]
+    history = read_checkpoint(finetune(cfg))["history"]
     assert np.isfinite(history[0]["train_loss"])
     with pytest.raises(ValueError, match="distillation must be in"):
         finetune(FinetuneConfig(source="yeast-loc", data=str(tiny_yeast), out=str(tmp_path / "bad"),

@@ -7,7 +7,7 @@ import torch
 
 from training.evaluate import evaluate
 from training.evaluate import main as evaluate_main
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, read_checkpoint
 from training.train import TrainConfig, train
 from training.train import main as train_main
 from training.data.manifest import read_manifest
@@ -49,7 +49,7 @@ def test_files_are_written(trained):
 
 def test_checkpoint_loads_weights_only(trained):
     out, best = trained
-    ckpt = torch.load(best, weights_only=True)
+    ckpt = read_checkpoint(best)
     assert ckpt["format"] == "milcnn-checkpoint/1"
     model, _ = load_checkpoint(best)
     assert model.config.classes[0] == "ER"
@@ -66,8 +66,8 @@ def test_resume_continues_exactly(tiny_yeast, tmp_path, trained):
     train(cfg, resume=str(tmp_path / "last.pt"), progress=False)
     epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert epochs == list(range(1, cfg.epochs + 1))
-    whole = torch.load(out / "last.pt", weights_only=True)["model"]
-    resumed = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    whole = read_checkpoint(out / "last.pt")["model"]
+    resumed = read_checkpoint(tmp_path / "last.pt")["model"]
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
@@ -77,9 +77,9 @@ def test_init_starts_from_trained_weights(tiny_yeast, tmp_path, trained):
     out, best = trained
     cfg = tiny_config(tiny_yeast, tmp_path, epochs=2, lr=0.0, weight_decay=0.0, init=str(best), keep_epochs=True)
     train(cfg, progress=False)
-    start = torch.load(best, weights_only=True)["model"]
+    start = read_checkpoint(best)["model"]
     for epoch in ("001.pt", "002.pt"):  # learning rate 0: every kept epoch holds exactly the starting weights
-        kept = torch.load(tmp_path / "epochs" / epoch, weights_only=True)
+        kept = read_checkpoint(tmp_path / "epochs" / epoch)
         assert kept["epoch"] == int(epoch[:3]) - 1
         for key, value in start.items():
             if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):  # batch norm still counts

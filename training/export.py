@@ -40,6 +40,7 @@ from milcnn.model.checksums import sha256_of
 from milcnn.model.config import read_config, write_config
 from milcnn.errors import HubTokenError
 from milcnn.io.images import write_tiff
+from training.checkpoint import read_checkpoint
 from training.data.manifest import load_image, read_manifest
 from training.model import MILCNN, receptive_field
 
@@ -117,7 +118,7 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
     if training_data is None and "finetune_config" in ckpt:  # say which images a fine-tuned model saw
         training_data = finetuned_training_data(ckpt["finetune_config"])
     last = Path(checkpoint).with_name("last.pt")  # best.pt's history stops at the best epoch
-    history = torch.load(last, weights_only=True)["history"] if last.is_file() else ckpt["history"]
+    history = read_checkpoint(last)["history"] if last.is_file() else ckpt["history"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -234,7 +235,7 @@ def _training_record(ckpt: dict, history: list[dict]) -> dict:
         record["finetune_config"] = fc
         source_last = Path(fc["source"]).with_name("last.pt")
         if Path(fc["source"]).suffix == ".pt" and source_last.is_file():
-            source_history = torch.load(source_last, weights_only=True).get("history", [])
+            source_history = read_checkpoint(source_last).get("history", [])
             record["source_training"] = {"epochs_run": len(source_history),
                                          "wall_seconds": round(sum(h["seconds"] for h in source_history), 1)}
     return record

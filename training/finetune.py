@@ -49,7 +49,7 @@ from milcnn.logs import log_to_stderr
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
-from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
 from training.train import evaluate_loss_accuracy, flag_type, train_step, warmup_cosine
 
 __all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "rehearsal_set", "simulator_of"]
@@ -326,8 +326,8 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     epochs = -(-cfg.steps // cfg.steps_per_epoch)
     start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("finetune_config") != asdict(cfg):
+        ckpt = read_checkpoint(resume)
+        if ckpt.get("finetune_config") != asdict(cfg):
             raise ValueError(f"{resume}: not a checkpoint of this fine-tuning run (same settings needed)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -36,6 +36,7 @@ import numpy as np
 
 from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
+from training.checkpoint import read_checkpoint
 from training.metrics import confusion_matrix
 from training.treatments import CONTROLS, compound_folds, read_treatments, treatment_metrics
 
@@ -125,7 +126,7 @@ def run_loco(manifests: list[Path], out: Path, cfg, *, scheme: str = "compound",
             fold_cfg = replace(cfg, data=str(fold_dir / "train.csv"), val=None, out=str(fold_dir / "run"))
             t0 = time.time()
             last = fold_dir / "run" / "last.pt"
-            if not last.is_file() or len(torch.load(last, weights_only=True)["history"]) < cfg.epochs:
+            if not last.is_file() or len(read_checkpoint(last)["history"]) < cfg.epochs:
                 train(fold_cfg, resume=str(last) if last.is_file() else None, progress=progress)
             model, _ = load_checkpoint(fold_dir / "run" / "best.pt")
             samples, _, _ = read_manifest(fold_dir / "test.csv", channels=model.config.channels,

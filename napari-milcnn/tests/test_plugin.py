@@ -107,6 +107,26 @@ def test_reader_opens_a_milzoo_output_folder(tmp_path, expected):
     assert mkw["metadata"]["milcnn"]["model"].startswith("yeast-loc ")
 
 
+
+def test_reader_opens_plate_outputs_whose_masks_are_not_named_by_the_image_stem(tmp_path, expected):
+    """A plate folder (plate1/A01/f1.tif, plate1/A02/f1.tif): the run names the masks A01__f1.tif, A02__f1.tif
+    (the stems clash); the reader finds every one through the run layout."""
+    from click.testing import CliRunner
+
+    from milcnn.cli import main
+
+    for well in ("A01", "A02"):
+        (tmp_path / "plate1" / well).mkdir(parents=True)
+        shutil.copy(SAMPLE, tmp_path / "plate1" / well / "f1.tif")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["predict", str(tmp_path / "plate1"), "-r", "--out", str(out)]).exit_code == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["A01__f1.tif", "A02__f1.tif"]
+    layers = _reader.get_reader(str(out))(str(out))
+    masks = [(data, kw) for data, kw, kind in layers if kind == "labels"]
+    assert [kw["name"] for _, kw in masks] == ["A01__f1 milcnn mask", "A02__f1 milcnn mask"]
+    for data, _ in masks:
+        np.testing.assert_array_equal(data, expected.mask)
+
 @pytest.mark.slow
 def test_a_real_viewer_under_xvfb(tmp_path):
     """The plugin docked in a real napari window on an X server (Xvfb), predicting the bundled sample; the

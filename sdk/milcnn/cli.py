@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from milcnn import constants
+from milcnn.errors import one_line
 from milcnn.logs import log_to_stderr
 
 def _load(model: str, device: str, precision: str = "auto", backend: str = "auto"):
@@ -25,7 +26,7 @@ def _load(model: str, device: str, precision: str = "auto", backend: str = "auto
     try:
         return Classifier.from_hub(name, revision=revision, device=device, precision=precision, backend=backend)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported as one line
-        raise click.UsageError(_one_line(exc)) from None
+        raise click.UsageError(one_line(exc)) from None
 
 
 def _resolve(model: str, revision: str | None = None, **kwargs):
@@ -35,12 +36,7 @@ def _resolve(model: str, revision: str | None = None, **kwargs):
     try:
         return resolve(name, revision=revision or spec_revision, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise click.UsageError(_one_line(exc)) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().strip('"')
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise click.UsageError(one_line(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,7 +149,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
     try:
         clf.zoom_for(pixel_size=pixel_size, cell_diameter=cell_diameter)
     except ValueError as exc:
-        raise click.UsageError(_one_line(exc)) from None
+        raise click.UsageError(one_line(exc)) from None
     settings = PredictOptions(channel_axis=channel_axis, channel_index=index, tile_size=tile_size,
                               pixel_size=pixel_size, cell_diameter=cell_diameter, threshold=threshold)
     opts = BatchOptions(predict=settings, argmax=argmax, workers=workers, streams=streams, batch_size=batch_size,
@@ -181,7 +177,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
     except OutputFolderError as exc:
         _output_failed(exc)
     except ValueError as exc:  # nothing to do
-        raise click.UsageError(_one_line(exc)) from None
+        raise click.UsageError(one_line(exc)) from None
     except (RuntimeError, ImportError) as exc:  # the cluster (or its extra) is not usable
         _output_failed(exc)
     finally:
@@ -192,7 +188,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
 
 def _output_failed(exc: BaseException):
     """The output folder itself failed: one line, exit 2 (results written so far stay whole)."""
-    click.echo(f"milzoo: {_one_line(exc)}", err=True)
+    click.echo(f"milzoo: {one_line(exc)}", err=True)
     sys.exit(2)
 
 
@@ -226,7 +222,7 @@ def info(model: str) -> None:
     try:
         cfg = ModelInfo.from_file(folder / constants.CONFIG_FILE)
     except MilcnnError as exc:
-        raise click.UsageError(_one_line(exc)) from None
+        raise click.UsageError(one_line(exc)) from None
     m, data = cfg.metrics, cfg.training_data
     click.echo(f"{cfg.name} v{cfg.version}  ({folder})")
     if cfg.raw.get("summary"):
@@ -292,7 +288,7 @@ def download(model: str, revision: str | None, cache_dir: Path | None, force: bo
     try:  # a model that will not load is not worth caching silently
         Classifier.from_dir(origin.folder, device="cpu", sha256=origin.sha256)
     except Exception as exc:  # noqa: BLE001
-        raise click.UsageError(_one_line(exc)) from None
+        raise click.UsageError(one_line(exc)) from None
     where = {"bundled": "ships with milcnn-sdk, nothing to download", "hub": "downloaded or up to date",
              "cache": "from the cache (the Hub was not reachable)", "folder": "a local folder"}[origin.source]
     commit = f" commit {origin.commit[:12]}" if origin.commit else ""

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "one_line",
+    "error_line",
     "MilcnnError",
     "ImageReadError",
     "ModelNotFoundError",
@@ -20,6 +22,29 @@ __all__ = [
     "ProvenanceError",
     "NotLazy",
 ]
+
+
+def one_line(exc: BaseException | str, *, limit: int | None = None) -> str:
+    """An error (or a text) as one line: its whitespace runs collapsed, a ``KeyError``'s quotes dropped, at most
+    ``limit`` characters; the exception's type name where it says nothing. The one place messages are folded."""
+    text = exc if isinstance(exc, str) else str(exc)
+    if isinstance(exc, KeyError) and not isinstance(exc, MilcnnError):
+        text = text.strip("'\"")
+    text = " ".join(text.split())
+    if not text and not isinstance(exc, str):
+        text = type(exc).__name__
+    return text if limit is None else text[:limit]
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an image's failure (its path is said beside it): milcnn's own errors as they are
+    worded (an ``ImageReadError`` by its reason), ``ValueError`` and ``OSError`` likewise, anything else
+    with its type, e.g. ``DecompressionBombError: Image size ...``."""
+    if isinstance(exc, ImageReadError):
+        return one_line(exc.reason) or type(exc).__name__
+    if isinstance(exc, (MilcnnError, ValueError, OSError)):
+        return one_line(exc)
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 class MilcnnError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 from milcnn import constants
 from milcnn.model.checksums import verify_sha256
 from milcnn.errors import (ChecksumMismatchError, HubOfflineError, ModelConfigError, ModelNotFoundError,
-                           RepositoryNotFoundError, RevisionNotFoundError)
+                           RepositoryNotFoundError, RevisionNotFoundError, one_line)
 from milcnn.model.registry import lookup, zoo
 
 __all__ = ["ResolvedModel", "resolve", "download", "parse_model_spec", "model_sha256", "is_repo_id"]
@@ -234,7 +234,7 @@ def _remote_commit(repo_id: str, revision: str | None, endpoint: str) -> str:
             raise _Unreachable(f"HTTP {_status(exc)}") from None
         raise
     except _network_errors() as exc:
-        raise _Unreachable(_first_line(exc) or type(exc).__name__) from None
+        raise _Unreachable(one_line(exc, limit=300)) from None
 
 
 def _fetch(repo_id: str, *, revision: str | None, cache_dir: str | None, local_files_only: bool = False,
@@ -270,6 +270,3 @@ def _status(exc: BaseException) -> int | None:
     return getattr(getattr(exc, "response", None), "status_code", None)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""

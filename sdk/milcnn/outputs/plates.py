@@ -13,10 +13,10 @@ import numpy as np
 from milcnn.process.decision import UNASSIGNED, decide
 from milcnn.io.images import write_atomic
 from milcnn.process.quality import QC_OK
-from milcnn.errors import PlateMapError
+from milcnn.errors import OutputFolderError, PlateMapError
 from milcnn.io.locations import parse_well
 
-__all__ = ["well_table", "write_wells", "write_plate_png", "write_treatments", "read_plate_map"]
+__all__ = ["well_table", "write_wells", "write_plate_png", "write_treatments", "read_plate_map", "write_plate_outputs"]
 
 # ---------------------------------------------------------------------------------------- wells
 
@@ -230,3 +230,30 @@ def write_plate_png(path: Path, table: list[dict], classes: tuple[str, ...]) -> 
     with write_atomic(path, "wb") as fh:
         fh.write(encode_png(np.ascontiguousarray(stacked)))
     return plates
+
+
+def write_plate_outputs(out: Path, rows: list[dict], classes: tuple[str, ...], *, threshold: float, plate_map=None,
+                        multi_label: bool = False) -> list[str]:
+    """``wells.csv`` and ``plate.png`` (and ``treatments.csv`` with a plate map) from a finished run's
+    ``predictions.csv`` ``rows``, when its images have wells; the lines to tell the user.
+
+    Raises:
+        OutputFolderError: a file cannot be written.
+    """
+    from milcnn.outputs.layout import RunLayout
+
+    layout = RunLayout(out)
+    table = well_table(rows, classes, threshold=threshold, multi_label=multi_label)
+    if not table:
+        return []
+    try:
+        write_wells(layout.wells, table, classes, multi_label=multi_label)
+        plates = write_plate_png(layout.plate_png, table, classes)
+        lines = [f"milzoo: {len(table)} wells of {len(plates)} plate(s): {layout.wells}, {layout.plate_png}"]
+        if plate_map is not None:
+            n = write_treatments(layout.treatments, table, plate_map, classes, threshold=threshold,
+                                 multi_label=multi_label)
+            lines.append(f"milzoo: {n} treatments: {layout.treatments}")
+    except OSError as exc:
+        raise OutputFolderError(f"{out}: cannot write the plate results ({exc.strerror or exc})") from None
+    return lines

@@ -11,48 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from collections import Counter
 from pathlib import Path
 
 from milcnn.errors import MilcnnError, OutputFolderError, ResultsFolderError
+from milcnn.outputs.layout import ERRORS, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES, PREDICTIONS
 
-__all__ = ["ResultsFolder", "output_stems", "PREDICTIONS", "ERRORS"]
+__all__ = ["ResultsFolder"]
 
-PREDICTIONS = "predictions.csv"
-ERRORS = "errors.csv"
-_OUTPUT_DIRS = ("masks", "overlays")
-
-
-def output_stems(paths: list[Path]) -> dict[Path, str]:
-    """The output file stem of each input, unique among ``paths``: its own stem; where several inputs
-    share a stem, its path relative to their common folder with ``__`` for the separators
-    (``plate1__A01``); where that still clashes (``a.tif`` and ``a.tiff`` in one folder), the file
-    name with its extension (``a.tif``, ``a.tiff``)."""
-    counts = Counter(p.stem for p in paths)
-    clashing = [p.absolute() for p in paths if counts[p.stem] > 1]
-    root = Path(*_common_parts([p.parent.parts for p in clashing])) if clashing else None
-    stems = {}
-    for p in paths:
-        if counts[p.stem] == 1:
-            stems[p] = p.stem
-        else:
-            relative = p.absolute().relative_to(root) if root is not None else p
-            stems[p] = "__".join((*relative.parent.parts, p.stem)) or p.stem
-    taken = Counter(stems.values())
-    for p in paths:
-        if taken[stems[p]] > 1:
-            stems[p] = stems[p][: len(stems[p]) - len(p.stem)] + p.name
-    return stems
-
-
-def _common_parts(parts: list[tuple[str, ...]]) -> tuple[str, ...]:
-    common = parts[0]
-    for other in parts[1:]:
-        n = 0
-        while n < min(len(common), len(other)) and common[n] == other[n]:
-            n += 1
-        common = common[:n]
-    return common
 
 
 class ResultsFolder:
@@ -93,9 +58,9 @@ class ResultsFolder:
                 raise ResultsFolderError(f"{self.out} already holds results; pass --resume to finish them or "
                                          "--overwrite to replace them")
             if overwrite:
-                for name in (PREDICTIONS, ERRORS, "run.json", "wells.csv", "plate.png", "treatments.csv"):
+                for name in OUTPUT_FILES:
                     (self.out / name).unlink(missing_ok=True)
-                for name in _OUTPUT_DIRS:
+                for name in OUTPUT_DIRS:
                     shutil.rmtree(self.out / name, ignore_errors=True)
             if resume:
                 self._remove_partial_files()
@@ -114,7 +79,7 @@ class ResultsFolder:
     def _remove_partial_files(self) -> None:
         """Delete the temporary files of a killed run (``.<name>.<random>.part``, see
         ``milcnn.io.images.write_atomic``): their images have no row, so they are predicted again."""
-        for name in _OUTPUT_DIRS:
+        for name in OUTPUT_DIRS:
             folder = self.out / name
             if folder.is_dir():
                 for stale in folder.glob(".*.part"):
@@ -122,7 +87,7 @@ class ResultsFolder:
 
     def has_results(self) -> bool:
         return (self.out / PREDICTIONS).exists() or (self.out / ERRORS).exists() or any(
-            (self.out / name).is_dir() and any((self.out / name).iterdir()) for name in _OUTPUT_DIRS)
+            (self.out / name).is_dir() and any((self.out / name).iterdir()) for name in OUTPUT_DIRS)
 
     @property
     def done(self) -> set[str]:
@@ -242,9 +207,6 @@ class ResultsFolder:
             raise ResultsFolderError(f"{path}: its columns {rows[0][:4]}... are not this model's {header[:4]}...; "
                                      "resume with the model that made it, or use --overwrite")
         return rows[1:]
-
-
-LOCK_FILE = ".milzoo.lock"
 
 
 def _lock_folder(out: Path):

@@ -7,13 +7,11 @@ A facade: loading is ``milcnn.predict.loading`` (the runtime from ``milcnn.runti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from milcnn import constants
-from milcnn.errors import ModelConfigError, SelfTestError
 from milcnn.io.readers import as_input
 from milcnn.model.config import ModelInfo
 from milcnn.predict.options import PredictOptions
@@ -212,26 +210,9 @@ class Classifier:
         chw, _ = self.prepare(image, channel_axis=channel_axis)
         return normalize(chw, self.info.normalization)
 
-    # ------------------------------------------------------------------ checks
-
     def self_test(self, *, tolerance: float = constants.SELF_TEST_TOLERANCE) -> dict:
-        """Run on the folder's ``sample_input.tif`` and compare with ``sample_output.json``.
+        """Run on the folder's ``sample_input.tif`` and compare with ``sample_output.json``
+        (``milcnn.predict.selftest``): ``{"max_abs_difference", "label"}``, or SelfTestError."""
+        from milcnn.predict.selftest import self_test
 
-        Returns:
-            ``{"max_abs_difference": float, "label": str}``.
-
-        Raises:
-            SelfTestError: the label differs or a probability differs by more than ``tolerance``.
-            ModelConfigError: the folder has no sample.
-        """
-        sample, expected_path = self.folder / constants.SAMPLE_INPUT_FILE, self.folder / constants.SAMPLE_OUTPUT_FILE
-        if not sample.is_file() or not expected_path.is_file():
-            raise ModelConfigError(f"{self.folder}: no {sample.name} and {expected_path.name} to self-test with")
-        expected = json.loads(expected_path.read_text())
-        got = self.predict(sample)
-        diff = max(abs(got.probabilities[c] - float(p)) for c, p in expected["probabilities"].items())
-        if got.label != expected["label"] or diff > tolerance:
-            raise SelfTestError(f"{self.name}: self-test failed on {sample.name}: label {got.label!r} "
-                                f"(expected {expected['label']!r}), max probability difference {diff:.2e} "
-                                f"(tolerance {tolerance:.0e})")
-        return {"max_abs_difference": diff, "label": got.label}
+        return self_test(self, tolerance=tolerance)

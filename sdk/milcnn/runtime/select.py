@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from milcnn.errors import ModelConfigError
+from milcnn.errors import ModelConfigError, one_line
 from milcnn.runtime.base import Runtime
 from milcnn.runtime.onnx import OnnxModel, gpu_usable
 from milcnn.runtime.openvino import OPENVINO_HINT, OpenVinoModel, openvino_available, openvino_core
@@ -104,7 +104,7 @@ def open_runtime(path: Path, precision: str, options: RuntimeOptions, *, name: s
         try:
             return OpenVinoModel(path, precision=precision, config=options.openvino_config)
         except RuntimeError as exc:  # e.g. an int8 file of an older release in QLinearConv form
-            text = " ".join(str(exc).split())[:300]
+            text = one_line(exc, limit=300)
             if options.backend == "openvino":
                 raise ModelConfigError(f"{path}: OpenVINO cannot run it: {text}") from None
             if precision == "bf16":
