@@ -15,6 +15,31 @@ def tiny_yeast(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clf():
+    """``yeast-loc`` on the CPU at fp32 (its default there), loaded once for the session: tests that change
+    it (monkeypatch aside) load their own."""
+    from milcnn import Classifier
+
+    return Classifier.from_hub("yeast-loc", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_yeast, tmp_path_factory):
+    """One tiny model trained for a few steps on ``tiny_yeast`` and exported as a zoo folder:
+    (its best.pt, the folder)."""
+    from training.export import export_folder
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("export_run")
+    cfg = TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), out=str(run), channels="gfp,rfp", epochs=1,
+                      steps_per_epoch=3, batch_size=4, crop=64, width=4, seed=1, threads=2)
+    best = train(cfg, progress=False)
+    out = export_folder(best, run / "zoo" / "tiny", name="tiny", version="0.0.1", eval_data=str(tiny_yeast),
+                        training_data={"simulated": True, "description": "22 tiny images"})
+    return best, out
+
+
+@pytest.fixture(scope="session")
 def realdata() -> Path:
     """The real microscopy images in ../shared/realdata (see its README)."""
     path = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -65,21 +90,41 @@ def hub(tmp_path_factory):
     server.stop()
 
 
-# ``-m "not slow"`` gives a quick run while editing; CI (.ci/run) runs every test.
+# Markers are explicit on each test (pyproject.toml lists them); these fixtures imply them, and collection
+# stops where a test uses one without its marker, so none is forgotten.
 SLOW_FIXTURES = {"hub", "trained", "exported", "real_labelled"}  # a server, a training run, the real sets
-SLOW_CALLS = ("subprocess.run(", "subprocess.Popen(", "train(", "train_main(", "finetune(", "loco.main(",
-              "learning_curve(", "simulate([")
+REALDATA_FIXTURES = {"realdata", "real_labelled"}
+#: set by .ci/run: a test that needs ../shared fails where the data is missing instead of being skipped
+REQUIRE_REALDATA = "MILCNN_REQUIRE_REALDATA"
+
+
+def _shared_data_missing() -> str | None:
+    from training.data.real import DEFAULT_REAL_DATA
+
+    for path in (DEFAULT_REAL_DATA, DEFAULT_REAL_DATA.parent / "realdata"):
+        if not path.is_dir():
+            return f"real images not found at {path} (this project's ../shared)"
+    return None
+
+
+def _openvino_missing() -> str | None:
+    from milcnn.runtime.openvino import OPENVINO_HINT, openvino_available
+
+    return None if openvino_available() else f"openvino is not installed ({OPENVINO_HINT})"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark as ``slow`` the tests that start a subprocess or a server, or train a model."""
-    import inspect
+    """Check the markers against the fixtures, then skip what this machine cannot run, each with its reason."""
+    forgot = [f"{item.nodeid}: uses {', '.join(sorted(fixtures & set(item.fixturenames)))} without @pytest.mark.{mark}"
+              for item in items for fixtures, mark in ((SLOW_FIXTURES, "slow"), (REALDATA_FIXTURES, "needs_realdata"))
+              if fixtures & set(getattr(item, "fixturenames", ())) and item.get_closest_marker(mark) is None]
+    if forgot:
+        raise pytest.UsageError("tests without their markers:\n" + "\n".join(forgot))
+    import os
 
+    reasons = {"needs_realdata": None if os.environ.get(REQUIRE_REALDATA) else _shared_data_missing(),
+               "needs_openvino": _openvino_missing()}
     for item in items:
-        fn = getattr(item, "function", None)
-        try:
-            source = inspect.getsource(fn) if fn is not None else ""
-        except (OSError, TypeError):
-            source = ""
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in SLOW_CALLS):
-            item.add_marker(pytest.mark.slow)
+        for mark, reason in reasons.items():
+            if reason and item.get_closest_marker(mark) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -17,11 +17,6 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 SAMPLE = ZOO / "yeast-loc" / "sample_input.tif"
 
 
-@pytest.fixture(scope="module")
-def fp32():
-    return Classifier.from_hub("yeast-loc", device="cpu", precision="fp32")
-
-
 def test_auto_picks_the_fastest_installed_backend_per_precision(monkeypatch):
     assert choose_backend("auto", "fp32") == "onnxruntime"
     assert choose_backend("auto", "int8") == "openvino" and choose_backend("auto", "bf16") == "openvino"
@@ -41,33 +36,37 @@ def test_backend_precision_mismatches_are_one_clear_line(backend, precision, say
         choose_backend(backend, precision)
 
 
-def test_openvino_fp32_equals_onnxruntime_fp32(fp32):
+@pytest.mark.needs_openvino
+def test_openvino_fp32_equals_onnxruntime_fp32(clf):
     image = tifffile.imread(SAMPLE)
     ov = Classifier.from_hub("yeast-loc", device="cpu", precision="fp32", backend="openvino")
     assert ov.model.backend == "openvino" and ov.precision == "fp32"
-    a, b = fp32.predict(image), ov.predict(image)
+    a, b = clf.predict(image), ov.predict(image)
     assert a.label == b.label and np.abs(a.maps - b.maps).max() < 1e-4
     assert (a.mask == b.mask).mean() > 0.999
 
 
+@pytest.mark.needs_openvino
 def test_bf16_on_a_cpu_without_bf16_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(backends, "bf16_supported", lambda: False)
     with pytest.raises(ValueError, match=r"^this CPU has no bf16 instructions \(AVX512-BF16 or AMX\); use fp32 or int8$"):
         Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
 
 
-def test_bf16_variant_keeps_labels_and_masks(fp32):
+@pytest.mark.needs_openvino
+def test_bf16_variant_keeps_labels_and_masks(clf):
     if not bf16_supported():
         pytest.skip("this CPU has no bf16 instructions")
     bf16 = Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
     assert bf16.model.backend == "openvino" and bf16.model.path.name == "model.onnx"
     assert bf16.info.variants["bf16"]["metrics"]["mask_iou_vs_fp32"] >= 0.95  # recorded by training.quantize
     image = tifffile.imread(SAMPLE)
-    a, b = fp32.predict(image), bf16.predict(image)
+    a, b = clf.predict(image), bf16.predict(image)
     assert a.label == b.label and max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 0.02
     assert (a.mask == b.mask).mean() > 0.98
 
 
+@pytest.mark.needs_openvino
 def test_openvino_streams_run_side_by_side_with_the_same_results():
     model = OpenVinoModel(ZOO / "yeast-loc" / "model.int8.onnx", precision="int8", threads=2)
     two = model.with_threads(1)
@@ -90,6 +89,7 @@ def test_openvino_streams_run_side_by_side_with_the_same_results():
     assert len(two._compiled) == backends.COMPILED_SHAPES  # one compiled model per shape, the oldest dropped
 
 
+@pytest.mark.needs_openvino
 @pytest.mark.parametrize("precision, dtype", [("int8", np.uint16), ("fp32", np.uint8), ("int8", np.int16)])
 def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(precision, dtype):
     from milcnn.process.preprocess import normalize
@@ -112,6 +112,7 @@ def test_openvino_normalising_in_its_graph_gives_what_numpy_normalising_gives(pr
     np.testing.assert_array_equal(pred.maps, again.maps)
 
 
+@pytest.mark.needs_openvino
 def test_a_batch_of_mixed_pixel_types_runs_each_image_as_alone():
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
     clf.results.scale_checks_left = 0
@@ -123,6 +124,7 @@ def test_a_batch_of_mixed_pixel_types_runs_each_image_as_alone():
         assert pred.label == alone.label and np.array_equal(pred.mask, alone.mask)
 
 
+@pytest.mark.needs_openvino
 def test_images_openvino_cannot_take_as_they_are_are_normalised_first():
     clf = Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
     clf.results.scale_checks_left = 0
@@ -135,6 +137,7 @@ def test_images_openvino_cannot_take_as_they_are_are_normalised_first():
         assert not bf16.model.normalizes_in_graph and bf16.prepare_input(sample).normalized is not None
 
 
+@pytest.mark.needs_openvino
 def test_openvino_that_cannot_load_a_file_falls_back_or_says_so(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("Conversion is failed for: QLinearConv-18")
@@ -146,6 +149,7 @@ def test_openvino_that_cannot_load_a_file_falls_back_or_says_so(monkeypatch, cap
         Classifier.from_hub("yeast-loc", device="cpu", precision="int8", backend="openvino")
 
 
+@pytest.mark.needs_openvino
 @pytest.mark.slow
 def test_qlinearconv_rewritten_as_qdq_gives_the_same_outputs_and_loads_in_openvino(tmp_path):
     """quantize_static's QLinearConv form, rewritten as QDQ: onnxruntime's outputs are bit for bit the same,

@@ -119,6 +119,7 @@ def test_leave_one_compound_out_never_splits_a_compound():
         assert sorted([*train, *test]) == list(range(len(compounds)))
 
 
+@pytest.mark.slow
 def test_retrain_script_runs_on_the_published_layout(bbbc021, tmp_path):
     """zoo/retrain_bbbc021.sh, the one command behind the model card's Retrain section, end to end
     on the fixture (a tiny budget); run twice, the second continues from the finished checkpoint."""

@@ -2,6 +2,7 @@ import csv
 import shutil
 
 import numpy as np
+import pytest
 import tifffile
 from click.testing import CliRunner
 from PIL import Image
@@ -114,6 +115,7 @@ def test_subfolders_are_walked_with_recursive_and_counted_without(tmp_path):
     assert sorted(p.name for p in (tmp_path / "all" / "masks").iterdir()) == ["A01__f1.tif", "A02__f1.tif", "top.tif"]
 
 
+@pytest.mark.slow
 def test_progress_lines_in_a_log_and_repeated_messages_counted(tmp_path, monkeypatch):
     """Not on a terminal: a progress line every PROGRESS_SECONDS (0 here); a message repeated for many
     files is shown three times, then counted in the summary."""

@@ -42,6 +42,7 @@ def _cfg(tiny_yeast, out, unlabelled, **kw):
     return TrainConfig(**settings)
 
 
+@pytest.mark.slow
 def test_training_with_a_domain_head_resumes_exactly_and_exports_without_it(tiny_yeast, unlabelled, tmp_path):
     from training.export import export_folder
 
@@ -96,6 +97,7 @@ def test_class_weighting_follows_the_predicted_mix_of_the_unlabelled_images():
         DomainAdversary(8, images, crop=64, batch=1, weight=1.0, seed=0, class_weighting=True)
 
 
+@pytest.mark.slow
 def test_bad_unlabelled_data_is_named(tiny_yeast, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_unlabelled(tmp_path / "nowhere", ("gfp", "rfp"), 3, NormalizationConfig())
@@ -112,6 +114,8 @@ def test_bad_unlabelled_data_is_named(tiny_yeast, tmp_path):
               progress=False)
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_unlabelled_mosaics_carry_no_labels(real_labelled, tmp_path):
     from training.domain import main
 
@@ -122,6 +126,8 @@ def test_unlabelled_mosaics_carry_no_labels(real_labelled, tmp_path):
     assert tifffile.imread(files[0]).shape[0] == 2
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_pseudo_labels_are_the_models_whole_field_calls_not_the_sets_labels(real_labelled, tmp_path):
     import csv
 
@@ -148,6 +154,8 @@ def test_pseudo_labels_are_the_models_whole_field_calls_not_the_sets_labels(real
     assert tifffile.imread(tmp_path / "a" / "00000.tif").shape == (3, 2 * field.cells.shape[2], 2 * field.cells.shape[3])
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_pseudo_labels_name_a_bad_model(real_labelled, tmp_path, capsys):
     from training.domain import main
 

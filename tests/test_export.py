@@ -13,18 +13,9 @@ from training.data.dataset import ImageSet
 from training.data.manifest import read_manifest
 from training.export import ExportError, check_onnx, export_folder
 from training.checkpoint import load_checkpoint
-from training.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_yeast, tmp_path_factory):
-    run = tmp_path_factory.mktemp("export_run")
-    cfg = TrainConfig(data=str(tiny_yeast), val=str(tiny_yeast), out=str(run), channels="gfp,rfp", epochs=1,
-                      steps_per_epoch=3, batch_size=4, crop=64, width=4, seed=1, threads=2)
-    best = train(cfg, progress=False)
-    out = export_folder(best, run / "zoo" / "tiny", name="tiny", version="0.0.1", eval_data=str(tiny_yeast),
-                        training_data={"simulated": True, "description": "22 tiny images"})
-    return best, out
+pytestmark = pytest.mark.slow  # every test here trains, exports or starts a process
 
 
 def test_folder_is_complete_and_self_contained(exported):
@@ -73,6 +64,7 @@ def test_export_refuses_a_graph_that_differs(exported, tmp_path):
         check_onnx(model, out / "model.onnx")
 
 
+@pytest.mark.needs_realdata
 def test_sdk_and_training_normalise_a_real_image_identically(exported, realdata, tmp_path):
     _, out = exported
     field = np.stack([tifffile.imread(realdata / f"AS_09125_050116030001_D03f00d{i}.tif") for i in (0, 2)])

@@ -49,6 +49,7 @@ def notices(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("milcnn: ")]
 
 
+@pytest.mark.slow
 def test_download_and_predict_matches_the_local_folder(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
     rc, out, err = load_in_process(env, "milcnn/yeast-loc", image=SAMPLE, revision=PINNED)
@@ -62,6 +63,7 @@ def test_download_and_predict_matches_the_local_folder(hub, tmp_path):
     assert notices(err) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("revision, channels", [(PINNED, ["gfp", "rfp"]), (OTHER, ["gfp"]), (None, ["gfp"]),
                                                 (f"commit:{PINNED}", ["gfp", "rfp"]), (f"commit:{OTHER}", ["gfp"])])
 def test_pinned_tags_and_commits(hub, tmp_path, revision, channels):
@@ -73,6 +75,7 @@ def test_pinned_tags_and_commits(hub, tmp_path, revision, channels):
     assert out["commit"] == hub.commits[PINNED if len(channels) == 2 else OTHER]
 
 
+@pytest.mark.slow
 def test_cache_dir_argument(hub, tmp_path):
     rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision=PINNED,
                                    cache_dir=str(tmp_path / "elsewhere"))
@@ -89,12 +92,14 @@ def test_zoo_name_uses_the_bundled_copy_without_network(tmp_path):
     assert notices(err) == [] and not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_zoo_name_at_another_revision_downloads_its_repo(hub, tmp_path):
     rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "yeast-loc", revision=OTHER)
     assert rc == 0, err
     assert out["source"] == "hub" and out["repo_id"] == "milcnn/yeast-loc" and out["channels"] == ["gfp"]
 
 
+@pytest.mark.slow
 def test_unknown_repo(hub, tmp_path):
     proc = milzoo(sdk_env(hub.endpoint, tmp_path / "hf"), "download", "milcnn/no-such-model")
     assert proc.returncode == 2
@@ -102,17 +107,20 @@ def test_unknown_repo(hub, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_revision(hub, tmp_path):
     proc = milzoo(sdk_env(hub.endpoint, tmp_path / "hf"), "download", "milcnn/yeast-loc@v9.9.9")
     assert proc.returncode == 2
     assert "revision 'v9.9.9' not found in Hub repository 'milcnn/yeast-loc'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_repo_without_a_model(hub, tmp_path):
     proc = milzoo(sdk_env(hub.endpoint, tmp_path / "hf"), "download", "milcnn/not-a-model")
     assert proc.returncode == 2 and "milcnn/not-a-model@main has no config.json: not a milcnn model" in proc.stderr
 
 
+@pytest.mark.slow
 def test_tampered_model_raises_and_deletes_nothing(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
     assert milzoo(env, "download", f"milcnn/yeast-loc@{PINNED}").returncode == 0
@@ -130,6 +138,7 @@ def test_tampered_model_raises_and_deletes_nothing(hub, tmp_path):
     assert proc.returncode != 0 and "ChecksumMismatchError" in proc.stderr
 
 
+@pytest.mark.slow
 def test_stopped_server_uses_the_cache_with_a_notice(hub, tmp_path):
     server = OlahServer(hub.mirror, tmp_path / "olah").start()
     env = sdk_env(server.endpoint, tmp_path / "hf")
@@ -145,6 +154,7 @@ def test_stopped_server_uses_the_cache_with_a_notice(hub, tmp_path):
     assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_stopped_server_without_a_cache(hub, tmp_path):
     server = OlahServer(hub.mirror, tmp_path / "olah").start()
     server.stop()
@@ -155,6 +165,7 @@ def test_stopped_server_without_a_cache(hub, tmp_path):
     assert "milzoo download milcnn/yeast-loc" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_hf_hub_offline(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
     offline = {**env, "HF_HUB_OFFLINE": "1"}
@@ -169,6 +180,7 @@ def test_hf_hub_offline(hub, tmp_path):
     assert rc == 0 and notices(err) == []  # asked for explicitly: no notice
 
 
+@pytest.mark.slow
 def test_predict_with_a_hub_model_equals_the_zoo_name(hub, tmp_path):
     env = sdk_env(hub.endpoint, tmp_path / "hf")
     for model, out in ((f"milcnn/yeast-loc@{PINNED}", "hub"), ("yeast-loc", "zoo")):
@@ -192,6 +204,7 @@ def test_model_names_with_path_tricks_are_refused(tmp_path, name):
     assert proc.returncode == 2 and f"unknown model {name!r}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_hub_download_brings_the_int8_and_pooling_files(hub, tmp_path):
     rc, out, err = load_in_process(sdk_env(hub.endpoint, tmp_path / "hf"), "milcnn/yeast-loc", revision=PINNED,
                                    precision="int8")

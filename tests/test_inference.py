@@ -20,11 +20,6 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 
 @pytest.fixture(scope="module")
-def clf():
-    return Classifier.from_hub("yeast-loc", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def field():
     """A 600 x 700 two-channel field: the bundled 512 px sample, tiled."""
     sample = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")

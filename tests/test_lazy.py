@@ -55,6 +55,7 @@ def test_over_the_budget_a_tiff_opens_lazily_or_says_why_not(tmp_path):
         open_image(floats, max_values=1000)
 
 
+@pytest.mark.slow
 def test_milzoo_predicts_an_image_read_a_tile_at_a_time_as_one_read_whole(tmp_path):
     """The same tiled TIFF, once under the budget (read whole) and once over it (read lazily): the same
     predictions.csv, the same mask, and an overlay drawn from every f-th pixel."""

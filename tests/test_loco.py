@@ -39,6 +39,7 @@ def test_fold_scheme_errors():
         list(compound_folds(["a"], ["X"], scheme="random"))
 
 
+@pytest.mark.slow
 def test_loco_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     assert simulate(["mcf7", "--n", "40", "--seed", "4", "--out", str(data), "--size", "96", "--workers", "1"]) == 0
@@ -76,6 +77,7 @@ def test_loco_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert json.loads((out / "loco.json").read_text())["n_images"] == len(treated)
 
 
+@pytest.mark.slow
 def test_loco_refuses_a_manifest_without_compounds(tmp_path, capsys):
     assert simulate(["yeast", "--n", "4", "--seed", "1", "--out", str(tmp_path), "--size", "96",
                      "--workers", "1"]) == 0
@@ -84,6 +86,7 @@ def test_loco_refuses_a_manifest_without_compounds(tmp_path, capsys):
     assert "needs 'compound' and 'concentration' columns" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_leave_one_compound_out_end_to_end(tmp_path):
     """Ljosa et al.'s protocol (--scheme compound): one fold per compound, each predicted once."""
     data = tmp_path / "data"

@@ -25,11 +25,6 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 
 @pytest.fixture(scope="module")
-def clf():
-    return Classifier.from_hub("yeast-loc", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Nine images of three sizes, in an order that mixes them, and two broken files among them."""
     root = tmp_path_factory.mktemp("images")
@@ -60,6 +55,7 @@ def test_streams_give_the_same_results_in_input_order(clf, folder, tmp_path, str
     _assert_as_predicted_alone(clf, got, tmp_path)
 
 
+@pytest.mark.needs_openvino
 def test_openvino_streams_normalising_in_their_graph_give_the_same_results(folder, tmp_path):
     """Two OpenVINO streams, three image sizes (each compiled with the normalisation in its graph), in
     batches: each image as ``predict`` alone gives it."""

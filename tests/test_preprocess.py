@@ -45,6 +45,7 @@ def test_normalize_constant_and_nan_images():
     assert np.isfinite(out).all()
 
 
+@pytest.mark.needs_realdata
 def test_normalize_a_real_16bit_image(realdata):
     img = tifffile.imread(realdata / "W00001_P00001_cherry.tif")  # 1024 x 1344 uint16 with camera offset
     out = normalize(img[None])

@@ -20,6 +20,8 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 # ------------------------------------------------------------------------------------ the real sets
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_every_set_loads_with_its_readme_counts(real_labelled):
     counts = {"yeast-chong": (20, 1642), "bbbc021-cells": (20, 2910)}
     for name, (n_fields, n_cells) in counts.items():
@@ -51,6 +53,7 @@ def test_models_are_matched_to_the_sets_they_can_read():
         "bbbc021-cells"]
 
 
+@pytest.mark.slow
 def test_missing_real_data_names_the_path(tmp_path):
     with pytest.raises(RealDataMissingError, match=str(tmp_path / "yeast-chong")):
         load_fields("yeast-chong", tmp_path)
@@ -73,6 +76,8 @@ def test_score_units_counts_accuracy_and_balance():
     assert s["groups"]["A"]["called"] == {"x": 3, "y": 1}
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 @pytest.mark.parametrize("model,set_name", [("yeast-loc", "yeast-chong"), ("mcf7-moa", "bbbc021-cells")])
 def test_scorer_on_two_fields_per_set(real_labelled, model, set_name):
     from benchmarks.realdata_scoring import score_model
@@ -115,6 +120,8 @@ def test_field_mosaic_tiles_every_cell_in_order():
     assert field_mosaic(cells[:1]).shape == (2, 3, 4)  # one cell: itself
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_validation_halves_are_the_issue_s(real_labelled):
     """Settings of models trained without real labels are chosen on AAC1, AAP1, AAH1 and on the first
     4 DMSO and 6 protein-synthesis fields; everything else is the test half."""
@@ -130,6 +137,8 @@ def test_validation_halves_are_the_issue_s(real_labelled):
     assert halves[("DMSO", "validation")] == [1, 2, 3, 4]
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_benchmark_command_writes_json_and_markdown(real_labelled, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "yeast-chong").symlink_to(real_labelled / "yeast-chong")  # one set only: the other skipped
@@ -217,6 +226,7 @@ def test_tiled_rescaled_matches_whole(monkeypatch):
     assert tiled.mask.shape == whole.mask.shape == big.shape[1:]
 
 
+@pytest.mark.slow
 def test_cli_rescales_and_refuses_bad_scale(tmp_path):
     image = _enlarged(tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif"), 2)
     tifffile.imwrite(tmp_path / "big.tif", image)
@@ -233,6 +243,7 @@ def test_cli_rescales_and_refuses_bad_scale(tmp_path):
     assert "0.17 um per pixel" in info.stdout and f"{cell_diameter:g} px" in info.stdout
 
 
+@pytest.mark.slow
 def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     from milcnn.model.config import ModelInfo
     from training.export import export_folder
@@ -257,6 +268,7 @@ def test_scale_round_trips_through_training_and_export(tiny_yeast, tmp_path):
     assert ModelInfo.from_file(out2 / "config.json").pixel_size == 0.3
 
 
+@pytest.mark.slow
 def test_input_cell_diameter_is_the_default_zoom_and_round_trips(tiny_yeast, tmp_path):
     """A model that records the cell size of the screen it is for resizes unscaled images by default (as if
     that cell_diameter were passed; an explicit scale wins); its sample input is drawn at that scale and
@@ -311,6 +323,8 @@ def test_zoo_models_rebuild_from_onnx(name):
     assert np.abs(out.class_maps.numpy() - maps).max() < 1e-4
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, tmp_path):
     from benchmarks.realdata_curve import write_manifest
     from training.data.dataset import ImageSet
@@ -346,6 +360,7 @@ def test_finetune_on_two_real_fields_lowers_the_loss_and_exports(real_labelled, 
     assert pred.label in clf.classes and pred.mask.shape == rows[0][0].shape[1:]
 
 
+@pytest.mark.slow
 def test_finetune_resumes_and_refuses_unknown_labels(tmp_path, tiny_yeast):
     from training.finetune import FinetuneConfig, finetune
 
@@ -382,6 +397,7 @@ def test_distillation_holds_only_rehearsal_crops_to_the_starting_model():
     assert _distillation_loss(None, x, rehearsed, 2.0) is None
 
 
+@pytest.mark.slow
 def test_finetune_with_distillation_runs_and_checks_its_weight(tmp_path, tiny_yeast):
     from training.finetune import FinetuneConfig, finetune
 
@@ -464,6 +480,8 @@ def test_cell_mosaic_tiles_come_from_the_images_objects():
             CellMosaic(**bad)
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.realdata", "--learning-curve", "--quick",
                            "--only", "yeast-B-1", "--only", "mcf7-validation-half", "--out", str(tmp_path),
@@ -484,6 +502,8 @@ def test_learning_curve_command_scores_only_unseen_fields(real_labelled, tmp_pat
     assert f"| yeast (yeast-loc {version}) | B | 1 |" in (tmp_path / "realdata.md").read_text()
 
 
+@pytest.mark.needs_realdata
+@pytest.mark.slow
 def test_real_yeast_scale_notice(real_labelled, caplog):
     """yeast-loc 2.0 was trained across cell sizes (its own images read within 1.8x), so the real yeast, about
     42 px across, is inside and gets no notice; the same cells enlarged 2x do, with a suggestion near 84 px."""

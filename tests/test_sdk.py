@@ -15,6 +15,7 @@ from milcnn.model.registry import lookup, zoo
 ZOO = sorted(zoo())
 
 
+@pytest.mark.slow
 def test_the_sdk_never_imports_torch():
     code = ("import sys, milcnn, milcnn.cli, milcnn.model.hub, milcnn.outputs.overlay; from milcnn import Classifier; "
             "c = Classifier.from_hub('yeast-loc'); c.predict(c.folder / 'sample_input.tif'); "
@@ -60,11 +61,6 @@ def test_tampered_model_raises_and_deletes_nothing(tmp_path):
     with pytest.raises(ChecksumMismatchError, match="does not match the pinned"):
         Classifier.from_dir(copy, sha256=entry.sha256)
     assert (copy / "model.onnx").read_bytes() == bytes(data)
-
-
-@pytest.fixture(scope="module")
-def clf():
-    return Classifier.from_hub("yeast-loc")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +118,7 @@ def test_small_images_are_padded_and_pooled_over_their_own_instances(clf, sample
     assert np.abs(padded_probs[0] - pooled[0]).max() > 1e-3
 
 
+@pytest.mark.needs_realdata
 def test_real_images_give_finite_sane_output(clf, realdata):
     field = np.stack([tifffile.imread(realdata / "W00001_P00001_cherry.tif")] * 2)  # 1024 x 1344 uint16
     pred = clf.predict(field)
@@ -230,6 +227,7 @@ def test_an_old_format_config_is_migrated_in_one_place(tmp_path):
     assert json.loads((folder / "config.json").read_text()) == written  # nothing written
 
 
+@pytest.mark.slow
 def test_library_messages_go_to_the_milcnn_logger_and_are_silent_by_default(tmp_path):
     """A script that uses the SDK prints nothing of its own on stderr unless it asks (log_to_stderr)."""
     big = tmp_path / "big.tif"

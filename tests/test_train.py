@@ -13,6 +13,9 @@ from training.train import main as train_main
 from training.data.manifest import read_manifest
 
 
+pytestmark = pytest.mark.slow  # every test here trains, exports or starts a process
+
+
 def tiny_config(manifest, out, **kw):
     settings = dict(data=str(manifest), val=str(manifest), out=str(out), channels="gfp,rfp", epochs=3,
                     steps_per_epoch=8, batch_size=8, crop=64, width=8, seed=3, threads=2)

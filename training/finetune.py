@@ -35,7 +35,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +49,10 @@ from milcnn.logs import log_to_stderr
 from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
 from training.model import MILCNN, ModelConfig
-from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
-from training.train import evaluate_loss_accuracy, flag_type, train_step, warmup_cosine
+from training.checkpoint import load_checkpoint, read_checkpoint
+from training.fit import FitState, fit, resume_state
+from training.options import add_options, settings_from_args
+from training.train import evaluate_loss_accuracy, train_step, warmup_cosine
 
 __all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "rehearsal_set", "simulator_of"]
 
@@ -60,26 +62,26 @@ log = logging.getLogger(__name__)
 @dataclass
 class FinetuneConfig:
     source: str = "yeast-loc"  # --from: zoo name, Hub repo, model folder or checkpoint
-    data: str = ""
-    out: str = "runs/finetune"
+    data: str = ""  # the manifest of the new screen's labelled images
+    out: str = "runs/finetune"  # the run folder
     val: str | None = None  # a validation manifest; without one the last step's model is best.pt
     pixel_size: float | None = None  # um per pixel of the manifest's images (resized to the model's)
     cell_diameter: float | None = None  # or their typical cell diameter in px
-    steps: int = 60
+    steps: int = 60  # optimizer steps in all
     steps_per_epoch: int = 20  # a checkpoint (and validation) every this many steps
-    batch_size: int = 16
-    crop: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    smoothness: float = 2.0
-    smoothness_sigma: float = 0.1
+    batch_size: int = 16  # crops per batch
+    crop: int = 128  # training crop size in px (a multiple of the model's output stride)
+    lr: float = 5e-4  # AdamW learning rate (warm-up, then cosine decay)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    smoothness: float = 2.0  # weight of the edge-aware smoothness of class maps
+    smoothness_sigma: float = 0.1  # the image-edge contrast at which the smoothness weight halves
     photometric: bool = True  # intensity augmentations (training.data.dataset.Photometric), on every crop
     rehearsal: int = 44  # simulated images of every class (0: none)
     rehearsal_data: str | None = None  # a manifest to rehearse instead of simulating
     rehearsal_fraction: float = 0.5  # share of each batch drawn from the rehearsal images
     distillation: float = 0.0  # weight of holding rehearsal crops' maps to the starting model's
-    seed: int = 0
-    threads: int = 0
+    seed: int = 0  # seed of the crops and sampling
+    threads: int = 0  # CPU threads (0: all cores)
 
 
 # ------------------------------------------------------------------------------ the starting model
@@ -324,64 +326,41 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
     warmup = min(20, cfg.steps // 10)
     scheduler = warmup_cosine(optimizer, cfg.steps, warmup)
     epochs = -(-cfg.steps // cfg.steps_per_epoch)
-    start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
+    state = FitState()
     if resume:
         ckpt = read_checkpoint(resume)
         if ckpt.get("finetune_config") != asdict(cfg):
             raise ValueError(f"{resume}: not a checkpoint of this fine-tuning run (same settings needed)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+        state = resume_state(ckpt, model, optimizer, scheduler)
     with write_atomic(out / "finetune_config.json", "w") as fh:
         json.dump({**asdict(cfg), "origin": {k: v for k, v in origin.items() if k != "train_config"}}, fh, indent=2)
-    with write_atomic(out / "metrics.jsonl", "w") as fh:
-        fh.writelines(json.dumps(record) + "\n" for record in history)
     log.info("%d images to fine-tune on (zoom %.3g), %d rehearsal images; %d steps from %s",
              len(user_set), zoom, len(datasets[1].images) if rehearsal else 0, cfg.steps, cfg.source)
 
-    for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
-        t_epoch = time.time()
+    def run_epoch(epoch: int) -> dict:
         n_steps = min(cfg.steps_per_epoch, cfg.steps - epoch * cfg.steps_per_epoch)
         for d in datasets:
             d.reseed(epoch)
         sampler = WeightedRandomSampler(weights_t, n_steps * cfg.batch_size, replacement=True,
                                         generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-        model.train()
         _freeze_batch_norm(model)
         running = 0.0
         for x, y, rehearsed in loader:
             running += train_step(model, x, y, optimizer, scheduler, smoothness=cfg.smoothness,
                                   smoothness_sigma=cfg.smoothness_sigma,
                                   extra=_distillation_loss(teacher, x, rehearsed, cfg.distillation))
-        model.eval()
-        record = {"epoch": epoch + 1, "step": epoch * cfg.steps_per_epoch + n_steps,
-                  "train_loss": running / n_steps, "lr": scheduler.get_last_lr()[0],
-                  "seconds": time.time() - t_epoch}
-        if val_set is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate_loss_accuracy(model, val_set, torch.device("cpu"))
-            improved = (record["val_accuracy"], -record["val_loss"]) > (best["accuracy"], -best["loss"])
-        else:
-            improved = True  # no validation: the latest model is the one to export
-        if improved:
-            best = {"accuracy": record.get("val_accuracy", -1.0), "loss": record.get("val_loss", float("inf")),
-                    "epoch": epoch + 1}
-        history.append(record)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        ckpt = {"format": CHECKPOINT_FORMAT, "model_config": model_cfg.to_dict(), "finetune_config": asdict(cfg),
-                "train_config": {**origin.get("train_config", {}), "finetune": asdict(cfg)},
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "best": best, "history": history}
-        save_checkpoint(ckpt, out / "last.pt")
-        if improved:
-            save_checkpoint(ckpt, out / "best.pt")
-        log.info("epoch %d/%d (step %d): train loss %.4f%s, %.0f s", epoch + 1, epochs, record["step"],
-                 record["train_loss"], f", val accuracy {record['val_accuracy']:.4f}" if val_set is not None else "",
-                 record["seconds"])
+        return {"step": epoch * cfg.steps_per_epoch + n_steps, "train_loss": running / n_steps}
+
+    def checkpoint() -> dict:
+        return {"model_config": model_cfg.to_dict(), "finetune_config": asdict(cfg),
+                "train_config": {**origin.get("train_config", {}), "finetune": asdict(cfg)}}
+
+    validate = None if val_set is None else (lambda: evaluate_loss_accuracy(model, val_set, torch.device("cpu")))
+    best = fit(model, optimizer, scheduler, out=out, epochs=epochs, state=state, run_epoch=run_epoch,
+               validate=validate, checkpoint=checkpoint, stop_after=stop_after)
     log.info("fine-tuning took %.0f s", time.time() - t_start)
-    return out / "best.pt"
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,18 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", required=True,
                         help="zoo name, Hub repo (org/name[@revision]), model folder or checkpoint (.pt)")
     parser.add_argument("--resume", help="continue from this run's last.pt")
-    defaults = FinetuneConfig()
-    for f in fields(FinetuneConfig):
-        if f.name == "source":
-            continue
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-            continue
-        parser.add_argument(flag, type=flag_type(f), default=default, required=f.name == "data", help=f"default {default!r}")
+    add_options(parser, FinetuneConfig, skip=("source",), required=("data",))
     args = parser.parse_args(argv)
     log_to_stderr()
-    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    cfg = FinetuneConfig(**settings_from_args(FinetuneConfig, args))
     try:
         best = finetune(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -37,33 +37,34 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from milcnn.process.preprocess import NormalizationConfig
-from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from training.checkpoint import read_checkpoint
 from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
 from training.data.manifest import read_manifest
+from training.fit import FitState, fit, resume_state
+from training.options import add_options, settings_from_args
 from training.model import MILCNN, ModelConfig
 from training.regularizers import edge_aware_smoothness
 from training.metrics import image_accuracy
 
-__all__ = ["TrainConfig", "train", "bag_loss", "warmup_cosine", "train_step",
-           "flag_type"]
+__all__ = ["TrainConfig", "train", "bag_loss", "warmup_cosine", "train_step"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    val: str | None = None
-    out: str = "runs/milcnn"
+    data: str = ""  # the training manifest (CSV: path or path_<channel>, label[, split, group])
+    val: str | None = None  # a validation manifest (else the manifest's split column, or a grouped hold-out of val_fraction)
+    out: str = "runs/milcnn"  # the run folder (checkpoints, metrics.jsonl, settings)
     channels: str | None = None  # comma-separated; needed with a 'path' column
-    pooling: str = "noisy_and"
+    pooling: str = "noisy_and"  # the MIL pooling: noisy_and (the paper's), max, mean, lse, gm or attention
     pooling_params: dict = field(default_factory=lambda: {"a": 10.0})
-    width: int = 24
-    output_stride: int = 4
-    context: int = 1
-    multi_label: bool = False
+    width: int = 24  # channels of the network's first convolutions (later layers are multiples)
+    output_stride: int = 4  # input pixels per class-map pixel (a power of two)
+    context: int = 1  # extra dilated context blocks before the class maps
+    multi_label: bool = False  # images may carry several labels (sigmoid outputs; set anyway when a manifest row has two)
     smoothness: float = 2.0  # weight of the edge-aware smoothness of class maps; 0: the paper's loss
-    smoothness_sigma: float = 0.1
+    smoothness_sigma: float = 0.1  # the image-edge contrast at which the smoothness weight halves
     photometric: bool = False  # intensity augmentations (training.data.dataset.Photometric) besides crops and flips
     scale_jitter: float = 0.0  # crops resized by a zoom in [1/(1+j), 1+j] (training.data.dataset.CropDataset)
     cell_mosaic: float = 0.0  # share of crops made of single-cell tiles (training.data.dataset.CellMosaic)
@@ -72,22 +73,22 @@ class TrainConfig:
     # (milcnn.process.preprocess.NormalizationConfig): lower keeps a few very bright cells or debris from
     # setting the contrast of the rest of an image
     norm_high: float = NormalizationConfig.high
-    epochs: int = 20
-    steps_per_epoch: int = 100
-    batch_size: int = 16
-    crop: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    seed: int = 0
+    epochs: int = 20  # passes of steps_per_epoch batches
+    steps_per_epoch: int = 100  # batches per epoch (then validation and a checkpoint)
+    batch_size: int = 16  # crops per batch
+    crop: int = 128  # training crop size in px (a multiple of output_stride)
+    lr: float = 2e-3  # AdamW learning rate (warm-up, then cosine decay)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    val_fraction: float = 0.1  # share of the image groups held out for validation when no val manifest or split is given
+    seed: int = 0  # seed of the weights, crops and sampling (the same seed gives the same run)
     pixel_size: float | None = None  # um per pixel of the training images, recorded in the model
     cell_diameter: float | None = None  # their typical cell diameter in px, recorded in the model
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # 0: all cores
     # domain-adversarial training on unlabelled images of the target screen (training.domain)
     domain_data: str | None = None  # a folder of unlabelled .tif images
     domain_cell_diameter: float | None = None  # their cell diameter in px (resized to cell_diameter)
-    domain_weight: float = 0.1
+    domain_weight: float = 0.1  # weight of the domain-adversarial loss
     domain_batch: int = 4  # unlabelled crops added to every batch
     domain_class_weighting: bool = False  # weight simulated crops by their class's predicted share among the unlabelled
     # start from the weights of this checkpoint (same model settings; a new optimizer and schedule): fine-tuning
@@ -136,11 +137,6 @@ def train_step(model: MILCNN, x: torch.Tensor, y: torch.Tensor, optimizer, sched
     optimizer.step()
     scheduler.step()
     return loss.item()
-
-
-def flag_type(f) -> type:
-    """The argparse type of a settings dataclass field (``int``, ``float``, optional ``float``, else ``str``)."""
-    return {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
 
 
 def _device(name: str) -> torch.device:
@@ -214,7 +210,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
     total_steps = cfg.epochs * cfg.steps_per_epoch
     warmup = min(100, total_steps // 10)
     scheduler = warmup_cosine(optimizer, total_steps, warmup)
-    start_epoch, best, history = 0, {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}, []
+    state = FitState()
     if resume or cfg.init:
         ckpt = read_checkpoint(resume or cfg.init)
         if ModelConfig.from_dict(ckpt["model_config"]).to_dict() != model_cfg.to_dict():
@@ -224,19 +220,13 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
         if domain is not None and "domain" in ckpt:  # merged: a run from before the class-mix estimate keeps the uniform one
             domain.load_state_dict({**domain.state_dict(), **ckpt["domain"]})
     if resume:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+        state = resume_state(ckpt, model, optimizer, scheduler)
     elif cfg.init:
         log.info("starting from the weights of %s (epoch %d of its run)", cfg.init, ckpt["epoch"] + 1)
 
     (out / "model_config.json").write_text(model_cfg.to_json())
     with write_atomic(out / "train_config.json", "w") as fh:
         json.dump(asdict(cfg), fh, indent=2)
-    # the checkpoint's history is the record: a run killed after logging an epoch but before
-    # saving it would otherwise log that epoch twice on resume (and a fresh run starts empty)
-    with write_atomic(out / "metrics.jsonl", "w") as fh:
-        fh.writelines(json.dumps(record) + "\n" for record in history)
     t0 = time.time()
     train_set = ImageSet(train_samples, channels, classes, model_cfg.normalization)
     val_set = ImageSet(val_samples, channels, classes, model_cfg.normalization)
@@ -248,15 +238,13 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
 
     from tqdm import tqdm
 
-    for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
-        t_epoch = time.time()
+    def run_epoch(epoch: int) -> dict:
         crops.reseed(epoch)
         if domain is not None:
             domain.reseed(epoch)
         sampler = WeightedRandomSampler(weights, cfg.steps_per_epoch * cfg.batch_size, replacement=True,
                                         generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-        model.train()
         running = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
@@ -264,31 +252,15 @@ def train(cfg: TrainConfig, *, resume: str | None = None, progress: bool = True,
                                   smoothness=cfg.smoothness, smoothness_sigma=cfg.smoothness_sigma, domain=domain,
                                   progress=(epoch * cfg.steps_per_epoch + step) / total_steps)
             bar.set_postfix(loss=f"{running / (step + 1):.4f}")
-        model.eval()
-        val_loss, val_acc = evaluate_loss_accuracy(model, val_set, device)
-        record = {"epoch": epoch + 1, "train_loss": running / cfg.steps_per_epoch, "val_loss": val_loss,
-                  "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t_epoch}
-        history.append(record)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        improved = (val_acc, -val_loss) > (best["accuracy"], -best["loss"])
-        if improved:
-            best = {"accuracy": val_acc, "loss": val_loss, "epoch": epoch + 1}
-        ckpt = {
-            "format": CHECKPOINT_FORMAT, "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best": best, "history": history,
-            **({"domain": domain.state_dict()} if domain is not None else {}),
-        }
-        save_checkpoint(ckpt, out / "last.pt")
-        if improved:
-            save_checkpoint(ckpt, out / "best.pt")
-        if cfg.keep_epochs:
-            (out / "epochs").mkdir(exist_ok=True)
-            save_checkpoint(ckpt, out / "epochs" / f"{epoch + 1:03d}.pt")
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f%s, %.0f s", epoch + 1,
-                 record["train_loss"], val_loss, val_acc, " (best)" if improved else "", record["seconds"])
-    return out / "best.pt"
+        return {"train_loss": running / cfg.steps_per_epoch}
+
+    def checkpoint() -> dict:
+        return {"model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
+                **({"domain": domain.state_dict()} if domain is not None else {})}
+
+    return fit(model, optimizer, scheduler, out=out, epochs=cfg.epochs, state=state, run_epoch=run_epoch,
+               validate=lambda: evaluate_loss_accuracy(model, val_set, device), checkpoint=checkpoint,
+               stop_after=stop_after, keep_epochs=cfg.keep_epochs)
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -340,22 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pooling-param", action="append", default=None, metavar="KEY=VALUE",
                         help="pooling option, e.g. a=10 (Noisy-AND), r=5 (lse, gm); repeatable")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name == "pooling_params":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None)
-        else:
-            parser.add_argument(flag, type=flag_type(f), default=None, help=f"default {getattr(defaults, f.name)!r}")
+    add_options(parser, TrainConfig, skip=("pooling_params",))
     args = parser.parse_args(argv)
     log_to_stderr()
-    settings = json.loads(args.config.read_text()) if args.config else {}
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            settings[f.name] = value
+    settings = settings_from_args(TrainConfig, args, json.loads(args.config.read_text()) if args.config else {})
     if args.pooling_param is not None:
         settings["pooling_params"] = _parse_params(args.pooling_param)
     elif "pooling" in settings and settings["pooling"] != "noisy_and" and "pooling_params" not in settings:

@@ -34,42 +34,31 @@ OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS)
 OUTPUT_DIRS = ("masks", "overlays")
 
 
+class _InFolder:
+    """A file of the output folder, as an attribute of ``RunLayout``: its path there."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, layout, owner=None):
+        return self if layout is None else layout.out / self.name
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one output folder."""
 
     out: Path
+    predictions = _InFolder(PREDICTIONS)
+    errors = _InFolder(ERRORS)
+    run = _InFolder(RUN_FILE)
+    wells = _InFolder(WELLS)
+    plate_png = _InFolder(PLATE_PNG)
+    treatments = _InFolder(TREATMENTS)
+    lock = _InFolder(LOCK_FILE)
 
     def __post_init__(self):
         object.__setattr__(self, "out", Path(self.out))
-
-    @property
-    def predictions(self) -> Path:
-        return self.out / PREDICTIONS
-
-    @property
-    def errors(self) -> Path:
-        return self.out / ERRORS
-
-    @property
-    def run(self) -> Path:
-        return self.out / RUN_FILE
-
-    @property
-    def wells(self) -> Path:
-        return self.out / WELLS
-
-    @property
-    def plate_png(self) -> Path:
-        return self.out / PLATE_PNG
-
-    @property
-    def treatments(self) -> Path:
-        return self.out / TREATMENTS
-
-    @property
-    def lock(self) -> Path:
-        return self.out / LOCK_FILE
 
     def mask(self, stem: str) -> Path:
         return self.out / "masks" / f"{stem}.tif"
