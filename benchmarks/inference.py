@@ -83,7 +83,7 @@ def torch_model():
     from training.model import MILCNN, ModelConfig
 
     info = ModelInfo.from_file(ZOO / "config.json")
-    arch = info.raw["architecture"]
+    arch = info.architecture
     model = MILCNN(ModelConfig(channels=info.channels, classes=info.classes, width=arch["width"],
                                output_stride=info.output_stride, context=arch["context"],
                                pooling=info.pooling["name"], pooling_params=info.pooling.get("params", {})))
@@ -412,7 +412,9 @@ def measure(reps: int) -> dict:
     results["tiling"] = tiling_check()
     print("pipeline ...", file=sys.stderr)
     results["pipeline"] = {**pipeline_check(), "stages_cpu_ms": pipeline_stage_costs()}
-    results["int8_accuracy"] = json.loads((ZOO / "config.json").read_text())["variants"]["int8"]["metrics"]
+    from milcnn.model.config import ModelInfo
+
+    results["int8_accuracy"] = ModelInfo.from_file(ZOO / "config.json").variants["int8"].metrics
     return results
 
 

@@ -321,7 +321,7 @@ def simulated_accuracy(*, precisions=None) -> dict:
     out = {}
     for name in sorted(zoo()):
         info = ModelInfo.from_file(lookup(name).bundled_dir / "config.json")
-        first = next(iter(info.variants.values()))["metrics"]
+        first = next(iter(info.variants.values())).metrics
         test_set = first["test_set"]
         if (ROOT / test_set).is_file():
             rows, reference = {}, None
@@ -336,9 +336,9 @@ def simulated_accuracy(*, precisions=None) -> dict:
             continue
         rows = {"fp32 (onnxruntime)": {"accuracy": first["fp32_accuracy_sdk"], "mask_iou_vs_fp32": 1.0}}
         for precision, variant in info.variants.items():
-            for backend, m in variant["metrics"].get("by_backend", {}).items():
+            for backend, m in variant.metrics.get("by_backend", {}).items():
                 rows[f"{precision} ({backend})"] = {"accuracy": m["accuracy"], "mask_iou_vs_fp32": m["mask_iou_vs_fp32"],
-                                                    "fp32_accuracy_sdk": variant["metrics"]["fp32_accuracy_sdk"]}
+                                                    "fp32_accuracy_sdk": variant.metrics["fp32_accuracy_sdk"]}
         out[name] = {"test_set": test_set, "rows": rows, "measured": False}
     return out
 

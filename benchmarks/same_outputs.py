@@ -8,8 +8,8 @@ Runs ``milzoo predict`` with its defaults from this tree and from the tree of ``
 into a temporary folder; each run imports its own ``sdk/`` and uses its own zoo folder) on:
 
 - each zoo model's bundled ``sample_input.tif`` (with overlays);
-- a simulated 24-well ImageXpress plate folder (``benchmarks.plates.build_plate``: 2 fields per well,
-  yeast-loc) with a plate map, so ``wells.csv``, ``treatments.csv`` and ``plate.png`` are written too;
+- a simulated ImageXpress plate folder of 24 wells, one field each (``benchmarks.plates.build_plate``,
+  yeast-loc), with a plate map, so ``wells.csv``, ``treatments.csv`` and ``plate.png`` are written too;
 - the mcf7-moa sample enlarged to 2,200 x 2,200 px (tiled automatically).
 
 Every file of each output folder is compared byte for byte, except: ``run.json`` (timings, versions and

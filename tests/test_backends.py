@@ -59,7 +59,7 @@ def test_bf16_variant_keeps_labels_and_masks(clf):
         pytest.skip("this CPU has no bf16 instructions")
     bf16 = Classifier.from_hub("yeast-loc", device="cpu", precision="bf16")
     assert bf16.model.backend == "openvino" and bf16.model.path.name == "model.onnx"
-    assert bf16.info.variants["bf16"]["metrics"]["mask_iou_vs_fp32"] >= 0.95  # recorded by training.quantize
+    assert bf16.info.variants["bf16"].metrics["mask_iou_vs_fp32"] >= 0.95  # recorded by training.quantize
     image = tifffile.imread(SAMPLE)
     a, b = clf.predict(image), bf16.predict(image)
     assert a.label == b.label and max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 0.02

@@ -60,7 +60,7 @@ def test_gfp_model_and_models_and_info():
     info = run("info", "yeast-loc")
     assert info.exit_code == 0 and "gfp, rfp" in info.output and "SIMULATED" in info.output
     assert "accuracy" in info.output
-    int8 = Classifier.from_hub("yeast-loc").info.raw["variants"]["int8"]["metrics"]["accuracy"]
+    int8 = Classifier.from_hub("yeast-loc").info.variants["int8"].metrics["accuracy"]
     assert f"precision  int8 (--precision int8): accuracy {int8}" in info.output  # the variant and its figures
     moa = run("info", "mcf7-moa")
     treatments = Classifier.from_hub("mcf7-moa").info.metrics

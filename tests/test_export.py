@@ -173,7 +173,7 @@ def test_quantize_adds_a_measured_int8_variant_or_refuses(exported, tiny_yeast, 
     with pytest.raises(QuantizationError, match="the int8 variant was not added"):
         quantize_folder(folder, calibration=manifest, eval_data=manifest, n_calibration=4, max_drop=-1.0)
     assert not (folder / "model.int8.onnx").exists()
-    assert "variants" not in json.loads((folder / "config.json").read_text())
+    assert not json.loads((folder / "config.json").read_text())["variants"]  # none added
     record = quantize_folder(folder, calibration=manifest, eval_data=manifest, n_calibration=4, max_drop=100.0)
     config = json.loads((folder / "config.json").read_text())
     assert config["variants"]["int8"] == record and record["metrics"]["n_images"] == 22

@@ -37,14 +37,14 @@ import torch
 
 from milcnn import constants
 from milcnn.model.checksums import sha256_of
-from milcnn.model.config import read_config, write_config
+from milcnn.model.config import ModelInfo, read_config, scale_fields, write_config
 from milcnn.errors import HubTokenError
 from milcnn.io.images import write_tiff
 from training.checkpoint import read_checkpoint
 from training.data.manifest import load_image, read_manifest
 from training.model import MILCNN, receptive_field
 
-__all__ = ["export_onnx", "check_onnx", "export_folder", "export_pooling", "file_records", "push_to_hub",
+__all__ = ["export_onnx", "check_onnx", "export_folder", "export_pooling", "push_to_hub",
            "check_push", "ExportError"]
 
 OPSET = 18
@@ -135,24 +135,22 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
             pooling["learned_b"] = [round(float(v), 5) for v in model.pooling.b.detach()]
         onnx_file = staging / constants.MODEL_FILE
         pooling_file = export_pooling(onnx_file, staging / constants.POOLING_FILE) if cfg.pooling != "attention" else None
-        config = {
-            "name": name, "version": version, "summary": summary, "repo_id": repo_id,
-            "classes": list(cfg.classes), "channels": list(cfg.channels),
-            "normalization": cfg.normalization.to_dict(), "output_stride": cfg.output_stride,
-            "min_size": cfg.min_size, "multi_label": cfg.multi_label, "pooling": pooling,
-            "scale": scale_block(pixel_size or cfg.pixel_size, cell_diameter or cfg.cell_diameter,
-                                 eval_data, cfg.channels, cfg.classes, cfg.normalization,
-                                 input_cell_diameter=input_cell_diameter or cfg.input_cell_diameter,
-                                 input_cell_diameter_from=input_cell_diameter_from),
-            "architecture": {"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
-                             "parameters": sum(p.numel() for p in model.parameters())},
-            "training": _training_record(ckpt, history),
-            "training_data": training_data or {},
-            "metrics": _card_metrics(metrics, eval_data),
-            "export": {"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
-            "files": file_records(onnx_file, pooling_file),
-        }
-        config = write_config(staging, config)
+        scale = scale_block(pixel_size or cfg.pixel_size, cell_diameter or cfg.cell_diameter, eval_data, cfg.channels,
+                            cfg.classes, cfg.normalization,
+                            input_cell_diameter=input_cell_diameter or cfg.input_cell_diameter,
+                            input_cell_diameter_from=input_cell_diameter_from)
+        info = ModelInfo(
+            name=name, version=version, summary=summary or "", repo_id=repo_id, classes=tuple(cfg.classes),
+            channels=tuple(cfg.channels), normalization=cfg.normalization, output_stride=cfg.output_stride,
+            min_size=cfg.min_size, multi_label=cfg.multi_label, pooling=pooling,
+            architecture={"width": cfg.width, "context": cfg.context, "receptive_field": receptive_field(cfg),
+                          "parameters": sum(p.numel() for p in model.parameters())},
+            training=_training_record(ckpt, history), training_data=training_data or {},
+            metrics=_card_metrics(metrics, eval_data),
+            export={"opset": OPSET, "max_abs_difference_vs_pytorch": max_diff, "torch": torch.__version__},
+            **scale_fields(scale),
+        ).with_files(onnx_file, pooling_file)
+        config = write_config(staging, info)
         if eval_data:
             samples, _, _ = read_manifest(eval_data, channels=cfg.channels, classes=cfg.classes)
             sample = load_image(samples[sample_index], len(cfg.channels))
@@ -196,11 +194,6 @@ def export_pooling(model_onnx: Path, out: Path) -> Path:
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out))
     return out
-
-
-def file_records(*paths) -> dict:
-    """``{file name: {"sha256", "bytes"}}`` for config.json's ``files`` (the SDK checks them on load)."""
-    return {Path(p).name: {"sha256": sha256_of(p), "bytes": Path(p).stat().st_size} for p in paths if p is not None}
 
 
 def _umask() -> int:
@@ -379,8 +372,8 @@ def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_di
     if block["input_cell_diameter_px"] != info.input_cell_diameter and (Path(folder) / constants.SAMPLE_INPUT_FILE).is_file():
         raise ValueError(f"{folder}: its sample_input.tif is drawn at the input scale; export again with "
                          "--input-cell-diameter to change it")
-    if not source and input_cell_diameter is None and info.raw.get("scale", {}).get("input_cell_diameter_from"):
-        block["input_cell_diameter_from"] = info.raw["scale"]["input_cell_diameter_from"]
+    if not source and input_cell_diameter is None and info.input_cell_diameter_from:
+        block["input_cell_diameter_from"] = info.input_cell_diameter_from
     update_folder(folder, scale=block)
     print(json.dumps(block))
     return 0

@@ -104,7 +104,7 @@ def model_from_onnx(folder) -> MILCNN:
 
     folder = Path(folder)
     info = ModelInfo.from_file(folder / "config.json")
-    arch = info.raw.get("architecture", {})
+    arch = info.architecture
     pooling = info.pooling or {"name": "noisy_and", "params": {"a": 10.0}}
     cfg = ModelConfig(channels=info.channels, classes=info.classes, pooling=pooling.get("name", "noisy_and"),
                       pooling_params=dict(pooling.get("params", {})), multi_label=info.multi_label,

@@ -37,12 +37,13 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from milcnn import constants
-from milcnn.model.config import read_config, write_config
+from milcnn.model.config import ModelInfo, Variant, write_config
 from milcnn.io.images import write_atomic
 from training.data.manifest import load_image, read_manifest
 
@@ -91,25 +92,23 @@ def mask_iou(reference: list, other: list) -> float:
     return same / either if either else 1.0
 
 
-def ensure_derived_files(folder: Path) -> dict:
+def ensure_derived_files(folder: Path) -> ModelInfo:
     """Write ``pooling.onnx`` and the receptive field into a folder exported before they existed."""
-    from training.export import export_pooling, file_records
+    from training.export import export_pooling
     from training.model import ModelConfig, receptive_field
 
-    config = read_config(folder)
-    if config["pooling"]["name"] != "attention" and not (folder / constants.POOLING_FILE).is_file():
+    info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
+    if info.pooling["name"] != "attention" and not (folder / constants.POOLING_FILE).is_file():
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             export_pooling(folder / constants.MODEL_FILE, Path(tmp) / constants.POOLING_FILE)
             (Path(tmp) / constants.POOLING_FILE).replace(folder / constants.POOLING_FILE)
-    arch = config["architecture"]
+    arch = info.architecture
     if "receptive_field" not in arch:
-        model_cfg = ModelConfig(channels=tuple(config["channels"]), classes=tuple(config["classes"]),
-                                width=arch["width"], output_stride=config["output_stride"], context=arch["context"])
-        arch["receptive_field"] = receptive_field(model_cfg)
-    config.setdefault("files", {}).update(file_records(*(folder / n for n in (constants.MODEL_FILE,
-                                                                               constants.POOLING_FILE)
-                                                          if (folder / n).is_file())))
-    return config
+        model_cfg = ModelConfig(channels=info.channels, classes=info.classes, width=arch["width"],
+                                output_stride=info.output_stride, context=arch["context"])
+        info = replace(info, architecture={**arch, "receptive_field": receptive_field(model_cfg)})
+    return info.with_files(*(folder / n for n in (constants.MODEL_FILE, constants.POOLING_FILE)
+                             if (folder / n).is_file()))
 
 
 METHODS = ("percentile", "minmax", "entropy")
@@ -302,7 +301,6 @@ def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precisio
     from milcnn import Classifier
     from milcnn.runtime.openvino import OpenVinoModel, openvino_available
     from milcnn.runtime.onnx import OnnxModel
-    from training.export import file_records
     from training.model_card import render_card
 
     fp32 = evaluate_classifier(fp32_clf, eval_data, keep_masks=True)
@@ -322,31 +320,28 @@ def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precisio
     if not by_backend:
         raise QuantizationError(f"no installed backend runs the {precision} variant")
     first = next(iter(by_backend.values()))
-    record = {
-        "file": candidate.name,
-        "method": method,
-        **({"calibration": calibration} if calibration is not None else {}),
-        "metrics": {"test_set": str(eval_data), "n_images": fp32["n_images"], "backend": next(iter(by_backend)),
-                    "accuracy": first["accuracy"], "mean_iou": first["mean_iou"],
-                    "fp32_accuracy_sdk": round(fp32["accuracy"], 4), "fp32_mean_iou_sdk": round(fp32["mean_iou"], 4),
-                    "accuracy_drop_points": first["accuracy_drop_points"],
-                    "mask_iou_vs_fp32": first["mask_iou_vs_fp32"], "by_backend": by_backend},
-        **({"quantize_seconds": round(seconds, 1)} if seconds is not None else {}),
-    }
+    variant = Variant(
+        file=candidate.name, method=method,
+        metrics={"test_set": str(eval_data), "n_images": fp32["n_images"], "backend": next(iter(by_backend)),
+                 "accuracy": first["accuracy"], "mean_iou": first["mean_iou"],
+                 "fp32_accuracy_sdk": round(fp32["accuracy"], 4), "fp32_mean_iou_sdk": round(fp32["mean_iou"], 4),
+                 "accuracy_drop_points": first["accuracy_drop_points"],
+                 "mask_iou_vs_fp32": first["mask_iou_vs_fp32"], "by_backend": by_backend},
+        details={**({"calibration": calibration} if calibration is not None else {}),
+                 **({"quantize_seconds": round(seconds, 1)} if seconds is not None else {})})
     for backend, m in by_backend.items():
         if m["accuracy_drop_points"] > max_drop or m["mask_iou_vs_fp32"] < min_mask_iou:
             raise QuantizationError(f"{precision} on {backend}: accuracy {m['accuracy']:.4f} is "
                                     f"{m['accuracy_drop_points']:.2f} points below fp32 {fp32['accuracy']:.4f} "
                                     f"(allowed {max_drop}), masks agree with fp32's at IoU {m['mask_iou_vs_fp32']:.4f} "
                                     f"(needed {min_mask_iou}); the {precision} variant was not added")
+    moved = None
     if candidate.parent != folder:
-        candidate.replace(folder / candidate.name)
-        config["files"].update(file_records(folder / candidate.name))
-    config.setdefault("variants", {})[precision] = record
-    config = write_config(folder, config)
+        moved = candidate.replace(folder / candidate.name)
+    config = write_config(folder, ModelInfo.from_dict(config).with_variant(precision, variant, moved))
     with write_atomic(folder / constants.CARD_FILE, "w") as fh:
         fh.write(render_card(config))
-    return record
+    return variant.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -225,8 +225,8 @@ def info(model: str) -> None:
         raise click.UsageError(one_line(exc)) from None
     m, data = cfg.metrics, cfg.training_data
     click.echo(f"{cfg.name} v{cfg.version}  ({folder})")
-    if cfg.raw.get("summary"):
-        click.echo(cfg.raw["summary"])
+    if cfg.summary:
+        click.echo(cfg.summary)
     click.echo(f"channels   {', '.join(cfg.channels)} (in this order); images >= {cfg.min_size} px")
     click.echo(f"classes    {', '.join(cfg.classes)}")
     if cfg.pixel_size or cfg.cell_diameter:
@@ -247,7 +247,7 @@ def info(model: str) -> None:
                    f"{cfg.qc.texture_min:g}, coverage <= {cfg.qc.coverage_max:g}"
                    + (", a feature distance" if cfg.qc.distance is not None else "")
                    + " (else too_small, no_cells, off_scale, out_of_distribution)")
-    trust = cfg.raw.get("trust") or {}
+    trust = cfg.trust or {}
     for name, row in trust.get("sets", {}).items():
         click.echo(f"trust      {name}: label accuracy {100 * row['label_accuracy']:.1f} %, ECE {row['ece']:.3f}, "
                    f"qc flagged {100 * row['qc_flagged']:.1f} %")
@@ -260,7 +260,7 @@ def info(model: str) -> None:
             click.echo(f"treatments accuracy {m['treatment_accuracy']} on {m.get('n_treatments')} treatments "
                        "(compound, concentration)")
     for precision, variant in cfg.variants.items():
-        vm = variant.get("metrics", {})
+        vm = variant.metrics
         click.echo(f"precision  {precision} (--precision {precision}): accuracy {vm.get('accuracy')}, mean IoU "
                    f"{vm.get('mean_iou')} (fp32 {vm.get('fp32_accuracy_sdk')}, {vm.get('fp32_mean_iou_sdk')})")
     for item in data.get("limitations", []):

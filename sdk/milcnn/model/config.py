@@ -24,7 +24,7 @@ from milcnn.errors import ChecksumMismatchError, ModelConfigError
 from milcnn.process.preprocess import NormalizationConfig
 from milcnn.process.quality import QualityLimits
 
-__all__ = ["ModelInfo", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config", "content_sha256"]
+__all__ = ["ModelInfo", "FileRecord", "Variant", "scale_fields", "CONFIG_FORMAT", "migrate_config", "read_config", "write_config", "content_sha256"]
 
 #: the ``format_version`` that ``write_config`` stamps; 1 is every file written before it existed, 2 added
 #: scale, files and variants, 3 the optional ``calibration`` and ``qc`` blocks, 4 the ``checksum``
@@ -34,21 +34,68 @@ CHECKSUM_KEY = "checksum"
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """The fields of ``config.json`` (written by ``training/export.py``).
+class FileRecord:
+    """A file of the model folder as ``config.json`` ``files`` records it; the SDK checks it on load."""
 
-    Identity: name, version. Input: channels, normalization, min_size. Scale (``scale``):
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path) -> "FileRecord":
+        """The record of a file on disk."""
+        from milcnn.model.checksums import sha256_of
+
+        return cls(sha256_of(path), Path(path).stat().st_size)
+
+    def to_dict(self) -> dict:
+        return {"sha256": self.sha256, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another precision of the network (``config.json`` ``variants.<precision>``, written by
+    ``training/quantize.py``): its ``file`` in the folder, how it was made, the metrics measured on it, and
+    ``details`` (anything else it records: its quantisation calibration, the seconds it took)."""
+
+    file: str
+    method: str = ""
+    metrics: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Variant":
+        d = dict(d)
+        return cls(file=d.pop("file", None), method=d.pop("method", ""), metrics=d.pop("metrics", {}) or {}, details=d)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "method": self.method, **self.details, "metrics": self.metrics}
+
+
+#: config.json's top-level keys in the order ``ModelInfo.to_dict`` writes them (absent optional ones left out)
+_ORDER = ("name", "version", "summary", "repo_id", "classes", "channels", "normalization", "output_stride", "min_size",
+          "multi_label", "pooling", "scale", "architecture", "training", "training_data", "metrics", "export",
+          "files", "variants", "real_images", "format_version", "calibration", "qc", "trust")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``config.json``, typed: what ``training/export.py`` writes and the SDK reads (``write_config`` and
+    ``ModelInfo.from_file`` are its one writer and reader).
+
+    Identity: name, version, summary, repo_id. Input: channels, normalization, min_size. Scale (``scale``):
     pixel_size (um per pixel of the training images), cell_diameter (their typical cell
     diameter in px) and measured_cell_diameter (``milcnn.process.scale.estimate_cell_diameter`` on
     them, the yardstick for the scale warning) and measured_tolerance (the factor around it that
     holds the training images' readings), and input_cell_diameter (the cell diameter in px the model
     assumes of an image given without a scale: the SDK resizes such images by cell_diameter /
-    input_cell_diameter); each None where unknown. Head: classes,
-    multi_label, pooling, output_stride. Provenance: training_data, metrics. Files: files (name ->
-    sha256 and bytes), variants (precision -> record with its ``file``). Trust: calibration
-    (``milcnn.process.calibration.Calibration``, None for a model exported before it was fitted: raw
-    probabilities) and qc (``milcnn.process.quality.QualityLimits``, None likewise). ``format_version``: the
-    schema's version (``CONFIG_FORMAT``).
+    input_cell_diameter; ``input_cell_diameter_from`` says how it was measured); each None where unknown.
+    Head: classes, multi_label, pooling, output_stride, architecture (width, context, receptive_field,
+    parameters). Provenance: training (the run's settings and history), training_data, metrics, export,
+    real_images (``benchmarks/realdata.py``). Files: files (name -> ``FileRecord``), variants (precision ->
+    ``Variant``). Trust: calibration (``milcnn.process.calibration.Calibration``, None for a model exported
+    before it was fitted: raw probabilities), qc (``milcnn.process.quality.QualityLimits``, None likewise)
+    and trust (what ``benchmarks/calibration.py`` measured with them). ``format_version``: the schema's
+    version (``CONFIG_FORMAT``); ``extra``: keys this SDK does not know, kept as they are.
     """
 
     name: str
@@ -59,30 +106,63 @@ class ModelInfo:
     output_stride: int
     min_size: int
     multi_label: bool = False
+    summary: str = ""
+    repo_id: str | None = None
     pooling: dict = field(default_factory=dict)
+    architecture: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
     training_data: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    receptive_field: int = constants.DEFAULT_RECEPTIVE_FIELD
+    export: dict = field(default_factory=dict)
+    real_images: dict | None = None
+    trust: dict | None = None
     pixel_size: float | None = None
     cell_diameter: float | None = None
     measured_cell_diameter: float | None = None
     measured_tolerance: float | None = None
     input_cell_diameter: float | None = None
+    input_cell_diameter_from: str | None = None
     format_version: int = CONFIG_FORMAT
-    variants: dict = field(default_factory=dict)
-    files: dict = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     calibration: Calibration | None = None
     qc: QualityLimits | None = None
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def receptive_field(self) -> int:
+        return int(self.architecture.get("receptive_field", constants.DEFAULT_RECEPTIVE_FIELD))
 
     def file_sha256(self, name: str) -> str | None:
         """The sha256 that ``config.json`` records for one of the folder's files, if any."""
-        entry = self.files.get(name)
-        return entry.get("sha256") if isinstance(entry, dict) else None
+        record = self.files.get(name)
+        return record.sha256 if record is not None else None
+
+    def with_files(self, *paths) -> "ModelInfo":
+        """This config with the records of these files of the folder (added or replaced)."""
+        return replace(self, files={**self.files, **{Path(p).name: FileRecord.of(p) for p in paths if p is not None}})
+
+    def with_variant(self, precision: str, variant: Variant, path=None) -> "ModelInfo":
+        """This config with ``variant`` as its ``precision`` (and the record of its file at ``path``)."""
+        info = self.with_files(path) if path is not None else self
+        return replace(info, variants={**info.variants, precision: variant})
 
     def to_dict(self) -> dict:
-        """The whole ``config.json`` (migrated to ``CONFIG_FORMAT``), as ``write_config`` writes it."""
-        return json.loads(json.dumps(self.raw))
+        """The whole ``config.json`` (without its checksum), as ``write_config`` writes it."""
+        d = {"name": self.name, "version": self.version, "summary": self.summary, "repo_id": self.repo_id,
+             "classes": list(self.classes), "channels": list(self.channels),
+             "normalization": self.normalization.to_dict(), "output_stride": self.output_stride,
+             "min_size": self.min_size, "multi_label": self.multi_label, "pooling": self.pooling,
+             "scale": self.scale_dict(), "architecture": self.architecture, "training": self.training,
+             "training_data": self.training_data, "metrics": self.metrics, "export": self.export,
+             "files": {k: r.to_dict() for k, r in self.files.items()},
+             "variants": {k: v.to_dict() for k, v in self.variants.items()}, "real_images": self.real_images,
+             "format_version": self.format_version,
+             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+             "qc": None if self.qc is None else self.qc.to_dict(), "trust": self.trust}
+        optional = ("real_images", "calibration", "qc", "trust")
+        d = {k: d[k] for k in _ORDER if not (k in optional and d[k] is None)}
+        return json.loads(json.dumps({**d, **self.extra}))
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "config") -> "ModelInfo":
@@ -101,12 +181,16 @@ class ModelInfo:
                 name=str(d["name"]), version=str(d["version"]), classes=tuple(d["classes"]),
                 channels=tuple(d["channels"]), normalization=NormalizationConfig.from_dict(d["normalization"]),
                 output_stride=int(d["output_stride"]), min_size=int(d["min_size"]),
-                multi_label=bool(d.get("multi_label", False)), pooling=dict(d.get("pooling", {})),
+                multi_label=bool(d.get("multi_label", False)), summary=str(d.get("summary") or ""),
+                repo_id=d.get("repo_id"), pooling=dict(d.get("pooling", {})),
+                architecture=dict(d.get("architecture") or {}), training=dict(d.get("training") or {}),
                 training_data=dict(d.get("training_data", {})), metrics=dict(d.get("metrics", {})),
-                receptive_field=int(d.get("architecture", {}).get("receptive_field",
-                                                                  constants.DEFAULT_RECEPTIVE_FIELD)),
-                **_scale_fields(d.get("scale") or {}), format_version=int(d["format_version"]),
-                variants=dict(d.get("variants") or {}), files=dict(d.get("files") or {}), raw=d,
+                export=dict(d.get("export") or {}), real_images=d.get("real_images"), trust=d.get("trust"),
+                **scale_fields(d.get("scale") or {}), format_version=int(d["format_version"]),
+                variants={str(k): Variant.from_dict(v) for k, v in (d.get("variants") or {}).items()},
+                files={str(k): FileRecord(str(v.get("sha256")), int(v.get("bytes", 0)))
+                       for k, v in (d.get("files") or {}).items()},
+                extra={k: v for k, v in d.items() if k not in _ORDER and k != CHECKSUM_KEY},
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
@@ -133,9 +217,8 @@ class ModelInfo:
         if self.min_size <= 0:
             return f"min_size must be positive, got {self.min_size}"
         for precision, variant in self.variants.items():
-            name = variant.get("file") if isinstance(variant, dict) else None
-            if not _plain_file_name(name):
-                return f"variants.{precision}.file must be a file name inside the model folder, got {name!r}"
+            if not _plain_file_name(variant.file):
+                return f"variants.{precision}.file must be a file name inside the model folder, got {variant.file!r}"
         for name in self.files:
             if not _plain_file_name(name):
                 return f"files must name files inside the model folder, got {name!r}"
@@ -143,9 +226,11 @@ class ModelInfo:
 
     def scale_dict(self) -> dict:
         """The ``scale`` block of ``config.json`` (None for what is unknown)."""
-        return {"pixel_size_um": self.pixel_size, "cell_diameter_px": self.cell_diameter,
-                "measured_cell_diameter_px": self.measured_cell_diameter, "measured_tolerance": self.measured_tolerance,
-                "input_cell_diameter_px": self.input_cell_diameter}
+        d = {"pixel_size_um": self.pixel_size, "cell_diameter_px": self.cell_diameter,
+             "measured_cell_diameter_px": self.measured_cell_diameter, "measured_tolerance": self.measured_tolerance,
+             "input_cell_diameter_px": self.input_cell_diameter}
+        return d | ({"input_cell_diameter_from": self.input_cell_diameter_from} if self.input_cell_diameter_from
+                    else {})
 
     @classmethod
     def from_file(cls, path, *, sha256: str | None = None) -> "ModelInfo":
@@ -239,7 +324,7 @@ def read_config(folder) -> dict:
     return ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE).to_dict()
 
 
-def write_config(folder, config: dict) -> dict:
+def write_config(folder, config: "dict | ModelInfo") -> dict:
     """Validate ``config``, stamp ``format_version`` and its ``checksum``, and write ``folder/config.json``
     atomically.
 
@@ -252,6 +337,8 @@ def write_config(folder, config: dict) -> dict:
     from milcnn.io.images import write_atomic
 
     path = Path(folder) / constants.CONFIG_FILE
+    if isinstance(config, ModelInfo):
+        config = config.to_dict()
     config = ModelInfo.from_dict({**config, "format_version": config.get("format_version", CONFIG_FORMAT)},
                                  source=str(path)).to_dict()
     config[CHECKSUM_KEY] = f"sha256:{content_sha256(config)}"
@@ -265,9 +352,9 @@ SCALE_KEYS = {"pixel_size_um": "pixel_size", "cell_diameter_px": "cell_diameter"
               "input_cell_diameter_px": "input_cell_diameter"}
 
 
-def _scale_fields(block: dict) -> dict:
+def scale_fields(block: dict) -> dict:
     """``config.json``'s ``scale`` block as ModelInfo fields; every value positive or null."""
-    out = {}
+    out = {"input_cell_diameter_from": block.get("input_cell_diameter_from") or None}
     for key, attr in SCALE_KEYS.items():
         value = block.get(key)
         if value is not None:

@@ -37,12 +37,29 @@ class Classifier:
 
     def __init__(self, folder, info: ModelInfo, model: Runtime, *, precision: str = "fp32"):
         self.folder = Path(folder)
-        self.info = info
-        self.model = model
+        self._model = model
         self.precision = precision
         self.origin = None  # a milcnn.model.hub.ResolvedModel: where the model came from
-        self.tiles = TiledRunner(self.folder, info, model)
+        self.info = info  # also makes the tiled runner and the result maker, which read it
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @info.setter
+    def info(self, info: ModelInfo) -> None:
+        """A changed config (e.g. ``replace(clf.info, calibration=None)``) reaches every step that reads it."""
+        self._info = info
+        self.tiles = TiledRunner(self.folder, info, self.model)
         self.results = ResultMaker(info, self.tiles.pool)
+
+    @property
+    def model(self) -> Runtime:
+        return self._model
+
+    @model.setter
+    def model(self, model: Runtime) -> None:
+        self._model = self.tiles.model = model
 
     @classmethod
     def from_dir(cls, path, *, sha256: str | None = None, **runtime) -> "Classifier":
@@ -69,15 +86,9 @@ class Classifier:
         """Load a zoo model by name (``"yeast-loc"``), a Hub repo (``"org/name"``) or a folder.
 
         Zoo models ship inside the package and load with no network when their checksums match the
-        registry's pins. Hub repos download into the Hugging Face cache (``HF_ENDPOINT``, ``HF_HOME`` and
-        ``HF_HUB_OFFLINE`` are honoured); when the Hub is unreachable, the cached copy is used with a notice.
-
-        Args:
-            name_or_repo: a zoo name, ``org/name`` or a folder.
-            revision: branch, tag or commit; for a zoo name, None means its pinned release.
-            cache_dir: the Hugging Face cache to use instead of the default.
-            local_files_only: never contact the Hub.
-            runtime: ``RuntimeOptions`` keywords.
+        registry's pins; Hub repos download into the Hugging Face cache (``milcnn.model.hub.resolve``: revision,
+        cache_dir, local_files_only; ``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``). ``runtime``:
+        ``RuntimeOptions`` keywords.
 
         Raises:
             ModelNotFoundError: an unknown zoo name (the message lists the zoo).
@@ -144,11 +155,8 @@ class Classifier:
 
     def predict_prepared(self, inputs: list[PreparedInput], *, threshold: float = constants.DEFAULT_THRESHOLD,
                          model: Runtime | None = None) -> list[Prediction]:
-        """Run the network on prepared inputs; same-size whole images go through as one batch.
-
-        ``model``: the runtime for whole images (default ``self.model``; ``milzoo predict`` passes one per
-        inference stream). Tiled images always use ``self.model``.
-        """
+        """The network on prepared inputs, same-size whole images as one batch; ``model``: the runtime for whole
+        images (``milzoo predict`` passes one per inference stream; tiled images use ``self.model``)."""
         whole = [item for item in inputs if not item.tiled]
         if len({item.input_shape for item in whole}) > 1:
             return [r for item in inputs for r in self.predict_prepared([item], threshold=threshold, model=model)]

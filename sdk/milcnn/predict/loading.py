@@ -41,7 +41,7 @@ def load_model(origin, options: RuntimeOptions) -> tuple[ModelInfo, Runtime, str
         if chosen not in info.variants:
             raise ModelConfigError(f"{info.name} has no {chosen!r} variant; it offers "
                                    f"{', '.join(['fp32', *info.variants])}")
-        onnx_path = folder / info.variants[chosen]["file"]
+        onnx_path = folder / info.variants[chosen].file
         if onnx_path.name != constants.MODEL_FILE:  # bf16 runs model.onnx itself, checked above
             verify_sha256(onnx_path, info.file_sha256(onnx_path.name))
     model = open_runtime(onnx_path, chosen, options, name=info.name)
