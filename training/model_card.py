@@ -21,8 +21,12 @@ def _yaml_metrics(metrics: dict) -> list[str]:
     return out
 
 
-def render_card(config: dict) -> str:
-    name, metrics, data = config["name"], config.get("metrics", {}), config.get("training_data", {})
+def render_card(config: "dict | ModelInfo") -> str:
+    """The card of a model folder's config (a ``ModelInfo``, or its dict as ``write_config`` returns it)."""
+    from milcnn.model.config import ModelInfo
+
+    info = config if isinstance(config, ModelInfo) else ModelInfo.from_dict(config)
+    name, metrics, data = info.name, info.metrics, info.training_data
     simulated = bool(data.get("simulated"))
     dataset_name = data.get("name", "simulated yeast GFP screen" if simulated else "user data")
     lines = [
@@ -45,40 +49,40 @@ def render_card(config: dict) -> str:
         *_yaml_metrics(metrics),
         "---",
         "",
-        f"# {name} v{config['version']}",
+        f"# {name} v{info.version}",
         "",
-        config.get("summary") or "A MIL-CNN (Kraus, Ba & Frey, Bioinformatics 2016) for high-content screening images.",
+        info.summary or "A MIL-CNN (Kraus, Ba & Frey, Bioinformatics 2016) for high-content screening images.",
         "",
         "It classifies a whole field of view and, from the same per-class probability maps, marks where each "
         "class is, having been trained with image-level labels only.",
         "",
         "## Input and output",
         "",
-        f"- Channels, in this order: {', '.join(f'`{c}`' for c in config['channels'])}. Any height and width "
-        f">= {config['min_size']} px (smaller images are padded).",
+        f"- Channels, in this order: {', '.join(f'`{c}`' for c in info.channels)}. Any height and width "
+        f">= {info.min_size} px (smaller images are padded).",
         f"- Pre-processing (done by the SDK): per-image, per-channel percentile normalisation "
-        f"({config['normalization']['low']} to {config['normalization']['high']} percentile).",
-        f"- Classes: {', '.join(f'`{c}`' for c in config['classes'])}"
-        + (" (multi-label)." if config.get("multi_label") else " (one per image)."),
-        f"- Outputs: image probabilities per class, and class maps at 1/{config['output_stride']} resolution "
+        f"({info.normalization.low} to {info.normalization.high} percentile).",
+        f"- Classes: {', '.join(f'`{c}`' for c in info.classes)}"
+        + (" (multi-label)." if info.multi_label else " (one per image)."),
+        f"- Outputs: image probabilities per class, and class maps at 1/{info.output_stride} resolution "
         "that the SDK upsamples to the input and turns into a label mask.",
-        f"- Pooling: {config['pooling']['name']} {json.dumps(config['pooling'].get('params', {}))}; "
-        f"{config['architecture']['parameters']:,} parameters.",
-        *_scale_lines(config.get("scale") or {}),
+        f"- Pooling: {info.pooling['name']} {json.dumps(info.pooling.get('params', {}))}; "
+        f"{info.architecture['parameters']:,} parameters.",
+        *_scale_lines(info.scale_dict()),
         "",
         "## Use",
         "",
         "```python",
         "from milcnn import Classifier",
-        f'clf = Classifier.from_hub("{config.get("repo_id") or name}")',
+        f'clf = Classifier.from_hub("{info.repo_id or name}")',
         'pred = clf.predict("image.tif")  # C x H x W or H x W x C TIFF, channels in the order above',
         "print(pred.label, pred.qc, pred.probabilities)  # label: 'unassigned' below 0.5 or when qc is not 'ok'",
         "```",
         "",
-        f"or `milzoo predict images/*.tif --model {config.get('repo_id') or name} --out results/`.",
+        f"or `milzoo predict images/*.tif --model {info.repo_id or name} --out results/`.",
         "",
-        *([f"`model.onnx` sha256: `{config['files']['model.onnx']['sha256']}` (checked by the SDK on every load).",
-           ""] if config.get("files") else []),
+        *([f"`model.onnx` sha256: `{info.file_sha256('model.onnx')}` (checked by the SDK on every load).",
+           ""] if info.file_sha256("model.onnx") else []),
         "## Intended use",
         "",
         data.get("intended_use", "Research use in high-content screening: triage and phenotype maps. "
@@ -91,7 +95,7 @@ def render_card(config: dict) -> str:
         lines += ["**The training data is simulated**, not real microscopy. " + data.get("description", ""), ""]
     else:
         lines += [data.get("description", "Not described."), ""]
-    t = config.get("training", {})
+    t = info.training
     tc = t.get("train_config", {})
 
     def trained(epochs: int, seconds: float) -> str:
@@ -127,19 +131,19 @@ def render_card(config: dict) -> str:
             lines += [f"| segmentation mean IoU (mask vs cells showing the class) | {metrics['mean_iou']:.4f} |",
                       f"| Otsu threshold of the marker channel, same IoU (baseline) | {metrics['otsu_mean_iou']:.4f} |"]
         lines += ["", "| class | F1 | IoU |", "|---|---|---|"]
-        for c in config["classes"]:
+        for c in info.classes:
             iou = metrics.get("per_class_iou", {}).get(c)
             lines.append(f"| {c} | {metrics['per_class_f1'].get(c, 0):.4f} | {'' if iou is None else f'{iou:.4f}'} |")
         lines.append("")
-    lines += _trust_lines(config)
-    lines += _real_image_lines(config.get("real_images"))
-    for precision, variant in config.get("variants", {}).items():
-        vm = variant["metrics"]
+    lines += _trust_lines(info)
+    lines += _real_image_lines(info.real_images)
+    for precision, variant in info.variants.items():
+        vm = variant.metrics
         rows = vm.get("by_backend") or {vm.get("backend", "onnxruntime"): vm}
         lines += [
             f"## {precision} variant",
             "",
-            f"`{variant['file']}` ({variant['method']}{_calibration_text(variant)}), loaded with "
+            f"`{variant.file}` ({variant.method}{_calibration_text(variant)}), loaded with "
             f"`Classifier.from_hub(..., precision=\"{precision}\")` "
             f"or `milzoo predict --precision {precision}`. Measured by "
             f"`python -m training.quantize --precision {precision}` through the SDK on "
@@ -163,7 +167,7 @@ def render_card(config: dict) -> str:
         "",
         *[f"- {item}" for item in data.get("limitations", [])],
         "- The mask marks where the class map is high; it follows cells, not their exact outlines, "
-        f"at the 1/{config['output_stride']} resolution of the maps.",
+        f"at the 1/{info.output_stride} resolution of the maps.",
         "- Images of other organisms, magnifications or stains than the training data are out of scope: "
         "retrain on your own screen (below).",
         "",
@@ -193,10 +197,12 @@ def _scale_lines(scale: dict) -> list[str]:
     return [line]
 
 
-def _trust_lines(config: dict) -> list[str]:
+def _trust_lines(info) -> list[str]:
     """The card's "Probabilities, unassigned and qc" section: the calibration and qc blocks, and what
-    ``python -m benchmarks.calibration`` measured with them (``config["trust"]``)."""
-    cal, qc, trust = config.get("calibration"), config.get("qc"), config.get("trust")
+    ``python -m benchmarks.calibration`` measured with them (``ModelInfo.trust``)."""
+    cal = None if info.calibration is None else info.calibration.to_dict()
+    qc = None if info.qc is None else info.qc.to_dict()
+    trust = info.trust
     lines = ["## Probabilities, `unassigned` and qc", ""]
     if not cal:
         return lines + ["Not calibrated: probabilities are the network's raw outputs.", ""]
@@ -247,7 +253,7 @@ def _trust_lines(config: dict) -> list[str]:
 
 
 def _real_image_lines(real: dict | None) -> list[str]:
-    """The card's "Real images" section, from ``config["real_images"]`` (``benchmarks/realdata.py``)."""
+    """The card's "Real images" section, from ``ModelInfo.real_images`` (``benchmarks/realdata.py``)."""
     lines = ["## Real images", ""]
     if not real:
         return lines + ["Not measured on real images.", ""]
@@ -269,8 +275,8 @@ def _real_image_lines(real: dict | None) -> list[str]:
     return lines + [""]
 
 
-def _calibration_text(variant: dict) -> str:
-    calibration = variant.get("calibration")
+def _calibration_text(variant) -> str:
+    calibration = variant.details.get("calibration")
     if calibration is None:
         return ""
     return f"; calibrated on {calibration['n_images']} images of `{calibration['manifest']}`"

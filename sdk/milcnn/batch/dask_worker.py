@@ -94,7 +94,6 @@ def _predict_chunk(items: list, options: dict) -> list:
     """On a worker, fields that the worker writes itself: run through the local pipeline
     (``milcnn.batch.pipeline.run_pipeline``: reading the next field and writing the last one overlap the
     network, as on one machine), one ``(FieldResult or None, error line)`` per field, in order."""
-    import numpy as np
     from distributed import get_worker
 
     from milcnn.batch.pipeline import run_pipeline
@@ -102,7 +101,6 @@ def _predict_chunk(items: list, options: dict) -> list:
     clf = get_worker().milcnn_classifier
     errors: dict = {}
     out: list = []
-    k = len(clf.classes)
     stems = {item: options["stems"].get(str(item)) or Path(str(item)).stem for item in items}
     for item, pred in run_pipeline(clf, items, Path(options["write_to"]), options["predict"], workers=1,
                                    streams=1, overlays=options["overlays"], stems=stems,
@@ -110,7 +108,7 @@ def _predict_chunk(items: list, options: dict) -> list:
         if pred is None:
             out.append((None, errors.get(str(item), "failed")))
             continue
-        areas = np.bincount(pred.mask.ravel(), minlength=k + 1)[1:k + 1] / max(1, pred.mask.size)
+        areas = pred.areas
         out.append((FieldResult(pred.label, pred.probabilities, areas, pred.mask if options.get("send_mask") else None,
                                 qc=pred.qc, scale_source=pred.scale_source), None))
     return out

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from milcnn.outputs.layout import RunLayout
 from milcnn.process.decision import UNASSIGNED, decide
 
@@ -23,9 +21,7 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
     class at or above ``threshold`` (``labels``)."""
     probs = [pred.probabilities[c] for c in classes]
     call = decide(probs, classes, threshold=threshold, multi_label=multi_label, qc=pred.qc, argmax=argmax)
-    counts = getattr(pred, "areas", None)  # computed where the mask is (a Dask worker), or here
-    if counts is None:
-        counts = np.bincount(pred.mask.ravel(), minlength=len(classes) + 1)[1:len(classes) + 1] / max(1, pred.mask.size)
+    counts = pred.areas  # a Prediction's, or a Dask worker's FieldResult's (computed where the mask is)
     where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
     return [image, *where, call.label, *([call.labels] if multi_label else []), pred.qc,
             pred.scale_source, f"{call.probability:.6f}", *[f"{p:.6f}" for p in probs],

@@ -92,6 +92,12 @@ class Prediction:
         maps = upsample_maps(self.maps, self.stride, self.network_shape)
         return maps if self.zoom == 1.0 else resize_chw(maps, self.shape)
 
+    @_computed_once
+    def areas(self) -> np.ndarray:
+        """(K,) the share of the image each class's mask covers (predictions.csv's ``area_<class>``)."""
+        counts = np.bincount(self.mask.ravel(), minlength=len(self.classes) + 1)
+        return counts[1:len(self.classes) + 1] / max(1, self.mask.size)
+
     def to_dict(self) -> dict:
         """JSON-ready summary: label, probabilities and each class's pixel count in the mask."""
         counts = np.bincount(self.mask.ravel(), minlength=len(self.classes) + 1)
