@@ -157,3 +157,14 @@ def test_masks_open_coloured_in_fiji_and_legends_scale_with_the_image(tmp_path):
     with Image.open(tmp_path / "out" / "overlays" / "small.png") as small, \
             Image.open(tmp_path / "out" / "overlays" / "big.png") as big:
         assert small.size[0] - 512 == 190 and big.size[0] - 2048 == 2 * 190
+
+
+def test_imagexpress_channel_files_without_a_layout_get_a_hint_that_names_it(tmp_path):
+    """Files named B03_s1_w1.tif, B03_s1_w2.tif given to a two-channel model without --layout: each fails (one
+    channel), and milzoo says the fix, --layout imagexpress, once."""
+    image = tifffile.imread(SAMPLE)
+    for w in (1, 2):
+        tifffile.imwrite(tmp_path / f"B03_s1_w{w}.tif", image[w - 1])
+    result = CliRunner().invoke(main, ["predict", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.count("--layout imagexpress") >= 1 and "named like imagexpress channel files" in result.output

@@ -26,6 +26,20 @@ def test_to_chw_errors_name_the_shape(shape, n, match):
         to_chw(np.zeros(shape), n)
 
 
+@pytest.mark.parametrize("shape,n,fix", [
+    ((2, 64, 64), 1, "--channel-index 0 (channel_index=(0,))"),  # a 2-channel TIFF into a one-channel model
+    ((4, 64, 64), 3, "--channel-index 0,1,2"),
+    ((64, 64), 2, "--layout imagexpress or operetta, or --channel NAME=GLOB"),  # one channel file of a field
+    ((2, 64, 64), 3, "give one file per channel"),
+])
+def test_channel_errors_name_the_fix_that_works(shape, n, fix):
+    """The message says what to pass: --channel-index to pick channels, --layout / --channel for channel files;
+    not --channel-axis, which cannot help."""
+    with pytest.raises(ValueError) as err:
+        to_chw(np.zeros(shape), n)
+    assert fix in str(err.value) and "--channel-axis" not in str(err.value)
+
+
 def test_normalize_maps_percentiles_to_0_and_1():
     rng = np.random.default_rng(0)
     img = rng.integers(100, 5000, size=(2, 64, 64)).astype(np.uint16)

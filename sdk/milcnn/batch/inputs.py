@@ -70,6 +70,10 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
              + (f"; {unmatched} files match no channel and are ignored" if unmatched else ""))
         if not found.paths and not found.problems:
             raise ValueError("no file matches the channel patterns (--channel / --layout)")
+    if len(clf.channels) > 1 and not (opts.channels or opts.layout):
+        hint = layout_hint(found.paths)
+        if hint:
+            echo(hint)
     if skipped:
         echo(f"milzoo: {skipped} images in subfolders were skipped; pass --recursive to include them")
     if not found.paths and not found.problems:
@@ -77,6 +81,18 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
     return found
+
+
+def layout_hint(paths: list) -> str | None:
+    """A line naming the fix where the files are one microscope's channel files given without ``--layout``."""
+    from milcnn.io.fields import LAYOUTS
+
+    for name, pattern in LAYOUTS.items():
+        named = [p for p in paths if isinstance(p, Path) and pattern.match(p.name)]
+        if len(named) >= 2:
+            return (f"milzoo: {len(named)} files are named like {name} channel files ({named[0].name}, ...): pass "
+                    f"--layout {name} to read each field's channel files together")
+    return None
 
 
 def well_pattern(text: str | None) -> re.Pattern | None:

@@ -84,8 +84,9 @@ def to_chw(image, n_channels: int, *, channel_axis: int | None = None, channel_n
         if channel_axis is not None:
             raise ValueError(f"channel_axis={channel_axis} given for a 2-D image of shape {image.shape}")
         if n_channels != 1:
-            raise ValueError(f"image of shape {image.shape} has 1 channel but {needs}; "
-                             f"save them as one C x H x W or H x W x C image")
+            raise ValueError(f"image of shape {image.shape} has 1 channel but {needs}: give one file per channel "
+                             "(--layout imagexpress or operetta, or --channel NAME=GLOB per channel) or save them as "
+                             "one C x H x W image")
         return image[None]
     if image.ndim != 3:
         raise ValueError(
@@ -105,10 +106,16 @@ def to_chw(image, n_channels: int, *, channel_axis: int | None = None, channel_n
         image = np.moveaxis(image, -1, 0)
     else:
         small = min(image.shape[0], image.shape[-1])
-        hint = (f"an RGB or {small}-channel image: save the channels the model needs as a {n_channels}-channel image"
-                if small <= 4 else "a Z stack or time series: save one plane or a projection first")
-        raise ValueError(f"image of shape {image.shape} has no axis of length {n_channels}: {needs} ({hint}; "
-                         "or pass channel_axis / --channel-axis)")
+        if n_channels < small <= 8:  # more channels than the model takes: pick them
+            picks = ",".join(str(i) for i in range(n_channels))
+            hint = (f"it has {small}: pick the model's, in its order, with --channel-index {picks} "
+                    f"(channel_index=({picks},))")
+        elif small < n_channels:
+            hint = (f"it has {small}: give one file per channel (--layout imagexpress or operetta, or --channel "
+                    "NAME=GLOB) or save them as one image")
+        else:
+            hint = "a Z stack or time series: save one plane or a projection first"
+        raise ValueError(f"image of shape {image.shape} has no axis of length {n_channels}: {needs}; {hint}")
     if image.shape[0] != n_channels:
         raise ValueError(f"image has {image.shape[0]} channels on axis {channel_axis} but {needs}")
     return image
