@@ -57,6 +57,9 @@ def test_usage_errors_exit_2(tmp_path):
 def test_gfp_model_and_models_and_info():
     listing = run("models")
     assert listing.exit_code == 0 and "yeast-loc " in listing.output and "yeast-loc-gfp" in listing.output
+    real = Classifier.from_hub("yeast-loc").info.trust["sets"]["real yeast-chong, test half"]["label_accuracy"]
+    row = next(line for line in listing.output.splitlines() if line.startswith("yeast-loc "))
+    assert f"{real:6.4f}" in row  # the real-image label accuracy, where one was measured
     info = run("info", "yeast-loc")
     assert info.exit_code == 0 and "gfp, rfp" in info.output and "SIMULATED" in info.output
     assert "accuracy" in info.output

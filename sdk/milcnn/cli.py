@@ -198,16 +198,28 @@ def models() -> None:
     from milcnn.model.config import ModelInfo
     from milcnn.model.registry import zoo
 
-    click.echo(f"{'name':16s} {'version':8s} {'channels':10s} {'classes':>7s}  {'accuracy':>8s}  {'IoU':>5s}  summary")
+    click.echo(f"{'name':16s} {'version':8s} {'channels':18s} {'classes':>7s}  {'simulated':>9s}  {'real':>6s}  "
+               f"{'IoU':>5s}  summary")
     for name, entry in sorted(zoo().items()):
         folder = entry.bundled_dir
         if folder is None:
             click.echo(f"{name:16s} (not bundled; Hub repo {entry.repo_id}@{entry.revision})")
             continue
         info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
-        acc, iou = info.metrics.get("accuracy"), info.metrics.get("mean_iou")
-        click.echo(f"{name:16s} {info.version:8s} {','.join(info.channels):10s} {len(info.classes):7d}  "
-                   f"{'' if acc is None else f'{acc:8.4f}'}  {'' if iou is None else f'{iou:5.3f}'}  {entry.summary}")
+        acc, iou, real = info.metrics.get("accuracy"), info.metrics.get("mean_iou"), _real_label_accuracy(info)
+        click.echo(f"{name:16s} {info.version:8s} {','.join(info.channels):18s} {len(info.classes):7d}  "
+                   f"{'' if acc is None else f'{acc:9.4f}'}  {'-' if real is None else f'{real:6.4f}':>6s}  "
+                   f"{'' if iou is None else f'{iou:5.3f}'}  {entry.summary}")
+    click.echo("simulated: test accuracy on simulated images; real: label accuracy, as milzoo predict writes it, on "
+               "the test half of real labelled cells (benchmarks/results/calibration.md); -: not measured")
+
+
+def _real_label_accuracy(info) -> float | None:
+    """The label accuracy measured on a real test half (``config.json`` trust), if any was."""
+    for name, row in ((info.trust or {}).get("sets") or {}).items():
+        if name.startswith("real") and row.get("label_accuracy") is not None:
+            return float(row["label_accuracy"])
+    return None
 
 
 @main.command()
