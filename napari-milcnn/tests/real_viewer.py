@@ -22,7 +22,14 @@ widget.model.setCurrentText("yeast-loc")
 widget.per_channel.setChecked(True)
 widget.channel_layers[0].setCurrentText("gfp")
 widget.channel_layers[1].setCurrentText("rfp")
-layer = widget.predict()
+import time
+
+worker = widget.predict_in_background()  # as the Predict button does: in a worker thread
+deadline = time.monotonic() + 120
+while widget.worker is not None and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.02)
+layer = viewer.layers["gfp+rfp milcnn mask"]
 layer.contour = 2  # outlines, as milzoo's overlays
 print(f"labels: {layer.name}")
 for _ in range(5):

@@ -89,6 +89,64 @@ def test_a_wrong_image_is_said_in_the_widget_not_raised(make_viewer):
     assert widget.predict() is None and "no axis of length 2" in widget.called.text()
 
 
+def test_the_default_model_fits_the_layer_until_the_user_picks_one(make_viewer):
+    """A 3-channel layer gets mcf7-moa, a 2-channel one yeast-loc, a 2-D one yeast-loc-gfp; once the user picks a
+    model, a new layer does not change it."""
+    viewer = make_viewer()
+    widget = MilcnnWidget(viewer)
+    for data, model in ((np.zeros((3, 64, 64), np.uint16), "mcf7-moa"), (np.zeros((64, 64, 2), np.uint16), "yeast-loc"),
+                        (np.zeros((64, 64), np.uint16), "yeast-loc-gfp")):
+        viewer.add_image(data, name=model + " field")
+        widget.layer.setCurrentText(model + " field")
+        assert widget.model.currentText() == model
+        assert len(widget.channel_layers) == len(Classifier.from_hub(model).channels)
+    widget.model.setCurrentText("yeast-loc")  # the user's choice
+    viewer.add_image(np.zeros((3, 64, 64), np.uint16), name="another")
+    widget.layer.setCurrentText("another")
+    assert widget.model.currentText() == "yeast-loc"
+
+
+def test_typing_a_model_loads_nothing_until_the_choice_is_made(make_viewer, monkeypatch):
+    """Each keystroke of 'org/name' would be a Hub call; the model loads on Enter (editingFinished) only, and a
+    name that cannot be loaded is said in the widget, wrapped."""
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")
+    widget = MilcnnWidget(viewer)
+    calls = []
+    monkeypatch.setattr(widget, "classifier", lambda name=None: calls.append(name) or (_ for _ in ()).throw(
+        ValueError(f"no model {name}")))
+    for i in range(1, len("my-lab/screen") + 1):
+        widget.model.setEditText("my-lab/screen"[:i])
+    assert calls == []
+    widget.model.lineEdit().editingFinished.emit()
+    assert calls == ["my-lab/screen"] and "cannot load my-lab/screen" in widget.called.text()
+    assert widget.called.wordWrap()
+
+
+def test_channel_pickers_show_only_in_one_layer_per_channel_mode(make_viewer):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")
+    widget = MilcnnWidget(viewer)
+    assert widget.channels_box.isHidden()
+    widget.per_channel.setChecked(True)
+    assert not widget.channels_box.isHidden() and len(widget.channel_layers) == 2
+    widget.one_layer.setChecked(True)
+    assert widget.channels_box.isHidden()
+
+
+def test_predict_button_runs_in_a_worker_thread(make_viewer, qtbot, expected):
+    """The button predicts off the GUI thread (napari's thread worker, with progress) and adds the same mask."""
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")
+    widget = MilcnnWidget(viewer)
+    worker = widget.predict_in_background()
+    assert worker is not None and not widget.run.isEnabled() and "predicting field" in widget.called.text()
+    assert widget.predict_in_background() is None  # one at a time
+    qtbot.waitUntil(lambda: "field milcnn mask" in viewer.layers and widget.run.isEnabled(), timeout=60000)
+    np.testing.assert_array_equal(viewer.layers["field milcnn mask"].data, expected.mask)
+    assert expected.label in widget.called.text()
+
+
 def test_reader_opens_a_milzoo_output_folder(tmp_path, expected):
     from click.testing import CliRunner
 

@@ -1,5 +1,10 @@
 """The dock widget: pick a model, pick the image (one layer with a channel axis, or one layer per channel),
-predict, and get the mask as a Labels layer named by class plus the image's probabilities in a table."""
+predict, and get the mask as a Labels layer named by class plus the image's probabilities in a table.
+
+The model box starts on the first zoo model whose channels fit the chosen layer, until the user picks one; a
+zoo model's channels are read from its bundled config, and any other model (a Hub repo, a folder) loads when
+the choice is made (Enter, or leaving the box), not per keystroke. Predict runs in a worker thread
+(``napari.qt.threading``) with a progress indicator, so the viewer stays responsive."""
 
 from __future__ import annotations
 
@@ -22,9 +27,13 @@ class MilcnnWidget(QWidget):
 
         self.viewer = napari_viewer
         self._models: dict = {}
+        self._zoo = zoo()
+        self._user_chose = False  # until the user picks a model, it follows the chosen layer's channels
+        self._setting = False  # the widget itself is changing the model box
+        self.worker = None  # the running prediction, if any
         self.model = QComboBox()
         self.model.setEditable(True)  # a zoo name, org/name[@revision] or a model folder
-        self.model.addItems(sorted(zoo()))
+        self.model.addItems(sorted(self._zoo))
         self.model.setToolTip("a zoo model, a Hub repo org/name[@revision], or a model folder")
         self.layer = QComboBox()
         self.one_layer = QRadioButton("channels on an axis of this layer")
@@ -35,10 +44,12 @@ class MilcnnWidget(QWidget):
         self.axis.setSpecialValueText("auto")
         self.axis.setValue(AUTO_AXIS)
         self.channel_layers: list[QComboBox] = []
-        self.channels_form = QFormLayout()
+        self.channels_box = QWidget()  # the per-channel layer pickers, shown in "one layer per channel" mode
+        self.channels_form = QFormLayout(self.channels_box)
         self.run = QPushButton("Predict")
-        self.run.clicked.connect(self.predict)
+        self.run.clicked.connect(self.predict_in_background)
         self.called = QLabel("")
+        self.called.setWordWrap(True)  # a long error wraps instead of being cut
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["class", "probability"])
 
@@ -52,14 +63,19 @@ class MilcnnWidget(QWidget):
         form.addRow("channel axis", self.axis)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(self.channels_form)
+        layout.addWidget(self.channels_box)
         layout.addWidget(self.run)
         layout.addWidget(self.called)
         layout.addWidget(self.table)
-        self.model.currentTextChanged.connect(self._model_changed)
+        self.model.currentTextChanged.connect(self._model_text)
+        self.model.lineEdit().editingFinished.connect(lambda: self._model_changed(self.model.currentText()))
+        self.layer.currentTextChanged.connect(self._default_model)
+        self.per_channel.toggled.connect(self.channels_box.setVisible)
+        self.channels_box.setVisible(False)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
+        self._default_model()
         self._model_changed(self.model.currentText())
 
     # ---------------------------------------------------------------- choices
@@ -78,18 +94,61 @@ class MilcnnWidget(QWidget):
             if current in names:
                 box.setCurrentText(current)
 
+    def _fitting_model(self) -> str | None:
+        """The first zoo model whose channel count the chosen layer has (2-D: one; 3-D: its first or last axis)."""
+        from milcnn.model.config import ModelInfo
+
+        name = self.layer.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        shape = np.shape(self.viewer.layers[name].data)
+        counts = {1} if len(shape) == 2 else {shape[0], shape[-1]} if len(shape) == 3 else set()
+        for model, entry in sorted(self._zoo.items()):
+            if entry.bundled_dir is not None and len(ModelInfo.from_file(entry.bundled_dir / "config.json").channels) \
+                    in counts:
+                return model
+        return None
+
+    def _default_model(self, *_) -> None:
+        if self._user_chose:
+            return
+        model = self._fitting_model()
+        if model is not None and model != self.model.currentText():
+            self._setting = True
+            try:
+                self.model.setCurrentText(model)
+            finally:
+                self._setting = False
+            self._model_changed(model)
+
+    def _model_text(self, name: str) -> None:
+        """A zoo name chosen or typed: its channel pickers at once (from its bundled config, no model loaded);
+        anything else waits for the choice to be made (``editingFinished``)."""
+        if not self._setting:
+            self._user_chose = True
+        if name in self._zoo:
+            self._model_changed(name)
+
+    def _channels_of(self, name: str) -> tuple[str, ...]:
+        from milcnn.model.config import ModelInfo
+
+        entry = self._zoo.get(name)
+        if entry is not None and entry.bundled_dir is not None:
+            return ModelInfo.from_file(entry.bundled_dir / "config.json").channels
+        return self.classifier(name).channels  # a Hub repo or a folder: loaded now, once
+
     def _model_changed(self, name: str) -> None:
         """One layer picker per channel of the model (for 'one layer per channel')."""
         while self.channels_form.rowCount():
             self.channels_form.removeRow(0)
         self.channel_layers = []
         try:
-            clf = self.classifier(name)
-        except Exception as exc:  # noqa: BLE001 - shown, not raised: the user is typing
-            self.called.setText(f"cannot load {name}: {' '.join(str(exc).split())[:200]}")
+            channels = self._channels_of(name)
+        except Exception as exc:  # noqa: BLE001 - shown, not raised
+            self.called.setText(f"cannot load {name}: {' '.join(str(exc).split())[:300]}")
             return
         self.called.setText("")
-        for channel in clf.channels:
+        for channel in channels:
             box = QComboBox()
             box.addItems(self._image_layers())
             self.channels_form.addRow(f"{channel} layer", box)
@@ -123,14 +182,53 @@ class MilcnnWidget(QWidget):
         return np.asarray(self.viewer.layers[name].data), name, axis
 
     def predict(self):
-        """Run the model; add (or replace) ``<layer> milcnn mask`` and fill the table. Returns that layer."""
-        clf = self.classifier()
+        """Run the model here (scripts, tests); add (or replace) ``<layer> milcnn mask`` and fill the table.
+        Returns that layer, or None where the model or image cannot be used (said in the widget)."""
         try:
+            clf = self.classifier()
             data, name, axis = self.image()
             pred = clf.predict(data, channel_axis=axis)
-        except ValueError as exc:
-            self.called.setText(" ".join(str(exc).split()))
+        except Exception as exc:  # noqa: BLE001 - shown in the widget, as one line
+            self._failed(exc)
             return None
+        return self._show((clf, name, pred))
+
+    def predict_in_background(self):
+        """Predict in a worker thread (the Predict button): the viewer stays responsive, napari shows progress,
+        and the result is added when it is done. Returns the started worker (None when another is running)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return None
+        try:
+            clf = self.classifier()
+            data, name, axis = self.image()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+            return None
+        self.run.setEnabled(False)
+        self.called.setText(f"predicting {name} with {clf.name} ...")
+        worker = create_worker(lambda: (clf, name, clf.predict(data, channel_axis=axis)),
+                               _progress={"desc": f"milcnn: {clf.name}"})
+        worker.returned.connect(self._show)
+        worker.errored.connect(self._failed)
+        worker.finished.connect(self._done)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _done(self) -> None:
+        self.worker = None
+        self.run.setEnabled(True)
+
+    def _failed(self, exc: BaseException) -> None:
+        from milcnn.errors import one_line
+
+        self.called.setText(one_line(exc))
+
+    def _show(self, result):
+        """Add (or replace) the mask layer and fill the table from ``(classifier, layer name, Prediction)``."""
+        clf, name, pred = result
         (mask, kwargs, _), = prediction_layers(pred, clf.classes, name=name, model=clf.name)
         if kwargs["name"] in self.viewer.layers:
             self.viewer.layers.remove(kwargs["name"])
