@@ -32,9 +32,14 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in modules.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                subs = [f"{node.module}.{a.name}" for a in node.names]
-                targets = subs if all(s in modules for s in subs) else [node.module, *(s for s in subs if s in modules)]
+            if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+                module = node.module or ""
+                if node.level:  # relative: from the package the module is in (a package's __init__ is its own)
+                    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                    base = package[: len(package) - node.level + 1]
+                    module = ".".join([*base, *([module] if module else [])])
+                subs = [f"{module}.{a.name}" for a in node.names]
+                targets = subs if all(s in modules for s in subs) else [module, *(s for s in subs if s in modules)]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -74,6 +79,18 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+def test_relative_imports_are_resolved(tmp_path):
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    for f in ("pkg/__init__.py", "pkg/a.py", "pkg/sub/__init__.py"):
+        (tmp_path / f).write_text("")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("from ..a import x\nfrom . import c\n")
+    (tmp_path / "pkg" / "sub" / "c.py").write_text("")
+    modules = {"pkg": tmp_path / "pkg/__init__.py", "pkg.a": tmp_path / "pkg/a.py",
+               "pkg.sub": tmp_path / "pkg/sub/__init__.py", "pkg.sub.b": tmp_path / "pkg/sub/b.py",
+               "pkg.sub.c": tmp_path / "pkg/sub/c.py"}
+    assert import_graph(modules)["pkg.sub.b"] == {"pkg.a", "pkg.sub.c"}
 
 
 def test_the_cycle_finder_finds_a_cycle():

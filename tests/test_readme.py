@@ -4,7 +4,7 @@ The two Quick start commands are what ``.ci/run`` runs (the test command in the 
 install-and-predict command in a plain ``pip install .``): checked here to stand there verbatim. Every
 other block runs here, in a fresh folder where the repository's ``zoo/`` is at hand, as a user would run it
 from the repository: bash blocks with ``bash -e``, Python blocks with this interpreter. Blocks that train
-(``python -m training.*``) are slow.
+(``milzoo train``, ``finetune``, ...) are slow.
 """
 
 import os
@@ -50,7 +50,8 @@ def _run(lang: str, code: str, folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
 
 
-PARAMS = [pytest.param(*b, id=b[0], marks=[pytest.mark.slow] if "training." in b[2] else []) for b in OTHERS]
+TRAINS = re.compile(r"milzoo (train|finetune|export|evaluate|simulate)\b|training\.")
+PARAMS = [pytest.param(*b, id=b[0], marks=[pytest.mark.slow] if TRAINS.search(b[2]) else []) for b in OTHERS]
 
 
 @pytest.mark.parametrize("block_id, lang, code", PARAMS)

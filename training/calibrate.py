@@ -37,7 +37,7 @@ from milcnn import constants
 from milcnn.process.calibration import METHODS, Calibration, logit
 from milcnn.model.config import read_config
 from milcnn.process.quality import FeatureDistance, QualityLimits, feature_vector
-from training.metrics import expected_calibration_error
+from .metrics import expected_calibration_error
 
 __all__ = ["fit_calibration", "fit_limits", "fit_distance", "reference_outputs", "MARGINS"]
 
@@ -66,8 +66,8 @@ def reference_outputs(clf, *, manifests=(), real: str | None = None, real_root=N
         ``{"raw": (N, K), "targets": (N, K) 0/1 (every accepted class of a real group), "features": [...],
         "real": (N,) bool, "fields": (N,) the real field or "simulated"}``.
     """
-    from training.data.manifest import load_image, read_manifest
-    from training.data.real import REAL_SETS, load_fields, mosaics
+    from .data.manifest import load_image, read_manifest
+    from .data.real import REAL_SETS, load_fields, mosaics
 
     clf.info = replace(clf.info, calibration=None, qc=None)  # raw outputs, every feature read
     raw, targets, features, is_real, fields = [], [], [], [], []
@@ -253,7 +253,7 @@ def calibrate_folder(folder, *, manifests, real=None, real_root=None, real_qc_on
     """Fit and write calibration and qc into ``folder`` (see the module's docstring); returns the config."""
     from milcnn import Classifier
     from milcnn.io.images import write_atomic
-    from training.model_card import update_folder
+    from .model_card import update_folder
 
     folder = Path(folder)
     if pixel_size is not None:
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
           + f"); qc {json.dumps({k: v for k, v in config['qc'].items() if k not in ('fitted_on', 'distance')})}, "
           f"distance limit {config['qc']['distance']['limit']} ({config['qc']['fitted_on']['distance']})")
     if args.register:
-        from training.export import register
+        from .export import register
 
         register(args.registry, name=config["name"], spec=args.register, folder=args.folder,
                  summary=config.get("summary", ""))

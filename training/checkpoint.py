@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from milcnn.io.images import write_atomic
-from training.model import MILCNN, ModelConfig
+from .model import MILCNN, ModelConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 

@@ -83,7 +83,7 @@ def load_unlabelled(folder, channels: tuple[str, ...], n_classes: int, normaliza
         ValueError: an image without the model's channel count (the message names the file).
     """
     from milcnn.io.images import read_image
-    from training.data.dataset import prepared_image
+    from .data.dataset import prepared_image
 
     folder = Path(folder)
     paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".tif", ".tiff")) if folder.is_dir() else []
@@ -112,7 +112,7 @@ class DomainAdversary(nn.Module):
     def __init__(self, in_features: int, images: _Unlabelled, *, crop: int, batch: int, weight: float, seed: int,
                  photometric=None, n_classes: int | None = None, class_weighting: bool = False):
         super().__init__()
-        from training.data.dataset import CropDataset
+        from .data.dataset import CropDataset
 
         if batch < 1 or weight <= 0:
             raise ValueError(f"domain batch must be >= 1 and weight > 0, got {batch} and {weight}")
@@ -175,7 +175,7 @@ def write_unlabelled_mosaics(set_name: str, out, *, root=None, half: str = "vali
     """Write ``views`` mosaics of ``k x k`` shuffled cells of each field of ``half`` as ``out/*.tif``,
     without labels; returns how many were written."""
     from milcnn.io.images import write_tiff
-    from training.data.real import REAL_SETS, load_fields, shuffled_mosaics
+    from .data.real import REAL_SETS, load_fields, shuffled_mosaics
 
     rs = REAL_SETS[set_name]
     rng = np.random.default_rng(seed)
@@ -208,7 +208,7 @@ def write_pseudo_labelled_mosaics(set_name: str, model, out, *, root=None, half:
     """
     from milcnn import Classifier
     from milcnn.io.images import write_atomic, write_tiff
-    from training.data.real import REAL_SETS, field_mosaic, load_fields, shuffled_mosaics
+    from .data.real import REAL_SETS, field_mosaic, load_fields, shuffled_mosaics
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device="cpu")
     rs = REAL_SETS[set_name]
@@ -233,7 +233,7 @@ def write_pseudo_labelled_mosaics(set_name: str, model, out, *, root=None, half:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.data.real import REAL_SETS, RealDataMissingError
+    from .data.real import REAL_SETS, RealDataMissingError
 
     parser = argparse.ArgumentParser(prog="python -m training.domain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -31,11 +31,12 @@ import torch
 from milcnn import constants
 from milcnn.process.calibration import Calibration
 from milcnn.io.images import write_atomic
-from training.metrics import expected_calibration_error
-from training.data.manifest import read_manifest
-from training.model import MILCNN
-from training.scoring import score_manifest, torch_predictor
-from training.treatments import read_treatments, treatment_metrics
+from .metrics import expected_calibration_error
+from .data.manifest import read_manifest
+from .model import MILCNN
+from .scoring import score_manifest, torch_predictor
+from .treatments import read_treatments, treatment_metrics
+from .options import prog
 
 __all__ = ["evaluate"]
 
@@ -124,9 +125,9 @@ def plot_confusion(confusion: np.ndarray, classes, path: Path, *, title: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("evaluate"), description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--data", required=True, help="manifest CSV")
     parser.add_argument("--out", required=True, type=Path)

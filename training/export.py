@@ -40,9 +40,10 @@ from milcnn.model.checksums import sha256_of
 from milcnn.model.config import ModelInfo, read_config, scale_fields, write_config
 from milcnn.errors import HubTokenError
 from milcnn.io.images import write_tiff
-from training.checkpoint import read_checkpoint
-from training.data.manifest import load_image, read_manifest
-from training.model import MILCNN, receptive_field
+from .checkpoint import read_checkpoint
+from .data.manifest import load_image, read_manifest
+from .model import MILCNN, receptive_field
+from .options import prog
 
 __all__ = ["export_onnx", "check_onnx", "export_folder", "export_pooling", "push_to_hub",
            "check_push", "ExportError"]
@@ -109,9 +110,9 @@ def export_folder(checkpoint, out, *, name: str, version: str, eval_data: str | 
     ``input_cell_diameter_from`` says where the last comes from (for the card). With an input cell
     diameter, ``sample_input.tif`` is the test image resized to that scale, as users' images come."""
     from milcnn.predict.classifier import Classifier
-    from training.evaluate import evaluate
-    from training.model_card import render_card
-    from training.checkpoint import load_checkpoint
+    from .evaluate import evaluate
+    from .model_card import render_card
+    from .checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.config
@@ -283,7 +284,7 @@ def _round(v):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("export"), description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="best.pt to export; with --update-scale, an exported model folder")
     parser.add_argument("--update-scale", action="store_true",
                         help="only record --pixel-size, --cell-diameter, --input-cell-diameter and the cell-size "
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _update_scale(folder, pixel_size, cell_diameter, eval_data, *, input_cell_diameter=None, source=None) -> int:
     from milcnn.model.config import ModelInfo
-    from training.model_card import update_folder
+    from .model_card import update_folder
 
     info = ModelInfo.from_file(Path(folder) / constants.CONFIG_FILE)
     block = scale_block(pixel_size or info.pixel_size, cell_diameter or info.cell_diameter, eval_data,
@@ -445,7 +446,7 @@ def push_to_hub(folder, repo_id: str, *, revision: str | None = None, private: b
 def set_version(folder: Path, version: str) -> dict:
     """Give an exported model folder a new version (same weights: a patch release) in config.json and its card."""
     from milcnn.io.images import write_atomic
-    from training.model_card import render_card
+    from .model_card import render_card
 
     config = read_config(folder)
     config["version"] = version

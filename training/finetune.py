@@ -46,13 +46,13 @@ from milcnn.model.config import read_config
 from milcnn.errors import MilcnnError
 from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
-from training.data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
-from training.data.manifest import read_manifest
-from training.model import MILCNN, ModelConfig
-from training.checkpoint import load_checkpoint, read_checkpoint
-from training.fit import FitState, fit, resume_state
-from training.options import add_options, settings_from_args
-from training.train import evaluate_loss_accuracy, train_step, warmup_cosine
+from .data.dataset import CropDataset, ImageSet, Photometric, balanced_weights
+from .data.manifest import read_manifest
+from .model import MILCNN, ModelConfig
+from .checkpoint import load_checkpoint, read_checkpoint
+from .fit import FitState, fit, resume_state
+from .options import add_options, settings_from_args, prog
+from .train import evaluate_loss_accuracy, train_step, warmup_cosine
 
 __all__ = ["FinetuneConfig", "finetune", "load_source", "model_from_onnx", "rehearsal_set", "simulator_of"]
 
@@ -186,7 +186,7 @@ def load_source(spec: str) -> tuple[MILCNN, dict]:
 
 def simulator_of(origin: dict, classes: tuple[str, ...]) -> str:
     """The simulator (``training.simulate`` name) that draws exactly ``classes``, for rehearsal."""
-    from training.simulate import SIMULATORS
+    from .simulate import SIMULATORS
 
     for kind, (sim_classes, _, _) in SIMULATORS.items():
         if tuple(sim_classes) == tuple(classes):
@@ -208,7 +208,7 @@ def _rehearsal_manifest(cfg: FinetuneConfig, origin: dict, model_cfg: ModelConfi
 def rehearsal_set(kind: str, n: int, *, seed: int, channels: tuple[str, ...], folder: Path) -> Path:
     """The manifest of ``n`` simulated rehearsal images in ``folder``, simulated unless the folder
     already holds the same set (same simulator code and settings, seed, size and channels)."""
-    from training.simulate import SIMULATORS, simulate_dataset, simulator_fingerprint
+    from .simulate import SIMULATORS, simulate_dataset, simulator_fingerprint
 
     folder = Path(folder)
     manifest = folder / "manifest.csv"
@@ -364,7 +364,7 @@ def finetune(cfg: FinetuneConfig, *, resume: str | None = None, stop_after: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("finetune"), description=__doc__.split("\n")[0])
     parser.add_argument("--from", dest="source", required=True,
                         help="zoo name, Hub repo (org/name[@revision]), model folder or checkpoint (.pt)")
     parser.add_argument("--resume", help="continue from this run's last.pt")

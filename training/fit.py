@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from milcnn.io.images import write_atomic
-from training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 __all__ = ["FitState", "fit", "resume_state"]
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
-from training.checkpoint import read_checkpoint
-from training.metrics import confusion_matrix
-from training.treatments import CONTROLS, compound_folds, read_treatments, treatment_metrics
+from .checkpoint import read_checkpoint
+from .metrics import confusion_matrix
+from .treatments import CONTROLS, compound_folds, read_treatments, treatment_metrics
 
 __all__ = ["pool_manifests", "run_loco", "render_report"]
 
@@ -100,11 +100,11 @@ def run_loco(manifests: list[Path], out: Path, cfg, *, scheme: str = "compound",
     """
     import torch
 
-    from training.data.dataset import ImageSet
-    from training.data.manifest import read_manifest
-    from training.scoring import predict_set
-    from training.checkpoint import load_checkpoint
-    from training.train import train
+    from .data.dataset import ImageSet
+    from .data.manifest import read_manifest
+    from .scoring import predict_set
+    from .checkpoint import load_checkpoint
+    from .train import train
 
     header, rows = pool_manifests(manifests)
     compounds = [r["compound"] for r in rows]
@@ -221,7 +221,7 @@ def render_report(report: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import TrainConfig
+    from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m training.loco", description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from milcnn.process.preprocess import NormalizationConfig
-from training.pooling import POOLINGS, build_pooling
+from .pooling import POOLINGS, build_pooling
 
 __all__ = ["ModelConfig", "MILCNN", "MILOutput", "count_flops", "valid_instances"]
 
@@ -214,7 +214,7 @@ def receptive_field(config: ModelConfig) -> int:
 
 
 def _describe() -> str:
-    from training.data.yeast import YEAST_CHANNELS, YEAST_CLASSES
+    from .data.yeast import YEAST_CHANNELS, YEAST_CLASSES
 
     lines = ["| configuration | output stride | width | context | receptive field (px) | parameters "
              "| GFLOP per 1024 x 1024 image | GFLOP per 10^6 pixels |", "|---|---|---|---|---|---|---|---|"]

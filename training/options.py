@@ -12,7 +12,15 @@ import inspect
 import re
 from dataclasses import MISSING, fields
 
-__all__ = ["add_options", "field_help", "flag_type", "settings_from_args"]
+__all__ = ["add_options", "field_help", "flag_type", "settings_from_args", "prog"]
+
+#: how the training commands name themselves in their usage lines: ``python -m training.X`` in the repository,
+#: ``milzoo X`` where they are installed as ``milcnn.training`` (and when ``milzoo`` runs them)
+COMMAND_PREFIX = "python -m training." if __package__ == "training" else "milzoo "
+
+
+def prog(command: str) -> str:
+    return COMMAND_PREFIX + command
 
 _FIELD = re.compile(r"^\s{4}(\w+)\s*:\s*[^=#]+(?:=[^#]*)?(?:#\s*(.*))?$")
 

@@ -45,7 +45,7 @@ import numpy as np
 from milcnn import constants
 from milcnn.model.config import ModelInfo, Variant, write_config
 from milcnn.io.images import write_atomic
-from training.data.manifest import load_image, read_manifest
+from .data.manifest import load_image, read_manifest
 
 __all__ = ["quantize_folder", "half_folder", "bf16_folder", "requantize_as_qdq", "qoperator_to_qdq",
            "evaluate_classifier", "mask_iou", "QuantizationError"]
@@ -64,7 +64,7 @@ def evaluate_classifier(clf, manifest, *, threshold: float = constants.DEFAULT_T
     taken to be at the model's training scale (a simulated test set), so a model's default input scale
     (``input_cell_diameter``) is not applied to them.
     """
-    from training.scoring import score_manifest, sdk_predictor
+    from .scoring import score_manifest, sdk_predictor
 
     masks: list = []
     predict = sdk_predictor(clf, threshold=threshold)
@@ -94,8 +94,8 @@ def mask_iou(reference: list, other: list) -> float:
 
 def ensure_derived_files(folder: Path) -> ModelInfo:
     """Write ``pooling.onnx`` and the receptive field into a folder exported before they existed."""
-    from training.export import export_pooling
-    from training.model import ModelConfig, receptive_field
+    from .export import export_pooling
+    from .model import ModelConfig, receptive_field
 
     info = ModelInfo.from_file(folder / constants.CONFIG_FILE)
     if info.pooling["name"] != "attention" and not (folder / constants.POOLING_FILE).is_file():
@@ -301,7 +301,7 @@ def _add_variant(folder: Path, config: dict, fp32_clf, candidate: Path, precisio
     from milcnn import Classifier
     from milcnn.runtime.openvino import OpenVinoModel, openvino_available
     from milcnn.runtime.onnx import OnnxModel
-    from training.model_card import render_card
+    from .model_card import render_card
 
     fp32 = evaluate_classifier(fp32_clf, eval_data, keep_masks=True)
     by_backend = {}

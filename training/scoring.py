@@ -20,10 +20,10 @@ from scipy import ndimage
 
 from milcnn import constants
 from milcnn.process.postprocess import mask_from_maps
-from training.data.dataset import ImageSet, label_vector, prepared_image
-from training.data.manifest import load_image, load_mask, read_manifest
-from training.metrics import IoU, confusion_matrix, image_accuracy, otsu_threshold, precision_recall_f1, predicted_labels
-from training.model import MILCNN
+from .data.dataset import ImageSet, label_vector, prepared_image
+from .data.manifest import load_image, load_mask, read_manifest
+from .metrics import IoU, confusion_matrix, image_accuracy, otsu_threshold, precision_recall_f1, predicted_labels
+from .model import MILCNN
 
 __all__ = ["predict_set", "score_manifest", "torch_predictor", "sdk_predictor", "Predictor", "MARKER_CHANNELS",
            "otsu_cells"]

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from milcnn.io.images import write_atomic, write_tiff
-from training.data.mcf7 import MCF7_CLASSES, MCF7Params, mcf7_treatment, simulate_mcf7_image
-from training.data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
+from .data.mcf7 import MCF7_CLASSES, MCF7Params, mcf7_treatment, simulate_mcf7_image
+from .data.yeast import YEAST_CLASSES, YeastParams, simulate_yeast_image
+from .options import prog
 
 SIMULATORS = {"yeast": (YEAST_CLASSES, YeastParams, simulate_yeast_image),
               "mcf7": (MCF7_CLASSES, MCF7Params, simulate_mcf7_image)}
@@ -44,7 +45,7 @@ def simulator_fingerprint(kind: str, params) -> str:
     import hashlib
     import inspect
 
-    from training.data import optics
+    from .data import optics
 
     module = sys.modules[SIMULATORS[kind][2].__module__]
     digest = hashlib.sha256()
@@ -176,7 +177,7 @@ def _display(channel: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.simulate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("simulate"), description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     for kind, help_, channels, non_showing, outliers in (
             ("yeast", "yeast GFP localization (11 DeepLoc classes)", "gfp,rfp", "cells showing no pattern",

@@ -37,14 +37,14 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from milcnn.io.images import write_atomic
 from milcnn.logs import log_to_stderr
 from milcnn.process.preprocess import NormalizationConfig
-from training.checkpoint import read_checkpoint
-from training.data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
-from training.data.manifest import read_manifest
-from training.fit import FitState, fit, resume_state
-from training.options import add_options, settings_from_args
-from training.model import MILCNN, ModelConfig
-from training.regularizers import edge_aware_smoothness
-from training.metrics import image_accuracy
+from .checkpoint import read_checkpoint
+from .data.dataset import CellMosaic, CropDataset, ImageSet, Photometric, balanced_weights
+from .data.manifest import read_manifest
+from .fit import FitState, fit, resume_state
+from .options import add_options, settings_from_args, prog
+from .model import MILCNN, ModelConfig
+from .regularizers import edge_aware_smoothness
+from .metrics import image_accuracy
 
 __all__ = ["TrainConfig", "train", "bag_loss", "warmup_cosine", "train_step"]
 
@@ -159,7 +159,7 @@ def _split(samples, cfg: TrainConfig):
 
 
 def evaluate_loss_accuracy(model: MILCNN, images: ImageSet, device: torch.device) -> tuple[float, float]:
-    from training.scoring import predict_set
+    from .scoring import predict_set
 
     probs, _ = predict_set(model, images, device=device)
     loss = float(bag_loss(torch.from_numpy(probs), torch.from_numpy(images.targets)))
@@ -277,7 +277,7 @@ def _domain_adversary(cfg: TrainConfig, model: MILCNN, *, photometric):
     if not cfg.domain_data:
         return None
     from milcnn.process.scale import zoom_factor
-    from training.domain import DomainAdversary, load_unlabelled
+    from .domain import DomainAdversary, load_unlabelled
 
     mc = model.config
     if cfg.domain_cell_diameter is not None and not cfg.cell_diameter:
@@ -306,7 +306,7 @@ def _cell_mosaic(cfg: TrainConfig, channels: tuple[str, ...]) -> CellMosaic | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="JSON file of settings (flags override it)")
     parser.add_argument("--resume", help="continue from this last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from training.metrics import confusion_matrix
+from .metrics import confusion_matrix
 
 __all__ = ["treatment_probabilities", "treatment_metrics", "leave_one_compound_out", "compound_folds",
            "read_treatments", "CONTROLS"]
@@ -152,8 +152,8 @@ def evaluate_treatments(model, manifest, *, device: str = "cpu") -> dict:
     """Run an SDK model over a manifest with ``compound`` and ``concentration`` columns and
     score it per image and per treatment (``treatment_metrics``)."""
     from milcnn import Classifier
-    from training.data.manifest import read_manifest
-    from training.scoring import score_manifest, sdk_predictor
+    from .data.manifest import read_manifest
+    from .scoring import score_manifest, sdk_predictor
 
     clf = model if isinstance(model, Classifier) else Classifier.from_hub(str(model), device=device)
     samples, _, _ = read_manifest(manifest, channels=clf.channels, classes=clf.classes)

@@ -308,5 +308,56 @@ def download(model: str, revision: str | None, cache_dir: Path | None, force: bo
     click.echo(str(origin.folder))
 
 
+# ---------------------------------------------------------------------------------------- training
+
+#: milzoo's training commands: the module of ``milcnn.training`` (``training/`` in the repository) each runs
+TRAINING_COMMANDS = {
+    "train": "Train a MIL-CNN from a manifest of images with image-level labels (PyTorch).",
+    "finetune": "Fine-tune a zoo model, Hub repo, model folder or checkpoint on a few labelled fields (PyTorch).",
+    "evaluate": "Evaluate a checkpoint on a manifest: accuracy, F1, segmentation IoU (PyTorch).",
+    "export": "Export a checkpoint as a model folder that milzoo predict runs (PyTorch, ONNX).",
+    "simulate": "Write a simulated screen with pixel ground truth: images, masks and a manifest.",
+}
+#: what the train extra installs (``pip install "milcnn-sdk[train]"``)
+TRAIN_EXTRA = ("torch", "scipy", "matplotlib", "tqdm", "onnx", "onnxscript")
+
+
+def training_module(command: str):
+    """The training module behind ``milzoo COMMAND``: ``milcnn.training`` where it is installed, else the
+    repository's ``training`` (run from the repository's folder).
+
+    Raises:
+        click.UsageError: the train extra is missing (says what to install), or no training code is found.
+    """
+    import importlib
+
+    for package in ("milcnn.training", "training"):
+        try:
+            module = importlib.import_module(f"{package}.{command}")
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing.split(".")[0] in TRAIN_EXTRA:
+                raise click.UsageError(f"milzoo {command} needs the train extra (PyTorch and friends; {missing} is "
+                                       "missing): pip install \"milcnn-sdk[train]\"") from None
+            if missing in (package, f"{package}.{command}"):
+                continue  # not in this layout: try the next
+            raise
+        importlib.import_module(f"{package}.options").COMMAND_PREFIX = "milzoo "
+        return module
+    raise click.UsageError(f"milzoo {command}: no training code in this install; pip install \"milcnn-sdk[train]\"")
+
+
+def _training_command(command: str, summary: str) -> None:
+    @main.command(name=command, help=f"{summary} Options: milzoo {command} --help.", add_help_option=False,
+                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def run(args) -> None:
+        sys.exit(training_module(command).main(list(args)))
+
+
+for _command, _summary in TRAINING_COMMANDS.items():
+    _training_command(_command, _summary)
+
+
 if __name__ == "__main__":
     main()

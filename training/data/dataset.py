@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from milcnn.process.preprocess import NormalizationConfig, normalize
 from milcnn.process.scale import resize_chw, zoomed_shape
-from training.data.manifest import Sample, load_image
+from ..data.manifest import Sample, load_image
 
 __all__ = ["ImageSet", "CropDataset", "CellMosaic", "Photometric", "label_vector", "balanced_weights",
            "object_centres", "prepared_image"]
@@ -90,7 +90,7 @@ def object_centres(channel: np.ndarray, *, min_area: int = 20) -> np.ndarray:
     Returns an (n, 2) int array (n may be 0)."""
     from scipy import ndimage as ndi
 
-    from training.metrics import otsu_threshold
+    from ..metrics import otsu_threshold
 
     smooth = ndi.gaussian_filter(channel.astype(np.float32), 1.5)
     labels, n = ndi.label(smooth > otsu_threshold(smooth))

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from training.data.optics import Camera, form_image, illumination_field
-from training.data.yeast import check_ranges, check_screen_params
+from ..data.optics import Camera, form_image, illumination_field
+from ..data.yeast import check_ranges, check_screen_params
 
 __all__ = ["MCF7_CLASSES", "MCF7_CHANNELS", "MCF7Params", "simulate_mcf7_image", "NOT_SIMULATED", "MCF7_COMPOUNDS",
            "mcf7_treatment"]

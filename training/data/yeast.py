@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from training.data.optics import Camera, form_image, illumination_field
+from ..data.optics import Camera, form_image, illumination_field
 
 __all__ = ["YEAST_CLASSES", "YEAST_CHANNELS", "YeastParams", "simulate_yeast_image"]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from training.pooling.attention_pool import GatedAttentionPool
-from training.pooling.gm_pool import GeneralizedMeanPool
-from training.pooling.lse_pool import LogSumExpPool
-from training.pooling.max_pool import MaxPool
-from training.pooling.mean_pool import MeanPool
-from training.pooling.noisy_and import NoisyAndPool
+from ..pooling.attention_pool import GatedAttentionPool
+from ..pooling.gm_pool import GeneralizedMeanPool
+from ..pooling.lse_pool import LogSumExpPool
+from ..pooling.max_pool import MaxPool
+from ..pooling.mean_pool import MeanPool
+from ..pooling.noisy_and import NoisyAndPool
 
 __all__ = [
     "POOLINGS",

@@ -3,7 +3,7 @@ import math
 import torch
 from torch import nn
 
-from training.pooling._mask import expand_mask
+from ..pooling._mask import expand_mask
 
 
 class LogSumExpPool(nn.Module):

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from training.pooling._mask import expand_mask
+from ..pooling._mask import expand_mask
 
 
 class MaxPool(nn.Module):
