@@ -171,3 +171,9 @@ def test_imagexpress_channel_files_without_a_layout_get_a_hint_that_names_it(tmp
     result = CliRunner().invoke(main, ["predict", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert result.output.count("--layout imagexpress") >= 1 and "named like imagexpress channel files" in result.output
+
+
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["predict", str(SAMPLE), "--out", str(out)]).exit_code == 0
+    assert (out / "predictions.csv").is_file() and not (out / ".milzoo.lock").exists()

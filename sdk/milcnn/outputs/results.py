@@ -139,9 +139,8 @@ class ResultsFolder:
                 fh.close()
         self._predictions = self._errors = None
         if self._lock is not None:
-            try:  # the holder's PID is only news while it holds the folder
-                self._lock.seek(0)
-                self._lock.truncate()
+            try:  # removed while still held: a finished run leaves no lock file behind
+                (self.out / LOCK_FILE).unlink(missing_ok=True)
             except OSError:
                 pass
             self._lock.close()  # releases the flock
@@ -209,7 +208,7 @@ class ResultsFolder:
         return rows[1:]
 
 
-def _lock_folder(out: Path):
+def _lock_folder(out: Path, _tries: int = 5):
     """Hold an exclusive lock on ``out`` (``OUT/.milzoo.lock`` with the holder's PID); the open file is
     returned and closing it (or the process ending) releases the lock. Where ``fcntl`` is missing
     (Windows) no lock is taken."""
@@ -232,6 +231,15 @@ def _lock_folder(out: Path):
         fh.close()
         raise OutputFolderError(f"{out} is in use by another milzoo run (PID {holder}); wait for it to end or "
                                 "choose another --out") from None
+    try:  # a run that finished between our open and our lock removed the file we hold: lock the new one
+        same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+    except OSError:
+        same = False
+    if not same:
+        fh.close()
+        if _tries <= 1:
+            raise OutputFolderError(f"{out}: its lock file keeps changing; is another milzoo run starting there?")
+        return _lock_folder(out, _tries - 1)
     try:
         fh.seek(0)
         fh.truncate()
