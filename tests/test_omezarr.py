@@ -100,6 +100,12 @@ def test_a_plate_is_read_by_channel_name_and_labels_are_written_valid(tmp_path, 
     assert len(rows) == 6 and {(r["plate"], r["well"], r["field"]) for r in rows} == {
         ("test-plate", f"{r}0{c}", str(f)) for r, c in WELLS for f in (1, 2)}
     assert len(list(csv.DictReader(open(out / "wells.csv")))) == 3
+    from milcnn.outputs.layout import RunLayout  # what the napari reader opens them by
+
+    layout = RunLayout(out)
+    stems = layout.stems(rows)
+    assert sorted(stems.values()) == sorted(p.stem for p in (out / "masks").iterdir())
+    assert all(layout.mask(stems[r["image"]]).is_file() for r in rows)
     # the gfp and rfp channels were picked by name: the same field as a 2-channel array gives the same row
     from milcnn import Classifier
 
