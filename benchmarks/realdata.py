@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stderr()  # our progress (the ONNX exporter's notices stay at warnings)
     if args.k < 1:
         parser.error(f"--k must be at least 1, got {args.k}")
+    if args.update_zoo and (args.half != "all" or args.record):  # flags that cannot go together, before the data
+        parser.error("--update-zoo writes the released models' cards: it takes neither --half nor --record")
+    if args.norm_high is not None and not args.record:
+        parser.error("--norm-high scores a probe, not the released model: give it a --record LABEL")
     if not args.data.is_dir():
         print(f"error: real data not found: {args.data} is not a folder (pass --data DIR)", file=sys.stderr)
         return 2
@@ -337,10 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             from milcnn.model.registry import zoo
 
             models = args.model or sorted(zoo())
-            if args.update_zoo and (args.half != "all" or args.record):
-                parser.error("--update-zoo writes the released models' cards: it takes neither --half nor --record")
-            if args.norm_high is not None and not args.record:
-                parser.error("--norm-high scores a probe, not the released model: give it a --record LABEL")
             if args.record and len(models) != 1:
                 parser.error(f"--record files one model under its label; got {len(models)} models")
             scores = run_scores(models, args.data, k=args.k, half=args.half, norm_high=args.norm_high,

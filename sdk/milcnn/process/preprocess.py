@@ -106,13 +106,13 @@ def to_chw(image, n_channels: int, *, channel_axis: int | None = None, channel_n
         image = np.moveaxis(image, -1, 0)
     else:
         small = min(image.shape[0], image.shape[-1])
-        if n_channels < small <= 8:  # more channels than the model takes: pick them
-            picks = ",".join(str(i) for i in range(n_channels))
-            hint = (f"it has {small}: pick the model's, in its order, with --channel-index {picks} "
-                    f"(channel_index=({picks},))")
+        if n_channels < small <= 4:  # more channels than the model takes: pick them
+            picks = tuple(range(n_channels))
+            hint = (f"an RGB or {small}-channel image: pick the model's, in its order, with --channel-index "
+                    f"{','.join(map(str, picks))} (channel_index={picks})")
         elif small < n_channels:
-            hint = (f"it has {small}: give one file per channel (--layout imagexpress or operetta, or --channel "
-                    "NAME=GLOB) or save them as one image")
+            hint = (f"an RGB or {small}-channel image: give one file per channel (--layout imagexpress or operetta, "
+                    "or --channel NAME=GLOB) or save them as one image")
         else:
             hint = "a Z stack or time series: save one plane or a projection first"
         raise ValueError(f"image of shape {image.shape} has no axis of length {n_channels}: {needs}; {hint}")
