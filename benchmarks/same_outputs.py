@@ -13,8 +13,9 @@ into a temporary folder; each run imports its own ``sdk/`` and uses its own zoo 
 - the mcf7-moa sample enlarged to 2,200 x 2,200 px (tiled automatically).
 
 Every file of each output folder is compared byte for byte, except: ``run.json`` (timings, versions and
-paths by nature; its ``counts`` are compared), and CSV files, which are compared on the columns both
-runs wrote (new columns are allowed; a changed or missing value is not). Exit status 1 on any difference.
+paths by nature; its ``counts`` are compared), CSV files, which are compared on the columns both
+runs wrote (new columns are allowed; a changed or missing value is not), and ``.milzoo.lock`` (the lock a
+run holds, no output: runs since issue 39 remove it when they finish). Exit status 1 on any difference.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _csv(path: Path) -> tuple[list[str], list[dict]]:
 def compare(new: Path, old: Path) -> list[str]:
     """Differences between two output folders, one line each."""
     problems = []
-    files = {p.relative_to(old) for p in old.rglob("*") if p.is_file()}
+    files = {p.relative_to(old) for p in old.rglob("*") if p.is_file() and p.name != ".milzoo.lock"}
     new_files = {p.relative_to(new) for p in new.rglob("*") if p.is_file()}
     problems += [f"{f}: missing" for f in sorted(files - new_files)]
     for f in sorted(files & new_files):
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     outs[label] = tmp / f"out{i}-{label}"
                     run_tree(tree, case, outs[label], tmp)
                 problems = compare(outs["new"], outs["old"])
-                n = sum(1 for p in outs["old"].rglob("*") if p.is_file())
+                n = sum(1 for p in outs["old"].rglob("*") if p.is_file() and p.name != ".milzoo.lock")
                 results.append({"case": name, "files": n, "differences": problems})
                 print(f"{name}: {n} files, {len(problems)} differences", *problems, sep="\n  ")
         finally:

@@ -140,8 +140,11 @@ def test_fp16_variant_on_request_with_a_notice_on_a_cpu(clf, field, caplog):
 def test_auto_precision_is_fp32_on_a_cpu_and_fp16_only_where_a_gpu_starts(field, monkeypatch, caplog):
     import onnxruntime
 
+    from milcnn.errors import DeviceFallbackWarning
+
     assert Classifier.from_hub("yeast-loc").precision == "fp32"  # no GPU provider in this onnxruntime
-    assert Classifier.from_hub("yeast-loc", device="cuda").precision == "fp32"
+    with pytest.warns(DeviceFallbackWarning, match="running on the CPU"):  # seen from Python without logging set up
+        assert Classifier.from_hub("yeast-loc", device="cuda").precision == "fp32"
     caplog.clear()
     # onnxruntime claims a CUDA provider: auto picks fp16, the session cannot start CUDA and runs
     # on the CPU, so the classifier goes back to fp32 rather than run float16 on a CPU
@@ -260,3 +263,16 @@ def test_benchmarks_name_the_cpu_with_its_int8_and_bf16_instructions(flags, says
     assert text.startswith("AMD EPYC (") and text.endswith(says)
     assert has_bf16(f"flags\t: {flags}\n") == ("avx512_bf16" in flags)
     assert has_vnni(f"flags\t: {flags}\n") == ("vnni" in flags)
+
+
+@pytest.mark.slow
+def test_a_missing_gpu_is_said_once_by_milzoo(tmp_path):
+    """--device cuda on a machine without one: one line, although milzoo runs two inference sessions."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(ZOO / "yeast-loc" / "sample_input.tif"),
+                           "--device", "cuda", "--streams", "2", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("running on the CPU") == 1, proc.stderr

@@ -44,6 +44,11 @@ def _resolve(model: str, revision: str | None = None, **kwargs):
 def main() -> None:
     """Classify and segment high-content-screening images with MIL-CNN models."""
     log_to_stderr(logging.INFO)
+    import warnings
+
+    from milcnn.errors import DeviceFallbackWarning
+
+    warnings.simplefilter("ignore", DeviceFallbackWarning)  # its log line says it, once
 
 
 @main.command()

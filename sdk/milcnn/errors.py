@@ -21,6 +21,7 @@ __all__ = [
     "OutputFolderError",
     "ProvenanceError",
     "NotLazy",
+    "DeviceFallbackWarning",
 ]
 
 
@@ -145,6 +146,10 @@ class OutputFolderError(MilcnnError, OSError):
 
 class ProvenanceError(OutputFolderError):
     """``--resume`` into a folder made with another model, precision or threshold."""
+
+
+class DeviceFallbackWarning(RuntimeWarning):
+    """The device asked for (``cuda``) is not usable here: the model runs on the CPU instead."""
 
 
 class NotLazy(MilcnnError, ValueError):

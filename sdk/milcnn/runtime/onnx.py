@@ -35,6 +35,17 @@ def gpu_usable(device: str) -> bool:
     return device != "cpu" and bool(gpu_providers(ort.get_available_providers()))
 
 
+def _cpu_instead(message: str) -> None:
+    """A GPU asked for and not there: one notice, in the log (milzoo's stderr) and as a ``DeviceFallbackWarning``
+    (what a Python user sees without configuring logging; milzoo shows the log line only)."""
+    import warnings
+
+    from milcnn.errors import DeviceFallbackWarning
+
+    log.warning(message)
+    warnings.warn(message, DeviceFallbackWarning, stacklevel=4)
+
+
 def physical_cores() -> int:
     """Physical cores this process may use (onnxruntime's default thread count): logical CPUs
     in the affinity mask, less SMT siblings where Linux says which they are."""
@@ -107,8 +118,8 @@ class OnnxModel:
         else:
             providers = gpu_providers(available) if device in ("auto", "cuda") else []
             if device == "cuda" and not providers:
-                log.warning("--device cuda asked for, but onnxruntime has no CUDA provider here "
-                            "(install onnxruntime-gpu instead of onnxruntime); running on the CPU")
+                _cpu_instead("device cuda asked for, but onnxruntime has no CUDA provider here (install "
+                             "onnxruntime-gpu instead of onnxruntime); running on the CPU")
         requested = [_provider_name(p) for p in providers]
         providers.append("CPUExecutionProvider")
         options = session_options if session_options is not None else _default_options(threads)
@@ -119,8 +130,8 @@ class OnnxModel:
         self.providers = self.session.get_providers()  # what onnxruntime actually uses, in priority order
         failed = [name for name in requested if name not in self.providers]
         if failed and device == "cuda" and self.providers == ["CPUExecutionProvider"]:
-            log.warning("--device cuda asked for, but onnxruntime could not start its CUDA provider (see its warnings "
-                        "above: CUDA or cuDNN libraries); running on the CPU")
+            _cpu_instead("device cuda asked for, but onnxruntime could not start its CUDA provider (see its warnings "
+                         "above: CUDA or cuDNN libraries); running on the CPU")
         elif failed:
             log.warning(f"onnxruntime could not start {', '.join(failed)} (see its warnings above); running on "
                         f"{', '.join(self.providers)}")
@@ -142,7 +153,8 @@ class OnnxModel:
         if threads == self.threads or self._session_options is not None:  # the caller's options rule
             return self
         if threads not in self._siblings:
-            self._siblings[threads] = OnnxModel(self.path, device=self.device, threads=threads, outputs=self.outputs,
+            device = "cpu" if self.on_cpu and self._provider_request is None else self.device  # said once already
+            self._siblings[threads] = OnnxModel(self.path, device=device, threads=threads, outputs=self.outputs,
                                                 providers=self._provider_request)
         return self._siblings[threads]
 
