@@ -43,7 +43,8 @@ class Inputs:
                 or locate(item, root=self.roots.get(item), pattern=self.pattern))
 
 
-def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], None]) -> Inputs:
+def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], None],
+                  out_dir: Path | None = None) -> Inputs:
     """``inputs`` (files, folders, globs, plates) and ``opts.manifest``'s, for ``clf`` (a ``milcnn.batch.run.BatchOptions``; ``taken``: the predictions.csv
     columns a manifest's carried column must not reuse).
 
@@ -52,6 +53,8 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
             patterns (one line each).
     """
     paths, missing, skipped, roots = expand_inputs(inputs, recursive=opts.recursive)
+    if out_dir is not None:  # --out inside an input folder: its own masks and overlays are not inputs
+        paths = [p for p in paths if not _inside(p, out_dir)]
     found = Inputs(paths, missing, skipped=skipped, roots=roots)
     if opts.manifest is not None:
         listed, found.extras, found.extra_names, found.locations = read_input_manifest(opts.manifest, clf.channels,
@@ -81,6 +84,13 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
     return found
+
+
+def _inside(path, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def layout_hint(paths: list) -> str | None:
@@ -119,7 +129,7 @@ def expand_inputs(inputs, *, recursive: bool = False) -> tuple[list[Path], list[
     found, missing, skipped, roots = [], [], 0, {}
     for item in inputs:
         item = str(item)
-        if any(ch in item for ch in "*?["):
+        if any(ch in item for ch in "*?[") and not Path(item).exists():  # field[1].tif is a file, not a glob
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             files = [p for p in matches if p.is_file() or _looks_like_image(p)]
             found += files
@@ -177,31 +187,42 @@ def read_input_manifest(path: Path, channels: tuple[str, ...], taken: list[str])
 
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ValueError(f"--manifest {path}: cannot read ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--manifest {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
-    per_channel = [f"path_{c}" for c in channels]
-    if all(c in columns for c in per_channel):
-        used = per_channel
-    elif "path" in columns:
-        used = ["path"]
-    else:
-        raise ValueError(f"--manifest {path}: needs a 'path' column or {', '.join(per_channel)} (has "
-                         f"{', '.join(columns) or 'no columns'})")
-    place = {"plate", "well", "field"} if "well" in columns else set()
-    carried = [c for c in columns if c not in used and not c.startswith("path_") and c != "path" and c not in place]
-    names = [f"manifest_{c}" if c in taken else c for c in carried]
-    base = Path(path).parent
-    inputs, extras, locations = [], {}, {}
-    for line, row in enumerate(reader, 2):
-        if any(not row.get(c) for c in used):
-            raise ValueError(f"--manifest {path}, line {line}: empty {' or '.join(used)}")
-        files = [Path(row[c]) if Path(row[c]).is_absolute() else base / row[c] for c in used]
-        item = files[0] if len(files) == 1 else ChannelFiles(files[0].with_suffix(""), tuple(files))
-        inputs.append(item)
-        extras[item] = [row.get(c, "") for c in carried]
-        well = parse_well(row.get("well")) if place else None
-        if well is not None:
-            locations[item] = Location(row.get("plate") or base.name, well, row.get("field") or "")
+    try:
+        columns = reader.fieldnames or []
+        per_channel = [f"path_{c}" for c in channels]
+        if all(c in columns for c in per_channel):
+            used = per_channel
+        elif "path" in columns:
+            used = ["path"]
+        else:
+            raise ValueError(f"--manifest {path}: needs a 'path' column or {', '.join(per_channel)} (has "
+                             f"{', '.join(columns) or 'no columns'})")
+        place = {"plate", "well", "field"} if "well" in columns else set()
+        carried = [c for c in columns if c not in used and not c.startswith("path_") and c != "path"
+                   and c not in place]
+        names = [f"manifest_{c}" if c in taken else c for c in carried]
+        base = Path(path).parent
+        inputs, extras, locations, lines = [], {}, {}, {}
+        for line, row in enumerate(reader, 2):
+            if any(not row.get(c) for c in used):
+                raise ValueError(f"--manifest {path}, line {line}: empty {' or '.join(used)}")
+            files = [Path(row[c]) if Path(row[c]).is_absolute() else base / row[c] for c in used]
+            item = files[0] if len(files) == 1 else ChannelFiles(files[0].with_suffix(""), tuple(files))
+            extra = [row.get(c) or "" for c in carried]
+            well = parse_well(row.get("well")) if place else None
+            where = Location(row.get("plate") or base.name, well, row.get("field") or "") if well else None
+            if item in lines:  # the same image twice: once is enough, two different records are an error
+                if extras[item] != extra or locations.get(item) != where:
+                    raise ValueError(f"--manifest {path}, line {line}: {row[used[0]]} is listed again with other "
+                                     f"values (line {lines[item]})")
+                continue
+            inputs.append(item)
+            lines[item], extras[item] = line, extra
+            if where is not None:
+                locations[item] = where
+    except csv.Error as exc:
+        raise ValueError(f"--manifest {path}, line {reader.line_num + 1}: {exc}") from None
     return inputs, extras, names, locations

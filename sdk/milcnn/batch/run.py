@@ -20,7 +20,7 @@ from milcnn.batch.inputs import Inputs, gather_inputs
 from milcnn.batch.provenance import check_provenance, provenance, write_run
 from milcnn.batch.report import Messages, Progress
 from milcnn.io.omezarr import ZarrField
-from milcnn.outputs.layout import output_stems
+from milcnn.outputs.layout import as_text, output_stems
 from milcnn.outputs.results import ResultsFolder
 from milcnn.outputs.rows import header, prediction_row, read_rows, row_counts
 from milcnn.predict.options import PredictOptions
@@ -77,7 +77,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
     from milcnn.outputs.plates import read_plate_map, write_plate_outputs
 
     columns = header(clf.classes, clf.info.multi_label)
-    found = gather_inputs(clf, inputs, opts, taken=columns, echo=echo)
+    found = gather_inputs(clf, inputs, opts, taken=columns, echo=echo, out_dir=out_dir)
     plate_map = read_plate_map(opts.plate_map) if opts.plate_map else None
     mine = provenance(clf, opts)
     with ResultsFolder(out_dir, columns + found.extra_names, resume=opts.resume, overwrite=opts.overwrite) as results:
@@ -131,12 +131,13 @@ class _Job:
         """Every image not done yet; returns whether the run was interrupted."""
         found, results = self.found, self.results
         done = results.done
-        todo = [p for p in found.paths if str(p) not in done]
+        todo = [p for p in found.paths if as_text(str(p)) not in done]
         self.predicted = len(found.paths) - len(todo)
         if self.opts.resume and len(todo) < len(found.paths):
             self.echo(f"milzoo: resuming: {self.predicted} of {len(found.paths)} images already predicted in "
                       f"{out_dir}; {len(todo)} to do")
-        results.retry({str(p) for p in todo} | set(found.missing) | {name for name, _ in found.problems})
+        results.retry({as_text(str(p)) for p in todo} | {as_text(str(m)) for m in found.missing}
+                      | {as_text(name) for name, _ in found.problems})
         for item in found.missing:
             self.on_error(item, "no such file, folder or matching files")
         for name, problem in found.problems:
@@ -160,7 +161,7 @@ class _Job:
             interrupted = True
         finally:
             progress.close()
-        results.finish(list(found.missing) + [name for name, _ in found.problems] + [str(p) for p in found.paths])
+        results.finish([as_text(str(x)) for x in (*found.missing, *(name for name, _ in found.problems), *found.paths)])
         for line in self.messages.summary():
             self.echo(line)
         return interrupted

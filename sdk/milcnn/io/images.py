@@ -335,7 +335,8 @@ def write_atomic(path, mode: str = "wb", *, durable: bool = True, **kwargs):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # the temporary name stays short (a long file name plus the prefix and suffix would pass the 255-byte limit)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh

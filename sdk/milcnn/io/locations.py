@@ -13,16 +13,18 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Location", "locate", "parse_well", "WELL_PATTERNS"]
+__all__ = ["Location", "locate", "parse_well", "split_well", "well_name", "WELL_PATTERNS"]
 
+#: a plate row: A to P, and AA to AF (a 1536-well plate's rows 27 to 32)
+_ROW = r"(?:[Aa][A-Fa-f]|[A-Pa-p])"
 #: built-in file-name patterns, tried in order
 WELL_PATTERNS = {
     "operetta": re.compile(r"r(?P<row>\d{1,2})c(?P<col>\d{1,2})f(?P<field>\d{1,3})", re.IGNORECASE),
-    "imagexpress": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})_s(?P<field>\d{1,3})(?=$|[_\-.])"),
-    "well_field": re.compile(r"(?:^|[_\-\s])(?P<well>[A-Pa-p]\d{1,2})[_\-](?:f|fld|field|site)?(?P<field>\d{1,3})"
+    "imagexpress": re.compile(r"(?:^|[_\-\s])(?P<well>" + _ROW + r"\d{1,2})_s(?P<field>\d{1,3})(?=$|[_\-.])"),
+    "well_field": re.compile(r"(?:^|[_\-\s])(?P<well>" + _ROW + r"\d{1,2})[_\-](?:f|fld|field|site)?(?P<field>\d{1,3})"
                              r"(?=$|[_\-.])", re.IGNORECASE),
 }
-_WELL_FOLDER = re.compile(r"^(?:well[_\-]?)?(?P<well>[A-Pa-p]\d{1,2})$", re.IGNORECASE)
+_WELL_FOLDER = re.compile(r"^(?:well[_\-]?)?(?P<well>" + _ROW + r"\d{1,2})$", re.IGNORECASE)
 
 
 class Location(NamedTuple):
@@ -34,15 +36,42 @@ class Location(NamedTuple):
 
     @property
     def row(self) -> int:
-        return ord(self.well[0]) - ord("A")
+        return split_well(self.well)[0]
 
     @property
     def col(self) -> int:
-        return int(self.well[1:]) - 1
+        return split_well(self.well)[1]
+
+
+_WELL_PARTS = re.compile(r"([A-Za-z]{1,2})(\d{1,3})")
+
+
+def well_name(row: int, col: int) -> str:
+    """(1, 2) -> ``B03``: the name of the 0-based row and column (``split_well``'s inverse)."""
+    return _well(row_number=row + 1, col=col + 1)
+
+
+def split_well(well: str) -> tuple[int, int]:
+    """``B03`` -> (1, 2): the 0-based row and column; rows past Z go on as a spreadsheet's (``AA``, ``AB``: the
+    1536-well plate's rows 27 to 32).
+
+    Raises:
+        ValueError: not a well name (names it).
+    """
+    m = _WELL_PARTS.fullmatch(well or "")
+    if not m or int(m[2]) < 1:
+        raise ValueError(f"well {well!r} is not a well name like B03 or AB48")
+    letters = m[1].upper()
+    row = ord(letters[-1]) - ord("A") + (26 * (ord(letters[0]) - ord("A") + 1) if len(letters) == 2 else 0)
+    return row, int(m[2]) - 1
 
 
 def _well(row_letter: str | None = None, col: str | int | None = None, *, row_number: str | int | None = None) -> str:
-    letter = row_letter.upper() if row_letter else chr(ord("A") + int(row_number) - 1)
+    if row_letter:
+        letter = row_letter.upper()
+    else:
+        n = int(row_number) - 1
+        letter = chr(ord("A") + n) if n < 26 else chr(ord("A") + n // 26 - 1) + chr(ord("A") + n % 26)
     return f"{letter}{int(col):02d}"
 
 
@@ -63,7 +92,7 @@ def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None =
         m = pattern.search(relative)
         if m:
             groups = m.groupdict()
-            well = (_well(groups["well"][0], groups["well"][1:]) if groups.get("well") else
+            well = (parse_well(groups["well"]) if groups.get("well") else
                     _well(col=groups["col"], row_number=groups["row"]) if groups["row"].isdigit() else
                     _well(groups["row"], groups["col"]))
             return Location(groups.get("plate") or plate, well, str(int(groups["field"])) if groups.get("field") else "")
@@ -74,18 +103,19 @@ def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None =
     for key in ("imagexpress", "well_field"):
         m = WELL_PATTERNS[key].search(Path(name).stem)
         if m:
-            return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(m["field"])))
+            return Location(plate, parse_well(m["well"]), str(int(m["field"])))
     m = _WELL_FOLDER.match(path.parent.name)
     if m:
         digits = re.findall(r"\d+", path.stem)
-        return Location(plate, _well(m["well"][0], m["well"][1:]), str(int(digits[-1])) if digits else path.stem)
+        return Location(plate, parse_well(m["well"]), str(int(digits[-1])) if digits else path.stem)
     return None
 
 
-_WELL_NAME = re.compile(r"\s*([A-Pa-p])(\d{1,2})\s*")
+_WELL_NAME = re.compile(r"\s*([A-Za-z]{1,2})(\d{1,3})\s*")
 
 
 def parse_well(text: str | None) -> str | None:
-    """A well name as written in a table (``b3``, `` B03 ``) as ``B03``; None when it is not one."""
+    """A well name as written in a table (``b3``, `` B03 ``, ``ab48``) as ``B03`` / ``AB48``; None when it is not
+    one."""
     m = _WELL_NAME.fullmatch(text or "")
     return _well(m[1], m[2]) if m else None

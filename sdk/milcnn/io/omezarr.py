@@ -17,6 +17,7 @@ import numpy as np
 
 from milcnn.errors import ImageReadError
 from milcnn.io.fields import FieldPath
+from milcnn.io.locations import parse_well
 
 __all__ = ["ZarrField", "is_plate", "plate_fields", "LABEL_NAME"]
 
@@ -228,17 +229,33 @@ def plate_fields(path) -> list[ZarrField]:
         columns = [c["name"] for c in plate.get("columns", [])]
         fields = []
         for well in plate["wells"]:
-            well_path = well["path"]
+            well_path = _inside_plate(well["path"], "well path")
             if "rowIndex" in well and "columnIndex" in well and rows and columns:
+                if not (0 <= well["rowIndex"] < len(rows) and 0 <= well["columnIndex"] < len(columns)):
+                    raise ValueError(f"well {well_path!r}: rowIndex {well['rowIndex']} / columnIndex "
+                                     f"{well['columnIndex']} outside its {len(rows)} rows and {len(columns)} columns")
                 row_name, col_name = rows[well["rowIndex"]], columns[well["columnIndex"]]
             else:
                 row_name, col_name = well_path.split("/")[:2]
+            name = parse_well(f"{row_name}{col_name}")
+            if name is None:
+                raise ValueError(f"well {well_path!r}: row {row_name!r} and column {col_name!r} are not a well name")
             well_meta, _ = _ome_attrs(group[well_path].attrs)
             for k, image in enumerate(well_meta.get("well", {}).get("images", [])):
-                fields.append(ZarrField(path, f"{well_path}/{image['path']}", plate.get("name") or path.stem,
-                                        f"{row_name.upper()}{int(col_name):02d}", str(k + 1), version))
+                image_path = _inside_plate(f"{well_path}/{image['path']}", "image path")
+                fields.append(ZarrField(path, image_path, str(plate.get("name") or path.stem), name, str(k + 1),
+                                        version))
     except ImportError:
         raise
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, IndexError) as exc:
         raise ImageReadError(path, f"not a readable OME-Zarr plate ({type(exc).__name__}: {exc})") from None
     return fields
+
+
+def _inside_plate(relative, what: str) -> str:
+    """A path of the plate's metadata, refused unless it stays inside the plate (no ``..``, not absolute)."""
+    text = str(relative)
+    parts = text.replace("\\", "/").split("/")
+    if not text or text.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+        raise ValueError(f"{what} {text!r} leaves the plate")
+    return text

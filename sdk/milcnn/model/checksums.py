@@ -27,6 +27,8 @@ def verify_sha256(path, expected: str | None) -> None:
     """
     if expected is None:
         return
+    if not Path(path).is_file():  # a FIFO would block the read, a device never end it
+        raise ChecksumMismatchError(Path(path), expected, "not-a-regular-file")
     actual = sha256_of(path)
     if actual != expected:
         raise ChecksumMismatchError(Path(path), expected, actual)

@@ -269,7 +269,11 @@ def content_sha256(d: dict) -> str:
 
 
 def _read_json(path: Path, sha256: str | None = None) -> dict:
+    import stat
+
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block, /dev/zero never end
+            raise ModelConfigError(f"{path}: not a regular file; a model config is a JSON file")
         size = path.stat().st_size
         if size > constants.MAX_CONFIG_BYTES:  # before parsing: a huge file would take the memory first
             raise ModelConfigError(f"{path}: {size:,} bytes, over the {constants.MAX_CONFIG_BYTES:,} a model config "

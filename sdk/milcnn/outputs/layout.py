@@ -15,13 +15,16 @@ plugin's reader, ``--resume``)::
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from milcnn.io.fields import FieldPath
 
-__all__ = ["RunLayout", "output_stems", "PREDICTIONS", "ERRORS", "RUN_FILE", "LOCK_FILE", "OUTPUT_FILES",
+__all__ = ["RunLayout", "output_stems", "safe_stem", "as_text", "PREDICTIONS", "ERRORS", "RUN_FILE", "LOCK_FILE", "OUTPUT_FILES",
            "OUTPUT_DIRS"]
 
 PREDICTIONS = "predictions.csv"
@@ -61,10 +64,23 @@ class RunLayout:
         object.__setattr__(self, "out", Path(self.out))
 
     def mask(self, stem: str) -> Path:
-        return self.out / "masks" / f"{stem}.tif"
+        return self._inside("masks", f"{stem}.tif")
 
     def overlay(self, stem: str) -> Path:
-        return self.out / "overlays" / f"{stem}.png"
+        return self._inside("overlays", f"{stem}.png")
+
+    def _inside(self, folder: str, name: str) -> Path:
+        """``out/folder/name``, refused unless it stays in ``out``: a name is one component (``safe_stem``), and the
+        folder must not be a link planted to send the files elsewhere."""
+        from milcnn.errors import OutputFolderError
+
+        if name != os.path.basename(name) or name.startswith("."):
+            raise OutputFolderError(f"{name!r}: not a plain file name; refused (it would write outside {self.out})")
+        where = self.out / folder
+        if where.is_symlink():
+            raise OutputFolderError(f"{where}: a link, not a folder; refused (its files would be written where it "
+                                    "points)")
+        return where / name
 
     def is_results(self) -> bool:
         """Whether the folder holds a run's results (``predictions.csv`` and ``masks/``)."""
@@ -99,11 +115,48 @@ def _recorded(row: dict):
     return path
 
 
+#: the longest output stem in bytes (UTF-8): the file system's 255-byte names less the extension and a
+#: temporary file's prefix and suffix; a longer one is cut and ends with a hash of the whole
+MAX_STEM_BYTES = 180
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def as_text(text: str) -> str:
+    """``text`` as it is written into a CSV or a message: bytes of a file name that are not UTF-8 (Python's
+    surrogate escapes) as ``\\udcNN``, so any file name can be written and found again."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_stem(text: str) -> str:
+    """``text`` as one safe file-name component: no path separator or control character, no leading dot (no
+    ``..``, no hidden file), bytes that are not UTF-8 (a file name's surrogate escapes) as ``\\xNN``, and at most
+    ``MAX_STEM_BYTES`` (cut, with a hash of the whole)."""
+    text = _UNSAFE.sub("_", as_text(text)).lstrip(".") or "_"
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_STEM_BYTES:
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        text = raw[: MAX_STEM_BYTES - 13].decode("utf-8", "ignore") + "-" + digest
+    return text
+
+
 def output_stems(paths: list) -> dict:
-    """The output file stem of each input, unique among ``paths``: its own stem; where several inputs
-    share a stem, its path relative to their common folder with ``__`` for the separators
-    (``plate1__A01``); where that still clashes (``a.tif`` and ``a.tiff`` in one folder), the file
-    name with its extension (``a.tif``, ``a.tiff``)."""
+    """The output file stem of each input, unique among ``paths`` and safe (``safe_stem``): its own stem; where
+    several inputs share a stem, its path relative to their common folder with ``__`` for the separators
+    (``plate1__A01``); where that still clashes (``a.tif`` and ``a.tiff`` in one folder), the file name with its
+    extension (``a.tif``, ``a.tiff``); where names still meet (``f1/x.tif``, ``f2/x.tif`` and ``f1__x.tif``), the
+    later ones end with a hash of their path."""
+    stems = {p: safe_stem(s) for p, s in _stems(paths).items()}
+    seen: set[str] = set()
+    for p in paths:
+        stem = stems[p]
+        if stem.lower() in seen:  # case too: two names that differ only in case meet on macOS and Windows
+            stem = safe_stem(f"{stem}-{hashlib.sha256(str(p).encode('utf-8', 'surrogateescape')).hexdigest()[:8]}")
+            stems[p] = stem
+        seen.add(stem.lower())
+    return stems
+
+
+def _stems(paths: list) -> dict:
     counts = Counter(p.stem for p in paths)
     clashing = [p.absolute() for p in paths if counts[p.stem] > 1]
     root = Path(*_common_parts([p.parent.parts for p in clashing])) if clashing else None

@@ -14,7 +14,7 @@ from milcnn.process.decision import UNASSIGNED, decide
 from milcnn.io.images import write_atomic
 from milcnn.process.quality import QC_OK
 from milcnn.errors import OutputFolderError, PlateMapError
-from milcnn.io.locations import parse_well
+from milcnn.io.locations import parse_well, split_well, well_name
 
 __all__ = ["well_table", "write_wells", "write_plate_png", "write_treatments", "read_plate_map", "write_plate_outputs"]
 
@@ -33,7 +33,7 @@ def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, 
         if row.get("well"):
             groups.setdefault((row.get("plate", ""), row["well"]), []).append(row)
     table = []
-    for (plate, well), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1][0], int(kv[0][1][1:]))):
+    for (plate, well), members in sorted(groups.items(), key=lambda kv: (kv[0][0], split_well(kv[0][1]))):
         used, qc = _trusted(members)
         ok = used if qc == QC_OK else []
         p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in used]).mean(axis=0)
@@ -80,27 +80,39 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
     """``well,compound,concentration[,moa][,plate]`` -> {(plate or "", well): {compound, concentration, moa}}.
 
     Raises:
-        PlateMapError: a missing column, a bad well name or concentration (with the line).
+        PlateMapError: unreadable, a missing column or value, a bad well name or concentration, a cell over the
+            CSV field limit, or one well given twice with different treatments (with the line and the field).
     """
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise PlateMapError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlateMapError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     reader = csv.DictReader(io.StringIO(text))
     need = {"well", "compound", "concentration"}
-    if not reader.fieldnames or not need <= set(reader.fieldnames):
-        raise PlateMapError(f"{path}: needs columns well, compound, concentration (has {reader.fieldnames})")
-    out = {}
-    for line, row in enumerate(reader, 2):
-        well = parse_well(row["well"])
-        if well is None:
-            raise PlateMapError(f"{path}, line {line}: well {row['well']!r} is not like B03")
-        try:
-            concentration = float(row["concentration"])
-        except ValueError:
-            raise PlateMapError(f"{path}, line {line}: concentration {row['concentration']!r} is not a number") from None
-        out[(row.get("plate") or "", well)] = {"compound": row["compound"], "concentration": concentration,
-                                                            "moa": row.get("moa") or ""}
+    out, where = {}, {}
+    try:
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise PlateMapError(f"{path}: needs columns well, compound, concentration (has {reader.fieldnames})")
+        for line, row in enumerate(reader, 2):
+            missing = [c for c in ("well", "compound", "concentration") if not (row.get(c) or "").strip()]
+            if missing:
+                raise PlateMapError(f"{path}, line {line}: no {', '.join(missing)}")
+            well = parse_well(row["well"])
+            if well is None:
+                raise PlateMapError(f"{path}, line {line}: well {row['well']!r} is not like B03")
+            try:
+                concentration = float(row["concentration"])
+            except ValueError:
+                raise PlateMapError(f"{path}, line {line}: concentration {row['concentration']!r} is not a "
+                                    "number") from None
+            key = (row.get("plate") or "", well)
+            entry = {"compound": row["compound"], "concentration": concentration, "moa": row.get("moa") or ""}
+            if key in out and out[key] != entry:
+                raise PlateMapError(f"{path}, line {line}: well {well} is given again with another treatment "
+                                    f"(line {where[key]}: {out[key]['compound']} at {out[key]['concentration']:g})")
+            out[key], where[key] = entry, line
+    except csv.Error as exc:
+        raise PlateMapError(f"{path}, line {reader.line_num + 1}: {exc}") from None
     return out
 
 
@@ -142,8 +154,8 @@ _BACKGROUND = (20, 20, 20)
 
 
 def _layout(table: list[dict]) -> tuple[int, int]:
-    rows = max((ord(t["well"][0]) - ord("A") for t in table), default=0) + 1
-    cols = max((int(t["well"][1:]) for t in table), default=1)
+    rows = max((split_well(t["well"])[0] for t in table), default=0) + 1
+    cols = max((split_well(t["well"])[1] + 1 for t in table), default=1)
     return (8, 12) if rows <= 8 and cols <= 12 else (16, 24) if rows <= 16 and cols <= 24 else (32, 48)
 
 
@@ -172,9 +184,9 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
     for c in range(n_cols):
         draw.text((margin + c * _CELL + 4, top + 4), f"{c + 1}", fill=(180, 180, 180), font=font)
     for r in range(n_rows):
-        draw.text((6, top + margin + r * _CELL + 5), chr(ord("A") + r), fill=(180, 180, 180), font=font)
+        draw.text((6, top + margin + r * _CELL + 5), well_name(r, 0)[:-2], fill=(180, 180, 180), font=font)
         for c in range(n_cols):
-            well = f"{chr(ord('A') + r)}{c + 1:02d}"
+            well = well_name(r, c)
             x0, y0 = margin + c * _CELL, top + margin + r * _CELL
             box = (x0 + 1, y0 + 1, x0 + _CELL - 2, y0 + _CELL - 2)
             entry = by_well.get(well)
@@ -206,7 +218,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
         draw.text((gx, gy), _drawable(label), fill=(220, 220, 220), font=font)
         for r in range(n_rows):
             for c in range(n_cols):
-                entry = by_well.get(f"{chr(ord('A') + r)}{c + 1:02d}")
+                entry = by_well.get(well_name(r, c))
                 x0, y0 = gx + c * _SMALL, gy + 14 + r * _SMALL
                 if entry is None:
                     fill = _GREY

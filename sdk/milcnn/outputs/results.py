@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from milcnn.errors import MilcnnError, OutputFolderError, ResultsFolderError
-from milcnn.outputs.layout import ERRORS, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES, PREDICTIONS
+from milcnn.outputs.layout import ERRORS, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES, PREDICTIONS, as_text
 
 __all__ = ["ResultsFolder"]
 
@@ -184,7 +184,7 @@ class ResultsFolder:
     @staticmethod
     def _append(fh, row: list) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(row)
+        csv.writer(buffer, lineterminator="\n").writerow([as_text(c) if isinstance(c, str) else c for c in row])
         try:
             fh.write(buffer.getvalue())  # one write per row: a kill cannot split it
             fh.flush()
@@ -218,11 +218,20 @@ def _lock_folder(out: Path, _tries: int = 5):
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return None
+    import stat
+
     path = out / LOCK_FILE
-    try:
-        fh = open(path, "a+", encoding="utf-8")
+    try:  # never through a link planted in its place: O_NOFOLLOW, and a regular file only
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                     0o666)
     except OSError as exc:
+        if path.is_symlink():
+            raise OutputFolderError(f"{path}: a link, not milzoo's lock file; refused (remove it)") from None
         raise OutputFolderError(f"{out}: cannot write in the output folder ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputFolderError(f"{path}: not a regular file; refused (remove it)")
+    fh = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

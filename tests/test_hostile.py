@@ -1,0 +1,168 @@
+"""Hostile inputs (issue 40): nothing written outside --out, no file clobbered through a planted link, every
+file name and well name handled, every table error one line naming the file, line and field."""
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from milcnn.cli import main
+from milcnn.outputs.layout import output_stems, safe_stem
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "zoo" / "yeast-loc" / "sample_input.tif"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_output_names_stay_unique_across_the_whole_run():
+    """folder1/x.tif, folder2/x.tif and folder1__x.tif: three inputs, three names (no mask overwritten)."""
+    paths = [Path("folder1/x.tif"), Path("folder2/x.tif"), Path("folder1__x.tif"), Path("FOLDER2__X.tif")]
+    stems = output_stems(paths)
+    assert len({s.lower() for s in stems.values()}) == len(paths)
+
+
+@pytest.mark.parametrize("text", ["../../ESCAPED_A01_f1", "/../../x", "a\\b", ".hidden", "x\x00y", "b_\udcff\udcfe",
+                                  "n" * 300])
+def test_a_stem_is_one_safe_bounded_component(text):
+    stem = safe_stem(text)
+    assert "/" not in stem and "\\" not in stem and not stem.startswith(".") and "\x00" not in stem
+    assert len(stem.encode("utf-8")) <= 180 and os.path.basename(stem) == stem
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".milzoo.lock").symlink_to(target)
+    result = run("predict", SAMPLE, "--out", out)
+    assert result.exit_code == 2 and "a link, not milzoo's lock file" in result.output
+    assert target.read_text() == "keep me"
+
+
+def test_a_planted_masks_link_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "masks").symlink_to(elsewhere, target_is_directory=True)
+    result = run("predict", SAMPLE, "--out", out)
+    assert result.exit_code != 0 and not any(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    folder = shutil.copytree(ROOT / "zoo" / "yeast-loc", tmp_path / "model")
+    (folder / "config.json").unlink()
+    if kind == "fifo":
+        os.mkfifo(folder / "config.json")
+    else:
+        (folder / "config.json").symlink_to("/dev/zero")
+    result = run("predict", SAMPLE, "--model", folder, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "not a regular file" in result.output
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_resumed(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE, os.fsencode(folder) + b"/b_\xff\xfe.tif")
+    shutil.copy(SAMPLE, folder / "ok.tif")
+    out = tmp_path / "out"
+    assert run("predict", folder, "--out", out).exit_code == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+    assert len(rows) == 2 and any("\\udcff" in r["image"] for r in rows)
+    assert len(list((out / "masks").iterdir())) == 2
+    again = run("predict", folder, "--out", out, "--resume")
+    assert again.exit_code == 0 and "already predicted" not in again.output.split("resuming")[0]
+    assert len(list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))) == 2
+
+
+def test_a_long_file_name_is_written_under_a_shortened_name(tmp_path):
+    name = "f" * 240 + ".tif"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / name)
+    out = tmp_path / "out"
+    assert run("predict", folder, "--out", out).exit_code == 0
+    (mask,) = (out / "masks").iterdir()
+    assert len(mask.name.encode()) < 200
+
+
+def test_brackets_in_a_file_name_are_not_a_glob(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "field[1].tif")
+    shutil.copy(SAMPLE, tmp_path / "field1.tif")
+    out = tmp_path / "out"
+    assert run("predict", tmp_path / "field[1].tif", "--out", out).exit_code == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [Path(r["image"]).name for r in rows] == ["field[1].tif"]
+
+
+def test_out_inside_an_input_folder_is_not_read_as_input_on_resume(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert run("predict", tmp_path, "--recursive", "--out", out).exit_code == 0
+    again = run("predict", tmp_path, "--recursive", "--out", out, "--resume")
+    assert again.exit_code == 0
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1
+
+
+def test_1536_well_rows_make_plate_outputs(tmp_path):
+    """Rows past P (AA..AF) in well folders: located, tabled and drawn."""
+    for well in ("A01", "AB48", "AF01"):
+        (tmp_path / "plate" / well).mkdir(parents=True)
+        shutil.copy(SAMPLE, tmp_path / "plate" / well / "f1.tif")
+    from milcnn.io.locations import split_well, well_name
+
+    assert split_well("AB48") == (27, 47) and well_name(27, 47) == "AB48"
+    out = tmp_path / "out"
+    plate_map = tmp_path / "map.csv"
+    plate_map.write_text("well,compound,concentration\nAB48,x,1\n")
+    result = run("predict", tmp_path / "plate", "--recursive", "--plate-map", plate_map, "--out", out)
+    assert result.exit_code == 0, result.output
+    wells = {r["well"] for r in csv.DictReader(open(out / "wells.csv"))}
+    assert wells == {"A01", "AB48", "AF01"} and (out / "plate.png").is_file()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("well,compound,concentration\nB03,,1\n", "line 2: no compound"),
+    ("well,compound,concentration\nB03,x\n", "line 2: no concentration"),
+    ("well,compound,concentration\nB03,x,1\nB03,y,1\n", "line 3: well B03 is given again with another treatment"),
+    ("well,compound,concentration\nB03,x," + "1" * (1 << 20) + "\n", "line 2"),
+])
+def test_plate_map_errors_name_the_file_line_and_field(tmp_path, text, says):
+    from milcnn.errors import PlateMapError
+    from milcnn.outputs.plates import read_plate_map
+
+    path = tmp_path / "map.csv"
+    path.write_text(text)
+    with pytest.raises(PlateMapError, match=says) as err:
+        read_plate_map(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("path,treatment\na.tif,x\na.tif,y\n", "line 3: a.tif is listed again with other values"),
+    ("path,note\na.tif," + "n" * (1 << 20) + "\n", "line 2"),
+])
+def test_manifest_errors_name_the_line(tmp_path, text, says):
+    from milcnn.batch.inputs import read_input_manifest
+
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=says):
+        read_input_manifest(path, ("gfp", "rfp"), [])
+
+
+def test_an_identical_duplicate_manifest_row_is_read_once(tmp_path):
+    from milcnn.batch.inputs import read_input_manifest
+
+    path = tmp_path / "m.csv"
+    path.write_text("path,treatment\na.tif,x\na.tif,x\n")
+    inputs, extras, _, _ = read_input_manifest(path, ("gfp", "rfp"), [])
+    assert len(inputs) == 1 and extras[inputs[0]] == ["x"]
