@@ -401,9 +401,27 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
               "- **Power cut.** Not promised: masks, overlays and rows are not fsynced one by one (an fsync per "
               "image costs more than writing it), so the last seconds of results may be missing or empty "
               "after a power cut. Re-run with `--overwrite` if the machine lost power mid-run.",
-              "- **Hostile model folders.** `config.json` over 1 MB, with a class count that differs from the "
-              "model's outputs, an output stride that is not a positive power of two, or a variant file outside "
-              "the folder is refused at load in one line; every model file with a recorded sha256 is checked."]
+              "- **Hostile model folders.** `config.json` over 1 MB, not a regular file (a FIFO, `/dev/zero`), "
+              "edited since it was written (its checksum), with a class count that differs from the "
+              "model's outputs, an output stride that is not a positive power of two, a `min_size` over 4096, or "
+              "a variant file outside the folder is refused at load in one line; every model file with a recorded "
+              "sha256 is checked.",
+              "- **Nothing written outside `--out`** (`tests/test_hostile.py`): output names are built from "
+              "sanitised components (no separator, no leading dot, at most 180 bytes, a hash where cut), unique "
+              "across the run (case included), and a `masks` / `overlays` folder or `.milzoo.lock` that is a "
+              "planted link is refused, its target untouched. OME-Zarr well and image paths that leave the plate, "
+              "and row or column indices outside its lists, are refused with one line; a field that declares "
+              "more values than `MILCNN_MAX_IMAGE_VALUES` (or chunks that large) is refused from its metadata.",
+              "- **Any file name.** Bytes that are not UTF-8 are written escaped (`\\udcff`) in the CSVs and "
+              "output names, and `--resume` finds them; `field[1].tif` is a file, not a glob; an `--out` inside "
+              "an input folder is not read back as input; 1536-well rows (`AA`..`AF`) are located and drawn.",
+              "- **Tables.** A plate map or manifest with a missing value, an oversized cell, or one well or image "
+              "given twice with different values is refused in one line naming the file and line; a "
+              "`--well-pattern` whose match is not a well stops before any image is predicted.",
+              "- **Spreadsheet formulas.** `predictions.csv` and the other CSVs hold values as they are: a cell "
+              "that starts with `=`, `+`, `-` or `@` (a file name, a manifest column) is not altered, because "
+              "the files are data for programs and for `--resume`, which must read back exactly what was written. "
+              "Open them in a spreadsheet as text (import, column type text), not by double-click."]
     lines += ["", "Also tested elsewhere: tiled and whole-image results agree (`tests/test_inference.py`);",
               "a batch mixing good and bad files, interrupted with SIGINT or SIGKILL and resumed, ends with",
               "exactly the outputs of an uninterrupted run (`tests/test_resume.py`); random bytes and random",

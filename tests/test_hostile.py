@@ -166,3 +166,60 @@ def test_an_identical_duplicate_manifest_row_is_read_once(tmp_path):
     path.write_text("path,treatment\na.tif,x\na.tif,x\n")
     inputs, extras, _, _ = read_input_manifest(path, ("gfp", "rfp"), [])
     assert len(inputs) == 1 and extras[inputs[0]] == ["x"]
+
+
+def test_an_ome_zarr_field_over_the_pixel_budget_is_refused_before_reading(tmp_path, monkeypatch):
+    """A plate whose field declares 2 x 30000 x 30000: refused from its metadata in under a second (nothing read)."""
+    zarr = pytest.importorskip("zarr")
+    import time
+
+    from milcnn.errors import ImageReadError
+    from milcnn.io.omezarr import ZarrField
+
+    root = zarr.open_group(str(tmp_path / "big.zarr"), mode="w", zarr_format=2)
+    image = root.create_group("A/1/0")
+    image.create_array("0", shape=(2, 30000, 30000), chunks=(1, 512, 512), dtype="uint16")
+    image.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"},
+                                                              {"name": "y", "type": "space"},
+                                                              {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0"}]}]
+    field = ZarrField(tmp_path / "big.zarr", "A/1/0", "big", "A01", "1", "0.4")
+    t0 = time.perf_counter()
+    with pytest.raises(ImageReadError, match="declares 1,800,000,000 values"):
+        field.read(("gfp", "rfp"))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_well_pattern_that_does_not_give_wells_stops_before_anything_is_written(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "plateX_rowQ_colZ.tif")
+    result = run("predict", folder, "--well-pattern", "row(?P<row>[A-Z])_col(?P<col>[A-Z])", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "--well-pattern" in result.output and "not a well" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_absurd_min_size_is_refused_at_load(tmp_path):
+    import json
+
+    from milcnn import Classifier
+    from milcnn.errors import ModelConfigError
+    from milcnn.model.config import content_sha256
+
+    folder = shutil.copytree(ROOT / "zoo" / "yeast-loc", tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["min_size"] = 20000
+    config["checksum"] = f"sha256:{content_sha256(config)}"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelConfigError, match="min_size must be in 1..4096, got 20000"):
+        Classifier.from_dir(folder)
+
+
+def test_a_thin_image_is_tiled_not_padded_to_a_huge_one():
+    import numpy as np
+
+    from milcnn import Classifier
+
+    clf = Classifier.from_hub("yeast-loc", device="cpu")
+    item = clf.prepare_input(np.ones((2, 8, 70000), np.uint16))  # padded whole: 64 x 70000 > the tile threshold
+    assert item.tiled

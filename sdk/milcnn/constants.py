@@ -32,6 +32,8 @@ MAX_IMAGE_VALUES = int(os.environ.get("MILCNN_MAX_IMAGE_VALUES", str(2**27)))
 # (the mask 1 byte per pixel, class maps 4 bytes x classes / stride**2): 2**29 px is 23170 x 23170.
 MAX_LAZY_PIXELS = int(os.environ.get("MILCNN_MAX_LAZY_PIXELS", str(2**29)))
 SCALE_CHECKS = 8  # images per Classifier whose cell size (qc's reading) may raise the scale notice
+#: the largest ``min_size`` a model config may declare (every smaller image is padded to it)
+MAX_MIN_SIZE = 4096
 MAX_IMAGE_ZOOM = 8.0  # a pixel size read from a file is used only for a zoom within 1/8x to 8x
 DEFAULT_RECEPTIVE_FIELD = 64  # px; used when a config.json does not record the model's own
 

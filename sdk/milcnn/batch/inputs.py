@@ -83,6 +83,9 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
         for item in missing:
             echo(f"milzoo: {item}: no such file, folder or matching files")
         raise ValueError("no input images found")
+    if found.pattern is not None:  # every match a well before any image is predicted (one line, the flag named)
+        for item in found.paths:
+            found.location(item)
     return found
 
 

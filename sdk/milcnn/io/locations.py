@@ -93,9 +93,13 @@ def locate(path: Path, *, root: Path | None = None, pattern: re.Pattern | None =
         if m:
             groups = m.groupdict()
             well = (parse_well(groups["well"]) if groups.get("well") else
-                    _well(col=groups["col"], row_number=groups["row"]) if groups["row"].isdigit() else
-                    _well(groups["row"], groups["col"]))
-            return Location(groups.get("plate") or plate, well, str(int(groups["field"])) if groups.get("field") else "")
+                    parse_well(f"{groups['row']}{groups['col']}") if not groups["row"].isdigit() else
+                    _well(col=groups["col"], row_number=groups["row"]) if groups["col"].isdigit() else None)
+            field = groups.get("field") or ""
+            if well is None or not (field.isdigit() or not field):
+                raise ValueError(f"--well-pattern {pattern.pattern!r} matches {relative!r} as "
+                                 f"{ {k: v for k, v in groups.items() if v} }, which is not a well (and field number)")
+            return Location(groups.get("plate") or plate, well, str(int(field)) if field else "")
     name = path.name
     m = WELL_PATTERNS["operetta"].search(name)
     if m:

@@ -119,6 +119,7 @@ class ZarrField(FieldPath):
         if len(axes) != array.ndim:
             axes = ["t", "c", "z", "y", "x"][-array.ndim:]
         index = tuple(0 if a in ("t", "z") else slice(None) for a in axes)
+        _within_budget(self.id, array, axes)
         data = np.asarray(array[index])
         kept = [a for a in axes if a not in ("t", "z")]
         if "c" not in kept:
@@ -250,6 +251,22 @@ def plate_fields(path) -> list[ZarrField]:
     except (KeyError, TypeError, ValueError, OSError, IndexError) as exc:
         raise ImageReadError(path, f"not a readable OME-Zarr plate ({type(exc).__name__}: {exc})") from None
     return fields
+
+
+def _within_budget(where, array, axes: list[str]) -> None:
+    """Refuse a field, from its metadata and before any pixel is read, that declares more values (one plane of
+    every channel) than ``constants.MAX_IMAGE_VALUES``, or chunks that large (a chunk is decoded whole)."""
+    from milcnn import constants
+
+    budget = constants.MAX_IMAGE_VALUES
+    kept = [n for n, a in zip(array.shape, axes) if a not in ("t", "z")]
+    chunks = getattr(array, "chunks", None) or array.shape
+    declared, chunk = int(np.prod(kept, dtype=np.int64)), int(np.prod(chunks, dtype=np.int64))
+    if declared > budget or chunk > budget:
+        what = f"{declared:,} values ({' x '.join(map(str, kept))})" if declared > budget else \
+            f"chunks of {chunk:,} values ({' x '.join(map(str, chunks))})"
+        raise ImageReadError(where, f"declares {what}, over the {budget:,} an image may take (set "
+                                    "MILCNN_MAX_IMAGE_VALUES to raise it, if the memory is there)")
 
 
 def _inside_plate(relative, what: str) -> str:

@@ -214,8 +214,8 @@ class ModelInfo:
             return "channels must name at least one channel"
         if self.output_stride <= 0 or self.output_stride & (self.output_stride - 1):
             return f"output_stride must be a positive power of two, got {self.output_stride}"
-        if self.min_size <= 0:
-            return f"min_size must be positive, got {self.min_size}"
+        if not 0 < self.min_size <= constants.MAX_MIN_SIZE:  # every image is padded to it: 20,000 would be 4 GB
+            return f"min_size must be in 1..{constants.MAX_MIN_SIZE}, got {self.min_size}"
         for precision, variant in self.variants.items():
             if not _plain_file_name(variant.file):
                 return f"variants.{precision}.file must be a file name inside the model folder, got {variant.file!r}"

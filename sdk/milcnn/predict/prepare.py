@@ -134,7 +134,9 @@ def prepare(read: ReadImage, info: ModelInfo, *, zoom: float, scale_source: str,
         ranges = channel_ranges(chw, info.normalization)
         resized = resize_chw(apply_ranges(chw, *ranges), zoomed_shape((h, w), zoom))
         h, w = resized.shape[1:]
-    if tile_size is None and h * w > constants.TILE_THRESHOLD_PIXELS:
+    # tiled where the padded image would pass the threshold: a 1 x 4,000,000 px image padded to min_size rows is
+    # 256 million pixels
+    if tile_size is None and max(h, info.min_size) * max(w, info.min_size) > constants.TILE_THRESHOLD_PIXELS:
         tile_size = constants.DEFAULT_TILE_SIZE
     if tile_size is None:
         if resized is not None:
