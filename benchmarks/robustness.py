@@ -392,7 +392,8 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
               "image again; `errors.csv` keeps only what still fails (and is gone when nothing does).",
               "- **Full disk.** An image whose mask or overlay cannot be written gets its row in `errors.csv`; "
               "when `errors.csv` or `predictions.csv` themselves cannot be written, the run stops with one "
-              "line and exit 2, keeping the complete rows before it. Free space and `--resume`.",
+              "line and exit 2, keeping the complete rows before it (a new `errors.csv` is written with its first row, "
+              "so none is left holding only its header). Free space and `--resume`.",
               "- **Output folder unusable** (a file, read-only, cannot be created): one line, exit 2, before any "
               "image is read.",
               "- **Concurrent runs.** `milzoo predict` holds an exclusive lock on `--out` (`OUT/.milzoo.lock`, "

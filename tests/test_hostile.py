@@ -223,3 +223,24 @@ def test_a_thin_image_is_tiled_not_padded_to_a_huge_one():
     clf = Classifier.from_hub("yeast-loc", device="cpu")
     item = clf.prepare_input(np.ones((2, 8, 70000), np.uint16))  # padded whole: 64 x 70000 > the tile threshold
     assert item.tiled
+
+
+def test_a_full_disk_leaves_no_header_only_errors_csv(tmp_path, monkeypatch):
+    """The first error row cannot be written (ENOSPC): errors.csv is not left holding only its header."""
+    import errno
+
+    from milcnn.errors import OutputFolderError
+    from milcnn.outputs.results import ResultsFolder
+
+    real = ResultsFolder._append
+
+    def full(fh, *rows):
+        if fh.name.endswith("errors.csv"):
+            raise OutputFolderError(f"{fh.name}: cannot write ({os.strerror(errno.ENOSPC)})")
+        return real(fh, *rows)
+
+    monkeypatch.setattr(ResultsFolder, "_append", staticmethod(full))
+    with ResultsFolder(tmp_path / "out", ["image", "label"]) as results:
+        with pytest.raises(OutputFolderError, match="No space left"):
+            results.add_error("a.tif", "cannot read")
+    assert not (tmp_path / "out" / "errors.csv").exists()

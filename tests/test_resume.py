@@ -194,11 +194,11 @@ def test_a_full_disk_at_the_first_error_stops_with_one_line_and_keeps_what_was_w
 
     real_open = results_module.ResultsFolder._open
 
-    def full(self, name, header):
+    def full(self, name, header, **kwargs):
         if name == results_module.ERRORS:
             raise OutputFolderError(f"{self.out / name}: cannot write "
                                                    f"({os.strerror(errno.ENOSPC)})")
-        return real_open(self, name, header)
+        return real_open(self, name, header, **kwargs)
 
     files = [plate / "a" / "f00.tif", plate / "a" / "f05.tif", plate / "a" / "f06.tif"]  # f05 is broken
     reference = tmp_path / "reference"

@@ -129,8 +129,9 @@ class ResultsFolder:
         self._append(self._predictions, row)
 
     def add_error(self, image: str, message: str) -> None:
-        if self._errors is None:
-            self._errors = self._open(ERRORS, ["image", "error"])
+        if self._errors is None:  # the header goes with the first row: a full disk leaves no header-only file
+            self._errors = self._open(ERRORS, ["image", "error"], first=[image, message])
+            return
         self._append(self._errors, [image, message])
 
     def close(self) -> None:
@@ -152,13 +153,22 @@ class ResultsFolder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _open(self, name: str, header: list[str]):
+    def _open(self, name: str, header: list[str], *, first: list | None = None):
+        """The file opened for appending; a new one gets ``header`` (and ``first``, in the same write). A new
+        file whose first write fails is removed, so no header-only file is left."""
         path = self.out / name
+        fresh = False
         try:
             fresh = not path.exists() or path.stat().st_size == 0
             fh = open(path, "a", newline="", encoding="utf-8")
-            if fresh:
-                self._append(fh, header)
+            if fresh or first is not None:
+                try:
+                    self._append(fh, *([header] if fresh else []), *([first] if first is not None else []))
+                except OutputFolderError:
+                    fh.close()
+                    if fresh:
+                        path.unlink(missing_ok=True)
+                    raise
         except OutputFolderError:
             raise
         except OSError as exc:
@@ -182,11 +192,12 @@ class ResultsFolder:
             setattr(self, attr, self._open(name, header))
 
     @staticmethod
-    def _append(fh, row: list) -> None:
+    def _append(fh, *rows: list) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow([as_text(c) if isinstance(c, str) else c for c in row])
+        csv.writer(buffer, lineterminator="\n").writerows([[as_text(c) if isinstance(c, str) else c for c in row]
+                                                            for row in rows])
         try:
-            fh.write(buffer.getvalue())  # one write per row: a kill cannot split it
+            fh.write(buffer.getvalue())  # one write per call: a kill cannot split it
             fh.flush()
         except OSError as exc:
             raise OutputFolderError(f"{fh.name}: cannot write ({exc.strerror or exc})") from None
