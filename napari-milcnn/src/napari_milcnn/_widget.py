@@ -28,6 +28,7 @@ class MilcnnWidget(QWidget):
         self.viewer = napari_viewer
         self._models: dict = {}
         self._zoo = zoo()
+        self._zoo_channels = self._bundled_channels()  # read once: the default model follows every layer change
         self._user_chose = False  # until the user picks a model, it follows the chosen layer's channels
         self._setting = False  # the widget itself is changing the model box
         self.worker = None  # the running prediction, if any
@@ -94,18 +95,22 @@ class MilcnnWidget(QWidget):
             if current in names:
                 box.setCurrentText(current)
 
-    def _fitting_model(self) -> str | None:
-        """The first zoo model whose channel count the chosen layer has (2-D: one; 3-D: its first or last axis)."""
+    def _bundled_channels(self) -> dict[str, tuple[str, ...]]:
+        """Each bundled zoo model's channels, from its config (no model loaded)."""
         from milcnn.model.config import ModelInfo
 
+        return {name: ModelInfo.from_file(entry.bundled_dir / "config.json").channels
+                for name, entry in sorted(self._zoo.items()) if entry.bundled_dir is not None}
+
+    def _fitting_model(self) -> str | None:
+        """The first zoo model whose channel count the chosen layer has (2-D: one; 3-D: its first or last axis)."""
         name = self.layer.currentText()
         if not name or name not in self.viewer.layers:
             return None
         shape = np.shape(self.viewer.layers[name].data)
         counts = {1} if len(shape) == 2 else {shape[0], shape[-1]} if len(shape) == 3 else set()
-        for model, entry in sorted(self._zoo.items()):
-            if entry.bundled_dir is not None and len(ModelInfo.from_file(entry.bundled_dir / "config.json").channels) \
-                    in counts:
+        for model, channels in self._zoo_channels.items():
+            if len(channels) in counts:
                 return model
         return None
 
@@ -130,11 +135,8 @@ class MilcnnWidget(QWidget):
             self._model_changed(name)
 
     def _channels_of(self, name: str) -> tuple[str, ...]:
-        from milcnn.model.config import ModelInfo
-
-        entry = self._zoo.get(name)
-        if entry is not None and entry.bundled_dir is not None:
-            return ModelInfo.from_file(entry.bundled_dir / "config.json").channels
+        if name in self._zoo_channels:
+            return self._zoo_channels[name]
         return self.classifier(name).channels  # a Hub repo or a folder: loaded now, once
 
     def _model_changed(self, name: str) -> None:

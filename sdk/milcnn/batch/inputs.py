@@ -54,7 +54,10 @@ def gather_inputs(clf, inputs, opts, *, taken: list[str], echo: Callable[[str], 
     """
     paths, missing, skipped, roots = expand_inputs(inputs, recursive=opts.recursive)
     if out_dir is not None:  # --out inside an input folder: its own masks and overlays are not inputs
-        paths = [p for p in paths if not _inside(p, out_dir)]
+        out = Path(out_dir).resolve()
+        holding = {top for top in set(roots.values()) if _inside(out, top)}
+        if holding:  # resolved only then: a plate of 10^5 files elsewhere costs nothing here
+            paths = [p for p in paths if roots.get(p) not in holding or not _inside(p, out)]
     found = Inputs(paths, missing, skipped=skipped, roots=roots)
     if opts.manifest is not None:
         listed, found.extras, found.extra_names, found.locations = read_input_manifest(opts.manifest, clf.channels,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from milcnn.errors import ChecksumMismatchError
+from milcnn.errors import ChecksumMismatchError, ModelConfigError
 
 __all__ = ["sha256_of", "verify_sha256"]
 
@@ -28,7 +28,7 @@ def verify_sha256(path, expected: str | None) -> None:
     if expected is None:
         return
     if not Path(path).is_file():  # a FIFO would block the read, a device never end it
-        raise ChecksumMismatchError(Path(path), expected, "not-a-regular-file")
+        raise ModelConfigError(f"{path}: not a regular file; a model file is one")
     actual = sha256_of(path)
     if actual != expected:
         raise ChecksumMismatchError(Path(path), expected, actual)

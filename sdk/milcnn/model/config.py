@@ -272,15 +272,17 @@ def _read_json(path: Path, sha256: str | None = None) -> dict:
     import stat
 
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block, /dev/zero never end
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never end
             raise ModelConfigError(f"{path}: not a regular file; a model config is a JSON file")
-        size = path.stat().st_size
+        size = info.st_size
         if size > constants.MAX_CONFIG_BYTES:  # before parsing: a huge file would take the memory first
             raise ModelConfigError(f"{path}: {size:,} bytes, over the {constants.MAX_CONFIG_BYTES:,} a model config "
                                    "may take; not a milcnn config")
         data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatchError(path, sha256, hashlib.sha256(data).hexdigest())
+        actual = hashlib.sha256(data).hexdigest() if sha256 is not None else None
+        if actual != sha256:
+            raise ChecksumMismatchError(path, sha256, actual)
         d = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ModelConfigError(f"{path}: not found") from None
