@@ -4,6 +4,10 @@ Usage (the command behind ``benchmarks/results/peers.md`` and the README / BENCH
 
     python -m benchmarks.peers [--rounds 5] [--reps 3] [--pipeline-images 120] [--pipeline-rounds 3]
                                [--out benchmarks/results/peers]
+    python -m benchmarks.peers --pipeline-against COMMIT [--pipeline-images 120] [--pipeline-rounds 3]
+
+The second form measures only ``milzoo predict``'s throughput against an earlier commit's SDK
+(``benchmarks/results/throughput.md``): the regression check of a change not meant to cost speed.
 
 Everything runs in this one process on the machine's cores (2 threads each), in interleaved rounds: each
 round times every configuration ``--reps`` times in turn, so a slow moment of this shared machine falls on
@@ -285,6 +289,57 @@ def pipeline_throughput(n: int, rounds: int, *, bf16: bool = True) -> dict:
                              for k, vals in rates.items()}}
 
 
+def pipeline_against(commit: str, n: int, rounds: int) -> dict:
+    """``milzoo predict`` on ``n`` 512 x 512 fields with this tree's SDK and with ``commit``'s (a git worktree,
+    its ``sdk/`` first on ``PYTHONPATH``, its own zoo folder as ``--model``), at fp32 (the default) and int8,
+    rounds in alternating order: images per second of each run's ``run.json`` and the median ratio of this
+    tree to ``commit`` per round (a regression check of a change that was not meant to cost speed)."""
+    import tifffile
+
+    rates: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        old = tmp / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            folder = tmp / "fields"
+            folder.mkdir()
+            sample = tifffile.imread(ZOO / "sample_input.tif")
+            for i in range(n):
+                tifffile.imwrite(folder / f"f{i:03d}.tif", np.roll(sample, 37 * i, axis=2), photometric="minisblack")
+            runs = [(f"{precision}, {label}", tree, precision) for precision in ("fp32", "int8")
+                    for label, tree in (("this tree", ROOT), (commit, old))]
+            for r in range(rounds):
+                for k, (name, tree, precision) in enumerate(runs if r % 2 == 0 else runs[::-1]):
+                    out = tmp / f"out-{r}-{k}"
+                    env = {**os.environ, "PYTHONPATH": str(tree / "sdk")}
+                    proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--out", str(out),
+                                           "--model", str(tree / "zoo" / "yeast-loc"), "--precision", precision],
+                                          capture_output=True, text=True, timeout=3600, env=env, cwd=tmp)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"milzoo predict ({name}) failed: {proc.stderr[-2000:]}")
+                    record = json.loads((out / "run.json").read_text())
+                    rates.setdefault(name, []).append(record["counts"]["predicted"] / record["seconds"]["run"])
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+    ratios = {p: round(statistics.median(a / b for a, b in zip(rates[f"{p}, this tree"], rates[f"{p}, {commit}"])), 3)
+              for p in ("fp32", "int8")}
+    return {"commit": commit, "images": n, "rounds": rounds, "cpu": cpu_description(),
+            "images_per_second": {k: [round(v, 2) for v in vals] for k, vals in rates.items()}, "ratio_median": ratios}
+
+
+def render_against(r: dict, command: str) -> str:
+    lines = [f"# `milzoo predict` throughput: this tree against {r['commit']}", "",
+             f"Command: `{command}` on {r['cpu']}. {r['images']} two-channel 512 x 512 fields, {r['rounds']} rounds "
+             "in alternating order, images per second from each run's `run.json` (masks, overlays and CSV written).",
+             "", "| run | images / s per round |", "|---|---|"]
+    lines += [f"| {name} | {', '.join(f'{v:.1f}' for v in vals)} |" for name, vals in r["images_per_second"].items()]
+    lines += ["", "| precision | median ratio, this tree / " + r["commit"] + " |", "|---|---|"]
+    lines += [f"| {p} | {ratio:.3f} |" for p, ratio in r["ratio_median"].items()]
+    return "\n".join(lines) + "\n"
+
+
 PRECISIONS = (("fp32", "onnxruntime"), ("int8", "openvino"), ("int8", "onnxruntime"), ("bf16", "openvino"))
 
 
@@ -353,9 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="the real labelled data (default: benchmarks.realdata's)")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers",
                         help="the report's path without its suffix: .json and .md are written")
+    parser.add_argument("--pipeline-against", metavar="COMMIT", default=None,
+                        help="measure only milzoo predict's throughput against COMMIT's SDK (fp32 and int8); "
+                             "writes the report to --out (default benchmarks/results/throughput.md)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: write the .md again from the .json (after a change to the wording)")
     args = parser.parse_args(argv)
+    if args.pipeline_against:
+        result = pipeline_against(args.pipeline_against, args.pipeline_images, args.pipeline_rounds)
+        command = "python -m benchmarks.peers " + " ".join(argv if argv is not None else sys.argv[1:])
+        out = RESULTS / "throughput" if args.out == RESULTS / "peers" else args.out
+        with write_atomic(out.with_name(out.name + ".json"), "w") as fh:
+            fh.write(json.dumps({"command": command, **result}, indent=2) + "\n")
+        text = render_against(result, command)
+        with write_atomic(out.with_name(out.name + ".md"), "w") as fh:
+            fh.write(text)
+        print(text)
+        return 0
     if args.render_only:
         text = render(json.loads(args.out.with_name(args.out.name + ".json").read_text()))
         with write_atomic(args.out.with_name(args.out.name + ".md"), "w") as fh:

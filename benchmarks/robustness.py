@@ -155,6 +155,41 @@ def _folder_with_a_folder_named_tif(folder: Path) -> Path:
     return inputs
 
 
+def _many_series(n: int = 20000) -> Callable[[Path], Path]:
+    """A TIFF of ``n`` one-page series (tifffile's parsing of them grows faster than ``n``: 32 s for 20,000)."""
+    def make(folder: Path) -> Path:
+        import tifffile
+
+        path = folder / "image.tif"
+        with tifffile.TiffWriter(path) as tif:
+            for i in range(n):
+                tif.write(_sample()[:, :64, :64] if i == 0 else np.zeros((4, 4), np.uint8))
+        return path
+    return make
+
+
+def _zarr_plate(shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> Callable[[Path], Path]:
+    """A one-well OME-Zarr plate (NGFF 0.4) whose one field declares ``shape`` (channels gfp, rfp) in
+    ``chunks``: a few KB on disk whatever it declares (no chunk is written)."""
+    def make(folder: Path) -> Path:
+        import zarr
+
+        path = folder / "plate.zarr"
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+        root.attrs["plate"] = {"version": "0.4", "name": "p", "rows": [{"name": "A"}], "columns": [{"name": "1"}],
+                               "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0}]}
+        well = root.require_group("A").require_group("1")
+        well.attrs["well"] = {"version": "0.4", "images": [{"path": "0"}]}
+        image = well.create_group("0")
+        image.create_array("0", shape=shape, chunks=chunks, dtype="uint16")
+        image.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}],
+                                       "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+                                                {"name": "x", "type": "space"}]}]
+        image.attrs["omero"] = {"version": "0.4", "channels": [{"label": "gfp"}, {"label": "rfp"}]}
+        return path
+    return make
+
+
 @dataclass
 class Case:
     name: str
@@ -225,6 +260,14 @@ CASES = [
     Case("JPEG-compressed 8-bit TIFF", _pillow_tiff("jpeg"), "predicted"),
     Case("non-Latin file name, overlays on", _non_latin_name, "predicted",
          note="the overlay's title shows other scripts as \\\\uXXXX escapes"),
+    Case("TIFF of 20,000 one-page series", _many_series(), "holds more than 1,024 pages",
+         note="refused from its page count, before tifffile parses its series"),
+    Case("OME-Zarr plate whose field declares 2 x 30000 x 30000 (1 KB on disk)", _zarr_plate((2, 30000, 30000),
+                                                                                            (1, 512, 512)),
+         "over the 134,217,728 an image may take", note="refused from its metadata, before any chunk is read"),
+    Case("OME-Zarr field of 2 x 512 x 512 stored in 20000 x 20000 chunks", _zarr_plate((2, 512, 512),
+                                                                                      (1, 20000, 20000)),
+         "declares chunks of 400,000,000 values", note="a chunk is decoded whole: refused from its metadata"),
     Case("a FIFO named image.tif", _fifo, "not a regular file (a FIFO)"),
     Case("a symbolic link loop named image.tif", _symlink_loop, "a symbolic link that leads nowhere"),
     Case("a folder named image.tif inside an input folder (beside a good image)", _folder_with_a_folder_named_tif,
@@ -305,6 +348,111 @@ def run_batch(folder: Path) -> dict:
             "peak_mb": report["peak_kb"] / 1024}
 
 
+def _model_with_config(make_config: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """A copy of the zoo's ``yeast-loc`` folder whose ``config.json`` ``make_config`` replaces."""
+    def make(folder: Path) -> Path:
+        import shutil
+
+        model = shutil.copytree(ROOT / "zoo" / "yeast-loc", folder / "model")
+        (model / "config.json").unlink()
+        make_config(model / "config.json")
+        return model
+    return make
+
+
+def _huge_min_size(path: Path) -> None:
+    import json
+
+    from milcnn.model.config import content_sha256
+
+    config = json.loads((ROOT / "zoo" / "yeast-loc" / "config.json").read_text())
+    config["min_size"] = 20000
+    config["checksum"] = f"sha256:{content_sha256(config)}"
+    path.write_text(json.dumps(config))
+
+
+#: model folders refused at load (``--model FOLDER``): the whole run is what they cost
+MODEL_CASES = [
+    ("config.json that is a FIFO", _model_with_config(lambda p: __import__("os").mkfifo(p))),
+    ("config.json that is a link to /dev/zero", _model_with_config(lambda p: p.symlink_to("/dev/zero"))),
+    ("config.json with min_size 20000", _model_with_config(_huge_min_size)),
+]
+
+
+# runs ``milzoo predict`` and reports its exit code, wall time and peak memory; this small process is the
+# child's parent because Linux counts the memory of the process that forks a child in the child's max RSS
+_MEASURE = """import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+with open(sys.argv[1], "w") as err:
+    proc = subprocess.Popen([sys.executable, "-m", "milcnn.cli", "predict", *sys.argv[2:]],
+                            stdout=subprocess.DEVNULL, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps([os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024]))
+"""
+
+
+def _child(args: list[str], folder: Path) -> tuple[int, float, float]:
+    """``milzoo predict ARGS`` in a child process: its exit code, wall seconds and peak memory (max RSS, MB)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder / "stderr.txt"), *args], capture_output=True,
+                          text=True, timeout=600, check=True)
+    return tuple(json.loads(proc.stdout))
+
+
+def run_costs(folder: Path, repeats: int = 3) -> dict:
+    """What a refused input costs: ``milzoo predict GOOD BAD`` against ``milzoo predict GOOD`` (the
+    model's good sample alone, the median of ``repeats`` runs), each in a child process, for every refused
+    input of ``CASES``; and the whole run for a model folder refused at load (``MODEL_CASES``).
+
+    Returns:
+        {"baseline": {model: (seconds, peak MB)}, "inputs": [(name, exit, extra seconds, peak MB)],
+        "models": [(name, exit, seconds, peak MB)]}.
+    """
+    import statistics
+
+    import tifffile
+
+    refused = [c for c in CASES if c.expect != "predicted" and not c.others_predicted and
+               c.model in ("yeast-loc", "yeast-loc-gfp")]
+    good = {"yeast-loc": folder / "good2.tif", "yeast-loc-gfp": folder / "good1.tif"}
+    tifffile.imwrite(good["yeast-loc"], _sample(), photometric="minisblack")
+    tifffile.imwrite(good["yeast-loc-gfp"], _sample()[0])
+    baseline = {}
+    for model, path in good.items():
+        runs = [_child([str(path), "--out", str(folder / f"base{i}"), "--model", model], folder)
+                for i in range(repeats)]
+        baseline[model] = (statistics.median(r[1] for r in runs), max(r[2] for r in runs))
+    inputs = []
+    for i, case in enumerate(refused):
+        (folder / f"in{i}").mkdir()
+        bad = case.make(folder / f"in{i}")
+        code, seconds, peak = _child([str(good[case.model]), str(bad), "--out", str(folder / f"out{i}"),
+                                      "--model", case.model, *case.args], folder)
+        inputs.append((case.name, code, seconds - baseline[case.model][0], peak))
+    models = []
+    for i, (name, make) in enumerate(MODEL_CASES):
+        (folder / f"model{i}").mkdir()
+        model = make(folder / f"model{i}")
+        code, seconds, peak = _child([str(good["yeast-loc"]), "--out", str(folder / f"mout{i}"), "--model",
+                                      str(model)], folder)
+        models.append((name, code, seconds, peak))
+    return {"baseline": baseline, "inputs": inputs, "models": models}
+
+
+def run_thin(folder: Path, length: int = 4_000_000) -> dict:
+    """``milzoo predict`` on a two-channel 1 x ``length`` image (tiled along its length; its overlay scaled to
+    the overlay budget), in a child process: exit code, seconds and peak memory."""
+    import tifffile
+
+    path = folder / "thin.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 4000, (2, 1, length), dtype=np.uint16),
+                     photometric="minisblack")
+    code, seconds, peak = _child([str(path), "--out", str(folder / "out")], folder)
+    return {"length": length, "exit_code": code, "seconds": seconds, "peak_mb": peak}
+
+
 def run_large(folder: Path, side: int = 16384) -> dict:
     """``milzoo predict`` on a two-channel ``side`` x ``side`` uint16 zlib-tiled TIFF (over the budget, so
     read a tile at a time), in a child process whose peak memory and wall time are measured."""
@@ -345,7 +493,25 @@ def outcome_matches(case: Case, r: dict) -> bool:
     return r["exit_code"] in (1, 2) and not r["predicted"] and case.expect in r["message"] and not r["traceback"]
 
 
-def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: dict | None = None) -> str:
+def render_costs(costs: dict) -> list[str]:
+    from benchmarks.machine import cpu_description
+
+    base = costs["baseline"]
+    lines = ["", "## What a refused input costs", "",
+             f"`run_costs` on {cpu_description()}: each refused input above, given to `milzoo predict` after "
+             "the model's good sample, in a child process, against the good sample alone (median of 3 runs: "
+             + ", ".join(f"`{m}` {s:.2f} s, peak {mb:.0f} MB" for m, (s, mb) in base.items())
+             + "). Targets: under 1 s and a peak under 300 MB for any refused input.", "",
+             "| refused input | exit | extra seconds | peak MB |", "|---|---|---|---|"]
+    lines += [f"| {name} | {code} | {extra:+.2f} | {peak:.0f} |" for name, code, extra, peak in costs["inputs"]]
+    lines += ["", "A model folder refused at load costs the whole run (nothing is predicted):", "",
+              "| `--model` folder | exit | seconds | peak MB |", "|---|---|---|---|"]
+    lines += [f"| {name} | {code} | {seconds:.2f} | {peak:.0f} |" for name, code, seconds, peak in costs["models"]]
+    return lines
+
+
+def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: dict | None = None,
+           costs: dict | None = None, thin: dict | None = None) -> str:
     lines = ["# Robustness: what milzoo does with awkward input", "",
              "Made by `python -m benchmarks.robustness`; `tests/test_robustness.py` checks every row. Each input",
              "is one file given to `milzoo predict FILE --out DIR` (model `yeast-loc`, channels gfp, rfp, unless",
@@ -383,6 +549,14 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
                   "planes over `MILCNN_MAX_LAZY_PIXELS` (default 2^29 px, 23170 x 23170) are refused from the "
                   "header. Uncompressed, deflate, LZMA (tifffile's own codecs) and 8- or 16-bit one-page-per-channel "
                   "files are read this way; LZW, JPEG and zstd ones go through Pillow, whole, within the budget."]
+    if thin is not None:
+        lines += ["", "## A thin image", "",
+                  f"`run_thin`: a two-channel 1 x {thin['length']:,} px image is tiled along its length (not padded "
+                  "to a block `min_size` rows tall), and its overlay is drawn at a scale that keeps the picture, "
+                  f"legend included, within 4096 x 4096 px: exit {thin['exit_code']}, {thin['seconds']:.0f} s, "
+                  f"peak memory {thin['peak_mb']:.0f} MB."]
+    if costs is not None:
+        lines += render_costs(costs)
     lines += ["", "## What is promised under faults", "",
               "- **Kill (SIGKILL, SIGINT, SIGTERM).** Every file is written to a temporary name and renamed; a row "
               "goes to `predictions.csv` only after its mask and overlay are in place. `--resume` deletes the "
@@ -407,6 +581,9 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
               "model's outputs, an output stride that is not a positive power of two, a `min_size` over 4096, or "
               "a variant file outside the folder is refused at load in one line; every model file with a recorded "
               "sha256 is checked.",
+              "- **A Dask scheduler that never answers.** `--scheduler ADDRESS` where something accepts the "
+              "connection but sends no Dask handshake fails in one line after 30 s (`CONNECT_TIMEOUT_S`), exit 2; "
+              "Dask's own client would wait for that handshake forever (`tests/test_distributed.py`).",
               "- **Nothing written outside `--out`** (`tests/test_hostile.py`): output names are built from "
               "sanitised components (no separator, no leading dot, at most 180 bytes, a hash where cut), unique "
               "across the run (case included), and a `masks` / `overlays` folder or `.milzoo.lock` that is a "
@@ -445,12 +622,21 @@ def main(argv: list[str] | None = None) -> int:
         batch = run_batch(Path(tmp))
     with tempfile.TemporaryDirectory() as tmp:
         large = run_large(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        costs = run_costs(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        thin = run_thin(Path(tmp))
     bad = [case.name for case, r in results if not outcome_matches(case, r)]
     if large["exit_code"] != 0:
         bad.append("large")
     if batch["exit_code"] != 1 or batch["traceback"] or batch["predicted"] != batch["good"]:
         bad.append("batch")
-    text = render(results, batch, large)
+    worst = max(costs["inputs"] + costs["models"], key=lambda r: r[3])
+    if worst[3] >= 300 or max(r[2] for r in costs["inputs"]) >= 1:
+        bad.append("costs")
+    if thin["exit_code"] != 0 or thin["peak_mb"] >= 300:
+        bad.append("thin")
+    text = render(results, batch, large, costs, thin)
     with write_atomic(args.out, "w") as fh:
         fh.write(text)
     print(text)

@@ -170,3 +170,31 @@ def test_the_slurm_job_script(monkeypatch):
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in lines  # the settings of local clusters
     worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
     assert "tcp://127.0.0.1:" in worker and worker.count("--nthreads 8") == 1
+
+
+def test_a_scheduler_that_never_answers_fails_in_one_line(monkeypatch):
+    """Something listens at the address but sends no Dask handshake: one line after the connect timeout,
+    where distributed.Client alone waits for the handshake forever."""
+    import threading
+
+    from milcnn.batch import distributed as dask_runner
+
+    monkeypatch.setattr(dask_runner, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        outcome = []
+
+        def connect():
+            try:
+                dask_runner.DaskRunner(model="yeast-loc", classes=("a",), scheduler=address)
+            except Exception as exc:  # noqa: BLE001 - the test reads what came out
+                outcome.append(exc)
+
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        thread.join(60)
+    assert not thread.is_alive(), "still waiting for the scheduler after 60 s"
+    assert isinstance(outcome[0], RuntimeError) and "\n" not in str(outcome[0])
+    assert f"cannot reach the Dask scheduler {address}: no Dask handshake within 2 s" in str(outcome[0])

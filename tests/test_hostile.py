@@ -244,3 +244,20 @@ def test_a_full_disk_leaves_no_header_only_errors_csv(tmp_path, monkeypatch):
         with pytest.raises(OutputFolderError, match="No space left"):
             results.add_error("a.tif", "cannot read")
     assert not (tmp_path / "out" / "errors.csv").exists()
+
+
+def test_a_thin_image_overlay_is_scaled_to_the_overlay_budget():
+    """1 x 4,000,000: the legend makes the picture over 200 rows tall, so it is scaled down along its length
+    too (drawn whole, it took 1 GB)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from milcnn.outputs.overlay import OVERLAY_MAX_PIXELS, overlay_png
+
+    mask = np.zeros((1, 4_000_000), np.uint8)
+    mask[0, ::1000] = 1
+    png = b"".join(overlay_png(np.ones((2, 1, 4_000_000), np.float32), mask, ("a", "b"), title="thin"))
+    w, h = Image.open(io.BytesIO(png)).size
+    assert w * h <= OVERLAY_MAX_PIXELS and w > 10_000

@@ -26,3 +26,16 @@ def test_a_batch_with_every_bad_input_predicts_every_good_image(tmp_path):
     assert r["exit_code"] == 1 and not r["traceback"], r["stderr_tail"]
     assert r["predicted"] == r["good"] and r["error_rows"] == r["bad"] and r["one_line_errors"]
     assert r["peak_mb"] < 1536, f"peak {r['peak_mb']:.0f} MB"
+
+
+@pytest.mark.slow
+def test_a_refused_input_stays_under_300_mb(tmp_path):
+    """Every refused input of the matrix, and every model folder refused at load, in a child process after the
+    good sample: the run's peak memory stays under 300 MB (time is reported by the benchmark, not tested)."""
+    from benchmarks.robustness import run_costs
+
+    costs = run_costs(tmp_path, repeats=1)
+    assert all(code == 1 for _, code, _, _ in costs["inputs"]), costs["inputs"]
+    assert all(code == 2 for _, code, _, _ in costs["models"]), costs["models"]
+    worst = max(costs["inputs"] + costs["models"], key=lambda r: r[3])
+    assert worst[3] < 300, worst

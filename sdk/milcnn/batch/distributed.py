@@ -30,6 +30,8 @@ __all__ = ["ModelPlugin", "DaskRunner", "predict", "predict_lazy", "run_distribu
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 30  # to reach a scheduler and get its handshake, together
+
 def _distributed():
     try:
         import distributed
@@ -37,6 +39,34 @@ def _distributed():
         raise ImportError("running on a Dask cluster needs dask: pip install 'milcnn-sdk[dask]'") from None
     return distributed
 
+
+
+def _check_scheduler_answers(address: str, timeout: float) -> None:
+    """Opens one connection to the scheduler at ``address`` and waits, at most ``timeout`` seconds in all, for
+    its handshake, so that a port where something listens but never answers fails in one line.
+
+    ``distributed.Client(timeout=...)`` bounds the TCP connect but then waits for the scheduler's handshake
+    without a deadline (``distributed.comm.core.connect``), so such a listener would hang the run forever.
+
+    Raises:
+        TimeoutError: nothing answered in time.
+        OSError: the connection was refused or closed.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    # a thread of its own: the caller may already run an event loop (a notebook)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, handshake()).result()
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no Dask handshake within {timeout:g} s (is that port a Dask scheduler?)") from None
 
 
 class DaskRunner:
@@ -78,7 +108,8 @@ class DaskRunner:
                                                             dashboard_address=None)
                 self.client = distributed.Client(self.cluster)
             else:
-                self.client = distributed.Client(scheduler, timeout="30s")
+                _check_scheduler_answers(scheduler, CONNECT_TIMEOUT_S)
+                self.client = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise RuntimeError(f"cannot reach the Dask scheduler {scheduler}: {one_line(exc)}") from None
         try:

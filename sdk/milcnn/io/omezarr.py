@@ -152,7 +152,7 @@ class ZarrField(FieldPath):
             return None
 
     def _pixel_size(self) -> float | None:
-        from milcnn.io.images import pixel_size_um
+        from milcnn.io.metadata import pixel_size_um
 
         meta, _ = _ome_attrs(self._group().attrs)
         ms = (meta.get("multiscales") or [{}])[0]

@@ -157,6 +157,7 @@ _BACKGROUND = 20
 # Pillow state the overlays share; Pillow does not promise it is thread-safe)
 _DRAW_LOCK = threading.Lock()
 _PANEL_WIDTH = 190
+_LEGEND_ROWS = 256  # at least the legend's height at scale 1 (224 px for 11 classes and a two-line title)
 _LINE = 14  # pixels per title line
 # label -> outline colour (label 0, background, is never drawn); labels cycle through the palette
 _OUTLINE_COLOURS = np.concatenate([np.zeros((1, 3), np.uint8), PALETTE[np.arange(255) % len(PALETTE)]])
@@ -227,7 +228,11 @@ def overlay_png(chw, mask: np.ndarray, classes, *, title: str = "", normalized: 
 
     ``normalized`` (``chw`` normalised) or ``ranges`` (its normalisation's per-channel low and scale)
     save normalising it again; with neither, it is normalised by its own percentiles."""
-    f = int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))) if mask.size > OVERLAY_MAX_PIXELS else 1
+    h, w = mask.shape
+    # the picture is at least the legend's height: a thin image (1 x 4,000,000) is scaled down for it too
+    canvas = max(h, _LEGEND_ROWS) * w
+    f = max(int(np.ceil(np.sqrt(mask.size / OVERLAY_MAX_PIXELS))), int(np.ceil(canvas / OVERLAY_MAX_PIXELS))) \
+        if canvas > OVERLAY_MAX_PIXELS else 1
     if hasattr(chw, "strided"):  # an image read a tile at a time (milcnn.io.lazy): read every f-th pixel only
         chw, normalized = chw.strided(f), None
     elif f > 1:
