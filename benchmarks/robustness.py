@@ -579,7 +579,9 @@ def render(results: list[tuple[Case, dict]], batch: dict | None = None, large: d
               "- **Hostile model folders.** `config.json` over 1 MB, not a regular file (a FIFO, `/dev/zero`), "
               "edited since it was written (its checksum), with a class count that differs from the "
               "model's outputs, an output stride that is not a positive power of two, a `min_size` over 4096, or "
-              "a variant file outside the folder is refused at load in one line; every model file with a recorded "
+              "a variant file outside the folder is refused at load in one line; a model file over 2 GB (more "
+              "than a self-contained ONNX file can hold) is refused before it is hashed, and every model file "
+              "with a recorded "
               "sha256 is checked.",
               "- **A Dask scheduler that never answers.** `--scheduler ADDRESS` where something accepts the "
               "connection but sends no Dask handshake fails in one line after 30 s (`CONNECT_TIMEOUT_S`), exit 2; "

@@ -261,3 +261,15 @@ def test_a_thin_image_overlay_is_scaled_to_the_overlay_budget():
     png = b"".join(overlay_png(np.ones((2, 1, 4_000_000), np.float32), mask, ("a", "b"), title="thin"))
     w, h = Image.open(io.BytesIO(png)).size
     assert w * h <= OVERLAY_MAX_PIXELS and w > 10_000
+
+
+def test_a_model_file_over_the_onnx_size_limit_is_refused_before_hashing(tmp_path):
+    """A (sparse) 3 GB model.onnx: refused from its size; hashing it would read 3 GB."""
+    from milcnn import Classifier
+    from milcnn.errors import ModelConfigError
+
+    folder = shutil.copytree(ROOT / "zoo" / "yeast-loc", tmp_path / "model")
+    with open(folder / "model.onnx", "r+b") as fh:
+        fh.truncate(3 * 2**30)
+    with pytest.raises(ModelConfigError, match="over the 2,147,483,647 a self-contained ONNX model can hold"):
+        Classifier.from_dir(folder)

@@ -17,6 +17,7 @@ FP16_MODEL_FILE = "model.fp16.onnx"  # float16 weights and activations, float32 
 DEFAULT_MODEL = "yeast-loc"
 DEFAULT_THRESHOLD = 0.5  # class-map probability for a pixel to join the mask
 LABEL_THRESHOLD = 0.5  # image probability for a multi-label model to call a class
+MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit on one message: a self-contained .onnx file is never larger
 MAX_CONFIG_BYTES = 1 << 20  # a config.json larger than this is refused before parsing (released ones: ~10 KB)
 SELF_TEST_TOLERANCE = 1e-4  # max abs difference of probabilities on the sample
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from milcnn import constants
 from milcnn.errors import ChecksumMismatchError, ModelConfigError
 
 __all__ = ["sha256_of", "verify_sha256"]
@@ -29,6 +30,10 @@ def verify_sha256(path, expected: str | None) -> None:
         return
     if not Path(path).is_file():  # a FIFO would block the read, a device never end it
         raise ModelConfigError(f"{path}: not a regular file; a model file is one")
+    size = Path(path).stat().st_size
+    if size > constants.MAX_MODEL_BYTES:  # hashing a (sparse) 50 GB file would take minutes
+        raise ModelConfigError(f"{path}: {size:,} bytes, over the {constants.MAX_MODEL_BYTES:,} a self-contained "
+                               "ONNX model can hold")
     actual = sha256_of(path)
     if actual != expected:
         raise ChecksumMismatchError(Path(path), expected, actual)
