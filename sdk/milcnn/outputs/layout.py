@@ -32,8 +32,9 @@ ERRORS = "errors.csv"
 RUN_FILE = "run.json"
 LOCK_FILE = ".milzoo.lock"
 WELLS, PLATE_PNG, TREATMENTS = "wells.csv", "plate.png", "treatments.csv"
+HITS, PLATE_QC = "hits.csv", "plate_qc.csv"
 #: every file a run writes at the top of its folder, and its folders of per-image files
-OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS)
+OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS, HITS, PLATE_QC)
 OUTPUT_DIRS = ("masks", "overlays")
 
 
@@ -58,6 +59,8 @@ class RunLayout:
     wells = _InFolder(WELLS)
     plate_png = _InFolder(PLATE_PNG)
     treatments = _InFolder(TREATMENTS)
+    hits = _InFolder(HITS)
+    plate_qc = _InFolder(PLATE_QC)
     lock = _InFolder(LOCK_FILE)
 
     def __post_init__(self):

@@ -77,12 +77,15 @@ def _fmt(value) -> str:
 # ---------------------------------------------------------------------------------------- plate map
 
 def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
-    """``well,compound,concentration[,moa][,plate]`` -> {(plate or "", well): {compound, concentration, moa}}.
+    """``well,compound,concentration[,moa][,plate][,role]`` -> {(plate or "", well): {compound, concentration,
+    moa, role}}; ``role`` (``milcnn.outputs.hits.ROLES``) is "" where the map has no such column.
 
     Raises:
-        PlateMapError: unreadable, a missing column or value, a bad well name or concentration, a cell over the
-            CSV field limit, or one well given twice with different treatments (with the line and the field).
+        PlateMapError: unreadable, a missing column or value, a bad well name, concentration or role, a cell over
+            the CSV field limit, or one well given twice with different treatments (with the line and the field).
     """
+    from milcnn.outputs.hits import ROLES
+
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -94,7 +97,9 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
         if not reader.fieldnames or not need <= set(reader.fieldnames):
             raise PlateMapError(f"{path}: needs columns well, compound, concentration (has {reader.fieldnames})")
         for line, row in enumerate(reader, 2):
-            missing = [c for c in ("well", "compound", "concentration") if not (row.get(c) or "").strip()]
+            has_role = "role" in reader.fieldnames
+            missing = [c for c in ("well", "compound", "concentration", *(["role"] if has_role else []))
+                       if not (row.get(c) or "").strip()]
             if missing:
                 raise PlateMapError(f"{path}, line {line}: no {', '.join(missing)}")
             well = parse_well(row["well"])
@@ -105,8 +110,13 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], dict]:
             except ValueError:
                 raise PlateMapError(f"{path}, line {line}: concentration {row['concentration']!r} is not a "
                                     "number") from None
+            role = (row.get("role") or "").strip().lower()
+            if has_role and role not in ROLES:
+                raise PlateMapError(f"{path}, line {line}, column role: {row['role']!r} is not one of "
+                                    f"{', '.join(ROLES)}")
             key = (row.get("plate") or "", well)
-            entry = {"compound": row["compound"], "concentration": concentration, "moa": row.get("moa") or ""}
+            entry = {"compound": row["compound"], "concentration": concentration, "moa": row.get("moa") or "",
+                     "role": role}
             if key in out and out[key] != entry:
                 raise PlateMapError(f"{path}, line {line}: well {well} is given again with another treatment "
                                     f"(line {where[key]}: {out[key]['compound']} at {out[key]['concentration']:g})")
@@ -143,6 +153,26 @@ def write_treatments(path: Path, table: list[dict], plate_map: dict, classes: tu
                      f"{call.probability:.6f}", *[f"{v:.6f}" for v in p]])
     _write_csv(path, header, rows)
     return len(rows)
+
+
+def write_hits(layout, table: list[dict], plate_map: dict, classes: tuple[str, ...], rows: list[dict]) -> list[str]:
+    """``hits.csv`` and ``plate_qc.csv`` (``milcnn.outputs.hits``) where the plate map gives roles; the lines to
+    tell the user (a map without roles: one notice, nothing written)."""
+    from milcnn.outputs.hits import HIT_Q, call_hits, hits_header, plate_qc_header
+
+    if not any(entry.get("role") for entry in plate_map.values()):
+        return ["milzoo: the plate map has no role column (negative_control, positive_control, sample, empty): "
+                "no hit list"]
+    found = call_hits(table, plate_map, classes, fields=rows)
+    _write_csv(layout.hits, hits_header(), [[_cell(h[k]) for k in hits_header()] for h in found.hits])
+    _write_csv(layout.plate_qc, plate_qc_header(), [[_cell(p[k]) for k in plate_qc_header()] for p in found.plates])
+    n_hits = sum(1 for h in found.hits if h["hit"])
+    return [*found.notices, f"milzoo: {n_hits} hit(s) at q <= {HIT_Q:g} among {len(found.hits)} sample wells: "
+                            f"{layout.hits}, {layout.plate_qc}"]
+
+
+def _cell(value) -> str:
+    return "" if value is None else _fmt(value)
 
 
 # ---------------------------------------------------------------------------------------- plate.png
@@ -266,6 +296,7 @@ def write_plate_outputs(out: Path, rows: list[dict], classes: tuple[str, ...], *
             n = write_treatments(layout.treatments, table, plate_map, classes, threshold=threshold,
                                  multi_label=multi_label)
             lines.append(f"milzoo: {n} treatments: {layout.treatments}")
+            lines += write_hits(layout, table, plate_map, classes, rows)
     except OSError as exc:
         raise OutputFolderError(f"{out}: cannot write the plate results ({exc.strerror or exc})") from None
     return lines
