@@ -82,8 +82,7 @@ def build_plate(folder: Path, seed: int) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     design = plate_design(seed)
     for i, d in enumerate(design):
-        params = MCF7Params(non_showing=(1.0, 1.0)) if d["truth"] == "inactive" else MCF7Params()
-        image, _ = simulate_mcf7_image(d["cls"], np.random.default_rng([seed, i]), params)
+        image, _ = simulate_mcf7_image(d["cls"], np.random.default_rng([seed, i]), _params(d))
         write_tiff(folder / f"plate1_{d['well']}.tif", image, pixel_size=PIXEL_SIZE_UM["mcf7"])
     with write_atomic(folder / "map.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -92,6 +91,64 @@ def build_plate(folder: Path, seed: int) -> list[dict]:
     with write_atomic(truth_file, "w") as fh:
         fh.write(json.dumps(design, indent=1))
     return design
+
+
+def _params(d: dict):
+    from training.data.mcf7 import MCF7Params
+
+    return MCF7Params(non_showing=(1.0, 1.0)) if d["truth"] == "inactive" else MCF7Params()
+
+
+def simulated_cells(design: list[dict], seed: int) -> dict[str, int]:
+    """{well: the cells whose centre lies in its field}: the simulator's first draws from the field's seed."""
+    from training.data.mcf7 import _MARGIN, _place
+
+    counts = {}
+    for i, d in enumerate(design):
+        p = _params(d)
+        cells = _place(np.random.default_rng([seed, i]), p, d["cls"], p.size + 2 * _MARGIN)
+        counts[d["well"]] = sum(1 for c in cells if _MARGIN <= c.cy < _MARGIN + p.size and _MARGIN <= c.cx < _MARGIN + p.size)
+    return counts
+
+
+def extra_cost(folder: Path, out: Path, fields: int = 1000) -> dict:
+    """What the hit list and the cell counts add to a ``fields``-field run, from their parts measured here: the
+    run's wall seconds per field (``run.json``), ``count_cells`` per field on this plate's dna planes (best of 3),
+    and ``write_hits`` on the run's rows copied to ``fields`` fields over several plates (best of 3)."""
+    import tifffile
+
+    from milcnn.model.config import ModelInfo
+    from milcnn.outputs.layout import RunLayout
+    from milcnn.outputs.plates import read_plate_map, well_table, write_hits
+    from milcnn.outputs.rows import read_rows
+    from milcnn.process.cells import count_cells
+
+    record = json.loads((out / "run.json").read_text())
+    per_field = record["seconds"]["run"] / record["counts"]["predicted"]
+    info = ModelInfo.from_file(ROOT / "zoo" / "mcf7-moa" / "config.json")
+    planes = [tifffile.imread(p)[info.channels.index(info.cells.channel)] for p in sorted(folder.glob("*.tif"))]
+    count_ms = min(_seconds(lambda: [count_cells(p, info.cells.diameter) for p in planes]) for _ in range(3))
+    count_ms = 1000 * count_ms / len(planes)
+    rows = read_rows(out)
+    copies = -(-fields // len(rows))
+    many = [{**r, "plate": f"p{k}"} for k in range(copies) for r in rows]
+    table = well_table(many, info.classes, threshold=0.5)
+    plate_map = read_plate_map(folder / "map.csv")
+    layout = RunLayout(out)
+    hits_s = min(_seconds(lambda: write_hits(layout, table, plate_map, info.classes, many)) for _ in range(3))
+    hits_s *= fields / len(many)
+    run_s = per_field * fields
+    return {"fields": fields, "run_seconds": round(run_s, 1), "count_ms_per_field": round(count_ms, 3),
+            "hits_seconds": round(hits_s, 3),
+            "share": round((count_ms / 1000 * fields + hits_s) / run_s, 4)}
+
+
+def _seconds(step) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
 
 
 def run(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -105,7 +162,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def measure(folder: Path, design: list[dict], out: Path) -> dict:
+def measure(folder: Path, design: list[dict], out: Path, seed: int) -> dict:
     """``milzoo predict`` on the plate with its defaults; the hit list and plate qc it wrote, against the design."""
     proc = run(folder, out)
     if proc.returncode != 0:
@@ -120,11 +177,19 @@ def measure(folder: Path, design: list[dict], out: Path) -> dict:
             "inactive": sum(1 for d in design if d["truth"] == "inactive"),
             "right_class": sum(1 for h in called if truth[h["well"]]["truth"] == "active"
                                and h["class"] == truth[h["well"]]["cls"]),
-            "plate_qc": qc, "stdout": proc.stdout[-1500:]}
+            "plate_qc": qc, "stdout": proc.stdout[-1500:], "cells": cell_counts(design, out, seed)}
+
+
+def cell_counts(design: list[dict], out: Path, seed: int) -> dict:
+    """``predictions.csv``'s ``n_cells`` against the simulator's count: the median ratio over fields and its spread."""
+    truth = simulated_cells(design, seed)
+    ratios = [int(r["n_cells"]) / truth[r["well"]] for r in read_csv(out / "predictions.csv") if truth[r["well"]]]
+    return {"fields": len(ratios), "median_ratio": round(float(np.median(ratios)), 3),
+            "p10_p90_ratio": [round(float(v), 3) for v in np.percentile(ratios, (10, 90))]}
 
 
 def render(r: dict, command: str) -> str:
-    qc = r["plate_qc"]
+    qc, cells, cost = r["plate_qc"], r["cells"], r["cost"]
     z, zr = float(qc["z_prime"]), float(qc["z_prime_robust"])
     active_ok = r["active_called"] >= 10
     inactive_ok = len(r["inactive_called"]) <= 3
@@ -142,7 +207,18 @@ def render(r: dict, command: str) -> str:
              f"| inactive wells called at q <= 0.05: <= 3 of {r['inactive']} | {len(r['inactive_called'])} "
              f"({', '.join(r['inactive_called']) or 'none'}) | {'met' if inactive_ok else 'missed'} |",
              f"| Z' (positive against negative controls) >= 0.5 | {z:.2f} (robust Z' {zr:.2f}, SSMD "
-             f"{float(qc['ssmd']):.1f}) | {'met' if z >= 0.5 else 'missed'} |", ""]
+             f"{float(qc['ssmd']):.1f}) | {'met' if z >= 0.5 else 'missed'} |",
+             f"| `n_cells` within 10 % of the simulator's count (median over {cells['fields']} fields) | median ratio "
+             f"{cells['median_ratio']:.3f} (10-90 %: {cells['p10_p90_ratio'][0]:.2f} to {cells['p10_p90_ratio'][1]:.2f}) "
+             f"| {'met' if abs(cells['median_ratio'] - 1) <= 0.1 else 'missed'} |",
+             f"| the extra work <= 3 % of a {cost['fields']:,}-field run | {100 * cost['share']:.2f} % "
+             f"({cost['count_ms_per_field']:.2f} ms of counting a field, {cost['hits_seconds']:.2f} s of hit list and "
+             f"plate qc, against {cost['run_seconds']:.0f} s) | {'met' if cost['share'] <= 0.03 else 'missed'} |", "",
+             "The cost is put together from its parts, each measured in this run on this machine's "
+             f"{r['cpu']}: the run's wall seconds per field (`run.json`) times {cost['fields']:,}; `count_cells` on this "
+             f"plate's dna planes; `write_hits` on the run's rows copied to {cost['fields']:,} fields over several "
+             "plates. The simulator's count is the cells whose centre lies in the field (the first draws from each "
+             "field's seed); the counter's settings were chosen on other seeds (`python -m training.cells`).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = ROOT / "data" / f"hits-plate-{args.seed}"
     design = build_plate(folder, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"seed": args.seed, **measure(folder, design, Path(tmp) / "out")}
+        out = Path(tmp) / "out"
+        result = {"seed": args.seed, **measure(folder, design, out, args.seed)}
+        result["cost"] = extra_cost(folder, out)
+    from benchmarks.machine import cpu_description
+
+    result["cpu"] = cpu_description()
     command = "python -m benchmarks.hits " + " ".join(argv if argv is not None else sys.argv[1:])
     with write_atomic(args.out.with_suffix(".json"), "w") as fh:
         fh.write(json.dumps({"command": command, **result}, indent=2) + "\n")

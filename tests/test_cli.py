@@ -27,9 +27,10 @@ def test_predict_folder_writes_csv_masks_and_overlays(tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.tif", "b.tif"]
-    assert list(rows[0])[:9] == ["image", "plate", "well", "field", "label", "qc", "scale_source", "max_probability",
-                                 "p_ER"]
-    assert list(rows[0])[-1] == "area_vacuole_membrane" and len(rows[0]) == 8 + 2 * 11
+    assert list(rows[0])[:10] == ["image", "plate", "well", "field", "label", "qc", "scale_source", "n_cells",
+                                  "max_probability", "p_ER"]
+    assert list(rows[0])[-1] == "area_vacuole_membrane" and len(rows[0]) == 9 + 2 * 11
+    assert 20 < int(rows[0]["n_cells"]) < 400  # the sample's cells, counted in rfp (yeast-loc's cells block)
     mask = tifffile.imread(tmp_path / "out" / "masks" / "b.tif")
     assert mask.shape == (200, 300) and mask.dtype == np.uint8
     overlay = Image.open(tmp_path / "out" / "overlays" / "a.png")

@@ -249,6 +249,15 @@ def _trust_lines(info) -> list[str]:
                          f"{len(called)} of {len(others)} given a label"
                          + (f" ({'; '.join(f'{k}: {v}' for k, v in called.items())})" if called else "") + ".")
         lines.append("")
+    cells = info.cells
+    if cells is not None:
+        v = cells.validated
+        lines += [f"`n_cells` (predictions.csv, wells.csv) counts {cells.objects} in `{cells.channel}`, about "
+                  f"{cells.diameter:g} px across at the network's scale (`milcnn.process.cells`, classical blob "
+                  f"detection). Against the simulator's count on {v.get('fields', '?')} fields it measured a median "
+                  f"ratio of {v.get('median_ratio', float('nan')):.3f} (10-90 %: "
+                  f"{' to '.join(f'{x:.2f}' for x in v.get('p10_p90_ratio', []))}), "
+                  f"{v.get('ms_per_field', float('nan')):.2f} ms a 512 x 512 field (`python -m training.cells`).", ""]
     return lines
 
 

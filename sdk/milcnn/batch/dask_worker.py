@@ -85,9 +85,9 @@ class FieldResult:
     None, or the mask when the plate's label image is to be written by the client)."""
 
     def __init__(self, label: str, probabilities: dict, areas, mask=None, *, qc: str = "ok",
-                 scale_source: str = "model"):
+                 scale_source: str = "model", n_cells: int | None = None):
         self.label, self.probabilities, self.areas, self.mask = label, probabilities, areas, mask
-        self.qc, self.scale_source = qc, scale_source
+        self.qc, self.scale_source, self.n_cells = qc, scale_source, n_cells
 
 
 def _predict_chunk(items: list, options: dict) -> list:
@@ -110,7 +110,7 @@ def _predict_chunk(items: list, options: dict) -> list:
             continue
         areas = pred.areas
         out.append((FieldResult(pred.label, pred.probabilities, areas, pred.mask if options.get("send_mask") else None,
-                                qc=pred.qc, scale_source=pred.scale_source), None))
+                                qc=pred.qc, scale_source=pred.scale_source, n_cells=pred.n_cells), None))
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from milcnn import constants
 from milcnn.process.calibration import Calibration
+from milcnn.process.cells import CellCounting
 from milcnn.errors import ChecksumMismatchError, ModelConfigError
 from milcnn.process.preprocess import NormalizationConfig
 from milcnn.process.quality import QualityLimits
@@ -74,7 +75,7 @@ class Variant:
 #: config.json's top-level keys in the order ``ModelInfo.to_dict`` writes them (absent optional ones left out)
 _ORDER = ("name", "version", "summary", "repo_id", "classes", "channels", "normalization", "output_stride", "min_size",
           "multi_label", "pooling", "scale", "architecture", "training", "training_data", "metrics", "export",
-          "files", "variants", "real_images", "format_version", "calibration", "qc", "trust")
+          "files", "variants", "real_images", "format_version", "calibration", "qc", "cells", "trust")
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class ModelInfo:
     real_images (``benchmarks/realdata.py``). Files: files (name -> ``FileRecord``), variants (precision ->
     ``Variant``). Trust: calibration (``milcnn.process.calibration.Calibration``, None for a model exported
     before it was fitted: raw probabilities), qc (``milcnn.process.quality.QualityLimits``, None likewise)
-    and trust (what ``benchmarks/calibration.py`` measured with them). ``format_version``: the schema's
+    and trust (what ``benchmarks/calibration.py`` measured with them). Cells: which channel and object size
+    ``n_cells`` counts in (``milcnn.process.cells.CellCounting``; None: not counted). ``format_version``: the schema's
     version (``CONFIG_FORMAT``); ``extra``: keys this SDK does not know, kept as they are.
     """
 
@@ -127,6 +129,7 @@ class ModelInfo:
     files: dict[str, FileRecord] = field(default_factory=dict)
     calibration: Calibration | None = None
     qc: QualityLimits | None = None
+    cells: CellCounting | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -159,8 +162,9 @@ class ModelInfo:
              "variants": {k: v.to_dict() for k, v in self.variants.items()}, "real_images": self.real_images,
              "format_version": self.format_version,
              "calibration": None if self.calibration is None else self.calibration.to_dict(),
-             "qc": None if self.qc is None else self.qc.to_dict(), "trust": self.trust}
-        optional = ("real_images", "calibration", "qc", "trust")
+             "qc": None if self.qc is None else self.qc.to_dict(), "trust": self.trust,
+             "cells": None if self.cells is None else self.cells.to_dict()}
+        optional = ("real_images", "calibration", "qc", "cells", "trust")
         d = {k: d[k] for k in _ORDER if not (k in optional and d[k] is None)}
         return json.loads(json.dumps({**d, **self.extra}))
 
@@ -202,9 +206,10 @@ class ModelInfo:
                            Calibration.from_dict(d["calibration"], n_classes=len(info.classes),
                                                  multi_label=info.multi_label))
             qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], classes=info.classes)
+            cells = None if d.get("cells") is None else CellCounting.from_dict(d["cells"], channels=info.channels)
         except ValueError as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
-        return replace(info, calibration=calibration, qc=qc)
+        return replace(info, calibration=calibration, qc=qc, cells=cells)
 
     def _problem(self) -> str | None:
         """What makes this config unusable, in words (None when nothing does)."""

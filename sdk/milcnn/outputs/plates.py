@@ -21,7 +21,8 @@ __all__ = ["well_table", "write_wells", "write_plate_png", "write_treatments", "
 # ---------------------------------------------------------------------------------------- wells
 
 def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, multi_label: bool = False) -> list[dict]:
-    """Per (plate, well): fields, fields whose qc is ``ok``, the mean image probability per class and mean
+    """Per (plate, well): fields, fields whose qc is ``ok``, cells counted in all its fields (None where the model
+    does not count), the mean image probability per class and mean
     area fraction per class over those fields, and the label (``milcnn.process.decision.decide`` on the mean: the
     top class where it reaches ``threshold``; ``unassigned`` below it, or where no field passed qc).
 
@@ -39,7 +40,9 @@ def well_table(rows: list[dict], classes: tuple[str, ...], *, threshold: float, 
         p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in used]).mean(axis=0)
         area = np.array([[float(r.get(f"area_{c}") or 0.0) for c in classes] for r in used]).mean(axis=0)
         call = decide(p, classes, threshold=threshold, multi_label=multi_label, qc=qc)
+        counts = [int(r["n_cells"]) for r in members if r.get("n_cells") not in (None, "")]
         table.append({"plate": plate, "well": well, "fields": len(members), "fields_qc_ok": len(ok),
+                      "n_cells": sum(counts) if counts else None,
                       "label": call.label, **({"labels": call.labels} if multi_label else {}), "qc": qc,
                       "max_probability": float(call.probability),
                       **{f"p_{c}": float(v) for c, v in zip(classes, p)},
@@ -65,9 +68,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def write_wells(path: Path, table: list[dict], classes: tuple[str, ...], *, multi_label: bool = False) -> None:
-    header = ["plate", "well", "fields", "fields_qc_ok", "label", *(["labels"] if multi_label else []), "qc",
-              "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
-    _write_csv(path, header, [[_fmt(row[h]) for h in header] for row in table])
+    header = ["plate", "well", "fields", "fields_qc_ok", "n_cells", "label", *(["labels"] if multi_label else []),
+              "qc", "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
+    _write_csv(path, header, [[_cell(row[h]) for h in header] for row in table])
 
 
 def _fmt(value) -> str:

@@ -15,7 +15,7 @@ __all__ = ["header", "prediction_row", "read_rows", "row_counts"]
 def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool = False, multi_label: bool = False,
                    location=None) -> list:
     """A ``predictions.csv`` row (``header``): image, plate, well, field, label, [labels,] qc, scale_source,
-    max_probability, p_<class>..., area_<class>... (the fraction of the image each class's mask covers).
+    n_cells (empty where the model does not count cells), max_probability, p_<class>..., area_<class>... (the fraction of the image each class's mask covers).
     The label is ``milcnn.process.decision.decide``'s: the top class where its probability reaches ``threshold``
     (or any, with ``argmax``) and qc is ``ok``, else ``unassigned``; multi-label models also list every
     class at or above ``threshold`` (``labels``)."""
@@ -23,14 +23,15 @@ def prediction_row(image: str, pred, classes, *, threshold: float, argmax: bool 
     call = decide(probs, classes, threshold=threshold, multi_label=multi_label, qc=pred.qc, argmax=argmax)
     counts = pred.areas  # a Prediction's, or a Dask worker's FieldResult's (computed where the mask is)
     where = [location.plate, location.well, location.field] if location is not None else ["", "", ""]
+    n_cells = getattr(pred, "n_cells", None)
     return [image, *where, call.label, *([call.labels] if multi_label else []), pred.qc,
-            pred.scale_source, f"{call.probability:.6f}", *[f"{p:.6f}" for p in probs],
-            *[f"{a:.6f}" for a in counts]]
+            pred.scale_source, "" if n_cells is None else str(n_cells), f"{call.probability:.6f}",
+            *[f"{p:.6f}" for p in probs], *[f"{a:.6f}" for a in counts]]
 
 
 def header(classes, multi_label: bool = False) -> list[str]:
     return ["image", "plate", "well", "field", "label", *(["labels"] if multi_label else []), "qc", "scale_source",
-            "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
+            "n_cells", "max_probability", *[f"p_{c}" for c in classes], *[f"area_{c}" for c in classes]]
 
 
 def read_rows(out: Path) -> list[dict]:

@@ -57,6 +57,8 @@ class Prediction:
         features: what qc read of the image (object diameter, texture, coverage), None where not read.
         labels: multi-label models: every class at or above ``threshold``, joined by ``|``; else ``label``.
         top: the most probable class, whatever its probability and qc.
+        n_cells: the cells (or nuclei) counted in the image (``milcnn.process.cells``, as the model's ``cells``
+            block says), None where the model does not count or the image was read a tile at a time.
         scale_source: where ``zoom`` came from: ``argument`` (pixel_size / cell_diameter), ``image`` (the
             file's own pixel size) or ``model`` (the model's default).
     """
@@ -76,6 +78,7 @@ class Prediction:
     labels: str = ""
     top: str = ""
     scale_source: str = "model"
+    n_cells: int | None = None
 
     @property
     def network_shape(self) -> tuple[int, int]:

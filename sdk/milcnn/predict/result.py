@@ -12,6 +12,7 @@ from milcnn.io.lazy import LazyTiff
 from milcnn.model.config import ModelInfo
 from milcnn.predict.prediction import Prediction
 from milcnn.predict.prepare import PreparedInput
+from milcnn.process.cells import count_cells
 from milcnn.process.decision import decide
 from milcnn.process.preprocess import channel_ranges
 from milcnn.process.quality import Features, QualityLimits, assess, measure
@@ -60,7 +61,16 @@ class ResultMaker:
             maps=np.ascontiguousarray(maps, dtype=np.float32), stride=stride, shape=(int(shape[0]), int(shape[1])),
             threshold=threshold, source=item.source, zoom=item.zoom,
             raw_probabilities={c: float(p) for c, p in zip(classes, raw)}, qc=qc, features=features,
-            labels=call.labels, top=call.top, scale_source=item.scale_source)
+            labels=call.labels, top=call.top, scale_source=item.scale_source, n_cells=self.count(item))
+
+    def count(self, item: PreparedInput) -> int | None:
+        """The cells in the image, in the channel and at the size the model's ``cells`` block gives (at the
+        network's scale: ``item.zoom`` brings the size to the image's own)."""
+        cells = self.info.cells
+        if cells is None or isinstance(item.chw, LazyTiff):
+            return None
+        plane = item.chw[self.info.channels.index(cells.channel)]
+        return count_cells(plane, cells.diameter / item.zoom)
 
     def features(self, item: PreparedInput, maps: np.ndarray, shape: tuple[int, int]) -> Features | None:
         """qc's reading of an image at the network's scale (``milcnn.process.quality.measure``); a tiled image

@@ -123,11 +123,12 @@ _BINS = 64
 _CENTRES = (np.arange(_BINS) + 0.5) / _BINS
 
 
-def _disc_diameter(plane: np.ndarray) -> float | None:
+def otsu_threshold(plane: np.ndarray) -> float:
+    """Otsu's threshold of a plane clipped to [0, 1], on a 64-bin histogram (the centre of the best bin)."""
     # np.histogram(plane, 64, (0, 1)) of a plane clipped to [0, 1], by bincount: the same counts (x * 64 is exact
     # in float32), five times faster
     index = np.multiply(plane, np.float32(_BINS), dtype=np.float32).astype(np.intp)
-    np.minimum(index, _BINS - 1, out=index)
+    np.clip(index, 0, _BINS - 1, out=index)
     hist = np.bincount(index.ravel(), minlength=_BINS)
     centres = _CENTRES
     w0 = np.cumsum(hist).astype(np.float64)
@@ -136,7 +137,11 @@ def _disc_diameter(plane: np.ndarray) -> float | None:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
     between[~np.isfinite(between)] = -1
-    fg = plane > centres[int(np.argmax(between))]
+    return float(centres[int(np.argmax(between))])
+
+
+def _disc_diameter(plane: np.ndarray) -> float | None:
+    fg = plane > otsu_threshold(plane)
     area = int(np.count_nonzero(fg))
     if area < 16 or area > 0.95 * fg.size:
         return None
