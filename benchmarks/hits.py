@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,12 +115,14 @@ def simulated_cells(design: list[dict], seed: int) -> dict[str, int]:
 def extra_cost(folder: Path, out: Path, fields: int = 1000) -> dict:
     """What the hit list and the cell counts add to a ``fields``-field run, from their parts measured here: the
     run's wall seconds per field (``run.json``), ``count_cells`` per field on this plate's dna planes (best of 3),
-    and ``write_hits`` on the run's rows copied to ``fields`` fields over several plates (best of 3)."""
+    and ``write_hits`` on the run's rows copied to ``fields`` fields over several plates (best of 3), then
+    ``write_report``; ``out`` is a scratch copy of the run's folder (both write into it)."""
     import tifffile
 
     from milcnn.model.config import ModelInfo
     from milcnn.outputs.layout import RunLayout
     from milcnn.outputs.plates import read_plate_map, well_table, write_hits
+    from milcnn.outputs.report import write_report
     from milcnn.outputs.rows import read_rows
     from milcnn.process.cells import count_cells
 
@@ -136,11 +139,24 @@ def extra_cost(folder: Path, out: Path, fields: int = 1000) -> dict:
     plate_map = read_plate_map(folder / "map.csv")
     layout = RunLayout(out)
     hits_s = min(_seconds(lambda: write_hits(layout, table, plate_map, info.classes, many)) for _ in range(3))
-    hits_s *= fields / len(many)
+    record = json.loads((out / "run.json").read_text())
+    report_s = min(_seconds(lambda: write_report(out, rows, info, record)) for _ in range(3))
+    hits_s = hits_s * fields / len(many) + report_s
     run_s = per_field * fields
     return {"fields": fields, "run_seconds": round(run_s, 1), "count_ms_per_field": round(count_ms, 3),
             "hits_seconds": round(hits_s, 3),
             "share": round((count_ms / 1000 * fields + hits_s) / run_s, 4)}
+
+
+def screenshot(page: Path, png: Path) -> list[str] | None:
+    """Headless Chromium's picture of ``page`` into ``png``; its console lines (None: no chromium here)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return None
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                           "--window-size=1100,1500", f"--screenshot={png.absolute()}", page.as_uri()],
+                          capture_output=True, text=True, timeout=300)
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
 
 def _seconds(step) -> float:
@@ -212,13 +228,16 @@ def render(r: dict, command: str) -> str:
              f"{cells['median_ratio']:.3f} (10-90 %: {cells['p10_p90_ratio'][0]:.2f} to {cells['p10_p90_ratio'][1]:.2f}) "
              f"| {'met' if abs(cells['median_ratio'] - 1) <= 0.1 else 'missed'} |",
              f"| the extra work <= 3 % of a {cost['fields']:,}-field run | {100 * cost['share']:.2f} % "
-             f"({cost['count_ms_per_field']:.2f} ms of counting a field, {cost['hits_seconds']:.2f} s of hit list and "
-             f"plate qc, against {cost['run_seconds']:.0f} s) | {'met' if cost['share'] <= 0.03 else 'missed'} |", "",
+             f"({cost['count_ms_per_field']:.2f} ms of counting a field, {cost['hits_seconds']:.2f} s of hit list, "
+             f"plate qc and report, against {cost['run_seconds']:.0f} s) | {'met' if cost['share'] <= 0.03 else 'missed'} |", "",
              "The cost is put together from its parts, each measured in this run on this machine's "
              f"{r['cpu']}: the run's wall seconds per field (`run.json`) times {cost['fields']:,}; `count_cells` on this "
              f"plate's dna planes; `write_hits` on the run's rows copied to {cost['fields']:,} fields over several "
-             "plates. The simulator's count is the cells whose centre lies in the field (the first draws from each "
-             "field's seed); the counter's settings were chosen on other seeds (`python -m training.cells`).", ""]
+             "plates, and `write_report` on the run (its overlay thumbnails included). The simulator's count is the cells whose centre lies in the field (the first draws from each "
+             "field's seed); the counter's settings were chosen on other seeds (`python -m training.cells`).", "",
+             "The run's `report.html` in headless Chromium (`docs/report.png`): "
+             + ("not rendered (no chromium here)." if r["report_console"] is None else
+                f"{len(r['report_console'])} console message(s)."), "", "![report.html](../../docs/report.png)", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hits", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=41)
     parser.add_argument("--out", type=Path, default=RESULTS / "hits")
+    parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "report.png",
+                        help="where headless Chromium's picture of the run's report.html goes (docs/report.png)")
     args = parser.parse_args(argv)
     from milcnn.io.images import write_atomic
 
@@ -234,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         result = {"seed": args.seed, **measure(folder, design, out, args.seed)}
-        result["cost"] = extra_cost(folder, out)
+        result["report_console"] = screenshot(out / "report.html", args.screenshot)
+        result["cost"] = extra_cost(folder, shutil.copytree(out, Path(tmp) / "scratch"))
     from benchmarks.machine import cpu_description
 
     result["cpu"] = cpu_description()

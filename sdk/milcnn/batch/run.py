@@ -75,6 +75,7 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         ValueError: no input images.
     """
     from milcnn.outputs.plates import read_plate_map, write_plate_outputs
+    from milcnn.outputs.report import write_report
 
     columns = header(clf.classes, clf.info.multi_label)
     found = gather_inputs(clf, inputs, opts, taken=columns, echo=echo, out_dir=out_dir)
@@ -102,6 +103,8 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
                       seconds={"run": round(time.perf_counter() - t_start, 3),  # wall clock
                                "plate_outputs": round(job.plate_seconds, 3)})  # CPU time of the plate work
         write_run(out_dir, record)
+        if not interrupted:
+            write_report(out_dir, rows, clf.info, record)
     echo(f"{job.predicted} of {len(found.paths)} images predicted with {clf.name} ({clf.precision}, "
          f"{', '.join(clf.model.providers)}); results in {out_dir}")
     if interrupted:

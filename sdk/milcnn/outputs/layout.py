@@ -32,9 +32,9 @@ ERRORS = "errors.csv"
 RUN_FILE = "run.json"
 LOCK_FILE = ".milzoo.lock"
 WELLS, PLATE_PNG, TREATMENTS = "wells.csv", "plate.png", "treatments.csv"
-HITS, PLATE_QC = "hits.csv", "plate_qc.csv"
+HITS, PLATE_QC, REPORT = "hits.csv", "plate_qc.csv", "report.html"
 #: every file a run writes at the top of its folder, and its folders of per-image files
-OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS, HITS, PLATE_QC)
+OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS, HITS, PLATE_QC, REPORT)
 OUTPUT_DIRS = ("masks", "overlays")
 
 
@@ -61,6 +61,7 @@ class RunLayout:
     treatments = _InFolder(TREATMENTS)
     hits = _InFolder(HITS)
     plate_qc = _InFolder(PLATE_QC)
+    report = _InFolder(REPORT)
     lock = _InFolder(LOCK_FILE)
 
     def __post_init__(self):

@@ -167,7 +167,10 @@ def write_hits(layout, table: list[dict], plate_map: dict, classes: tuple[str, .
         return ["milzoo: the plate map has no role column (negative_control, positive_control, sample, empty): "
                 "no hit list"]
     found = call_hits(table, plate_map, classes, fields=rows)
-    _write_csv(layout.hits, hits_header(), [[_cell(h[k]) for k in hits_header()] for h in found.hits])
+    def cell(key, value):  # p and q: three significant digits, as small as they come
+        return f"{value:.3g}" if key in ("p_value", "q_value") and value is not None else _cell(value)
+
+    _write_csv(layout.hits, hits_header(), [[cell(k, h[k]) for k in hits_header()] for h in found.hits])
     _write_csv(layout.plate_qc, plate_qc_header(), [[_cell(p[k]) for k in plate_qc_header()] for p in found.plates])
     n_hits = sum(1 for h in found.hits if h["hit"])
     return [*found.notices, f"milzoo: {n_hits} hit(s) at q <= {HIT_Q:g} among {len(found.hits)} sample wells: "
@@ -186,7 +189,8 @@ _GREY = (70, 70, 70)
 _BACKGROUND = (20, 20, 20)
 
 
-def _layout(table: list[dict]) -> tuple[int, int]:
+def plate_shape(table: list[dict]) -> tuple[int, int]:
+    """(rows, columns) of the plate format (96, 384 or 1536 wells) that holds every well of ``table``."""
     rows = max((split_well(t["well"])[0] for t in table), default=0) + 1
     cols = max((split_well(t["well"])[1] + 1 for t in table), default=1)
     return (8, 12) if rows <= 8 and cols <= 12 else (16, 24) if rows <= 16 and cols <= 24 else (32, 48)
@@ -199,7 +203,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
 
     from milcnn.outputs.overlay import PALETTE, _drawable, _font
 
-    n_rows, n_cols = _layout(table)
+    n_rows, n_cols = plate_shape(table)
     by_well = {t["well"]: t for t in table}
     font = _font()
     margin, legend_w = 24, 220
@@ -208,7 +212,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
     small_h = n_rows * _SMALL + 18
     grid_rows = -(-len(classes) // per_row)
     width = main_w + legend_w
-    maps_top = 20 + max(main_h, margin + 16 * (len(classes) + 2) + 4) + 16  # below the map and the legend
+    maps_top = 20 + max(main_h, margin + 16 * (len(classes) + 2) + 4 + _SCALE_H) + 16  # below the map and legend
     height = maps_top + grid_rows * small_h + 8
     img = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(img)
@@ -242,6 +246,7 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
     draw.text((lx + 16, y), UNASSIGNED, fill=(200, 200, 200), font=font)
     draw.rectangle((lx, y + 18, lx + 10, y + 28), fill=_GREY)
     draw.text((lx + 16, y + 16), "no image", fill=(200, 200, 200), font=font)
+    _colour_scale(draw, font, (lx, y + 40), "mean probability")
     oy = maps_top
     fits = max(4, (n_cols * _SMALL + 6) // 6)  # characters of the bitmap font above one small map
     for k, name in enumerate(classes):
@@ -260,6 +265,23 @@ def render_plate(table: list[dict], classes: tuple[str, ...], *, title: str) -> 
                     fill = (v, v, v)
                 draw.rectangle((x0, y0, x0 + _SMALL - 2, y0 + _SMALL - 2), fill=fill)
     return np.asarray(img)
+
+
+_SCALE_H = 44  # the colour scale under the legend: its title, the bar and its ticks
+
+
+def _colour_scale(draw, font, at: tuple[int, int], title: str, width: int = 120) -> None:
+    """The per-class maps' colour scale: ``title``, a bar from black (0) to white (1), ticks 0, 0.5 and 1."""
+    x, y = at
+    draw.text((x, y), title, fill=(200, 200, 200), font=font)
+    for i in range(width):
+        v = int(round(255 * i / (width - 1)))
+        draw.line((x + i, y + 16, x + i, y + 26), fill=(v, v, v))
+    draw.rectangle((x - 1, y + 15, x + width, y + 27), outline=(120, 120, 120))
+    for value in (0.0, 0.5, 1.0):
+        tx = x + int(round(value * (width - 1)))
+        draw.line((tx, y + 27, tx, y + 30), fill=(200, 200, 200))
+        draw.text((tx - 6 if value else tx - 2, y + 31), f"{value:g}", fill=(200, 200, 200), font=font)
 
 
 def write_plate_png(path: Path, table: list[dict], classes: tuple[str, ...]) -> list[str]:
