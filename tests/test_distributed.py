@@ -21,7 +21,7 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 def snapshot(out: Path) -> dict:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("run.json", ".milzoo.lock")}
+            if p.is_file() and p.name not in ("run.json", "report.html", ".milzoo.lock")}
 
 
 def milzoo(*args, **kwargs):

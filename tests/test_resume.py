@@ -42,9 +42,9 @@ def milzoo(*args, **kwargs):
 
 
 def snapshot(out: Path) -> dict:
-    """Every result file's bytes; run.json (this run's times and command) and the lock file aside."""
+    """Every result file's bytes; run.json and report.html (this run's times and command) and the lock file aside."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("run.json", ".milzoo.lock")}
+            if p.is_file() and p.name not in ("run.json", "report.html", ".milzoo.lock")}
 
 
 @pytest.fixture(scope="module")
