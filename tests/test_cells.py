@@ -61,3 +61,43 @@ def test_the_zoo_blocks_read_back():
     info = ModelInfo.from_file(ROOT / "zoo" / "mcf7-moa" / "config.json")
     assert info.cells == CellCounting("dna", 22.0, "nuclei", info.cells.validated)
     assert ModelInfo.from_file(ROOT / "zoo" / "yeast-loc-gfp" / "config.json").cells is None
+
+
+def test_milzoo_cells_writes_one_row_per_counted_cell_and_resume_writes_the_same(tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from milcnn.cli import main
+
+    sample = ROOT / "zoo" / "mcf7-moa" / "sample_input.tif"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(sample, folder / name)
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "--model", "mcf7-moa", "--cells", "--no-overlays", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    cells = list(csv.DictReader(open(out / "cells.csv")))
+    assert len(cells) == sum(int(r["n_cells"]) for r in rows) > 0
+    assert list(cells[0]) == ["image", "plate", "well", "field", "cell", "y", "x", "area_px", "class", "probability"]
+    assert {c["image"] for c in cells} == {r["image"] for r in rows}
+    assert all(0 <= float(c["probability"]) <= 1 and int(c["area_px"]) > 0 for c in cells)
+    before = (out / "cells.csv").read_bytes()
+    (out / "cells.csv").unlink()
+    result = CliRunner().invoke(main, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (out / "cells.csv").read_bytes() == before
+
+
+def test_cells_for_a_model_that_does_not_count_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from milcnn.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(ROOT / "zoo" / "yeast-loc-gfp" / "sample_input.tif"), "--model",
+                                       "yeast-loc-gfp", "--cells", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--cells: yeast-loc-gfp records no way to find cells" in result.output
+    assert not (tmp_path / "out").exists()

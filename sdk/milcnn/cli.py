@@ -115,15 +115,18 @@ def main() -> None:
 @click.option("--write-labels", is_flag=True,
               help="OME-Zarr plates: also write each field's mask into the plate, as the label image labels/milcnn")
 @click.option("--plate-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="CSV of well,compound,concentration[,moa][,plate]: also write OUT/treatments.csv")
+              help="CSV of well,compound,concentration[,moa][,plate][,role]: also write OUT/treatments.csv (and with "
+                   "roles, OUT/hits.csv and OUT/plate_qc.csv)")
+@click.option("--cells", is_flag=True,
+              help="also write one row per cell (OUT/cells.csv: centroid, area, class, probability), found in the "
+                   "channel the model's cells block names")
 @click.option("--resume", is_flag=True, help="keep OUT's results and predict only the images it lacks")
 @click.option("--overwrite", is_flag=True, help="replace the results already in OUT")
 @click.option("--debug", is_flag=True, help="print the traceback of each failure")
 def predict(inputs, model_name, out_dir, channel_axis, device, precision, backend, threshold, argmax, tile_size, pixel_size,
             cell_diameter, workers, streams, batch_size, overlays, recursive, channels, layout, well_pattern,
             manifest, channel_index, scheduler, dask_workers, dask_write, cluster_kind, cores, memory, walltime,
-            write_labels,
-            plate_map, resume, overwrite, debug) -> None:
+            write_labels, plate_map, cells, resume, overwrite, debug) -> None:
     """Classify and segment images: INPUTS are files, folders, globs or OME-Zarr HCS plates.
 
     Writes OUT/predictions.csv (image, label, max_probability, p_<class>...; label 'unassigned' where no
@@ -160,7 +163,7 @@ def predict(inputs, model_name, out_dir, channel_axis, device, precision, backen
     opts = BatchOptions(predict=settings, argmax=argmax, workers=workers, streams=streams, batch_size=batch_size,
                         overlays=overlays, resume=resume, overwrite=overwrite, debug=debug, recursive=recursive,
                         channels=tuple(channels), layout=layout, well_pattern=well_pattern, plate_map=plate_map,
-                        write_labels=write_labels, manifest=manifest, command=["milzoo", *sys.argv[1:]])
+                        write_labels=write_labels, manifest=manifest, cells=cells, command=["milzoo", *sys.argv[1:]])
     runner = None
     try:
         if cluster_kind == "slurm":

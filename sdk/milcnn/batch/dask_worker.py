@@ -103,7 +103,8 @@ def _predict_chunk(items: list, options: dict) -> list:
     out: list = []
     stems = {item: options["stems"].get(str(item)) or Path(str(item)).stem for item in items}
     for item, pred in run_pipeline(clf, items, Path(options["write_to"]), options["predict"], workers=1,
-                                   streams=1, overlays=options["overlays"], stems=stems,
+                                   streams=1, overlays=options["overlays"], cells=options.get("cells", False),
+                                   stems=stems,
                                    on_error=lambda path, message, exc=None: errors.__setitem__(str(path), message)):
         if pred is None:
             out.append((None, errors.get(str(item), "failed")))

@@ -123,7 +123,10 @@ class DaskRunner:
             raise RuntimeError(f"the Dask workers could not load {model}: {text}") from None
 
     def __call__(self, items, out_dir: Path, opts, *, on_error, stems):
-        options = {"predict": opts.predict, "overlays": opts.overlays}
+        options = {"predict": opts.predict, "overlays": opts.overlays, "cells": opts.cells}
+        if opts.cells and self.write != "workers":
+            raise ValueError("--cells needs the workers to write (--dask-write workers): they find each field's "
+                             "cells beside its mask")
         if self.write == "workers":
             options.update(write_to=str(Path(out_dir).absolute()), stems={str(k): v for k, v in stems.items()},
                            send_mask=bool(opts.write_labels))

@@ -53,7 +53,7 @@ class _Slot:
 
 
 def run_pipeline(clf, paths: list[Path], out_dir: Path, options: PredictOptions | None = None, *, workers: int = 2,
-                 streams: int | None = None, batch_size: int = 1, overlays: bool = True,
+                 streams: int | None = None, batch_size: int = 1, overlays: bool = True, cells: bool = False,
                  on_error: Callable[..., None] | None = None,
                  stems: dict[Path, str] | None = None) -> Iterator[tuple[Path, object]]:
     """Predict ``paths`` and write their masks (and overlays) under ``out_dir``.
@@ -70,6 +70,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, options: PredictOptions 
             core, still runs tiled images).
         batch_size: consecutive same-size images per network call.
         stems: each image's output file stem (default: the file's stem).
+        cells: also write each image's cells (``cells/<stem>.csv``, ``milcnn.outputs.cells``).
     """
     streams = default_streams(clf) if streams is None else max(1, streams)
     # Reader and writer threads run at the inference threads' own priority. They once ran as SCHED_IDLE, to
@@ -80,7 +81,7 @@ def run_pipeline(clf, paths: list[Path], out_dir: Path, options: PredictOptions 
             ThreadPoolExecutor(streams, thread_name_prefix="milzoo-infer") as network:
         pipeline = _Pipeline(clf, RunLayout(out_dir), options or PredictOptions(), pools=(readers, writers, network),
                              workers=workers, streams=streams, batch_size=batch_size, overlays=overlays,
-                             stems=stems or {}, on_error=on_error)
+                             stems=stems or {}, on_error=on_error, cells=cells)
         yield from pipeline.run(iter(paths))
 
 
@@ -89,13 +90,13 @@ class _Pipeline:
     (or being read) but not yet in the network (``waiting``), and the batches in the network (``running``)."""
 
     def __init__(self, clf, layout: RunLayout, options: PredictOptions, *, pools, workers: int, streams: int,
-                 batch_size: int, overlays: bool, stems: dict, on_error):
+                 batch_size: int, overlays: bool, stems: dict, on_error, cells: bool = False):
         from milcnn.runtime.onnx import physical_cores
 
         self.clf, self.layout, self.options = clf, layout, options
         self.readers, self.writers, self.network = pools
         self.workers, self.streams, self.batch_size, self.overlays = workers, streams, batch_size, overlays
-        self.stems, self.on_error = stems, on_error
+        self.stems, self.on_error, self.cells = stems, on_error, cells
         self.model = clf.model
         if streams > 1:
             self.model = clf.model.with_threads(max(1, (clf.model.threads or physical_cores()) // streams))
@@ -140,6 +141,10 @@ class _Pipeline:
         # not fsynced, like the predictions.csv row that follows: a kill loses nothing, a power cut the
         # last few seconds (an fsync per file blocks a writer longer than writing the file takes)
         write_label_tiff(self.layout.mask(stem), pred.mask, self.clf.classes, PALETTE, durable=False)
+        if self.cells:
+            from milcnn.outputs.cells import field_cells, write_field_cells
+
+            write_field_cells(self.layout.cell_file(stem), field_cells(item.chw, pred, self.clf.info))
         if self.overlays:
             save_overlay(self.layout.overlay(stem), item.chw, pred.mask, self.clf.classes,
                          title=overlay_title(path.name, pred), **item.display, durable=False)
@@ -189,8 +194,8 @@ class _Pipeline:
                 continue
             for slot, pred in zip(batch, preds):
                 slot.pred = pred
-                if not self.overlays:
-                    slot.item.chw = None  # free the raw image early: only overlays need it
+                if not (self.overlays or self.cells):
+                    slot.item.chw = None  # free the raw image early: only overlays and cells need it
                 slot.write = self.writers.submit(self.write, slot.path, slot.item, pred)
 
     def finished(self) -> Iterator[tuple[Path, object]]:

@@ -20,7 +20,7 @@ from milcnn.batch.inputs import Inputs, gather_inputs
 from milcnn.batch.provenance import check_provenance, provenance, write_run
 from milcnn.batch.report import Messages, Progress
 from milcnn.io.omezarr import ZarrField
-from milcnn.outputs.layout import as_text, output_stems
+from milcnn.outputs.layout import RunLayout, as_text, output_stems
 from milcnn.outputs.results import ResultsFolder
 from milcnn.outputs.rows import header, prediction_row, read_rows, row_counts
 from milcnn.predict.options import PredictOptions
@@ -50,6 +50,7 @@ class BatchOptions:
     well_pattern: str | None = None
     plate_map: Path | None = None
     write_labels: bool = False  # OME-Zarr plates: write each field's mask as the label image labels/milcnn
+    cells: bool = False  # --cells: cells/<stem>.csv per image, gathered into cells.csv at the end
     manifest: Path | None = None  # inputs from a CSV (path or path_<channel>), its other columns carried
     command: list[str] = field(default_factory=list)
 
@@ -75,8 +76,12 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
         ValueError: no input images.
     """
     from milcnn.outputs.plates import read_plate_map, write_plate_outputs
+    from milcnn.outputs.cells import write_cells_csv
     from milcnn.outputs.report import write_report
 
+    if opts.cells and clf.info.cells is None:
+        raise ValueError(f"--cells: {clf.name} records no way to find cells (no cells block in its config.json; "
+                         "python -m training.cells writes one)")
     columns = header(clf.classes, clf.info.multi_label)
     found = gather_inputs(clf, inputs, opts, taken=columns, echo=echo, out_dir=out_dir)
     plate_map = read_plate_map(opts.plate_map) if opts.plate_map else None
@@ -96,6 +101,8 @@ def run_batch(clf, inputs, out_dir: Path, opts: BatchOptions, *, echo: Callable[
             for line in write_plate_outputs(out_dir, rows, clf.classes, threshold=opts.predict.threshold,
                                             plate_map=plate_map, multi_label=clf.info.multi_label):
                 echo(line)
+            if opts.cells:
+                echo(f"milzoo: {write_cells_csv(out_dir, rows):,} cells: {RunLayout(out_dir).cells_csv}")
         job.plate_seconds += time.thread_time() - t0
         record.update(finished=None if interrupted else datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       counts={"inputs": len(found.paths) + len(found.missing), "predicted": job.predicted,
@@ -153,7 +160,8 @@ class _Job:
 
             stream = run_pipeline(self.clf, todo, out_dir, self.opts.predict, workers=self.opts.workers,
                                   streams=self.opts.streams, batch_size=self.opts.batch_size,
-                                  overlays=self.opts.overlays, on_error=self.on_error, stems=stems)
+                                  overlays=self.opts.overlays, cells=self.opts.cells, on_error=self.on_error,
+                                  stems=stems)
         interrupted = False
         progress = Progress(len(todo), self.clf.name)
         try:

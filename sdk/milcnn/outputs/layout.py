@@ -32,10 +32,10 @@ ERRORS = "errors.csv"
 RUN_FILE = "run.json"
 LOCK_FILE = ".milzoo.lock"
 WELLS, PLATE_PNG, TREATMENTS = "wells.csv", "plate.png", "treatments.csv"
-HITS, PLATE_QC, REPORT = "hits.csv", "plate_qc.csv", "report.html"
+HITS, PLATE_QC, REPORT, CELLS = "hits.csv", "plate_qc.csv", "report.html", "cells.csv"
 #: every file a run writes at the top of its folder, and its folders of per-image files
-OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS, HITS, PLATE_QC, REPORT)
-OUTPUT_DIRS = ("masks", "overlays")
+OUTPUT_FILES = (PREDICTIONS, ERRORS, RUN_FILE, WELLS, PLATE_PNG, TREATMENTS, HITS, PLATE_QC, REPORT, CELLS)
+OUTPUT_DIRS = ("masks", "overlays", "cells")
 
 
 class _InFolder:
@@ -62,6 +62,7 @@ class RunLayout:
     hits = _InFolder(HITS)
     plate_qc = _InFolder(PLATE_QC)
     report = _InFolder(REPORT)
+    cells_csv = _InFolder(CELLS)
     lock = _InFolder(LOCK_FILE)
 
     def __post_init__(self):
@@ -72,6 +73,9 @@ class RunLayout:
 
     def overlay(self, stem: str) -> Path:
         return self._inside("overlays", f"{stem}.png")
+
+    def cell_file(self, stem: str) -> Path:
+        return self._inside("cells", f"{stem}.csv")
 
     def _inside(self, folder: str, name: str) -> Path:
         """``out/folder/name``, refused unless it stays in ``out``: a name is one component (``safe_stem``), and the

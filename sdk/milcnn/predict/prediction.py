@@ -58,7 +58,7 @@ class Prediction:
         labels: multi-label models: every class at or above ``threshold``, joined by ``|``; else ``label``.
         top: the most probable class, whatever its probability and qc.
         n_cells: the cells (or nuclei) counted in the image (``milcnn.process.cells``, as the model's ``cells``
-            block says), None where the model does not count or the image was read a tile at a time.
+            block says), None where the model does not count.
         scale_source: where ``zoom`` came from: ``argument`` (pixel_size / cell_diameter), ``image`` (the
             file's own pixel size) or ``model`` (the model's default).
     """

@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.process.scale import otsu_threshold
 
-__all__ = ["count_cells", "CellCounting", "OBJECTS"]
+__all__ = ["count_cells", "sampling_step", "find_cells", "cell_table", "CellCounting", "OBJECTS"]
 
 OBJECTS = ("nuclei", "cells")
 
@@ -60,21 +60,58 @@ _SMOOTH = 0.5  # box width as a fraction of the diameter (applied twice)
 _PEAK = 0.8  # local maxima closer than this fraction of the diameter are one object
 
 
+def sampling_step(diameter: float) -> int:
+    """Every how many pixels the counter reads: an object spans about ``_SAMPLES`` of them (a reader that can skip
+    pixels, as ``milcnn.io.lazy.LazyTiff.strided``, reads only those: the count is the same)."""
+    return max(1, int(diameter // _SAMPLES))
+
+
 def count_cells(plane: np.ndarray, diameter: float) -> int:
     """The number of objects about ``diameter`` px across in the 2-D ``plane`` (any dtype, any range)."""
+    found = _objects(plane, diameter)
+    return 0 if found is None else len(found[2])
+
+
+def find_cells(plane: np.ndarray, diameter: float) -> tuple[np.ndarray, int]:
+    """The objects ``count_cells`` counts, as regions: (labels, step), labels an int32 image at 1/``step`` of the
+    plane's resolution (0 background, k the k-th object): each foreground pixel (over Otsu's threshold of the
+    smoothed plane) joins the nearest object centre within 0.65 of a diameter."""
+    found = _objects(plane, diameter)
+    if found is None:
+        step = sampling_step(diameter)
+        return np.zeros(np.asarray(plane[::step, ::step]).shape, np.int32), step
+    foreground, step, peaks = found
+    h, w = foreground.shape
+    reach = int(np.ceil(0.65 * diameter / step))
+    labels = np.zeros((h, w), np.int32)
+    best = np.full((h, w), np.inf, np.float32)
+    for k, (py, px) in enumerate(peaks, 1):
+        window = (slice(max(0, py - reach), min(h, py + reach + 1)), slice(max(0, px - reach), min(w, px + reach + 1)))
+        yy, xx = np.ogrid[window[0], window[1]]
+        d2 = ((yy - py) ** 2 + (xx - px) ** 2).astype(np.float32)
+        near = best[window]
+        take = (d2 < near) & (d2 <= reach * reach) & foreground[window]
+        near[take] = d2[take]
+        labels[window][take] = k
+    return labels, step
+
+
+def _objects(plane: np.ndarray, diameter: float):
+    """(foreground, step, peaks): the smoothed plane over Otsu's threshold and the object centres (n, 2) at
+    1/``step`` resolution, the border's left out; None where nothing stands out."""
     if diameter <= 0:
         raise ValueError(f"diameter must be positive, got {diameter!r}")
-    step = max(1, int(diameter // _SAMPLES))
+    step = sampling_step(diameter)
     x = np.asarray(plane[::step, ::step], dtype=np.float32)
     d = diameter / step
     if x.size < 16 or min(x.shape) < 3:
-        return 0
+        return None
     flat = x.ravel().copy()
     k_lo, k_hi = int(0.005 * (flat.size - 1)), int(0.995 * (flat.size - 1))
     flat.partition((k_lo, k_hi))
     lo, hi = float(flat[k_lo]), float(flat[k_hi])
     if not np.isfinite(hi - lo) or hi - lo <= 0:
-        return 0  # flat: nothing stands out
+        return None  # flat: nothing stands out
     x = np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
     width = max(1, int(round(d * _SMOOTH)))
     smooth = _box(_box(x, width), width)
@@ -85,7 +122,42 @@ def count_cells(plane: np.ndarray, diameter: float) -> int:
     radius = max(1, int(round(d * _PEAK / 2)))
     peaks = (smooth >= _max_filter(smooth, radius)) & (smooth > threshold)
     # a maximum on the border is an object whose centre lies outside the field (counted by the next field)
-    return int(np.count_nonzero(peaks[1:-1, 1:-1]))
+    peaks[0, :] = peaks[-1, :] = peaks[:, 0] = peaks[:, -1] = False
+    return smooth > threshold, step, np.argwhere(peaks)
+
+
+def cell_table(labels: np.ndarray, step: int, maps: np.ndarray, *, zoom: float, stride: int,
+               classes: tuple[str, ...], threshold: float) -> list[list]:
+    """One row per object of ``find_cells``: cell, y, x (its centroid in the image's pixels), area_px, class (the
+    class whose map is highest on average inside it, ``unassigned`` below ``threshold``) and that probability.
+
+    Args:
+        maps: (K, h, w) class maps at 1/``stride`` of the network's scale (the image's scale times ``zoom``).
+    """
+    from milcnn.process.decision import UNASSIGNED
+
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return []
+    ii, jj = np.nonzero(labels)
+    which = labels[ii, jj]
+    pixels = np.bincount(which, minlength=n + 1)[1:].astype(np.float64)
+    centre = step * (np.array([ii, jj], dtype=np.float64) + 0.5)  # (2, pixels): image coordinates
+    mi = np.clip((centre[0] * zoom / stride).astype(np.intp), 0, maps.shape[1] - 1)
+    mj = np.clip((centre[1] * zoom / stride).astype(np.intp), 0, maps.shape[2] - 1)
+    mean = np.stack([np.bincount(which, weights=maps[k][mi, mj], minlength=n + 1)[1:] for k in range(len(classes))],
+                    axis=1) / np.maximum(pixels, 1)[:, None]  # (cells, K)
+    cy = np.bincount(which, weights=centre[0], minlength=n + 1)[1:] / np.maximum(pixels, 1)
+    cx = np.bincount(which, weights=centre[1], minlength=n + 1)[1:] / np.maximum(pixels, 1)
+    rows = []
+    for k in range(n):
+        if not pixels[k]:
+            continue
+        top = int(np.argmax(mean[k]))
+        p = float(mean[k, top])
+        rows.append([k + 1, f"{cy[k]:.1f}", f"{cx[k]:.1f}", int(pixels[k] * step * step),
+                     classes[top] if p >= threshold else UNASSIGNED, f"{p:.6f}"])
+    return rows
 
 
 def _box(x: np.ndarray, width: int) -> np.ndarray:
