@@ -170,7 +170,7 @@ def _seconds(step) -> float:
 def run(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--model", "mcf7-moa",
                            "--well-pattern", r"plate1_(?P<well>[A-H]\d\d)", "--plate-map", str(folder / "map.csv"),
-                           "--out", str(out), *extra], capture_output=True, text=True, timeout=3600)
+                           "--cells", "--out", str(out), *extra], capture_output=True, text=True, timeout=3600)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -193,7 +193,31 @@ def measure(folder: Path, design: list[dict], out: Path, seed: int) -> dict:
             "inactive": sum(1 for d in design if d["truth"] == "inactive"),
             "right_class": sum(1 for h in called if truth[h["well"]]["truth"] == "active"
                                and h["class"] == truth[h["well"]]["cls"]),
-            "plate_qc": qc, "stdout": proc.stdout[-1500:], "cells": cell_counts(design, out, seed)}
+            "plate_qc": qc, "stdout": proc.stdout[-1500:], "cells": cell_counts(design, out, seed),
+            "cell_classes": cell_classes(design, out, seed)}
+
+
+def cell_classes(design: list[dict], out: Path, seed: int) -> dict:
+    """``cells.csv``'s class of each cell against the simulator's mask at the cell's centroid: the share of the
+    cells that show an MOA (treated wells) classed as it, and of the untreated-looking cells (DMSO wells, and
+    the cells of treated wells that do not respond) classed as any other MOA."""
+    from training.data.mcf7 import MCF7_CLASSES, OTHER_OBJECT, simulate_mcf7_image
+
+    masks = {d["well"]: simulate_mcf7_image(d["cls"], np.random.default_rng([seed, i]), _params(d))[1]
+             for i, d in enumerate(design)}
+    showing = right = quiet = quiet_called = 0
+    for row in read_csv(out / "cells.csv"):
+        well = Path(row["image"]).stem.split("_")[-1]
+        value = int(masks[well][int(float(row["y"])), int(float(row["x"]))])
+        if value in (0, OTHER_OBJECT) or MCF7_CLASSES[value - 1] == "DMSO":
+            if value == 0:
+                continue  # the centroid fell on background: no cell of the simulator's to compare with
+            quiet += 1
+            quiet_called += row["class"] not in ("DMSO", "unassigned")
+        else:
+            showing += 1
+            right += row["class"] == MCF7_CLASSES[value - 1]
+    return {"showing": showing, "showing_right": right, "quiet": quiet, "quiet_called": quiet_called}
 
 
 def cell_counts(design: list[dict], out: Path, seed: int) -> dict:
@@ -227,6 +251,12 @@ def render(r: dict, command: str) -> str:
              f"| `n_cells` within 10 % of the simulator's count (median over {cells['fields']} fields) | median ratio "
              f"{cells['median_ratio']:.3f} (10-90 %: {cells['p10_p90_ratio'][0]:.2f} to {cells['p10_p90_ratio'][1]:.2f}) "
              f"| {'met' if abs(cells['median_ratio'] - 1) <= 0.1 else 'missed'} |",
+             f"| (no target) `cells.csv`: cells the simulator drew showing an MOA, classed as it | "
+             f"{r['cell_classes']['showing_right']} of {r['cell_classes']['showing']} "
+             f"({100 * r['cell_classes']['showing_right'] / max(1, r['cell_classes']['showing']):.0f} %) | |",
+             f"| (no target) `cells.csv`: untreated-looking cells classed as an MOA | "
+             f"{r['cell_classes']['quiet_called']} of {r['cell_classes']['quiet']} "
+             f"({100 * r['cell_classes']['quiet_called'] / max(1, r['cell_classes']['quiet']):.1f} %) | |",
              f"| the extra work <= 3 % of a {cost['fields']:,}-field run | {100 * cost['share']:.2f} % "
              f"({cost['count_ms_per_field']:.2f} ms of counting a field, {cost['hits_seconds']:.2f} s of hit list, "
              f"plate qc and report, against {cost['run_seconds']:.0f} s) | {'met' if cost['share'] <= 0.03 else 'missed'} |", "",
