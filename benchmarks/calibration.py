@@ -339,45 +339,15 @@ BASELINE_COMMIT = "ce30b88"  # the last commit before calibration and qc (issue 
 
 def throughput(n: int = 120, rounds: int = 6, *, baseline: str = BASELINE_COMMIT) -> dict:
     """``milzoo predict`` with its defaults on ``n`` 512 x 512 fields of ``yeast-loc``: this tree against the
-    tree of commit ``baseline`` (checked out into a temporary folder, its own SDK and zoo folder), rounds in
-    alternating order; images per second from each run's ``run.json``."""
-    import statistics
-    import tempfile
+    tree of commit ``baseline`` (``benchmarks.throughput.against_commit`` at fp32, the default)."""
+    from benchmarks.throughput import against_commit
 
-    import tifffile
-
-    rates = {"this tree": [], f"commit {baseline}": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        old = tmp / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), baseline], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            folder = tmp / "fields"
-            folder.mkdir()
-            sample = tifffile.imread(ROOT / "zoo" / "yeast-loc" / "sample_input.tif")
-            for i in range(n):
-                tifffile.imwrite(folder / f"f{i:03d}.tif", np.roll(sample, 37 * i, axis=2), photometric="minisblack")
-            runs = {"this tree": (ROOT, ROOT / "zoo" / "yeast-loc"),
-                    f"commit {baseline}": (old, old / "zoo" / "yeast-loc")}
-            for r in range(rounds):
-                for name, (tree, model) in (list(runs.items())[::-1] if r % 2 else runs.items()):
-                    out = tmp / f"out-{r}-{name.replace(' ', '_')}"
-                    env = {**__import__("os").environ, "PYTHONPATH": str(tree / "sdk")}
-                    proc = subprocess.run([sys.executable, "-m", "milcnn.cli", "predict", str(folder), "--out",
-                                           str(out), "--model", str(model)], capture_output=True, text=True,
-                                          timeout=3600, env=env, cwd=tmp)
-                    if proc.returncode != 0:
-                        raise SystemExit(f"milzoo predict ({name}) failed: {proc.stderr[-2000:]}")
-                    record = json.loads((out / "run.json").read_text())
-                    rates[name].append(record["counts"]["predicted"] / record["seconds"]["run"])
-                    shutil.rmtree(out)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
-    new, base = rates["this tree"], rates[f"commit {baseline}"]
+    r = against_commit(baseline, n, rounds, precisions=("fp32",))
+    rates = r["images_per_second"]
     return {"images": n, "rounds": rounds, "model": "yeast-loc (fp32, the default)",
-            "images_per_second": {k: [round(v, 2) for v in vals] for k, vals in rates.items()},
-            "ratio_median": round(statistics.median(a / b for a, b in zip(new, base)), 3)}
+            "images_per_second": {"this tree": rates["fp32, this tree"],
+                                  f"commit {baseline}": rates[f"fp32, {baseline}"]},
+            "ratio_median": r["ratio_median"]["fp32"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,8 +71,8 @@ def plate_design(seed: int) -> list[dict]:
 
 def build_plate(folder: Path, seed: int) -> list[dict]:
     """The plate's fields (``plate1_<well>.tif``, with the simulator's pixel size), ``map.csv`` and
-    ``truth.json`` (the design plus each field's number of cells) in ``folder``, made once."""
-    from training.data.mcf7 import MCF7Params, simulate_mcf7_image
+    ``truth.json`` (the design) in ``folder``, made once."""
+    from training.data.mcf7 import simulate_mcf7_image
     from training.simulate import PIXEL_SIZE_UM
 
     from milcnn.io.images import write_atomic, write_tiff

@@ -128,3 +128,28 @@ def pytest_collection_modifyitems(config, items):
         for mark, reason in reasons.items():
             if reason and item.get_closest_marker(mark) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def control_plate(tmp_path_factory):
+    """A 3 x 4 plate of the yeast sample's crops, one field per well named ``p1_<well>.tif`` (the same look
+    everywhere), and its plate map with roles: column 1 negative controls, column 2 positive, the rest samples
+    (compounds named ``<b>c<well></b>``, markup a page must show as text). Returns (folder, map, roles)."""
+    import numpy as np
+    import tifffile
+
+    root = tmp_path_factory.mktemp("control-plate")
+    sample = tifffile.imread(Path(__file__).resolve().parents[1] / "zoo" / "yeast-loc" / "sample_input.tif")
+    folder = root / "plate"
+    folder.mkdir()
+    wells = [f"{r}{c:02d}" for r in "ABC" for c in range(1, 5)]
+    for i, w in enumerate(wells):
+        tifffile.imwrite(folder / f"p1_{w}.tif", np.roll(sample, 16 * i, axis=2)[:, :256, :256],
+                         photometric="minisblack")
+    roles = {w: "negative_control" if w.endswith("01") else "positive_control" if w.endswith("02") else "sample"
+             for w in wells}
+    plate_map = root / "map.csv"
+    plate_map.write_text("well,compound,concentration,role\n" + "".join(f"{w},<b>c{w}</b>,1,{r}\n"
+                                                                        for w, r in roles.items()))
+    return folder, plate_map, roles
+

@@ -200,23 +200,14 @@ def test_a_scheduler_that_never_answers_fails_in_one_line(monkeypatch):
     assert f"cannot reach the Dask scheduler {address}: no Dask handshake within 2 s" in str(outcome[0])
 
 
-def test_a_plate_with_controls_gives_the_same_hits_cells_and_report_on_dask(tmp_path):
+def test_a_plate_with_controls_gives_the_same_hits_cells_and_report_on_dask(tmp_path, control_plate):
     """Wells from file names, a plate map with roles and --cells: the Dask run writes the same hits.csv,
     plate_qc.csv, wells.csv and cells.csv as the local one, and its report.html."""
-    sample = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
-    folder = tmp_path / "plate"
-    folder.mkdir()
-    wells = [f"{r}{c:02d}" for r in "AB" for c in range(1, 5)]
-    for i, w in enumerate(wells):
-        tifffile.imwrite(folder / f"p1_{w}.tif", np.roll(sample, 40 * i, axis=2)[:, :256, :256],
-                         photometric="minisblack")
-    plate_map = tmp_path / "map.csv"
-    plate_map.write_text("well,compound,concentration,role\n" + "".join(
-        f"{w},c{w},1,{'negative_control' if w[1:] in ('01', '02') else 'sample'}\n" for w in wells))
+    folder, plate_map, _ = control_plate
     outs = {}
     for name, extra in (("local", []), ("dask", ["--dask-workers", "2"])):
         outs[name] = tmp_path / name
-        proc = milzoo(folder, "--well-pattern", r"p1_(?P<well>[A-B]\d\d)", "--plate-map", plate_map, "--cells",
+        proc = milzoo(folder, "--well-pattern", r"p1_(?P<well>[A-C]\d\d)", "--plate-map", plate_map, "--cells",
                       "--no-overlays", "--out", outs[name], *extra)
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0 and "Traceback" not in err, err

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 from click.testing import CliRunner
 
 from milcnn.cli import main
@@ -87,20 +86,10 @@ def test_a_bad_role_is_one_line_naming_the_line_and_column(tmp_path, text, says)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
-def test_milzoo_writes_hits_and_plate_qc_from_a_map_with_roles_and_a_notice_without(tmp_path):
-    """A 3 x 4 plate of the sample's crops (the same look everywhere): hits.csv and plate_qc.csv with roles, no
-    hit among identical wells; without the role column, one notice and no hit list."""
-    sample = tifffile.imread(ROOT / "zoo" / "yeast-loc" / "sample_input.tif")
-    folder = tmp_path / "plate"
-    folder.mkdir()
-    wells = [f"{r}{c:02d}" for r in "ABC" for c in range(1, 5)]
-    for i, w in enumerate(wells):
-        tifffile.imwrite(folder / f"p1_{w}.tif", np.roll(sample, 16 * i, axis=2)[:, :256, :256],
-                         photometric="minisblack")
-    roles = {w: "negative_control" if w.endswith("01") else "positive_control" if w.endswith("02") else "sample"
-             for w in wells}
-    with_roles = tmp_path / "roles.csv"
-    with_roles.write_text("well,compound,concentration,role\n" + "".join(f"{w},c{w},1,{r}\n" for w, r in roles.items()))
+def test_milzoo_writes_hits_and_plate_qc_from_a_map_with_roles_and_a_notice_without(tmp_path, control_plate):
+    """Identical-looking wells: hits.csv and plate_qc.csv with roles, no hit; without the role column, one notice
+    and no hit list."""
+    folder, with_roles, roles = control_plate
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["predict", str(folder), "--well-pattern", r"p1_(?P<well>[A-C]\d\d)",
                                        "--plate-map", str(with_roles), "--out", str(out), "--no-overlays"])
@@ -112,7 +101,7 @@ def test_milzoo_writes_hits_and_plate_qc_from_a_map_with_roles_and_a_notice_with
     (qc,) = list(csv.DictReader(open(out / "plate_qc.csv")))
     assert qc["negative_controls"] == "3" and qc["positive_controls"] == "3" and qc["hit_calling"] == "done"
     plain = tmp_path / "plain.csv"
-    plain.write_text("well,compound,concentration\n" + "".join(f"{w},c{w},1\n" for w in wells))
+    plain.write_text("well,compound,concentration\n" + "".join(f"{w},c{w},1\n" for w in roles))
     shutil.rmtree(out)
     result = CliRunner().invoke(main, ["predict", str(folder), "--well-pattern", r"p1_(?P<well>[A-C]\d\d)",
                                        "--plate-map", str(plain), "--out", str(out), "--no-overlays"])

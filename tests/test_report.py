@@ -6,9 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 from click.testing import CliRunner
 
 from milcnn.cli import main
@@ -18,22 +16,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def plate_run(tmp_path_factory):
-    """A 3 x 4 plate of the sample's crops with roles, overlays on: the run's folder."""
-    tmp = tmp_path_factory.mktemp("report")
-    sample = tifffile.imread(ROOT / "zoo" / "yeast-loc" / "sample_input.tif")
-    folder = tmp / "plate"
-    folder.mkdir()
-    wells = [f"{r}{c:02d}" for r in "ABC" for c in range(1, 5)]
-    for i, w in enumerate(wells):
-        tifffile.imwrite(folder / f"p1_{w}.tif", np.roll(sample, 16 * i, axis=2)[:, :256, :256],
-                         photometric="minisblack")
-    roles = {w: "negative_control" if w.endswith("01") else "positive_control" if w.endswith("02") else "sample"
-             for w in wells}
-    plate_map = tmp / "map.csv"
-    plate_map.write_text("well,compound,concentration,role\n" + "".join(f"{w},<b>c{w}</b>,1,{r}\n"
-                                                                        for w, r in roles.items()))
-    out = tmp / "out"
+def plate_run(tmp_path_factory, control_plate):
+    """The control plate predicted with its roles, overlays on: (folder, map, the run's folder)."""
+    folder, plate_map, _ = control_plate
+    out = tmp_path_factory.mktemp("report") / "out"
     result = CliRunner().invoke(main, ["predict", str(folder), "--well-pattern", r"p1_(?P<well>[A-C]\d\d)",
                                        "--plate-map", str(plate_map), "--out", str(out)])
     assert result.exit_code == 0, result.output
