@@ -66,3 +66,14 @@ def test_resume_writes_the_hit_list_and_the_report_again(plate_run):
                                        "--plate-map", str(plate_map), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert (out / "hits.csv").read_text() == hits and (out / "report.html").is_file()
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_exit_2(plate_run, tmp_path):
+    """report.html is a folder (so it cannot be replaced): one line, exit 2, the other results in place."""
+    folder, plate_map, _ = plate_run
+    out = tmp_path / "out"
+    (out / "report.html").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["predict", str(folder), "--well-pattern", r"p1_(?P<well>[A-C]\d\d)",
+                                       "--plate-map", str(plate_map), "--out", str(out), "--no-overlays"])
+    assert result.exit_code == 2 and "cannot write the report" in result.output and "Traceback" not in result.output
+    assert (out / "predictions.csv").is_file() and (out / "hits.csv").is_file()

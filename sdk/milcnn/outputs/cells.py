@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from milcnn.errors import OutputFolderError
 from milcnn.io.images import write_atomic
 from milcnn.outputs.layout import RunLayout
 from milcnn.process.cells import cell_table, find_cells, sampling_step
@@ -57,6 +58,9 @@ def write_cells_csv(out: Path, rows: list[dict]) -> int:
         where = [row["image"], row.get("plate", ""), row.get("well", ""), row.get("field", "")]
         writer.writerows([where + cell for cell in cells])
         n += len(cells)
-    with write_atomic(layout.cells_csv, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buffer.getvalue())
+    try:
+        with write_atomic(layout.cells_csv, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buffer.getvalue())
+    except OSError as exc:
+        raise OutputFolderError(f"{layout.cells_csv}: cannot write ({exc.strerror or exc})") from None
     return n

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from milcnn.errors import OutputFolderError
 from milcnn.io.images import write_atomic
 from milcnn.io.locations import well_name
 from milcnn.outputs.layout import RunLayout
@@ -34,7 +35,11 @@ svg text{font:10px sans-serif;fill:#333}img.thumb{height:72px}"""
 
 
 def write_report(out: Path, rows: list[dict], info, record: dict) -> Path:
-    """Write ``out/report.html`` from the run's rows, its model (``ModelInfo``) and its ``run.json`` record."""
+    """Write ``out/report.html`` from the run's rows, its model (``ModelInfo``) and its ``run.json`` record.
+
+    Raises:
+        OutputFolderError: the page cannot be written (the run's other results stay whole).
+    """
     layout = RunLayout(out)
     wells, hits, plates = (_read(p) for p in (layout.wells, layout.hits, layout.plate_qc))
     parts = [f"<h1>milzoo predict: {_e(info.name)} {_e(info.version)}</h1>", _summary(rows, record)]
@@ -49,8 +54,11 @@ def write_report(out: Path, rows: list[dict], info, record: dict) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(info.name)} report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     path = layout.report
-    with write_atomic(path, "w", encoding="utf-8") as fh:
-        fh.write(page)
+    try:
+        with write_atomic(path, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    except OSError as exc:
+        raise OutputFolderError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
     return path
 
 
