@@ -108,7 +108,7 @@ def test_overwrite_replaces_and_both_flags_are_refused(plate, reference, tmp_pat
     assert proc.returncode == 2 and "not both" in err
     proc = milzoo(plate / "a", "--out", out, "--resume")
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "are not this model's" in err
+    assert proc.returncode == 2 and "column 1 is 'old results' where this model and milcnn-sdk write 'image'" in err
     proc = milzoo(plate / "a", "--out", out, "--overwrite")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1
@@ -224,3 +224,17 @@ def test_files_that_differ_only_in_extension_get_their_own_outputs(plate, tmp_pa
     assert proc.returncode == 0, err
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.tif.tif", "a.tiff.tif"]
     assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["a.tif.png", "a.tiff.png"]
+
+
+def test_resuming_a_run_of_another_sdk_version_names_the_column_that_differs(tmp_path):
+    """predictions.csv without n_cells (an SDK before it): the message names column 8 and both names."""
+    from milcnn.outputs.results import ResultsFolder
+    from milcnn.errors import ResultsFolderError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("image,plate,well,field,label,qc,scale_source,max_probability,p_a\n")
+    with pytest.raises(ResultsFolderError, match="column 8 is 'max_probability' where this model and milcnn-sdk "
+                                                 "write 'n_cells'"):
+        ResultsFolder(out, ["image", "plate", "well", "field", "label", "qc", "scale_source", "n_cells",
+                            "max_probability", "p_a"], resume=True)

@@ -214,8 +214,11 @@ class ResultsFolder:
                 fh.truncate(len(data))
         rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
         if rows and rows[0] != header:
-            raise ResultsFolderError(f"{path}: its columns {rows[0][:4]}... are not this model's {header[:4]}...; "
-                                     "resume with the model that made it, or use --overwrite")
+            k = next((i for i, (a, b) in enumerate(zip(rows[0], header)) if a != b), min(len(rows[0]), len(header)))
+            theirs = repr(rows[0][k]) if k < len(rows[0]) else "nothing"
+            mine = repr(header[k]) if k < len(header) else "nothing"
+            raise ResultsFolderError(f"{path}: column {k + 1} is {theirs} where this model and milcnn-sdk write "
+                                     f"{mine}; resume with the model and SDK version that made it, or use --overwrite")
         return rows[1:]
 
 
