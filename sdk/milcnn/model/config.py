@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from milcnn import constants
+from milcnn.model.head import HeadRecord
 from milcnn.process.calibration import Calibration
 from milcnn.process.cells import CellCounting
 from milcnn.errors import ChecksumMismatchError, ModelConfigError
@@ -75,7 +76,7 @@ class Variant:
 #: config.json's top-level keys in the order ``ModelInfo.to_dict`` writes them (absent optional ones left out)
 _ORDER = ("name", "version", "summary", "repo_id", "classes", "channels", "normalization", "output_stride", "min_size",
           "multi_label", "pooling", "scale", "architecture", "training", "training_data", "metrics", "export",
-          "files", "variants", "real_images", "format_version", "calibration", "qc", "cells", "trust")
+          "files", "variants", "real_images", "format_version", "calibration", "qc", "cells", "head", "trust")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class ModelInfo:
     calibration: Calibration | None = None
     qc: QualityLimits | None = None
     cells: CellCounting | None = None
+    head: HeadRecord | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -163,8 +165,9 @@ class ModelInfo:
              "format_version": self.format_version,
              "calibration": None if self.calibration is None else self.calibration.to_dict(),
              "qc": None if self.qc is None else self.qc.to_dict(), "trust": self.trust,
-             "cells": None if self.cells is None else self.cells.to_dict()}
-        optional = ("real_images", "calibration", "qc", "cells", "trust")
+             "cells": None if self.cells is None else self.cells.to_dict(),
+             "head": None if self.head is None else self.head.to_dict()}
+        optional = ("real_images", "calibration", "qc", "cells", "head", "trust")
         d = {k: d[k] for k in _ORDER if not (k in optional and d[k] is None)}
         return json.loads(json.dumps({**d, **self.extra}))
 
@@ -207,9 +210,10 @@ class ModelInfo:
                                                  multi_label=info.multi_label))
             qc = None if d.get("qc") is None else QualityLimits.from_dict(d["qc"], classes=info.classes)
             cells = None if d.get("cells") is None else CellCounting.from_dict(d["cells"], channels=info.channels)
+            head = None if d.get("head") is None else HeadRecord.from_dict(d["head"], n_classes=len(info.classes))
         except ValueError as exc:
             raise ModelConfigError(f"{source}: {exc}") from None
-        return replace(info, calibration=calibration, qc=qc, cells=cells)
+        return replace(info, calibration=calibration, qc=qc, cells=cells, head=head)
 
     def _problem(self) -> str | None:
         """What makes this config unusable, in words (None when nothing does)."""
