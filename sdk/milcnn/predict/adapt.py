@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 STEPS = 300  # Adam steps of the head fit
 RATE = 0.05
 PULL = 1e-3  # L2 weight towards the original head, per weight
-TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+# a few examples are often separable, so their likelihood would pick the sharpest temperature there is: never
+# sharpen the network's own outputs on so few images (1: as they are; up to 20: much softer)
+TEMPERATURES = np.exp(np.linspace(0.0, np.log(20.0), 41))
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,19 @@ def read_examples(path, classes: tuple[str, ...]) -> list[Example]:
     return examples
 
 
-def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS) -> Path:
+def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
+          cell_diameter: float | None = None) -> Path:
     """Fit ``model`` (a zoo name, folder or Hub repo) to ``examples`` (a ``path,label`` CSV) and write the adapted
-    model folder ``out`` (nothing is written unless the adaptation finished). Returns ``out``.
+    model folder ``out`` (nothing is written unless the adaptation finished). Returns ``out``. ``cell_diameter``:
+    the examples' cell diameter in px, where it differs from the model's (as ``milzoo predict --cell-diameter``);
+    the adapted model then assumes it of every image given without a scale.
 
     Raises:
         ValueError: a bad examples file or image (one line naming the row); ModelConfigError: the model has no
         ``head`` block (``python -m training.features`` writes one) or pools otherwise than Noisy-AND.
     """
     from milcnn.predict.classifier import Classifier
+    from milcnn.predict.options import PredictOptions
 
     clf = Classifier.from_hub(model) if not Path(str(model)).is_dir() else Classifier.from_dir(model)
     info = clf.info
@@ -90,7 +96,8 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS) 
         raise ModelConfigError(f"{info.name}: cannot be adapted here: it needs a head block and Noisy-AND pooling "
                                "(python -m training.features FOLDER adds the block)")
     rows = read_examples(examples, info.classes)
-    feats = [_features(clf, e) for e in rows]
+    options = PredictOptions(cell_diameter=cell_diameter)
+    feats = [_features(clf, e, options) for e in rows]
     targets = np.array([[c in e.labels for c in info.classes] for e in rows], dtype=np.float64)
     fitted = sorted({info.classes.index(c) for e in rows for c in e.labels})
     w0, b0 = _head(clf.folder, info.head)
@@ -98,15 +105,18 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS) 
     w, b = _fit(feats, targets, w0, b0, pooling, fitted, steps=steps)
     raw = np.array([_pool(f, w, b, pooling)[0] for f in feats])
     calibration = _temperature(raw, targets, info.multi_label)
+    if cell_diameter is not None:
+        info = replace(info, input_cell_diameter=float(cell_diameter),
+                       input_cell_diameter_from="milzoo adapt --cell-diameter: the examples' cells")
     return _write(clf.folder, Path(out), info, w, b, calibration, rows, fitted, name=name)
 
 
-def _features(clf, example: Example) -> np.ndarray:
+def _features(clf, example: Example, options) -> np.ndarray:
     """(instances, F) float32: the example's feature vectors, one per map pixel of the image itself."""
     import onnxruntime as ort
 
     try:
-        item = clf.prepare_input(example.path)
+        item = clf.prepare_input(example.path, options)
     except Exception as exc:  # noqa: BLE001 - every reason an image cannot be read, in one line
         raise ValueError(f"line {example.line}: {example.path}: {exc}") from None
     if item.x is None:
@@ -212,7 +222,12 @@ def _write(source: Path, out: Path, info, w, b, calibration, rows, fitted, *, na
     for extra in ("pooling.onnx", head.features_file, "sample_input.tif"):
         if (source / extra).is_file():
             shutil.copy2(source / extra, work / extra)
-    adapted = replace(info, name=name or f"{info.name}-adapted", version="1.0.0", variants={}, files={},
+    # qc's feature distance compares the raw probabilities with the original classes' reference profiles, and its
+    # per-class diameter ranges follow the original calls: neither holds once the head has changed
+    qc = None if info.qc is None else replace(info.qc, distance=None, diameter_by_class={},
+                                              fitted_on={**info.qc.fitted_on, "adapted": "distance and per-class "
+                                                         "diameters dropped: the head changed"})
+    adapted = replace(info, name=name or f"{info.name}-adapted", version="1.0.0", variants={}, files={}, qc=qc,
                       calibration=calibration, metrics={}, real_images=None, trust=None, repo_id=None,
                       summary=f"{info.name} {info.version} adapted by milzoo adapt on {len(rows)} labelled images",
                       training={"adapted_from": {"name": info.name, "version": info.version},
