@@ -7,7 +7,8 @@ gradient descent on the examples' image labels with an L2 pull towards the origi
 classes keep theirs. The new weights are written in place of the old in a copy of ``model.onnx`` (same graph,
 same file size), so the adapted folder is a model folder like any other: ``milzoo predict --model FOLDER``,
 ``Classifier.from_dir``, napari. Its probabilities get a temperature fitted on the examples' adapted outputs,
-chosen by leave-one-out log-likelihood.
+chosen by leave-one-out log-likelihood (a model without calibration), or its own calibration softened by a
+temperature of at least 1 that the examples choose.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
     pooling = (float(info.pooling["params"]["a"]), np.asarray(info.pooling["learned_b"], np.float64))
     w, b = _fit(feats, targets, w0, b0, pooling, fitted, steps=steps)
     raw = np.array([_pool(f, w, b, pooling)[0] for f in feats])
-    calibration = _temperature(raw, targets, info.multi_label)
+    calibration = _temperature(raw, targets, info.multi_label) if info.calibration is None else \
+        _compose(info.calibration, raw, targets)
     if cell_diameter is not None:
         info = replace(info, input_cell_diameter=float(cell_diameter),
                        input_cell_diameter_from="milzoo adapt --cell-diameter: the examples' cells")
@@ -185,14 +187,11 @@ def _temperature(raw: np.ndarray, targets: np.ndarray, multi_label: bool) -> Cal
     if multi_label:
         return None
     z = logit(raw)
-    truth = targets / targets.sum(axis=1, keepdims=True)
+    everyone = np.arange(len(z))
 
     def nll(t, idx):
-        q = z[idx] / t
-        q = q - q.max(axis=1, keepdims=True)
-        return float(-(truth[idx] * (q - np.log(np.exp(q).sum(axis=1, keepdims=True)))).sum())
+        return _nll(z[idx] / t, targets[idx])
 
-    everyone = np.arange(len(z))
     held_out = sum(nll(TEMPERATURES[int(np.argmin([nll(t, np.delete(everyone, i)) for t in TEMPERATURES]))], [i])
                    for i in everyone)
     best = float(TEMPERATURES[int(np.argmin([nll(t, everyone) for t in TEMPERATURES]))])
@@ -200,6 +199,23 @@ def _temperature(raw: np.ndarray, targets: np.ndarray, multi_label: bool) -> Cal
     return Calibration("temperature", (1.0 / best,) * k, (0.0,) * k,
                        fitted_on={"images": len(z), "chosen_by": "leave-one-out negative log-likelihood",
                                   "leave_one_out_nll": round(held_out / len(z), 4), "temperature": round(best, 4)})
+
+
+def _compose(cal: Calibration, raw: np.ndarray, targets: np.ndarray) -> Calibration:
+    """The model's own calibration (fitted on many images) with a temperature T >= 1 on its logits, chosen by the
+    examples' likelihood: the few examples may soften it, never replace it."""
+    z = logit(raw) * np.asarray(cal.weight) + np.asarray(cal.bias)
+    best = float(TEMPERATURES[int(np.argmin([_nll(z / t, targets) for t in TEMPERATURES]))])
+    return Calibration(cal.method, tuple(w / best for w in cal.weight), tuple(b / best for b in cal.bias),
+                       fitted_on={**cal.fitted_on, "adapted_temperature": round(best, 4)})
+
+
+def _nll(z: np.ndarray, targets: np.ndarray) -> float:
+    """Negative log-likelihood of softmax(z) that an example is one of its labels (``a|b``: either is right, so
+    the probability of a or b, not half of each)."""
+    q = z - z.max(axis=1, keepdims=True)
+    log_p = q - np.log(np.exp(q).sum(axis=1, keepdims=True))
+    return float(-np.log((np.exp(log_p) * targets).sum(axis=1) + 1e-12).sum())
 
 
 def _write(source: Path, out: Path, info, w, b, calibration, rows, fitted, *, name: str | None) -> Path:
