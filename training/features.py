@@ -96,7 +96,8 @@ def check(folder: Path, block: dict) -> float:
     from milcnn.process.preprocess import apply_ranges, channel_ranges
 
     info = ModelInfo.from_file(folder / "config.json")
-    image = tifffile.imread(folder / "sample_input.tif").astype(np.float32)[:, :256, :256]
+    image = tifffile.imread(folder / "sample_input.tif").astype(np.float32)
+    image = (image[None] if image.ndim == 2 else image)[:, :256, :256]
     x = apply_ranges(image, *channel_ranges(image, info.normalization))[None]
     maps = ort.InferenceSession(str(folder / "model.onnx")).run(["class_maps"], {"image": x})[0][0]
     feats = ort.InferenceSession(str(folder / FEATURES_FILE)).run(["features"], {"image": x})[0][0]

@@ -21,10 +21,10 @@ from milcnn.errors import __all__ as _errors
 logging.getLogger("milcnn").addHandler(logging.NullHandler())  # silent unless the application says otherwise
 
 __version__ = "0.2.0"
-__all__ = ["Classifier", "Prediction", "PredictOptions", "__version__", *_errors]
+__all__ = ["Classifier", "Prediction", "PredictOptions", "adapt", "__version__", *_errors]
 
 _LAZY = {"Classifier": "milcnn.predict.classifier", "Prediction": "milcnn.predict.prediction",
-         "PredictOptions": "milcnn.predict.options"}
+         "PredictOptions": "milcnn.predict.options", "adapt": "milcnn.predict.adapt"}
 
 
 def __getattr__(name: str):

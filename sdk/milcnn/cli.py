@@ -291,6 +291,28 @@ def info(model: str) -> None:
 
 
 @main.command()
+@click.option("--model", "model_name", default=constants.DEFAULT_MODEL, show_default=True,
+              help="the model to adapt: a zoo name, a folder or org/name[@revision]")
+@click.option("--examples", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="CSV of path,label (paths relative to it; label one of the model's classes, a|b for either)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="the new model folder")
+@click.option("--name", default=None, help="the adapted model's name (default: <model>-adapted)")
+@click.option("--cell-diameter", type=float, default=None,
+              help="the examples' cell diameter in px, where it is not the model's (then assumed of every image)")
+def adapt(model_name: str, examples: Path, out_dir: Path, name: str | None, cell_diameter: float | None) -> None:
+    """Fit MODEL's head to a few labelled images of your screen (numpy and onnxruntime, seconds): a model folder
+    that milzoo predict --model OUT, Classifier.from_dir and napari take as any other."""
+    from milcnn.errors import MilcnnError
+    from milcnn.predict.adapt import adapt as run_adapt
+
+    try:
+        folder = run_adapt(model_name, examples, out_dir, name=name, cell_diameter=cell_diameter)
+    except (ValueError, MilcnnError) as exc:
+        raise click.UsageError(one_line(exc)) from None
+    click.echo(f"milzoo: adapted {model_name} on {examples}: {folder} (milzoo predict IMAGES --model {folder})", err=True)
+
+
+@main.command()
 @click.argument("model")
 @click.option("--revision", default=None, help="branch, tag or commit (default: the zoo's pinned release, or main)")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,

@@ -218,6 +218,24 @@ def _nll(z: np.ndarray, targets: np.ndarray) -> float:
     return float(-np.log((np.exp(log_p) * targets).sum(axis=1) + 1e-12).sum())
 
 
+def _card(adapted, original, rows) -> str:
+    """The adapted folder's README.md: what it was adapted from, on which examples, and what changed."""
+    cal = adapted.calibration
+    lines = [f"# {adapted.name} {adapted.version}", "",
+             f"Adapted by `milzoo adapt` from {original.name} {original.version} on {len(rows)} labelled images: the "
+             "network is the original's; the head (features to class maps) was fitted again for "
+             f"{', '.join(adapted.training['classes_fitted'])}; the other classes keep the original's.", "",
+             "| image | label |", "|---|---|", *[f"| {e.path.name} | {'|'.join(e.labels)} |" for e in rows], "",
+             ("Probabilities: " + (f"the original's calibration softened by a temperature of "
+                                   f"{cal.fitted_on.get('adapted_temperature', cal.fitted_on.get('temperature'))}"
+                                   if cal is not None else "the network's own")
+              + ". qc keeps the original's size, texture and channel checks; its feature distance, per-class sizes "
+                "and coverage limit followed the original head and are dropped."), "",
+             "Measure it on labelled images of your screen that were not among the examples before trusting its "
+             "calls.", ""]
+    return "\n".join(lines)
+
+
 def _write(source: Path, out: Path, info, w, b, calibration, rows, fitted, *, name: str | None) -> Path:
     """The adapted folder: ``model.onnx`` with the new head bytes, the pooling and features graphs, its config."""
     from milcnn import constants
@@ -252,6 +270,8 @@ def _write(source: Path, out: Path, info, w, b, calibration, rows, fitted, *, na
                                 "method": f"head refit through Noisy-AND, {STEPS} Adam steps, L2 pull {PULL}"})
     adapted = adapted.with_files(*(work / f for f in (constants.MODEL_FILE, head.features_file) if (work / f).is_file()))
     write_config(work, adapted)
+    with write_atomic(work / constants.CARD_FILE, "w") as fh:
+        fh.write(_card(adapted, info, rows))
     if out.exists():
         out.rmdir()
     work.rename(out)
