@@ -39,7 +39,9 @@ class HeadRecord:
             bias = [int(v) for v in d["bias"]["shape"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"head: malformed ({type(exc).__name__}: {exc})") from None
-        if len(shape) != 4 or shape[0] != n_classes or shape[2:] != (1, 1) or bias != [n_classes]:
+        if len(shape) == 4 and shape[0] != n_classes:
+            raise ValueError(f"the config lists {n_classes} classes but model.onnx outputs {shape[0]} (its head)")
+        if len(shape) != 4 or shape[2:] != (1, 1) or bias != [n_classes]:
             raise ValueError(f"head: weight shape {list(shape)} and bias shape {bias} are not a 1 x 1 convolution to "
                              f"{n_classes} classes")
         if min(record.weight_offset, record.bias_offset) < 0:
