@@ -312,8 +312,6 @@ def run_batch(folder: Path) -> dict:
     """``milzoo predict`` on good images mixed with one of each bad input for the default model, in a
     child process whose peak memory (max RSS) is measured. Returns the counts, exit code and peak."""
     import csv
-    import json
-    import subprocess
 
     import tifffile
 
@@ -330,22 +328,16 @@ def run_batch(folder: Path) -> dict:
         tifffile.imwrite(path, np.roll(_sample(), 50 * i, axis=2), photometric="minisblack")
         good.append(path)
     out = folder / "out"
-    runner = ("import json, resource, subprocess, sys\n"
-              "p = subprocess.run([sys.executable, '-m', 'milcnn.cli', 'predict', *sys.argv[1:]], capture_output=True, "
-              "text=True)\n"
-              "print(json.dumps({'rc': p.returncode, 'err': p.stderr, "
-              "'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    proc = subprocess.run([sys.executable, "-c", runner, *map(str, inputs + good[-3:]), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, _, peak = _child([*map(str, inputs + good[-3:]), "--out", str(out)], folder, timeout=900)
+    err = (folder / "stderr.txt").read_text()
     with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
         predicted = {row["image"] for row in csv.DictReader(fh)}
     with open(out / "errors.csv", newline="", encoding="utf-8") as fh:
         errors = list(csv.DictReader(fh))
-    return {"exit_code": report["rc"], "traceback": "Traceback" in report["err"], "stderr_tail": report["err"][-3000:],
+    return {"exit_code": code, "traceback": "Traceback" in err, "stderr_tail": err[-3000:],
             "good": len(good), "bad": len(bad), "predicted": len(predicted & {str(p) for p in good}),
             "error_rows": len(errors), "one_line_errors": all("\n" not in row["error"] for row in errors),
-            "peak_mb": report["peak_kb"] / 1024}
+            "peak_mb": peak}
 
 
 def _model_with_config(make_config: Callable[[Path], None]) -> Callable[[Path], Path]:
@@ -391,13 +383,13 @@ print(json.dumps([os.waitstatus_to_exitcode(status), time.perf_counter() - t0, u
 """
 
 
-def _child(args: list[str], folder: Path) -> tuple[int, float, float]:
+def _child(args: list[str], folder: Path, *, timeout: float = 600) -> tuple[int, float, float]:
     """``milzoo predict ARGS`` in a child process: its exit code, wall seconds and peak memory (max RSS, MB)."""
     import json
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(folder / "stderr.txt"), *args], capture_output=True,
-                          text=True, timeout=600, check=True)
+                          text=True, timeout=timeout, check=True)
     return tuple(json.loads(proc.stdout))
 
 
@@ -456,9 +448,6 @@ def run_thin(folder: Path, length: int = 4_000_000) -> dict:
 def run_large(folder: Path, side: int = 16384) -> dict:
     """``milzoo predict`` on a two-channel ``side`` x ``side`` uint16 zlib-tiled TIFF (over the budget, so
     read a tile at a time), in a child process whose peak memory and wall time are measured."""
-    import json
-    import subprocess
-    import time
 
     import tifffile
 
@@ -469,19 +458,10 @@ def run_large(folder: Path, side: int = 16384) -> dict:
     tifffile.imwrite(path, (np.roll(tile[c], 97 * k, axis=1) for c in range(2) for k in range(n * n)),
                      shape=(2, side, side), dtype="uint16", tile=(1024, 1024), compression="zlib",
                      photometric="minisblack")
-    runner = ("import json, resource, subprocess, sys\n"
-              "p = subprocess.run([sys.executable, '-m', 'milcnn.cli', 'predict', *sys.argv[1:]], capture_output=True, "
-              "text=True)\n"
-              "print(json.dumps({'rc': p.returncode, 'err': p.stderr[-2000:], "
-              "'peak_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", runner, str(path), "--out", str(folder / "out")],
-                          capture_output=True, text=True, timeout=3600)
-    seconds = time.perf_counter() - t0
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, seconds, peak = _child([str(path), "--out", str(folder / "out")], folder, timeout=3600)
     return {"side": side, "file_mb": path.stat().st_size / 2**20, "raw_mb": 2 * side * side * 2 / 2**20,
-            "exit_code": report["rc"], "peak_mb": report["peak_kb"] / 1024, "seconds": seconds,
-            "stderr_tail": report["err"]}
+            "exit_code": code, "peak_mb": peak, "seconds": seconds,
+            "stderr_tail": (folder / "stderr.txt").read_text()[-2000:]}
 
 
 def outcome_matches(case: Case, r: dict) -> bool:

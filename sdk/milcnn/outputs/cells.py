@@ -8,12 +8,11 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
 
 from milcnn.errors import OutputFolderError
 from milcnn.io.images import write_atomic
 from milcnn.outputs.layout import RunLayout
-from milcnn.process.cells import cell_table, find_cells, sampling_step
+from milcnn.process.cells import cell_table, counting_plane, find_cells
 
 __all__ = ["field_cells", "write_field_cells", "write_cells_csv", "CELL_COLUMNS"]
 
@@ -25,10 +24,9 @@ def field_cells(chw, pred, info) -> list[list]:
     ``cells`` block gives, classed by the prediction's class maps. Raises ValueError for a model without one."""
     if info.cells is None:
         raise ValueError(f"{info.name} records no way to find cells (no cells block in its config.json)")
-    channel, diameter = info.channels.index(info.cells.channel), info.cells.diameter / pred.zoom
-    skip = sampling_step(diameter) if hasattr(chw, "strided") else 1  # read a tile at a time: the pixels it reads
-    plane = chw.strided(skip)[channel] if skip > 1 else np.asarray(chw[channel])
-    labels, step = find_cells(plane, diameter / skip)
+    plane, diameter, skip = counting_plane(chw, info.channels.index(info.cells.channel),
+                                           info.cells.diameter / pred.zoom)
+    labels, step = find_cells(plane, diameter)
     return cell_table(labels, step * skip, pred.maps, zoom=pred.zoom, stride=pred.stride, classes=info.classes,
                       threshold=pred.threshold)
 

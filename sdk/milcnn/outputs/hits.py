@@ -103,25 +103,33 @@ def _score_plate(members: list[tuple[dict, dict]], classes: tuple[str, ...]) -> 
     if len(negatives) < MIN_NEGATIVE_CONTROLS:
         return rows, summary, (f"{len(negatives)} negative control well(s) with a field that passed qc, fewer than "
                                f"{MIN_NEGATIVE_CONTROLS}")
-    null = np.array([_score(row, [n for n in negatives if n is not row], classes)[0] for row in negatives])
+    null = np.array([_score(row, _centre([n for n in negatives if n is not row], classes), classes)[0]
+                     for row in negatives])
     null_centre, null_spread = float(np.median(null)), max(_MAD * _mad(null), MIN_SPREAD)
+    centre = _centre(negatives, classes)
     for hit, (row, _) in zip(rows, samples):
         if row["qc"] != QC_OK:
             continue
-        hit["score"], hit["class"] = _score(row, negatives, classes)
+        hit["score"], hit["class"] = _score(row, centre, classes)
         hit["robust_z"] = (hit["score"] - null_centre) / null_spread
         hit["p_value"] = 0.5 * math.erfc(hit["robust_z"] / math.sqrt(2))
     if positives:
-        pos = np.array([_score(row, negatives, classes)[0] for row in positives])
+        pos = np.array([_score(row, centre, classes)[0] for row in positives])
         summary.update(z_prime=_z_prime(pos, null), z_prime_robust=_z_prime_robust(pos, null), ssmd=_ssmd(pos, null))
     return rows, summary, ""
 
 
-def _score(row: dict, controls: list[dict], classes: tuple[str, ...]) -> tuple[float, str]:
-    """The probability ``row`` gained over ``controls`` in classes whose masks grew too, and the class that gained
-    the most."""
-    gained = np.clip(_profiles([row], classes, "p")[0] - np.median(_profiles(controls, classes, "p"), axis=0), 0, None)
-    grew = _profiles([row], classes, "area")[0] - np.median(_profiles(controls, classes, "area"), axis=0) >= MIN_AREA
+def _centre(controls: list[dict], classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The controls' median probability profile and median mask areas."""
+    return (np.median(_profiles(controls, classes, "p"), axis=0),
+            np.median(_profiles(controls, classes, "area"), axis=0))
+
+
+def _score(row: dict, centre: tuple[np.ndarray, np.ndarray], classes: tuple[str, ...]) -> tuple[float, str]:
+    """The probability ``row`` gained over the controls' ``centre`` in classes whose masks grew too, and the class
+    that gained the most."""
+    gained = np.clip(_profiles([row], classes, "p")[0] - centre[0], 0, None)
+    grew = _profiles([row], classes, "area")[0] - centre[1] >= MIN_AREA
     supported = gained * grew
     return float(supported.sum()), classes[int(np.argmax(supported if supported.any() else gained))]
 

@@ -97,8 +97,11 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
         raise ModelConfigError(f"{info.name}: cannot be adapted here: it needs a head block and Noisy-AND pooling "
                                "(python -m training.features FOLDER adds the block)")
     rows = read_examples(examples, info.classes)
+    import onnxruntime as ort
+
     options = PredictOptions(cell_diameter=cell_diameter)
-    feats = [_features(clf, e, options) for e in rows]
+    session = ort.InferenceSession(str(clf.folder / info.head.features_file), providers=["CPUExecutionProvider"])
+    feats = [_features(clf, session, e, options) for e in rows]
     targets = np.array([[c in e.labels for c in info.classes] for e in rows], dtype=np.float64)
     fitted = sorted({info.classes.index(c) for e in rows for c in e.labels})
     w0, b0 = _head(clf.folder, info.head)
@@ -113,9 +116,10 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
     return _write(clf.folder, Path(out), info, w, b, calibration, rows, fitted, name=name)
 
 
-def _features(clf, example: Example, options) -> np.ndarray:
-    """(instances, F) float32: the example's feature vectors, one per map pixel of the image itself."""
-    import onnxruntime as ort
+def _features(clf, session, example: Example, options) -> np.ndarray:
+    """(instances, F) float32: the example's feature vectors (``session``: the features graph), one per map pixel
+    of the image itself (padding left out, as ``milcnn.predict.result`` leaves it out of the pooling)."""
+    from milcnn.process.scale import zoomed_shape
 
     try:
         item = clf.prepare_input(example.path, options)
@@ -124,15 +128,11 @@ def _features(clf, example: Example, options) -> np.ndarray:
     if item.x is None:
         raise ValueError(f"line {example.line}: {example.path}: too large to adapt on whole (it would be tiled); "
                          "give a crop or a field under 2048 x 2048 px")
-    session = getattr(clf, "_features_session", None)
-    if session is None:
-        session = ort.InferenceSession(str(clf.folder / clf.info.head.features_file), providers=["CPUExecutionProvider"])
-        clf._features_session = session
     out = session.run(["features"], {session.get_inputs()[0].name: item.x[None]})[0][0]  # (F, h, w)
-    stride, (h, w) = clf.info.output_stride, item.x.shape[1:]
-    valid = out[:, : -(-round(item.chw.shape[1] * item.zoom) // stride), : -(-round(item.chw.shape[2] * item.zoom)
-                                                                            // stride)]
-    del h, w
+    shape = item.chw.shape[1:]
+    h, w = zoomed_shape(shape, item.zoom) if item.zoom != 1.0 else shape
+    stride = clf.info.output_stride
+    valid = out[:, : -(-h // stride), : -(-w // stride)]
     return np.ascontiguousarray(valid.reshape(valid.shape[0], -1).T, dtype=np.float32)
 
 
@@ -242,8 +242,8 @@ def _write(source: Path, out: Path, info, w, b, calibration, rows, fitted, *, na
     from milcnn.io.images import write_atomic
     from milcnn.model.config import write_config
 
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: not empty; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not an empty folder; give a new one")
     data = bytearray((source / constants.MODEL_FILE).read_bytes())
     head = info.head
     data[head.weight_offset:head.weight_offset + w.size * 4] = w.astype(np.float32).tobytes()

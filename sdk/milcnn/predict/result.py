@@ -12,7 +12,7 @@ from milcnn.io.lazy import LazyTiff
 from milcnn.model.config import ModelInfo
 from milcnn.predict.prediction import Prediction
 from milcnn.predict.prepare import PreparedInput
-from milcnn.process.cells import count_cells, sampling_step
+from milcnn.process.cells import count_cells, counting_plane
 from milcnn.process.decision import decide
 from milcnn.process.preprocess import channel_ranges
 from milcnn.process.quality import Features, QualityLimits, assess, measure
@@ -69,11 +69,9 @@ class ResultMaker:
         cells = self.info.cells
         if cells is None:
             return None
-        channel, diameter = self.info.channels.index(cells.channel), cells.diameter / item.zoom
-        if isinstance(item.chw, LazyTiff):  # read only the pixels the counter reads: the same count
-            step = sampling_step(diameter)
-            return count_cells(item.chw.strided(step)[channel], diameter / step)
-        return count_cells(item.chw[channel], diameter)
+        plane, diameter, _ = counting_plane(item.chw, self.info.channels.index(cells.channel),
+                                            cells.diameter / item.zoom)
+        return count_cells(plane, diameter)
 
     def features(self, item: PreparedInput, maps: np.ndarray, shape: tuple[int, int]) -> Features | None:
         """qc's reading of an image at the network's scale (``milcnn.process.quality.measure``); a tiled image

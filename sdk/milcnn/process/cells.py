@@ -18,7 +18,7 @@ import numpy as np
 
 from milcnn.process.scale import otsu_threshold
 
-__all__ = ["count_cells", "sampling_step", "find_cells", "cell_table", "CellCounting", "OBJECTS"]
+__all__ = ["count_cells", "counting_plane", "sampling_step", "find_cells", "cell_table", "CellCounting", "OBJECTS"]
 
 OBJECTS = ("nuclei", "cells")
 
@@ -64,6 +64,15 @@ def sampling_step(diameter: float) -> int:
     """Every how many pixels the counter reads: an object spans about ``_SAMPLES`` of them (a reader that can skip
     pixels, as ``milcnn.io.lazy.LazyTiff.strided``, reads only those: the count is the same)."""
     return max(1, int(diameter // _SAMPLES))
+
+
+def counting_plane(chw, channel: int, diameter: float) -> tuple[np.ndarray, float, int]:
+    """(plane, diameter in it, skip): the channel to count in. An image read a tile at a time
+    (``milcnn.io.lazy.LazyTiff.strided``) gives only every ``skip``-th pixel, the ones the counter reads."""
+    if not hasattr(chw, "strided"):
+        return np.asarray(chw[channel]), diameter, 1
+    skip = sampling_step(diameter)
+    return chw.strided(skip)[channel], diameter / skip, skip
 
 
 def count_cells(plane: np.ndarray, diameter: float) -> int:
