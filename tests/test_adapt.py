@@ -67,6 +67,22 @@ def test_bad_examples_are_one_line_naming_the_row_and_nothing_is_written(example
     assert not (tmp_path / "adapted").exists()
 
 
+@pytest.mark.parametrize("name, says", [
+    ("three.tif", "line 3: three.tif: "),
+    ("broken.tif", "line 3: broken.tif: "),
+])
+def test_an_image_the_model_cannot_read_is_one_line_naming_the_row(examples, tmp_path, name, says):
+    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 64, 64), np.uint16), photometric="minisblack")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    bad = examples.parent / "bad.csv"
+    bad.write_text(f"path,label\ncrop0.tif,ER\n{name},vacuole\n")
+    result = CliRunner().invoke(main, ["adapt", "--model", "yeast-loc", "--examples", str(bad), "--out",
+                                       str(tmp_path / "adapted")])
+    assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1, \
+        result.output
+    assert not (tmp_path / "adapted").exists()
+
+
 def test_milzoo_adapt_then_predict_with_the_folder(examples, tmp_path):
     out = tmp_path / "adapted"
     result = CliRunner().invoke(main, ["adapt", "--model", "yeast-loc", "--examples", str(examples), "--out", str(out),
@@ -96,3 +112,35 @@ def test_real_yeast_one_mosaic_per_training_protein_keeps_the_held_out_proteins(
 
     r = real_yeast(real_labelled, tmp_path)
     assert r["right"]["adapted"] >= 0.95 * r["held_out"], r
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_the_head_gradient_is_the_loss_slope(calibrated):
+    """The analytic gradient through Noisy-AND (and the calibrated softmax, or each class's cross-entropy) against
+    central differences of the loss, with an 'a|b' example among three images of different sizes."""
+    from milcnn.predict.adapt import _gradient, _loss, _pool
+    from milcnn.process.calibration import Calibration
+
+    rng = np.random.default_rng(0)
+    k, f = 4, 5
+    sizes = np.array([6, 9, 4])
+    x = rng.normal(size=(sizes.sum(), f))
+    w, b = rng.normal(size=(k, f)) * 0.5, rng.normal(size=k) * 0.5
+    y = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], float)
+    pooling = (10.0, rng.uniform(0.2, 0.6, k))
+    cal = Calibration("vector_scaling", tuple(rng.uniform(0.5, 2, k)), tuple(rng.normal(size=k))) if calibrated \
+        else None
+    gw, gb = _gradient(x, sizes, y, w, b, pooling, cal)
+
+    def loss(w_, b_):
+        return _loss(_pool(x, sizes, w_, b_, pooling)[0], y, cal)
+
+    eps = 1e-6
+    for (i, j) in [(0, 0), (1, 3), (2, 4), (3, 1)]:
+        step = np.zeros_like(w)
+        step[i, j] = eps
+        assert gw[i, j] == pytest.approx((loss(w + step, b) - loss(w - step, b)) / (2 * eps), rel=1e-4, abs=1e-8)
+    for i in range(k):
+        step = np.zeros_like(b)
+        step[i] = eps
+        assert gb[i] == pytest.approx((loss(w, b + step) - loss(w, b - step)) / (2 * eps), rel=1e-4, abs=1e-8)

@@ -21,16 +21,28 @@ pytest.importorskip("bioimageio.core", reason="bioimageio.core runs in its own e
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["yeast-loc", "yeast-loc-gfp", "mcf7-moa"])
+def _adapted(folder: Path) -> Path:
+    """yeast-loc adapted by ``milcnn.adapt`` on four crops of its sample (two vacuole, two ER)."""
+    from milcnn import adapt
+
+    sample = tifffile.imread(ZOO / "yeast-loc" / "sample_input.tif")
+    crops = [(sample[:, y:y + 256, x:x + 256], "vacuole" if i < 2 else "ER")
+             for i, (y, x) in enumerate([(0, 0), (0, 256), (256, 0), (256, 256)])]
+    return adapt("yeast-loc", crops, folder / "yeast-loc-adapted", channel_axis=0)
+
+
+@pytest.fixture(scope="module", params=["yeast-loc", "yeast-loc-gfp", "mcf7-moa", "yeast-loc-adapted"])
 def package(request, tmp_path_factory):
+    """(model folder, package): the zoo's, and a folder made by milzoo adapt, packaged as the zoo's are."""
     from training.bioimageio import build_package
 
-    out = tmp_path_factory.mktemp("bioimageio") / f"{request.param}.zip"
-    return request.param, build_package(ZOO / request.param, out)
+    work = tmp_path_factory.mktemp("bioimageio")
+    folder = _adapted(work) if request.param == "yeast-loc-adapted" else ZOO / request.param
+    return folder, build_package(folder, work / f"{request.param}.zip")
 
 
 def test_bioimageio_test_passes_offline(package, tmp_path):
-    name, path = package
+    _, path = package
     env = {"BIOIMAGEIO_CACHE_PATH": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "bioimageio.core", "test", str(path)], capture_output=True, text=True,
                           timeout=600, env={**env, "HOME": str(tmp_path), "NO_PROXY": "*", "HTTPS_PROXY": "http://0.0.0.0:9"})
@@ -44,10 +56,10 @@ def test_package_outputs_equal_the_sdk(package):
     from bioimageio.core import load_model_description, predict
     from bioimageio.spec.model.v0_5 import TensorId
 
-    name, path = package
+    folder, path = package
     descr = load_model_description(path)
-    clf = Classifier.from_hub(name, device="cpu", precision="fp32", backend="onnxruntime")
-    sample = clf.prepare(tifffile.imread(ZOO / name / "sample_input.tif"))[0]
+    clf = Classifier.from_dir(folder, device="cpu", precision="fp32", backend="onnxruntime")
+    sample = clf.prepare(tifffile.imread(folder / "sample_input.tif"))[0]
     image = np.ascontiguousarray(np.roll(sample, 77, axis=2)[:, :320, :256])  # another field of view
     out = predict(model=descr, inputs={TensorId("image"): image.astype(np.float32)[None]})
     pred = clf.predict(image, cell_diameter=clf.info.cell_diameter)  # at the model's scale, as the package runs

@@ -32,6 +32,26 @@ while widget.worker is not None and time.monotonic() < deadline:
 layer = viewer.layers["gfp+rfp milcnn mask"]
 layer.contour = 2  # outlines, as milzoo's overlays
 print(f"labels: {layer.name}")
+
+# the Adapt panel, as a user would: two rectangles around cells labelled vacuole, the whole field ER, Adapt
+import numpy as np  # noqa: E402
+
+shapes = viewer.add_shapes([np.array([[40, 40], [140, 140]]), np.array([[300, 320], [400, 420]])],
+                           shape_type="rectangle", name="vacuole cells", edge_color="yellow", face_color="transparent")
+panel = widget.adapt_panel
+panel.cells.setCurrentText("vacuole cells")
+panel.label.setCurrentText("vacuole")
+panel.add(cells=True)
+panel.label.setCurrentText("ER")
+panel.add(cells=False)
+panel.out.setText(sys.argv[3])
+panel.adapt_in_background()
+deadline = time.monotonic() + 120
+while panel.worker is not None and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.02)
+print(f"adapt: {panel.status.text()}")
+viewer.layers.selection.active = viewer.layers["gfp"]
 for _ in range(5):
     QApplication.processEvents()
 viewer.screenshot(path=shot, canvas_only=False, flash=False)

@@ -187,8 +187,8 @@ def test_reader_opens_plate_outputs_whose_masks_are_not_named_by_the_image_stem(
 
 @pytest.mark.slow
 def test_a_real_viewer_under_xvfb(tmp_path):
-    """The plugin docked in a real napari window on an X server (Xvfb), predicting the bundled sample; the
-    screenshot is kept (``MILCNN_SCREENSHOTS=folder`` copies it there, e.g. docs/)."""
+    """The plugin docked in a real napari window on an X server (Xvfb), predicting the bundled sample, then
+    adapting the model to two marked cells and the field with the Adapt button; the screenshot is kept (``MILCNN_SCREENSHOTS=folder`` copies it there, e.g. docs/)."""
     xvfb = shutil.which("xvfb-run")
     if xvfb is None:
         pytest.skip("no Xvfb on this machine (.ci/run installs it where it can)")
@@ -196,13 +196,83 @@ def test_a_real_viewer_under_xvfb(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "napari-milcnn" / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run([xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
-                           str(Path(__file__).with_name("real_viewer.py")), str(SAMPLE), str(shot)],
+                           str(Path(__file__).with_name("real_viewer.py")), str(SAMPLE), str(shot),
+                           str(tmp_path / "adapted")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "labels: gfp+rfp milcnn mask" in proc.stdout
+    assert f"adapt: adapted: {tmp_path / 'adapted'}" in proc.stdout, proc.stdout[-2000:]  # the Adapt button, on screen
     from PIL import Image
 
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[1] > 900 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # the window, drawn
     if os.environ.get("MILCNN_SCREENSHOTS"):
         shutil.copy(shot, Path(os.environ["MILCNN_SCREENSHOTS"]) / "napari.png")
+
+
+def _quadrants_labelled(viewer, panel):
+    """The sample's top quadrants as vacuole cells (a Shapes layer), its bottom ones as ER (a Labels layer), as
+    ``tests/test_adapt.py`` labels them: the zoo model calls all four ER."""
+    viewer.add_shapes([np.array([[0, 0], [240, 240]]), np.array([[0, 272], [240, 511]])], shape_type="rectangle",
+                      name="vacuole cells")
+    regions = np.zeros((512, 512), np.uint8)
+    regions[272:500, 10:240], regions[272:500, 272:500] = 1, 2
+    viewer.add_labels(regions, name="ER cells")
+    panel.label.setCurrentText("vacuole")
+    panel.cells.setCurrentText("vacuole cells")
+    assert panel.add(cells=True) == 2
+    panel.label.setCurrentText("ER")
+    panel.cells.setCurrentText("ER cells")
+    assert panel.add(cells=True) == 2
+    assert panel.listing.count() == 4 and "4 examples of 2 classes" in panel.status.text()
+
+
+def test_adapt_panel_fits_the_model_to_labelled_cells_and_predicts_with_it(make_viewer, tmp_path):
+    viewer = make_viewer()
+    sample = tifffile.imread(SAMPLE)
+    viewer.add_image(sample, name="field")
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    panel = widget.adapt_panel
+    classes = [panel.label.itemText(i) for i in range(panel.label.count())]
+    assert classes == list(Classifier.from_hub("yeast-loc").classes)
+    _quadrants_labelled(viewer, panel)
+    assert panel.examples[0][2] == (0, 248, 0, 248)  # the rectangle and MARGIN px around it, inside the image
+    panel.out.setText(str(tmp_path / "adapted"))
+    folder = panel.adapt()
+    assert folder == tmp_path / "adapted" and widget.model.currentText() == str(folder), panel.status.text()
+    assert "adapted:" in panel.status.text()
+    clf = Classifier.from_dir(folder)
+    assert clf.info.training["classes_fitted"] == ["ER", "vacuole"]
+    assert [clf.predict(sample[:, y:y + 256, x:x + 256]).top for y, x in ((0, 0), (0, 256), (256, 0), (256, 256))] \
+        == ["vacuole", "vacuole", "ER", "ER"]
+    assert widget.predict() is not None and clf.name in widget.called.text()  # Predict now uses the adapted model
+
+
+def test_adapt_panel_says_what_is_wrong_and_writes_nothing(make_viewer, tmp_path):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    panel = widget.adapt_panel
+    assert panel.add(cells=True) == 0 and "no cells layer" in panel.status.text()
+    panel.label.setCurrentText("ER")
+    assert panel.add(cells=False) == 1
+    panel.out.setText(str(tmp_path / "adapted"))
+    assert panel.adapt() is None and "examples of one class only (ER)" in panel.status.text()
+    assert not (tmp_path / "adapted").exists() and widget.model.currentText() == "yeast-loc"
+
+
+def test_adapt_button_runs_in_a_worker_thread(make_viewer, qtbot, tmp_path):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), name="field")
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    panel = widget.adapt_panel
+    _quadrants_labelled(viewer, panel)
+    panel.out.setText(str(tmp_path / "adapted"))
+    worker = panel.adapt_in_background()
+    assert worker is not None and not panel.run.isEnabled() and "adapting yeast-loc" in panel.status.text()
+    assert panel.adapt_in_background() is None  # one at a time
+    qtbot.waitUntil(lambda: panel.run.isEnabled(), timeout=120000)
+    assert widget.model.currentText() == str(tmp_path / "adapted"), panel.status.text()

@@ -1,5 +1,6 @@
 """The dock widget: pick a model, pick the image (one layer with a channel axis, or one layer per channel),
-predict, and get the mask as a Labels layer named by class plus the image's probabilities in a table.
+predict, and get the mask as a Labels layer named by class plus the image's probabilities in a table; below it,
+the Adapt panel (``_adapt``) fits the model to a few labelled fields or cells.
 
 The model box starts on the first zoo model whose channels fit the chosen layer, until the user picks one; a
 zoo model's channels are read from its bundled config, and any other model (a Hub repo, a folder) loads when
@@ -12,6 +13,7 @@ import numpy as np
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QRadioButton, QSpinBox,
                             QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from napari_milcnn._adapt import AdaptPanel
 from napari_milcnn._layers import prediction_layers
 
 AUTO_AXIS = -1  # the spin box value meaning "find the channel axis by its length"
@@ -28,7 +30,8 @@ class MilcnnWidget(QWidget):
         self.viewer = napari_viewer
         self._models: dict = {}
         self._zoo = zoo()
-        self._zoo_channels = self._bundled_channels()  # read once: the default model follows every layer change
+        self._zoo_infos = self._bundled_infos()  # read once: the default model follows every layer change
+        self._zoo_channels = {name: info.channels for name, info in self._zoo_infos.items()}
         self._user_chose = False  # until the user picks a model, it follows the chosen layer's channels
         self._setting = False  # the widget itself is changing the model box
         self.worker = None  # the running prediction, if any
@@ -53,6 +56,7 @@ class MilcnnWidget(QWidget):
         self.called.setWordWrap(True)  # a long error wraps instead of being cut
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["class", "probability"])
+        self.adapt_panel = AdaptPanel(self)
 
         form = QFormLayout()
         form.addRow("model", self.model)
@@ -68,6 +72,7 @@ class MilcnnWidget(QWidget):
         layout.addWidget(self.run)
         layout.addWidget(self.called)
         layout.addWidget(self.table)
+        layout.addWidget(self.adapt_panel)
         self.model.currentTextChanged.connect(self._model_text)
         self.model.lineEdit().editingFinished.connect(lambda: self._model_changed(self.model.currentText()))
         self.layer.currentTextChanged.connect(self._default_model)
@@ -95,11 +100,11 @@ class MilcnnWidget(QWidget):
             if current in names:
                 box.setCurrentText(current)
 
-    def _bundled_channels(self) -> dict[str, tuple[str, ...]]:
-        """Each bundled zoo model's channels, from its config (no model loaded)."""
+    def _bundled_infos(self) -> dict:
+        """Each bundled zoo model's config (channels, classes), no model loaded."""
         from milcnn.model.config import ModelInfo
 
-        return {name: ModelInfo.from_file(entry.bundled_dir / "config.json").channels
+        return {name: ModelInfo.from_file(entry.bundled_dir / "config.json")
                 for name, entry in sorted(self._zoo.items()) if entry.bundled_dir is not None}
 
     def _fitting_model(self) -> str | None:
@@ -134,10 +139,10 @@ class MilcnnWidget(QWidget):
         if name in self._zoo:
             self._model_changed(name)
 
-    def _channels_of(self, name: str) -> tuple[str, ...]:
-        if name in self._zoo_channels:
-            return self._zoo_channels[name]
-        return self.classifier(name).channels  # a Hub repo or a folder: loaded now, once
+    def _info_of(self, name: str):
+        if name in self._zoo_infos:
+            return self._zoo_infos[name]
+        return self.classifier(name).info  # a Hub repo or a folder: loaded now, once
 
     def _model_changed(self, name: str) -> None:
         """One layer picker per channel of the model (for 'one layer per channel')."""
@@ -145,16 +150,29 @@ class MilcnnWidget(QWidget):
             self.channels_form.removeRow(0)
         self.channel_layers = []
         try:
-            channels = self._channels_of(name)
+            info = self._info_of(name)
         except Exception as exc:  # noqa: BLE001 - shown, not raised
             self.called.setText(f"cannot load {name}: {' '.join(str(exc).split())[:300]}")
             return
         self.called.setText("")
-        for channel in channels:
+        self.adapt_panel.set_model(name, info.classes)
+        for channel in info.channels:
             box = QComboBox()
             box.addItems(self._image_layers())
             self.channels_form.addRow(f"{channel} layer", box)
             self.channel_layers.append(box)
+
+    def use_model(self, name: str) -> None:
+        """Choose ``name`` (e.g. a folder just adapted) as the model, as if the user had picked it."""
+        if self.model.findText(name) < 0:
+            self.model.addItem(name)
+        self._user_chose = True
+        self._setting = True
+        try:
+            self.model.setCurrentText(name)
+        finally:
+            self._setting = False
+        self._model_changed(name)
 
     def classifier(self, name: str | None = None):
         """The model, loaded once per name (``Classifier.from_hub``: zoo name, Hub repo or folder)."""
