@@ -247,6 +247,22 @@ def test_adapt_panel_fits_the_model_to_labelled_cells_and_predicts_with_it(make_
     assert [clf.predict(sample[:, y:y + 256, x:x + 256]).top for y, x in ((0, 0), (0, 256), (256, 0), (256, 256))] \
         == ["vacuole", "vacuole", "ER", "ER"]
     assert widget.predict() is not None and clf.name in widget.called.text()  # Predict now uses the adapted model
+    assert panel.out.text().endswith("yeast-loc-adapted")  # the next default is named after the source, not adapted-adapted
+
+
+def test_the_channel_layers_picked_stay_when_the_model_becomes_the_adapted_one(make_viewer, tmp_path):
+    viewer = make_viewer()
+    viewer.add_image(tifffile.imread(SAMPLE), channel_axis=0, name=["gfp", "rfp"])
+    widget = MilcnnWidget(viewer)
+    widget.model.setCurrentText("yeast-loc")
+    widget.per_channel.setChecked(True)
+    widget.channel_layers[0].setCurrentText("gfp")
+    widget.channel_layers[1].setCurrentText("rfp")
+    panel = widget.adapt_panel
+    _quadrants_labelled(viewer, panel)
+    panel.out.setText(str(tmp_path / "adapted"))
+    assert panel.adapt() is not None, panel.status.text()
+    assert [box.currentText() for box in widget.channel_layers] == ["gfp", "rfp"]
 
 
 def test_adapt_panel_says_what_is_wrong_and_writes_nothing(make_viewer, tmp_path):

@@ -102,15 +102,19 @@ class AdaptPanel(QGroupBox):
         if current:
             self.cells.setCurrentText(current)
 
-    def set_model(self, name: str, classes: tuple[str, ...]) -> None:
-        """The chosen model's classes; the output folder follows the model until the user writes one."""
+    def set_model(self, info) -> None:
+        """The chosen model's classes (``info``: its ``ModelInfo``); the output folder follows the model until the
+        user writes one: ``<model>-adapted`` (for an adapted model, the one it was adapted from), numbered when
+        it exists."""
+        classes = info.classes
         label = self.label.currentText()
         self.label.clear()
         self.label.addItems(list(classes))
         if label in classes:
             self.label.setCurrentText(label)
         if not self.out.isModified():
-            base = Path.cwd() / f"{Path(name).name}-adapted"
+            source = ((info.training or {}).get("adapted_from") or {}).get("name", info.name)
+            base = Path.cwd() / f"{source}-adapted"
             out, i = base, 1
             while out.exists():
                 i += 1

@@ -145,7 +145,9 @@ class MilcnnWidget(QWidget):
         return self.classifier(name).info  # a Hub repo or a folder: loaded now, once
 
     def _model_changed(self, name: str) -> None:
-        """One layer picker per channel of the model (for 'one layer per channel')."""
+        """One layer picker per channel of the model (for 'one layer per channel'), keeping the layer already
+        picked for a channel of the same name (a model adapted from this one has the same channels)."""
+        picked = {box.objectName(): box.currentText() for box in self.channel_layers}
         while self.channels_form.rowCount():
             self.channels_form.removeRow(0)
         self.channel_layers = []
@@ -155,10 +157,13 @@ class MilcnnWidget(QWidget):
             self.called.setText(f"cannot load {name}: {' '.join(str(exc).split())[:300]}")
             return
         self.called.setText("")
-        self.adapt_panel.set_model(name, info.classes)
+        self.adapt_panel.set_model(info)
         for channel in info.channels:
             box = QComboBox()
             box.addItems(self._image_layers())
+            box.setObjectName(channel)
+            if picked.get(channel) in self._image_layers():
+                box.setCurrentText(picked[channel])
             self.channels_form.addRow(f"{channel} layer", box)
             self.channel_layers.append(box)
 
