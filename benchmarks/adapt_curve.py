@@ -12,6 +12,8 @@ a manifest (``training.finetune --data``): example i of a class is the first 4 x
 - yeast (``yeast-loc``), fold A: examples of AAC1, AAP1, AAH1 (fields 1-n); scored every 4 x 4 mosaic of AAC3 and
   AAR2. Fold B: examples of AAC3, AAP1, AAR2; scored AAC1 and AAH1. Cell diameter 42 px (the set's).
 - yeast A swapped: fold A with GFP and RFP given in the other order, examples and scored mosaics alike.
+- yeast A cells: fold A with single cells (64 x 64 px crops) for examples (the first n cells of field 1 of each
+  protein) and for scoring (every cell of AAC3 and AAR2).
 - MCF-7 (``mcf7-moa``): examples from the validation half of DMSO and protein-synthesis fields (fields 1-n of
   each); scored every mosaic of the test half's fields.
 
@@ -42,6 +44,7 @@ SIZES = (1, 2, 4)
 CURVE = (("yeast A", "yeast-loc", "yeast-chong", ("AAC1", "AAP1", "AAH1"), ("AAC3", "AAR2")),
          ("yeast B", "yeast-loc", "yeast-chong", ("AAC3", "AAP1", "AAR2"), ("AAC1", "AAH1")),
          ("yeast A swapped", "yeast-loc", "yeast-chong", ("AAC1", "AAP1", "AAH1"), ("AAC3", "AAR2")),
+         ("yeast A cells", "yeast-loc", "yeast-chong", ("AAC1", "AAP1", "AAH1"), ("AAC3", "AAR2")),
          ("mcf7", "mcf7-moa", "bbbc021-cells", ("DMSO", "Protein_synthesis"), None))
 
 
@@ -62,11 +65,14 @@ def _fields(model: str, set_name: str, data_root):
     return rs, clf, load_fields(rs, data_root, channels=clf.channels)
 
 
-def _examples(rs, fields, groups, n: int) -> list[tuple[np.ndarray, str]]:
+def _examples(rs, fields, groups, n: int, cells: bool = False) -> list[tuple[np.ndarray, str]]:
     """The first 4 x 4 mosaic of each of the first n example fields (the validation half's, for MCF-7) of each
-    group, with the group's label."""
+    group, with the group's label; ``cells``: the first n cells of its first field."""
     from training.data.real import mosaics
 
+    if cells:
+        return [(f.cells[i].astype(np.float32), f.group.label) for g in groups
+                for f in [next(f for f in fields if f.group.name == g)] for i in range(n)]
     rows = []
     for g in groups:
         own = [f for f in fields if f.group.name == g and (rs.name != "bbbc021-cells" or rs.half(f) == "validation")]
@@ -76,12 +82,12 @@ def _examples(rs, fields, groups, n: int) -> list[tuple[np.ndarray, str]]:
     return rows
 
 
-def _scored(rs, fields, groups, scored):
+def _scored(rs, fields, groups, scored, cells: bool = False):
     from training.data.real import mosaics
 
     chosen = [f for f in fields if f.group.name in scored] if scored else \
         [f for f in fields if f.group.name in groups and rs.half(f) == "test"]
-    return chosen, [(f, m.astype(np.float32)) for f in chosen for m in mosaics(f.cells, 4)]
+    return chosen, [(f, m.astype(np.float32)) for f in chosen for m in (f.cells if cells else mosaics(f.cells, 4))]
 
 
 def _score(clf, units, diameter) -> dict:
@@ -136,7 +142,8 @@ def run(data_root, work: Path, done: dict, save, *, redo: tuple[str, ...] = ()) 
     for experiment, model, set_name, groups, scored in CURVE:
         rs, clf0, fields = _fields(model, set_name, data_root)
         diameter = rs.cell_diameter if clf0.info.cell_diameter else None  # as benchmarks.realdata_curve
-        scored_fields, units = _scored(rs, fields, groups, scored)
+        cells = experiment.endswith("cells")
+        scored_fields, units = _scored(rs, fields, groups, scored, cells)
         units = [(f, shifted(experiment, m)) for f, m in units]
         before = None
         for n in SIZES:
@@ -145,7 +152,7 @@ def run(data_root, work: Path, done: dict, save, *, redo: tuple[str, ...] = ()) 
             if not todo:
                 continue
             before = before or _score(clf0, units, diameter)
-            rows = [(shifted(experiment, m), label) for m, label in _examples(rs, fields, groups, n)]
+            rows = [(shifted(experiment, m), label) for m, label in _examples(rs, fields, groups, n, cells)]
             x = {**done.get(name, {}), "experiment": experiment, "model": model, "model_version": clf0.info.version,
                  "per_class": n, "examples": len(rows), "scored_fields": [f.path.name for f in scored_fields],
                  "before": before}
@@ -173,9 +180,9 @@ def render(r: dict) -> str:
 
     lines = ["# `milzoo adapt` against `training.finetune`: learning curve on real cells", "",
              f"Command: `python -m benchmarks.adapt_curve` on {r['cpu']} (2 cores; see its docstring for the "
-             "protocol). Scored: 4 x 4 mosaics of proteins or fields neither method saw; \"label\" counts the label "
-             "`milzoo predict` writes with its defaults, \"top\" the top class.", "",
-             "| experiment | examples per class | scored mosaics | zoo model: label | adapt: label | adapt time "
+             "protocol). Scored: 4 x 4 mosaics (single cells for \"cells\") of proteins or fields neither method saw; "
+             "\"label\" counts the label `milzoo predict` writes with its defaults, \"top\" the top class.", "",
+             "| experiment | examples per class | scored images | zoo model: label | adapt: label | adapt time "
              "| finetune: label | finetune time |", "|---|---|---|---|---|---|---|---|"]
     for name, x in r["runs"].items():
         lines.append(f"| {x['experiment']} ({x['model']} {x['model_version']}) | {x['per_class']} | "

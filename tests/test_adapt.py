@@ -144,3 +144,23 @@ def test_the_head_gradient_is_the_loss_slope(calibrated):
         step = np.zeros_like(b)
         step[i] = eps
         assert gb[i] == pytest.approx((loss(w, b + step) - loss(w, b - step)) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+def test_adapted_on_crops_smaller_than_the_network_calls_crops_that_size(tmp_path):
+    """Single-cell crops (48 px, below yeast-loc's min_size of 64) as examples: the adapted model's qc calls
+    images down to 48 px, where the zoo model says too_small; a zoo config is written as before (no min_side)."""
+    from milcnn import Classifier
+    from milcnn.process.quality import QualityLimits
+
+    sample = tifffile.imread(YEAST / "sample_input.tif")
+    crops = [(sample[:, y:y + 48, x:x + 48], label) for (y, x), label in
+             (((100, 100), "vacuole"), ((300, 300), "vacuole"), ((100, 300), "ER"), ((300, 100), "ER"))]
+    out = adapt("yeast-loc", crops, tmp_path / "adapted", channel_axis=0)
+    clf, zoo = Classifier.from_dir(out), Classifier.from_hub("yeast-loc")
+    assert clf.info.qc.min_side == 48 and "down to 48 px" in (out / "README.md").read_text()
+    crop = sample[:, 200:248, 200:248]
+    assert zoo.predict(crop).qc == "too_small" and clf.predict(crop).qc == "ok"
+    assert clf.predict(sample[:, :40, :40]).qc == "too_small"
+    assert "min_side" not in zoo.info.qc.to_dict()
+    with pytest.raises(ValueError, match="qc.min_side must be a whole number"):
+        QualityLimits.from_dict({**zoo.info.qc.to_dict(), "min_side": 0.5}, classes=zoo.classes)

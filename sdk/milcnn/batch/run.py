@@ -173,6 +173,8 @@ class _Job:
         finally:
             progress.close()
         results.finish([as_text(str(x)) for x in (*found.missing, *(name for name, _ in found.problems), *found.paths)])
+        if not interrupted:  # every writer is done: a temporary file now is one a killed writer left
+            results.remove_partial_files()
         for line in self.messages.summary():
             self.echo(line)
         return interrupted

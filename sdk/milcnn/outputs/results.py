@@ -63,7 +63,7 @@ class ResultsFolder:
                 for name in OUTPUT_DIRS:
                     shutil.rmtree(self.out / name, ignore_errors=True)
             if resume:
-                self._remove_partial_files()
+                self.remove_partial_files()
             self.done_predictions = self._read(PREDICTIONS, header) if resume else []
             self.done_errors = self._read(ERRORS, ["image", "error"]) if resume else []
             self._predictions = self._open(PREDICTIONS, header)
@@ -76,9 +76,10 @@ class ResultsFolder:
             self.close()
             raise
 
-    def _remove_partial_files(self) -> None:
+    def remove_partial_files(self) -> None:
         """Delete the temporary files of a killed run (``.<name>.<random>.part``, see
-        ``milcnn.io.images.write_atomic``): their images have no row, so they are predicted again."""
+        ``milcnn.io.images.write_atomic``): their images have no row, so they are predicted again. Also at the end
+        of a run that was not interrupted: a Dask worker killed mid-file leaves one, and its image ran elsewhere."""
         for name in OUTPUT_DIRS:
             folder = self.out / name
             if folder.is_dir():

@@ -138,7 +138,7 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
 
     options = PredictOptions(cell_diameter=cell_diameter)
     session = ort.InferenceSession(str(clf.folder / info.head.features_file), providers=["CPUExecutionProvider"])
-    feats = [_features(clf, session, e, options) for e in rows]
+    feats, sides = zip(*[_features(clf, session, e, options) for e in rows])
     targets = np.array([[c in e.labels for c in info.classes] for e in rows], dtype=np.float64)
     fitted = sorted({info.classes.index(c) for e in rows for c in e.labels})
     w0, b0 = _head(clf.folder, info.head)
@@ -151,12 +151,15 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
     if cell_diameter is not None:
         info = replace(info, input_cell_diameter=float(cell_diameter),
                        input_cell_diameter_from="milzoo adapt --cell-diameter: the examples' cells")
+    if info.qc is not None and min(sides) < info.min_size:  # fitted on crops: images their size are what it knows
+        info = replace(info, qc=replace(info.qc, min_side=int(min(sides))))
     return _write(clf.folder, Path(out), info, w, b, calibration, rows, fitted, name=name)
 
 
-def _features(clf, session, example: Example, options) -> np.ndarray:
+def _features(clf, session, example: Example, options) -> tuple[np.ndarray, int]:
     """(instances, F) float32: the example's feature vectors (``session``: the features graph), one per map pixel
-    of the image itself (padding left out, as ``milcnn.predict.result`` leaves it out of the pooling)."""
+    of the image itself (padding left out, as ``milcnn.predict.result`` leaves it out of the pooling); and the
+    image's smaller side at the network's scale."""
     from milcnn.process.scale import zoomed_shape
 
     try:
@@ -171,7 +174,7 @@ def _features(clf, session, example: Example, options) -> np.ndarray:
     h, w = zoomed_shape(shape, item.zoom) if item.zoom != 1.0 else shape
     stride = clf.info.output_stride
     valid = out[:, : -(-h // stride), : -(-w // stride)]
-    return np.ascontiguousarray(valid.reshape(valid.shape[0], -1).T, dtype=np.float32)
+    return np.ascontiguousarray(valid.reshape(valid.shape[0], -1).T, dtype=np.float32), min(h, w)
 
 
 def _head(folder: Path, head) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +318,9 @@ def _card(adapted, original, rows) -> str:
                                    f"{cal.fitted_on.get('adapted_temperature', cal.fitted_on.get('temperature'))}"
                                    if cal is not None else "the network's own")
               + ". qc keeps the original's size, texture and channel checks; its feature distance, per-class sizes "
-                "and coverage limit followed the original head and are dropped."), "",
+                "and coverage limit followed the original head and are dropped."
+              + (f" Images down to {adapted.qc.min_side} px a side at the network's scale (the smallest example) are "
+                 "called, not `too_small`." if adapted.qc is not None and adapted.qc.min_side else "")), "",
              "Measure it on labelled images of your screen that were not among the examples before trusting its "
              "calls.", ""]
     return "\n".join(lines)

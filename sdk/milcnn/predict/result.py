@@ -53,7 +53,8 @@ class ResultMaker:
         features = None if min(h, w) < info.min_size else self.features(item, maps, (h, w))
         if features is not None and not item.tiled and item.scale_source == "model":
             self.scale_notice(features.diameter, item.source)
-        qc = assess(features, self.limits, shape=(h, w), min_size=info.min_size, raw=raw,
+        smallest = self.limits.min_side if self.limits is not None and self.limits.min_side else info.min_size
+        qc = assess(features, self.limits, shape=(h, w), min_size=smallest, raw=raw,
                     top=classes[int(np.argmax(raw))])
         call = decide(calibrated, classes, threshold=threshold, multi_label=info.multi_label, qc=qc)
         return Prediction(

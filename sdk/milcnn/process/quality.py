@@ -127,13 +127,17 @@ class QualityLimits:
     distance: FeatureDistance | None = None
     diameter_by_class: dict = field(default_factory=dict)  # top class -> (low, high)
     fitted_on: dict = field(default_factory=dict, compare=False)
+    #: the smallest image side (px, at the network's scale) called ``ok``; None: the network's ``min_size``. A
+    #: model adapted on crops smaller than that (``milzoo adapt``) records the smallest of them
+    min_side: int | None = None
 
     def to_dict(self) -> dict:
-        return {"cell_diameter_px": [float(v) for v in self.diameter], "texture_min": float(self.texture_min),
-                "coverage_max": float(self.coverage_max),
-                "channel_similarity": None if self.similarity is None else [float(v) for v in self.similarity],
-                "cell_diameter_px_by_class": {c: [float(v) for v in r] for c, r in self.diameter_by_class.items()},
-                "distance": None if self.distance is None else self.distance.to_dict(), "fitted_on": self.fitted_on}
+        d = {"cell_diameter_px": [float(v) for v in self.diameter], "texture_min": float(self.texture_min),
+             "coverage_max": float(self.coverage_max),
+             "channel_similarity": None if self.similarity is None else [float(v) for v in self.similarity],
+             "cell_diameter_px_by_class": {c: [float(v) for v in r] for c, r in self.diameter_by_class.items()},
+             "distance": None if self.distance is None else self.distance.to_dict(), "fitted_on": self.fitted_on}
+        return d if self.min_side is None else {**d, "min_side": int(self.min_side)}
 
     @classmethod
     def from_dict(cls, d, *, classes: tuple[str, ...]) -> "QualityLimits":
@@ -163,8 +167,11 @@ class QualityLimits:
             raise ValueError(f"qc.cell_diameter_px_by_class names {', '.join(map(repr, unknown))}, not a class of the "
                              "model")
         by_class = {c: _pair(r, f"cell_diameter_px_by_class.{c}", 0.0, float("inf")) for c, r in by_class.items()}
+        min_side = d.get("min_side")
+        if min_side is not None and (not isinstance(min_side, int) or isinstance(min_side, bool) or min_side < 1):
+            raise ValueError(f"qc.min_side must be a whole number of px >= 1, got {min_side!r}")
         return cls(diameter=diameter, similarity=similarity, distance=distance, diameter_by_class=by_class,
-                   fitted_on=dict(d.get("fitted_on") or {}), **values)
+                   fitted_on=dict(d.get("fitted_on") or {}), min_side=min_side, **values)
 
     @classmethod
     def from_scale(cls, measured: float | None, tolerance: float | None) -> "QualityLimits | None":
