@@ -188,7 +188,8 @@ def test_reader_opens_plate_outputs_whose_masks_are_not_named_by_the_image_stem(
 @pytest.mark.slow
 def test_a_real_viewer_under_xvfb(tmp_path):
     """The plugin docked in a real napari window on an X server (Xvfb), predicting the bundled sample, then
-    adapting the model to two marked cells and the field with the Adapt button; the screenshot is kept (``MILCNN_SCREENSHOTS=folder`` copies it there, e.g. docs/)."""
+    adapting the model to two marked cells and the field with the Adapt button; the screenshot is kept
+    (``MILCNN_SCREENSHOTS=folder`` copies it there, e.g. docs/)."""
     xvfb = shutil.which("xvfb-run")
     if xvfb is None:
         pytest.skip("no Xvfb on this machine (.ci/run installs it where it can)")
@@ -247,7 +248,7 @@ def test_adapt_panel_fits_the_model_to_labelled_cells_and_predicts_with_it(make_
     assert [clf.predict(sample[:, y:y + 256, x:x + 256]).top for y, x in ((0, 0), (0, 256), (256, 0), (256, 256))] \
         == ["vacuole", "vacuole", "ER", "ER"]
     assert widget.predict() is not None and clf.name in widget.called.text()  # Predict now uses the adapted model
-    assert panel.out.text().endswith("yeast-loc-adapted")  # the next default is named after the source, not adapted-adapted
+    assert panel.out.text().endswith("yeast-loc-adapted")  # the next default: named after the source model
 
 
 def test_the_channel_layers_picked_stay_when_the_model_becomes_the_adapted_one(make_viewer, tmp_path):

@@ -11,6 +11,8 @@ import numpy as np
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QPushButton, QVBoxLayout)
 
+from napari_milcnn._background import Background
+
 MARGIN = 8  # px of the image kept around a cell's outline in its crop
 
 
@@ -53,7 +55,6 @@ class AdaptPanel(QGroupBox):
         super().__init__("Adapt the model to your screen")
         self.widget = widget
         self.examples: list[tuple[np.ndarray, int | None, tuple | None, str, str]] = []  # data, axis, box, label, name
-        self.worker = None
         self.label = QComboBox()  # the model's classes (``a|b`` may be typed)
         self.label.setEditable(True)
         self.cells = QComboBox()  # Shapes and Labels layers
@@ -69,6 +70,7 @@ class AdaptPanel(QGroupBox):
         self.run = QPushButton("Adapt")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.background = Background(self.run, self.status)
         form = QFormLayout()
         form.addRow("class", self.label)
         form.addRow("cells layer", self.cells)
@@ -178,29 +180,19 @@ class AdaptPanel(QGroupBox):
 
     def adapt_in_background(self):
         """The Adapt button: in a worker thread with napari's progress; returns the worker (None: one is running)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             return None
         model, out = self.widget.model.currentText(), self.out.text().strip()
-        self.run.setEnabled(False)
         self.status.setText(f"adapting {model} on {len(self.examples)} examples ...")
-        worker = create_worker(self._work, model, out, _progress={"desc": f"milcnn: adapting {model}"})
-        worker.returned.connect(self._adapted)
-        worker.errored.connect(self._failed)
-        worker.finished.connect(self._done)
-        self.worker = worker
-        worker.start()
-        return worker
+        return self.background.start(self._work, model, out, desc=f"milcnn: adapting {model}", returned=self._adapted)
 
-    def _done(self) -> None:
-        self.worker = None
-        self.run.setEnabled(True)
+    @property
+    def worker(self):
+        """The running adaptation, if any."""
+        return self.background.worker
 
     def _failed(self, exc: BaseException) -> None:
-        from milcnn.errors import one_line
-
-        self.status.setText(one_line(exc))
+        self.background.failed(exc)
 
     def _adapted(self, folder):
         folder = str(folder)

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushBu
                             QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from napari_milcnn._adapt import AdaptPanel
+from napari_milcnn._background import Background
 from napari_milcnn._layers import prediction_layers
 
 AUTO_AXIS = -1  # the spin box value meaning "find the channel axis by its length"
@@ -34,7 +35,6 @@ class MilcnnWidget(QWidget):
         self._zoo_channels = {name: info.channels for name, info in self._zoo_infos.items()}
         self._user_chose = False  # until the user picks a model, it follows the chosen layer's channels
         self._setting = False  # the widget itself is changing the model box
-        self.worker = None  # the running prediction, if any
         self.model = QComboBox()
         self.model.setEditable(True)  # a zoo name, org/name[@revision] or a model folder
         self.model.addItems(sorted(self._zoo))
@@ -54,6 +54,7 @@ class MilcnnWidget(QWidget):
         self.run.clicked.connect(self.predict_in_background)
         self.called = QLabel("")
         self.called.setWordWrap(True)  # a long error wraps instead of being cut
+        self.background = Background(self.run, self.called)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["class", "probability"])
         self.adapt_panel = AdaptPanel(self)
@@ -124,12 +125,7 @@ class MilcnnWidget(QWidget):
             return
         model = self._fitting_model()
         if model is not None and model != self.model.currentText():
-            self._setting = True
-            try:
-                self.model.setCurrentText(model)
-            finally:
-                self._setting = False
-            self._model_changed(model)
+            self._show_model(model)
 
     def _model_text(self, name: str) -> None:
         """A zoo name chosen or typed: its channel pickers at once (from its bundled config, no model loaded);
@@ -172,6 +168,10 @@ class MilcnnWidget(QWidget):
         if self.model.findText(name) < 0:
             self.model.addItem(name)
         self._user_chose = True
+        self._show_model(name)
+
+    def _show_model(self, name: str) -> None:
+        """Put ``name`` in the model box (not counted as the user's choice) and follow it."""
         self._setting = True
         try:
             self.model.setCurrentText(name)
@@ -221,8 +221,6 @@ class MilcnnWidget(QWidget):
     def predict_in_background(self):
         """Predict in a worker thread (the Predict button): the viewer stays responsive, napari shows progress,
         and the result is added when it is done. Returns the started worker (None when another is running)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             return None
         try:
@@ -231,25 +229,17 @@ class MilcnnWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
             return None
-        self.run.setEnabled(False)
         self.called.setText(f"predicting {name} with {clf.name} ...")
-        worker = create_worker(lambda: (clf, name, clf.predict(data, channel_axis=axis)),
-                               _progress={"desc": f"milcnn: {clf.name}"})
-        worker.returned.connect(self._show)
-        worker.errored.connect(self._failed)
-        worker.finished.connect(self._done)
-        self.worker = worker
-        worker.start()
-        return worker
+        return self.background.start(lambda: (clf, name, clf.predict(data, channel_axis=axis)),
+                                     desc=f"milcnn: {clf.name}", returned=self._show)
 
-    def _done(self) -> None:
-        self.worker = None
-        self.run.setEnabled(True)
+    @property
+    def worker(self):
+        """The running prediction, if any."""
+        return self.background.worker
 
     def _failed(self, exc: BaseException) -> None:
-        from milcnn.errors import one_line
-
-        self.called.setText(one_line(exc))
+        self.background.failed(exc)
 
     def _show(self, result):
         """Add (or replace) the mask layer and fill the table from ``(classifier, layer name, Prediction)``."""
