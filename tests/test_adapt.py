@@ -164,3 +164,21 @@ def test_adapted_on_crops_smaller_than_the_network_calls_crops_that_size(tmp_pat
     assert "min_side" not in zoo.info.qc.to_dict()
     with pytest.raises(ValueError, match="qc.min_side must be a whole number"):
         QualityLimits.from_dict({**zoo.info.qc.to_dict(), "min_side": 0.5}, classes=zoo.classes)
+
+
+def test_a_model_without_calibration_gets_a_cross_validated_temperature(examples, tmp_path):
+    """An uncalibrated model folder (e.g. a fresh export): the adapted one gets a temperature of its own, chosen on
+    the examples' cross-validated outputs, and its card says so."""
+    import shutil
+
+    from milcnn import Classifier
+    from milcnn.model.config import read_config, write_config
+
+    folder = tmp_path / "uncalibrated"
+    shutil.copytree(YEAST, folder)
+    write_config(folder, {**read_config(folder), "calibration": None})
+    out = adapt(folder, examples, tmp_path / "adapted")
+    cal = Classifier.from_dir(out).info.calibration
+    assert cal.method == "temperature" and cal.fitted_on["chosen_by"] == "cross-validated negative log-likelihood"
+    assert cal.fitted_on["images"] == 4 and cal.fitted_on["temperature"] >= 1.0
+    assert "the network's, with a temperature of" in (out / "README.md").read_text()

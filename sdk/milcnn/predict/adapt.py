@@ -306,6 +306,17 @@ def _nll(z: np.ndarray, targets: np.ndarray, *, exclusive: bool) -> float:
     return float(-np.log((np.exp(log_p) * targets).sum(axis=1) + 1e-12).sum())
 
 
+def _probabilities(cal: Calibration | None) -> str:
+    """The card's words for the adapted model's calibration."""
+    if cal is None:
+        return "the network's own"
+    if "adapted_temperature" in cal.fitted_on:
+        return (f"the original's calibration softened by a temperature of {cal.fitted_on['adapted_temperature']:.2f} "
+                "(chosen on the examples, cross-validated)")
+    return f"the network's, with a temperature of {cal.fitted_on['temperature']:.2f} (chosen on the examples, " \
+        "cross-validated)"
+
+
 def _card(adapted, original, rows) -> str:
     """The adapted folder's README.md: what it was adapted from, on which examples, and what changed."""
     cal = adapted.calibration
@@ -314,9 +325,7 @@ def _card(adapted, original, rows) -> str:
              "network is the original's; the head (features to class maps) was fitted again for "
              f"{', '.join(adapted.training['classes_fitted'])}; the other classes keep the original's.", "",
              "| image | label |", "|---|---|", *[f"| {e.name} | {'|'.join(e.labels)} |" for e in rows], "",
-             ("Probabilities: " + (f"the original's calibration softened by a temperature of "
-                                   f"{cal.fitted_on.get('adapted_temperature', cal.fitted_on.get('temperature'))}"
-                                   if cal is not None else "the network's own")
+             ("Probabilities: " + _probabilities(cal)
               + ". qc keeps the original's size, texture and channel checks; its feature distance, per-class sizes "
                 "and coverage limit followed the original head and are dropped."
               + (f" Images down to {adapted.qc.min_side} px a side at the network's scale (the smallest example) are "
