@@ -14,7 +14,8 @@ into a temporary folder; each run imports its own ``sdk/`` and uses its own zoo 
 
 Every file of each output folder is compared byte for byte, except: ``run.json`` (timings, versions and
 paths by nature; its ``counts`` are compared), CSV files, which are compared on the columns both
-runs wrote (new columns are allowed; a changed or missing value is not), and ``.milzoo.lock`` (the lock a
+runs wrote (new columns are allowed; a changed or missing value is not), ``report.html`` (compared without its
+provenance table and finishing time: command, paths, times and versions), and ``.milzoo.lock`` (the lock a
 run holds, no output: runs since issue 39 remove it when they finish). Exit status 1 on any difference.
 """
 
@@ -103,9 +104,21 @@ def compare(new: Path, old: Path) -> list[str]:
             common = [c for c in cols_b if c in cols_a]
             if [[r[c] for c in common] for r in rows_a] != [[r[c] for c in common] for r in rows_b]:
                 problems.append(f"{f}: values differ")
+        elif f.name == "report.html":
+            if _without_provenance(a) != _without_provenance(b):
+                problems.append(f"{f}: differs outside its provenance table")
         elif a.read_bytes() != b.read_bytes():
             problems.append(f"{f}: bytes differ")
     return problems
+
+
+def _without_provenance(path: Path) -> str:
+    """``report.html`` less its provenance table (the command, paths, times and versions of the run) and the
+    summary's finishing time."""
+    import re
+
+    text = re.sub(r"<h2>Provenance</h2><table>.*?</table>", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return re.sub(r"finished \d{4}-\d\d-\d\dT[\d:.+Z-]*", "finished", text)
 
 
 def main(argv: list[str] | None = None) -> int:
