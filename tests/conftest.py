@@ -60,7 +60,7 @@ def real_labelled() -> Path:
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 MODEL_FILES = ("config.json", "model.onnx", "model.int8.onnx", "pooling.onnx", "README.md", "sample_input.tif",
-               "sample_output.json")
+               "sample_output.json", "model.features.onnx")
 
 
 @pytest.fixture(scope="session")

@@ -182,3 +182,16 @@ def test_a_model_without_calibration_gets_a_cross_validated_temperature(examples
     assert cal.method == "temperature" and cal.fitted_on["chosen_by"] == "cross-validated negative log-likelihood"
     assert cal.fitted_on["images"] == 4 and cal.fitted_on["temperature"] >= 1.0
     assert "the network's, with a temperature of" in (out / "README.md").read_text()
+
+
+def test_a_model_folder_without_its_features_graph_is_one_line(examples, tmp_path):
+    import shutil
+
+    from milcnn.errors import ModelConfigError
+
+    folder = tmp_path / "no-features"
+    shutil.copytree(YEAST, folder)
+    (folder / "model.features.onnx").unlink()
+    with pytest.raises(ModelConfigError, match="no model.features.onnx, the features graph its head block names"):
+        adapt(folder, examples, tmp_path / "adapted")
+    assert not (tmp_path / "adapted").exists()

@@ -211,3 +211,25 @@ def test_hub_download_brings_the_int8_and_pooling_files(hub, tmp_path):
     assert rc == 0, err
     folder = Path(out["folder"])
     assert (folder / "model.int8.onnx").is_file() and (folder / "pooling.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_milzoo_adapt_takes_a_hub_repo_at_a_revision(hub, tmp_path):
+    """``milzoo adapt --model org/name@revision``: the features graph comes down with the model (its weights are
+    references into model.onnx beside it in the cache), and the adapted folder predicts."""
+    import tifffile
+
+    env = sdk_env(hub.endpoint, tmp_path / "hf")
+    sample = tifffile.imread(SAMPLE)
+    rows = ["path,label"]
+    for i, (y, x) in enumerate([(0, 0), (0, 256), (256, 0), (256, 256)]):
+        tifffile.imwrite(tmp_path / f"crop{i}.tif", sample[:, y:y + 256, x:x + 256], photometric="minisblack")
+        rows.append(f"crop{i}.tif,{'vacuole' if i < 2 else 'ER'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    proc = milzoo(env, "adapt", "--model", f"milcnn/yeast-loc@{PINNED}", "--examples", tmp_path / "labels.csv",
+                  "--out", tmp_path / "adapted")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "adapted" / "config.json").read_text())
+    assert info["training"]["adapted_from"]["name"] == "yeast-loc" and info["channels"] == ["gfp", "rfp"]
+    proc = milzoo(env, "predict", tmp_path / "crop0.tif", "--model", tmp_path / "adapted", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr

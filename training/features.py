@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURES_FILE = "model.features.onnx"
+from milcnn.constants import FEATURES_FILE
 
 
 def head_of(model_path: Path) -> dict:

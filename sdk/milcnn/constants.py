@@ -12,6 +12,7 @@ SAMPLE_INPUT_FILE = "sample_input.tif"
 SAMPLE_OUTPUT_FILE = "sample_output.json"
 POOLING_FILE = "pooling.onnx"  # the pooling layer alone: class maps -> probabilities (for tiled inference)
 INT8_MODEL_FILE = "model.int8.onnx"
+FEATURES_FILE = "model.features.onnx"  # the network up to its head, for milzoo adapt (config.json's head block)
 FP16_MODEL_FILE = "model.fp16.onnx"  # float16 weights and activations, float32 input and outputs (GPUs)
 
 DEFAULT_MODEL = "yeast-loc"

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REQUIRED_FILES = (constants.CONFIG_FILE, constants.MODEL_FILE)
 _OPTIONAL_FILES = (constants.POOLING_FILE, constants.INT8_MODEL_FILE, constants.FP16_MODEL_FILE,
-                   constants.CARD_FILE, constants.SAMPLE_INPUT_FILE, constants.SAMPLE_OUTPUT_FILE)
+                   constants.CARD_FILE, constants.SAMPLE_INPUT_FILE, constants.SAMPLE_OUTPUT_FILE,
+                   constants.FEATURES_FILE)
 
 
 @dataclass(frozen=True)

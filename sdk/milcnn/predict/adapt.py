@@ -127,11 +127,20 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
     from milcnn.predict.classifier import Classifier
     from milcnn.predict.options import PredictOptions
 
-    clf = Classifier.from_hub(model) if not Path(str(model)).is_dir() else Classifier.from_dir(model)
+    from milcnn.model.hub import parse_model_spec
+
+    if Path(str(model)).is_dir():
+        clf = Classifier.from_dir(model)
+    else:  # a zoo name or a Hub repo, org/name[@revision] as milzoo predict --model takes it
+        spec, revision = parse_model_spec(str(model))
+        clf = Classifier.from_hub(spec, revision=revision)
     info = clf.info
     if info.head is None or info.pooling.get("name") != "noisy_and":
         raise ModelConfigError(f"{info.name}: cannot be adapted here: it needs a head block and Noisy-AND pooling "
                                "(python -m training.features FOLDER adds the block)")
+    if not (clf.folder / info.head.features_file).is_file():
+        raise ModelConfigError(f"{clf.folder}: no {info.head.features_file}, the features graph its head block names "
+                               "(python -m training.features FOLDER writes it)")
     rows = read_examples(examples, info.classes) if isinstance(examples, (str, Path)) else \
         examples_from(examples, info.classes, channel_axis=channel_axis)
     import onnxruntime as ort
