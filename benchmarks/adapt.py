@@ -135,8 +135,8 @@ def sdk_only(data_root: Path | None, folder: Path, rounds: int = 3) -> dict:
     import subprocess
 
     from benchmarks.adapt_curve import CURVE, _examples, _fields, _scored
+    from benchmarks.realdata_curve import write_manifest
     from milcnn import Classifier
-    from milcnn.io.images import write_tiff
 
     env, repo = folder / "env", folder / "repo"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
@@ -152,13 +152,8 @@ def sdk_only(data_root: Path | None, folder: Path, rounds: int = 3) -> dict:
         rs, clf0, fields = _fields(model, set_name, data_root)
         diameter = rs.cell_diameter if clf0.info.cell_diameter else None
         rows, run = _examples(rs, fields, groups, 4), folder / f"examples-{model}"
-        run.mkdir()
-        lines = ["path,label"]
-        for i, (image, label) in enumerate(rows):
-            write_tiff(run / f"{i:02d}.tif", image)
-            lines.append(f"{i:02d}.tif,{label}")
-        (run / "labels.csv").write_text("\n".join(lines) + "\n")
-        command = [str(env / "bin" / "milzoo"), "adapt", "--model", model, "--examples", str(run / "labels.csv"),
+        examples = write_manifest(rows, run)
+        command = [str(env / "bin" / "milzoo"), "adapt", "--model", model, "--examples", str(examples),
                    "--out", str(run / "adapted")] + (["--cell-diameter", str(diameter)] if diameter else [])
         t0 = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)

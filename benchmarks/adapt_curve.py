@@ -103,17 +103,13 @@ def _score(clf, units, diameter) -> dict:
 
 
 def _adapt(model, rows, work: Path, diameter) -> tuple[Path, float]:
-    from milcnn.io.images import write_tiff
+    """``milzoo adapt``'s examples CSV is a ``path,label`` manifest, written as fine-tuning's is."""
+    from benchmarks.realdata_curve import write_manifest
     from milcnn.predict.adapt import adapt
 
-    work.mkdir(parents=True)
-    lines = ["path,label"]
-    for i, (image, label) in enumerate(rows):
-        write_tiff(work / f"{i:02d}.tif", image)
-        lines.append(f"{i:02d}.tif,{label}")
-    (work / "labels.csv").write_text("\n".join(lines) + "\n")
+    examples = write_manifest(rows, work)
     t0 = time.perf_counter()
-    out = adapt(model, work / "labels.csv", work / "adapted", cell_diameter=diameter)
+    out = adapt(model, examples, work / "adapted", cell_diameter=diameter)
     return out, time.perf_counter() - t0
 
 

@@ -20,21 +20,18 @@ from milcnn.logs import log_to_stderr
 
 def _load(model: str, device: str, precision: str = "auto", backend: str = "auto"):
     from milcnn.predict.classifier import Classifier
-    from milcnn.model.hub import parse_model_spec
 
-    name, revision = parse_model_spec(model)
     try:
-        return Classifier.from_hub(name, revision=revision, device=device, precision=precision, backend=backend)
+        return Classifier.from_hub(model, device=device, precision=precision, backend=backend)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported as one line
         raise click.UsageError(one_line(exc)) from None
 
 
 def _resolve(model: str, revision: str | None = None, **kwargs):
-    from milcnn.model.hub import parse_model_spec, resolve
+    from milcnn.model.hub import resolve
 
-    name, spec_revision = parse_model_spec(model)
     try:
-        return resolve(name, revision=revision or spec_revision, **kwargs)
+        return resolve(model, revision=revision, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise click.UsageError(one_line(exc)) from None
 

@@ -180,14 +180,12 @@ class MilcnnWidget(QWidget):
         self._model_changed(name)
 
     def classifier(self, name: str | None = None):
-        """The model, loaded once per name (``Classifier.from_hub``: zoo name, Hub repo or folder)."""
+        """The model, loaded once per name (``Classifier.from_hub``: zoo name, org/name[@revision] or folder)."""
         from milcnn import Classifier
-        from milcnn.model.hub import parse_model_spec
 
         name = name or self.model.currentText()
         if name not in self._models:
-            spec, revision = parse_model_spec(name)
-            self._models[name] = Classifier.from_hub(spec, revision=revision)
+            self._models[name] = Classifier.from_hub(name)
         return self._models[name]
 
     # ---------------------------------------------------------------- predicting

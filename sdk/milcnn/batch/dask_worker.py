@@ -47,11 +47,8 @@ class ModelPlugin(_WorkerPlugin):
 
     def setup(self, worker) -> None:
         from milcnn.predict.classifier import Classifier
-        from milcnn.model.hub import parse_model_spec
 
-        name, revision = parse_model_spec(self.model)
-        clf = Classifier.from_hub(name, revision=revision, device=self.device, precision=self.precision,
-                                  backend=self.backend)
+        clf = Classifier.from_hub(self.model, device=self.device, precision=self.precision, backend=self.backend)
         clf.model = clf.model.with_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
         worker.milcnn_classifier = clf
         _keep_freed_buffers()

@@ -278,10 +278,8 @@ def predict(inputs, model: str = "yeast-loc", *, out, client=None, scheduler: st
     Returns the exit code (0 all predicted, 1 some failed)."""
     from milcnn.batch.run import BatchOptions, run_batch
     from milcnn.predict.classifier import Classifier
-    from milcnn.model.hub import parse_model_spec
 
-    name, revision = parse_model_spec(model)
-    clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
+    clf = Classifier.from_hub(model, device="cpu", precision=precision)
     runner = DaskRunner(model=model, classes=clf.classes, precision=clf.precision, scheduler=scheduler,
                         workers=workers, client=client)
     try:
@@ -298,10 +296,8 @@ def predict_lazy(items: list, model: str = "yeast-loc", *, threshold: float = 0.
 
     def partition(chunk):
         from milcnn.predict.classifier import Classifier
-        from milcnn.model.hub import parse_model_spec
 
-        name, revision = parse_model_spec(model)
-        clf = Classifier.from_hub(name, revision=revision, device="cpu", precision=precision)
+        clf = Classifier.from_hub(model, device="cpu", precision=precision)
         _keep_freed_buffers()
         out = []
         for item in chunk:

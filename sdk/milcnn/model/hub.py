@@ -86,8 +86,10 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
     """Find the folder of a model given as a folder path, a zoo name or a Hub repo id.
 
     Args:
-        name_or_repo: a folder, a zoo name (``"yeast-loc"``) or a Hub repo id (``"org/name"``).
-        revision: a branch, tag or commit; for a zoo name, None means the registry's pinned revision.
+        name_or_repo: a folder, a zoo name (``"yeast-loc"``) or a Hub repo id (``"org/name"``); a name or repo
+            may carry its revision, ``"org/name@v1.0.0"`` (``parse_model_spec``), as ``--model`` takes it.
+        revision: a branch, tag or commit (over one in ``name_or_repo``); for a zoo name, None means the
+            registry's pinned revision.
         cache_dir: the Hugging Face cache to use instead of the default (``HF_HUB_CACHE``).
         local_files_only: never contact the Hub; use the cache.
         force_download: download again even if cached.
@@ -105,6 +107,8 @@ def resolve(name_or_repo: str, *, revision: str | None = None, cache_dir=None, l
     name_or_repo = str(name_or_repo)
     if Path(name_or_repo).is_dir():
         return ResolvedModel(Path(name_or_repo), model_sha256(name_or_repo), "folder")
+    name_or_repo, spec_revision = parse_model_spec(name_or_repo)
+    revision = revision or spec_revision
     if "/" not in name_or_repo and "\\" not in name_or_repo and ".." not in name_or_repo:
         entry = lookup(name_or_repo)
         if revision in (None, entry.revision):

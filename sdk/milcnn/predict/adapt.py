@@ -127,13 +127,7 @@ def adapt(model, examples, out, *, name: str | None = None, steps: int = STEPS,
     from milcnn.predict.classifier import Classifier
     from milcnn.predict.options import PredictOptions
 
-    from milcnn.model.hub import parse_model_spec
-
-    if Path(str(model)).is_dir():
-        clf = Classifier.from_dir(model)
-    else:  # a zoo name or a Hub repo, org/name[@revision] as milzoo predict --model takes it
-        spec, revision = parse_model_spec(str(model))
-        clf = Classifier.from_hub(spec, revision=revision)
+    clf = Classifier.from_hub(str(model))  # a folder, a zoo name or org/name[@revision], as --model takes it
     info = clf.info
     if info.head is None or info.pooling.get("name") != "noisy_and":
         raise ModelConfigError(f"{info.name}: cannot be adapted here: it needs a head block and Noisy-AND pooling "
